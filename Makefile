@@ -1,0 +1,41 @@
+# The one entry point. `make test` and `make demo` each set up .venv on a fresh machine.
+PY      ?= python3
+VENV    := .venv
+VPY     := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: test demo lint typecheck fuzz bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install --quiet --upgrade pip
+	$(VPY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m mypy crdtstore transport bindings
+	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VPY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(VENV)/bin/crdtstore demo
+
+lint: $(STAMP)
+	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
+
+typecheck: $(STAMP)
+	$(VPY) -m mypy crdtstore transport bindings
+
+# Fuzz the decoder for SECONDS (default 60): make fuzz SECONDS=300
+SECONDS ?= 60
+fuzz: $(STAMP)
+	$(VPY) -m pip install --quiet -e '.[fuzz]'
+	$(VPY) fuzz/fuzz_decode.py -max_total_time=$(SECONDS)
+
+bench: $(STAMP)
+	$(VPY) -m pip install --quiet -e '.[bench]'
+	$(VPY) bench/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,206 @@
+"""msgpack encoding of CRDT values and the strict decoding of untrusted bytes.
+
+Rule: every byte that comes from the network or from disk goes through :func:`unpack`
+and then a typed decoder here or in ``crdtstore.sync.messages``. Any malformed input,
+of whatever kind, raises :class:`~crdtstore.errors.DecodeError` and nothing else; a
+decoder never returns a value that breaks an invariant of the types it builds (every
+live dot is in its value's context, no dot is live at two keys, keys are valid keys).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import msgpack
+
+from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap, check_key
+from crdtstore.errors import DecodeError, Error
+
+FORMAT_VERSION = 1
+MAX_SEQ = (1 << 63) - 1
+MAX_REPLICA_ID_LEN = 128
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Bounds on what a decoder accepts; each one a named setting, not a literal."""
+
+    max_bytes: int = 64 * 1024 * 1024
+    """Largest encoded message accepted."""
+    max_depth: int = 32
+    """Deepest nesting of arrays and maps."""
+    max_container_len: int = 1_000_000
+    """Most items in one array or map."""
+    max_str_len: int = 16 * 1024 * 1024
+    """Longest string, in bytes."""
+    max_bin_len: int = 64 * 1024 * 1024
+    """Longest binary blob."""
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+def pack(obj: Any) -> bytes:
+    try:
+        return msgpack.packb(obj, use_bin_type=True, strict_types=False)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise DecodeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack ext type {code} is not accepted")
+
+
+def unpack(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
+    """Decode untrusted msgpack bytes within ``limits``; raise only DecodeError."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise DecodeError(f"expected bytes, got {type(data).__name__}")
+    if len(data) > limits.max_bytes:
+        raise DecodeError(f"message of {len(data)} bytes exceeds max_bytes={limits.max_bytes}")
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            use_list=True,
+            strict_map_key=False,
+            ext_hook=_reject_ext,
+            max_str_len=limits.max_str_len,
+            max_bin_len=limits.max_bin_len,
+            max_array_len=limits.max_container_len,
+            max_map_len=limits.max_container_len,
+            max_ext_len=0,
+        )
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises a zoo (ValueError, StackError, TypeError, ...)
+        raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
+    check_depth(obj, limits.max_depth)
+    return obj
+
+
+def check_depth(obj: Any, max_depth: int) -> None:
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, list | dict):
+            if depth > max_depth:
+                raise DecodeError(f"nesting deeper than max_depth={max_depth}")
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+            if isinstance(item, dict):
+                for key in item:
+                    if isinstance(key, list | dict):
+                        raise DecodeError("map keys must be scalars")
+
+
+# -- typed field readers, for this module and the protocol messages ------------------------
+
+
+def expect(obj: Any, kind: type[T] | tuple[type, ...], what: str) -> T:
+    if isinstance(obj, bool) and kind is int:
+        raise DecodeError(f"{what}: expected int, got bool")
+    if not isinstance(obj, kind):
+        name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise DecodeError(f"{what}: expected {name}, got {type(obj).__name__}")
+    return obj  # type: ignore[return-value]
+
+
+def expect_list(obj: Any, what: str, length: int | None = None) -> list[Any]:
+    items: list[Any] = expect(obj, list, what)
+    if length is not None and len(items) != length:
+        raise DecodeError(f"{what}: expected {length} items, got {len(items)}")
+    return items
+
+
+def expect_int(obj: Any, what: str, low: int = 0, high: int = MAX_SEQ) -> int:
+    value: int = expect(obj, int, what)
+    if not low <= value <= high:
+        raise DecodeError(f"{what}: {value} outside [{low}, {high}]")
+    return value
+
+
+def expect_replica(obj: Any, what: str = "replica id") -> str:
+    rid: str = expect(obj, str, what)
+    if not rid or len(rid) > MAX_REPLICA_ID_LEN:
+        raise DecodeError(f"{what}: length {len(rid)} outside [1, {MAX_REPLICA_ID_LEN}]")
+    return rid
+
+
+def expect_key(obj: Any, what: str = "key") -> Any:
+    try:
+        return check_key(obj)
+    except Error as exc:
+        raise DecodeError(f"{what}: {exc}") from exc
+
+
+def decode_list(obj: Any, what: str, item: Callable[[Any], T]) -> list[T]:
+    return [item(x) for x in expect_list(obj, what)]
+
+
+# -- causal contexts and CRDT values ---------------------------------------------------------
+
+
+def encode_context(ctx: CausalContext) -> list[Any]:
+    return [dict(ctx.vv), [[d.replica, d.seq] for d in sorted(ctx.cloud)]]
+
+
+def decode_context(obj: Any) -> CausalContext:
+    vv_obj, cloud_obj = expect_list(obj, "context", 2)
+    vv = {
+        expect_replica(r): expect_int(s, "version vector seq")
+        for r, s in expect(vv_obj, dict, "version vector").items()
+    }
+    cloud = [decode_dot(d) for d in expect_list(cloud_obj, "dot cloud")]
+    return CausalContext(vv, cloud)
+
+
+def decode_dot(obj: Any) -> Dot:
+    replica, seq = expect_list(obj, "dot", 2)
+    return Dot(expect_replica(replica), expect_int(seq, "dot seq", 1))
+
+
+def encode_value(value: DotMap[Any]) -> list[Any]:
+    """``[type, is_delta, context, [[key, [[replica, seq(, timestamp, value)], ...]], ...]]``."""
+    stamped = isinstance(value, LWWMap)
+    entries = [
+        [key, [[d.replica, d.seq, *p] if stamped else [d.replica, d.seq] for d, p in e.items()]]
+        for key, e in value.entries.items()
+    ]
+    return [value.type_name, value.is_delta, encode_context(value.context), entries]
+
+
+def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
+    type_obj, delta_obj, ctx_obj, entries_obj = expect_list(obj, "crdt value", 4)
+    cls = CRDT_TYPES.get(type_obj) if isinstance(type_obj, str) else None
+    if cls is None:
+        raise DecodeError(f"unknown crdt type {type_obj!r}")
+    if expected_type is not None and type_obj != expected_type:
+        raise DecodeError(f"expected a {expected_type} value, got {type_obj}")
+    is_delta: bool = expect(delta_obj, bool, "is_delta")
+    ctx = decode_context(ctx_obj)
+    stamped = cls is LWWMap
+    entries: dict[Any, dict[Dot, Any]] = {}
+    owner: set[Dot] = set()
+    for item in expect_list(entries_obj, "entries"):
+        key_obj, dots_obj = expect_list(item, "entry", 2)
+        key = expect_key(key_obj)
+        if key in entries:
+            raise DecodeError(f"key {key!r} appears twice")
+        entry: dict[Dot, Any] = {}
+        for raw in expect_list(dots_obj, "entry dots"):
+            fields = expect_list(raw, "stamped dot" if stamped else "dot", 4 if stamped else 2)
+            dot = decode_dot(fields[:2])
+            if dot in owner:
+                raise DecodeError(f"dot {dot} is live at two keys")
+            if dot not in ctx:
+                raise DecodeError(f"live dot {dot} is not in the value's context")
+            owner.add(dot)
+            entry[dot] = (expect_int(fields[2], "timestamp"), fields[3]) if stamped else None
+        if not entry and not is_delta:
+            raise DecodeError(f"state (not delta) has an empty entry for {key!r}")
+        entries[key] = entry
+    return cls(entries, ctx, is_delta=is_delta)

@@ -1,0 +1,170 @@
+"""Dots and causal contexts.
+
+A *dot* ``(replica, seq)`` names one mutation: the ``seq``-th mutation that ``replica``
+made in one namespace. A *causal context* is the set of dots a replica has seen, kept
+compact as a version vector (every seq up to ``vv[r]`` seen) plus a *dot cloud* of the
+non-contiguous dots seen beyond it.
+
+Invariant: a ``CausalContext`` is always compact, i.e. no dot of the cloud is
+``(r, vv.get(r, 0) + 1)`` or below ``vv[r]``; every constructor and operation restores it.
+Because each mutation consumes exactly one dot, "dot d is in my context" is the same fact
+as "the delta with id d has been applied here"; the sync engine's digests and gap
+detection are this structure, not a parallel one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from typing import NamedTuple
+
+
+class Dot(NamedTuple):
+    """One mutation: the ``seq``-th (from 1) made by ``replica``."""
+
+    replica: str
+    seq: int
+
+
+class CausalContext:
+    """An immutable, compact set of dots (version vector plus dot cloud)."""
+
+    __slots__ = ("_cloud", "_hash", "_vv")
+
+    def __init__(self, vv: Mapping[str, int] | None = None, cloud: Iterable[Dot] = ()) -> None:
+        vector = {r: s for r, s in (vv or {}).items() if s > 0}
+        self._vv, self._cloud = _compact(vector, set(cloud))
+        self._hash: int | None = None
+
+    @classmethod
+    def from_dots(cls, dots: Iterable[Dot]) -> CausalContext:
+        return cls(None, dots)
+
+    @property
+    def vv(self) -> Mapping[str, int]:
+        """The contiguous part: replica -> highest seq with every seq below it seen."""
+        return self._vv
+
+    @property
+    def cloud(self) -> frozenset[Dot]:
+        """Dots seen beyond the contiguous part (a gap lies below each of them)."""
+        return self._cloud
+
+    def __contains__(self, dot: object) -> bool:
+        if not isinstance(dot, tuple) or len(dot) != 2:
+            return False
+        replica, seq = dot
+        return seq <= self._vv.get(replica, 0) or dot in self._cloud
+
+    def __iter__(self) -> Iterator[Dot]:
+        for replica, top in self._vv.items():
+            for seq in range(1, top + 1):
+                yield Dot(replica, seq)
+        yield from self._cloud
+
+    def __len__(self) -> int:
+        return sum(self._vv.values()) + len(self._cloud)
+
+    def __bool__(self) -> bool:
+        return bool(self._vv) or bool(self._cloud)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CausalContext):
+            return NotImplemented
+        return self._vv == other._vv and self._cloud == other._cloud
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash((frozenset(self._vv.items()), self._cloud))
+        return self._hash
+
+    def __le__(self, other: CausalContext) -> bool:
+        """Every dot of ``self`` is in ``other``."""
+        for replica, top in self._vv.items():
+            if other._vv.get(replica, 0) < top:
+                # Slow path: the other side may hold the missing seqs in its cloud.
+                start = other._vv.get(replica, 0) + 1
+                if any(Dot(replica, s) not in other._cloud for s in range(start, top + 1)):
+                    return False
+        return all(d in other for d in self._cloud)
+
+    def __repr__(self) -> str:
+        cloud = sorted(self._cloud)
+        return f"CausalContext(vv={dict(sorted(self._vv.items()))!r}, cloud={cloud!r})"
+
+    def max_seq(self, replica: str) -> int:
+        """Highest seq of ``replica`` seen, contiguous or not (0 if none)."""
+        top = self._vv.get(replica, 0)
+        for dot in self._cloud:
+            if dot.replica == replica and dot.seq > top:
+                top = dot.seq
+        return top
+
+    def next_dot(self, replica: str) -> Dot:
+        """The dot ``replica``'s next mutation consumes."""
+        return Dot(replica, self.max_seq(replica) + 1)
+
+    def add(self, dot: Dot) -> CausalContext:
+        if dot in self:
+            return self
+        return CausalContext(self._vv, self._cloud | {dot})
+
+    def join(self, other: CausalContext) -> CausalContext:
+        """Least upper bound: the union of both dot sets, compacted."""
+        if other is self or not other:
+            return self
+        if not self:
+            return other
+        vv = dict(self._vv)
+        for replica, top in other._vv.items():
+            if top > vv.get(replica, 0):
+                vv[replica] = top
+        return CausalContext(vv, self._cloud | other._cloud)
+
+    def missing_from(self, other: CausalContext) -> dict[str, list[tuple[int, int]]]:
+        """Per replica, the inclusive seq ranges ``other`` has seen and ``self`` has not.
+
+        Only the contiguous part of ``other`` is consulted: it is what a peer's digest
+        carries, and its cloud would only name gaps the peer is itself repairing.
+        """
+        ranges: dict[str, list[tuple[int, int]]] = {}
+        for replica, top in other._vv.items():
+            mine = self._vv.get(replica, 0)
+            if top <= mine:
+                continue
+            spans: list[tuple[int, int]] = []
+            start: int | None = None
+            for seq in range(mine + 1, top + 1):
+                if Dot(replica, seq) in self._cloud:
+                    if start is not None:
+                        spans.append((start, seq - 1))
+                        start = None
+                elif start is None:
+                    start = seq
+            if start is not None:
+                spans.append((start, top))
+            if spans:
+                ranges[replica] = spans
+        return ranges
+
+
+def _compact(vv: dict[str, int], cloud: set[Dot]) -> tuple[dict[str, int], frozenset[Dot]]:
+    """Fold every cloud dot that extends its replica's contiguous prefix into ``vv``."""
+    if not cloud:
+        return vv, frozenset()
+    by_replica: dict[str, list[int]] = {}
+    for replica, seq in cloud:
+        if seq > vv.get(replica, 0):
+            by_replica.setdefault(replica, []).append(seq)
+    rest: set[Dot] = set()
+    for replica, seqs in by_replica.items():
+        seqs.sort()
+        top = vv.get(replica, 0)
+        for i, seq in enumerate(seqs):
+            if seq == top + 1:
+                top = seq
+            elif seq > top + 1:
+                rest.update(Dot(replica, s) for s in seqs[i:] if s > top)
+                break
+        if top:
+            vv[replica] = top
+    return vv, frozenset(rest)

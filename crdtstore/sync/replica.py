@@ -1,0 +1,72 @@
+"""What the sync engine needs from a replica's persistence.
+
+The engine decides *what* to send and *when*; a :class:`Replica` holds the state, the
+causal context and the delta log, and changes them atomically. Two implementations:
+``crdtstore.sync.memory.MemoryReplica`` (for the simulator and property tests) and
+``crdtstore.storage`` (LMDB, in production). Both must pass the same contract tests.
+
+Invariants every implementation keeps:
+- ``apply_batch`` joins the batch's delta into the namespace's state and context and
+  appends the batch to the log, all or nothing;
+- the context of a namespace always covers every live dot of its state;
+- ``read_range`` returns entries and context from one consistent snapshot;
+- ``apply_range`` judges removals inside ``[lo, hi)`` by the sender's context but adds
+  to its own context only the dots it actually received: the sender's context also covers
+  keys outside the range, which this replica has not been sent yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from crdtstore.crdt import CausalContext, DotMap
+from crdtstore.sync.messages import DeltaBatch
+
+
+class Replica(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+    def namespaces(self) -> Mapping[str, str]:
+        """Namespace name -> CRDT type name, for every namespace held here."""
+        ...
+
+    def ensure_namespace(self, namespace: str, type_name: str) -> None:
+        """Create an empty namespace learned from a peer; TypeMismatch if it differs."""
+        ...
+
+    def context(self, namespace: str) -> CausalContext: ...
+
+    def apply_batch(self, batch: DeltaBatch, encoded: bytes) -> bool:
+        """Join and log a batch (``encoded`` is its wire form, kept to serve repairs).
+
+        Returns False, changing nothing, when every dot of the batch was already seen.
+        """
+        ...
+
+    def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
+        """Encoded batches of ``origin`` covering seqs ``first..last``; None if not all held."""
+        ...
+
+    def trim_log(self, namespace: str, origin: str, upto: int) -> int:
+        """Drop logged batches of ``origin`` that end at or below ``upto``; how many went."""
+        ...
+
+    def fingerprints(
+        self, namespace: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """``(fingerprint, live entry count)`` of each key-hash range ``[lo, hi)``."""
+        ...
+
+    def read_range(self, namespace: str, lo: int, hi: int) -> DotMap[Any]:
+        """The live entries in ``[lo, hi)`` as a delta carrying this replica's whole context."""
+        ...
+
+    def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
+        """Join a peer's range (``shipped.context`` is the sender's context)."""
+        ...
+
+    def merge_context(self, namespace: str, context: CausalContext) -> None:
+        """Join ``context`` in, once every range of a reconciliation has been applied."""
+        ...
