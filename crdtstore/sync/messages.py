@@ -14,7 +14,9 @@ from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     DecodeLimits,
+    decode_context,
     decode_value,
+    encode_context,
     encode_value,
     expect,
     expect_int,
@@ -23,8 +25,9 @@ from crdtstore.codec import (
     pack,
     unpack,
 )
-from crdtstore.crdt import Dot, DotMap
+from crdtstore.crdt import CausalContext, Dot, DotMap
 from crdtstore.errors import DecodeError
+from crdtstore.sync.fingerprint import key_hash, split_range
 
 MAX_NAMESPACE_LEN = 255
 
@@ -94,7 +97,7 @@ def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     if not isinstance(obj, list) or len(obj) < 2:
         raise DecodeError("a message is [version, kind, *fields]")
     version, kind = obj[0], obj[1]
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise DecodeError(
             f"unsupported format version {version!r} (this node speaks {FORMAT_VERSION})"
         )
@@ -102,3 +105,307 @@ def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     if cls is None:
         raise DecodeError(f"unknown message kind {kind!r}")
     return cls.from_wire(obj[2:])
+
+
+# -- anti-entropy messages ----------------------------------------------------------------
+#
+# Key-hash ranges travel as ``[lo, last]`` with ``last = hi - 1`` inclusive: the exclusive
+# upper bound of the whole space, 2**64, does not fit msgpack's uint64.
+
+HASH_MAX = (1 << 64) - 1
+MAX_RANGE_ITEMS = 65_536
+
+
+def expect_range(lo_obj: Any, last_obj: Any) -> tuple[int, int]:
+    lo = expect_int(lo_obj, "range start", 0, HASH_MAX)
+    last = expect_int(last_obj, "range end", 0, HASH_MAX)
+    if last < lo:
+        raise DecodeError(f"key range [{lo}, {last}] is empty")
+    return lo, last + 1
+
+
+def expect_vv(obj: Any) -> dict[str, int]:
+    return {
+        expect_replica(r, "digest origin"): expect_int(s, "digest seq")
+        for r, s in expect(obj, dict, "version vector").items()
+    }
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """``sender``'s per-namespace version vectors: ``(namespace, type, vv)`` each.
+
+    Constant size while idle: it grows with namespaces and origins, never with state.
+    """
+
+    KIND: ClassVar[str] = "digest"
+    sender: str
+    namespaces: tuple[tuple[str, str, dict[str, int]], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.sender, [[ns, t, vv] for ns, t, vv in self.namespaces]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Digest:
+        sender, items = expect_list(fields, "digest", 2)
+        out: list[tuple[str, str, dict[str, int]]] = []
+        seen: set[str] = set()
+        for item in expect_list(items, "digest namespaces"):
+            ns_obj, type_obj, vv_obj = expect_list(item, "digest entry", 3)
+            ns = expect_namespace(ns_obj)
+            if ns in seen:
+                raise DecodeError(f"namespace {ns!r} appears twice in a digest")
+            seen.add(ns)
+            out.append((ns, expect(type_obj, str, "crdt type"), expect_vv(vv_obj)))
+        return cls(expect_replica(sender, "digest sender"), tuple(out))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RepairRequest:
+    """Please send the logged batches of ``origin`` covering ``first..last``."""
+
+    KIND: ClassVar[str] = "repair_req"
+    request: int
+    namespace: str
+    origin: str
+    first: int
+    last: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.request, self.namespace, self.origin, self.first, self.last]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> RepairRequest:
+        req, ns, origin, first, last = expect_list(fields, "repair request", 5)
+        msg = cls(
+            expect_int(req, "request id"),
+            expect_namespace(ns),
+            expect_replica(origin, "origin"),
+            expect_int(first, "first seq", 1),
+            expect_int(last, "last seq", 1),
+        )
+        if msg.first > msg.last:
+            raise DecodeError(f"repair range {msg.first}..{msg.last} is empty")
+        return msg
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RepairReply:
+    """Logged batches (each an encoded :class:`DeltaBatch`) answering a repair request.
+
+    It may hold fewer batches than the request spanned (``max_repair_batches``): the
+    requester asks again for what is still missing.
+    """
+
+    KIND: ClassVar[str] = "repair"
+    request: int
+    namespace: str
+    batches: tuple[bytes, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.request, self.namespace, list(self.batches)]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> RepairReply:
+        req, ns, batches = expect_list(fields, "repair reply", 3)
+        return cls(
+            expect_int(req, "request id"),
+            expect_namespace(ns),
+            tuple(expect(b, bytes, "logged batch") for b in expect_list(batches, "batches")),
+        )
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class LogGap:
+    """The log here no longer holds all of ``origin``'s ``first..last``: reconcile ranges."""
+
+    KIND: ClassVar[str] = "log_gap"
+    request: int
+    namespace: str
+    origin: str
+    first: int
+    last: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.request, self.namespace, self.origin, self.first, self.last]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> LogGap:
+        req, ns, origin, first, last = expect_list(fields, "log gap", 5)
+        msg = cls(
+            expect_int(req, "request id"),
+            expect_namespace(ns),
+            expect_replica(origin, "origin"),
+            expect_int(first, "first seq", 1),
+            expect_int(last, "last seq", 1),
+        )
+        if msg.first > msg.last:
+            raise DecodeError(f"log gap {msg.first}..{msg.last} is empty")
+        return msg
+
+
+@dataclass(frozen=True, slots=True)
+class RangeSummary:
+    """One key-hash range ``[lo, hi)`` with the fingerprint and entry count of one side."""
+
+    lo: int
+    hi: int
+    fingerprint: int
+    count: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.lo, self.hi - 1, self.fingerprint, self.count]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> RangeSummary:
+        lo_obj, last_obj, fp, count = expect_list(obj, "range summary", 4)
+        lo, hi = expect_range(lo_obj, last_obj)
+        return cls(lo, hi, expect_int(fp, "fingerprint", 0, HASH_MAX), expect_int(count, "count"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RangeQuery:
+    """Round ``round`` of reconciliation session ``session``: the asker's summaries of the
+    ranges still unresolved. ``want_context`` until the asker holds the session's base
+    context (the sender's context snapshot taken before it reads any range)."""
+
+    KIND: ClassVar[str] = "range_q"
+    session: int
+    round: int
+    namespace: str
+    want_context: bool
+    ranges: tuple[RangeSummary, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [
+            self.session,
+            self.round,
+            self.namespace,
+            self.want_context,
+            [r.to_wire() for r in self.ranges],
+        ]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> RangeQuery:
+        session, rnd, ns, want, ranges = expect_list(fields, "range query", 5)
+        items = expect_list(ranges, "ranges")
+        if len(items) > MAX_RANGE_ITEMS:
+            raise DecodeError(f"{len(items)} ranges exceed {MAX_RANGE_ITEMS}")
+        return cls(
+            expect_int(session, "session id"),
+            expect_int(rnd, "round"),
+            expect_namespace(ns),
+            expect(want, bool, "want_context"),
+            tuple(RangeSummary.from_wire(r) for r in items),
+        )
+
+
+RANGE_EQUAL, RANGE_ENTRIES, RANGE_SPLIT = 0, 1, 2
+
+
+@dataclass(frozen=True, slots=True)
+class RangeAnswer:
+    """The sender's answer for one range: equal (with the sender's summary, which the
+    asker compares with its own state *when it reads the reply*, as it may have changed
+    since it asked), its entries (a delta carrying the sender's context), or its split
+    into sub-range summaries."""
+
+    lo: int
+    hi: int
+    kind: int
+    shipped: DotMap[Any] | None = None
+    parts: tuple[RangeSummary, ...] = ()
+    fingerprint: int = 0  # of an equal range: the asker checks it again when it applies
+    count: int = 0
+
+    def to_wire(self) -> list[Any]:
+        head: list[Any] = [self.lo, self.hi - 1, self.kind]
+        if self.kind == RANGE_ENTRIES:
+            assert self.shipped is not None
+            return [*head, encode_value(self.shipped)]
+        if self.kind == RANGE_SPLIT:
+            # Part bounds are implied: split_range(lo, hi, number of parts).
+            return [*head, [[p.fingerprint, p.count] for p in self.parts]]
+        return [*head, self.fingerprint, self.count]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> RangeAnswer:
+        items = expect_list(obj, "range answer")
+        if len(items) < 3:
+            raise DecodeError("a range answer is [lo, last, kind, ...]")
+        lo, hi = expect_range(items[0], items[1])
+        kind = expect_int(items[2], "range answer kind", 0, 2)
+        if kind == RANGE_EQUAL:
+            _, _, _, fp, count = expect_list(items, "equal range", 5)
+            return cls(
+                lo,
+                hi,
+                kind,
+                fingerprint=expect_int(fp, "fingerprint", 0, HASH_MAX),
+                count=expect_int(count, "count"),
+            )
+        expect_list(items, "range answer", 4)
+        if kind == RANGE_ENTRIES:
+            shipped = decode_value(items[3])
+            if not shipped.is_delta:
+                raise DecodeError("shipped range must be a delta")
+            for key in shipped.entries:
+                if not lo <= key_hash(key) < hi:
+                    raise DecodeError(f"shipped key {key!r} lies outside its range")
+            return cls(lo, hi, kind, shipped=shipped)
+        sums = expect_list(items[3], "parts")
+        bounds = split_range(lo, hi, len(sums))
+        if not sums or len(bounds) != len(sums):
+            raise DecodeError(f"range [{lo}, {hi}) cannot be split in {len(sums)} parts")
+        parts = []
+        for (a, b), item in zip(bounds, sums, strict=True):
+            fp, count = expect_list(item, "part summary", 2)
+            parts.append(
+                RangeSummary(
+                    a, b, expect_int(fp, "fingerprint", 0, HASH_MAX), expect_int(count, "count")
+                )
+            )
+        return cls(lo, hi, kind, parts=tuple(parts))
+        return cls(lo, hi, kind, parts=parts)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class RangeReply:
+    """The answers to one :class:`RangeQuery` round (possibly to only some of its ranges)."""
+
+    KIND: ClassVar[str] = "range_r"
+    session: int
+    round: int
+    namespace: str
+    context: CausalContext | None
+    answers: tuple[RangeAnswer, ...]
+
+    def to_wire(self) -> list[Any]:
+        ctx = None if self.context is None else encode_context(self.context)
+        return [
+            self.session,
+            self.round,
+            self.namespace,
+            ctx,
+            [a.to_wire() for a in self.answers],
+        ]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> RangeReply:
+        session, rnd, ns, ctx, answers = expect_list(fields, "range reply", 5)
+        items = expect_list(answers, "answers")
+        if len(items) > MAX_RANGE_ITEMS:
+            raise DecodeError(f"{len(items)} answers exceed {MAX_RANGE_ITEMS}")
+        return cls(
+            expect_int(session, "session id"),
+            expect_int(rnd, "round"),
+            expect_namespace(ns),
+            None if ctx is None else decode_context(ctx),
+            tuple(RangeAnswer.from_wire(a) for a in items),
+        )

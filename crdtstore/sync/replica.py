@@ -53,6 +53,12 @@ class Replica(Protocol):
         """Drop logged batches of ``origin`` that end at or below ``upto``; how many went."""
         ...
 
+    def bound_log(self, namespace: str, max_batches: int) -> int:
+        """Drop the oldest logged batches (in append order) of ``namespace`` until at most
+        ``max_batches`` remain; how many went. Peers that still needed them fall back to
+        range reconciliation. (Added with the sync engine: the log bound.)"""
+        ...
+
     def fingerprints(
         self, namespace: str, ranges: Sequence[tuple[int, int]]
     ) -> list[tuple[int, int]]:

@@ -1,0 +1,293 @@
+"""Storage benchmark: local reads, durable writes, batched writes, open time and memory.
+
+Each figure is reported against the machine's own limit measured in the same run (raw
+LMDB on the same disk) and against Redis (Debian's ``redis-server`` on loopback, started
+and stopped here; skipped with a message when it is not installed).
+
+    .venv/bin/python bench/bench_storage.py [--entries 1000000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import lmdb
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import crdtstore
+
+console = Console()
+
+
+def ops_per_s(fn: Callable[[], Any], n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return n / (time.perf_counter() - start)
+
+
+def latencies_ms(fn: Callable[[int], Any], n: int) -> tuple[float, float]:
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        samples.append((time.perf_counter() - start) * 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def redis_server(workdir: Path, *extra: str) -> Iterator[Any]:
+    """A redis client connected to a fresh redis-server, or None when unavailable."""
+    exe = shutil.which("redis-server")
+    try:
+        import redis
+    except ImportError:
+        redis = None  # type: ignore[assignment]
+    if exe is None or redis is None:
+        yield None
+        return
+    port = free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(workdir),
+            "--save",
+            "",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+        yield client
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def rss_kb() -> int:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+OPEN_PROBE = """
+import sys, time
+sys.path.insert(0, sys.argv[2])
+import crdtstore
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+before = rss()
+t = time.perf_counter()
+node = crdtstore.open(sys.argv[1])
+m = node.lww_map("big")
+m.get(7)
+opened = time.perf_counter() - t
+print(opened, before, rss())
+node.close()
+"""
+
+
+def fill(path: Path, n: int) -> None:
+    with crdtstore.open(path, node_id="bench", durability="async") as node:
+        m = node.lww_map("big")
+        step = 10_000
+        for base in range(0, n, step):
+            with node.transaction():
+                for i in range(base, min(n, base + step)):
+                    m[i] = i
+
+
+def probe_open(path: Path) -> tuple[float, int, int]:
+    out = subprocess.run(
+        [sys.executable, "-c", OPEN_PROBE, str(path), str(Path(__file__).resolve().parents[1])],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return float(out[0]), int(out[1]), int(out[2])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="fewer samples")
+    args = parser.parse_args()
+    scale = 0.2 if args.quick else 1.0
+    tmp = Path(tempfile.mkdtemp(prefix="bench-storage-", dir=os.environ.get("BENCH_DIR")))
+    rows: list[tuple[str, str, str, str]] = []
+    try:
+        # -- local reads -------------------------------------------------------------------
+        with crdtstore.open(tmp / "reads", node_id="bench") as node:
+            m, s = node.lww_map("m"), node.or_set("s")
+            with node.transaction():
+                for i in range(10_000):
+                    m[f"key{i}"] = f"value{i}"
+                    s.add(f"member{i}")
+            keys = [f"key{random.randrange(10_000)}" for _ in range(1000)]
+            members = [f"member{random.randrange(10_000)}" for _ in range(1000)]
+            n = int(200_000 * scale)
+            it = iter(range(n))
+            get_rate = ops_per_s(lambda: m[keys[next(it) % 1000]], n)
+            it = iter(range(n))
+            in_rate = ops_per_s(lambda: members[next(it) % 1000] in s, n)
+        with redis_server(tmp / "redis-mem", "--appendonly", "no") as r:
+            if r is None:
+                console.print("[yellow]redis-server or redis-py missing: Redis skipped[/]")
+                redis_get = redis_in = None
+            else:
+                for i in range(10_000):
+                    r.set(f"key{i}", f"value{i}")
+                r.sadd("s", *[f"member{i}" for i in range(10_000)])
+                n = int(20_000 * scale)
+                it = iter(range(n))
+                redis_get = ops_per_s(lambda: r.get(keys[next(it) % 1000]), n)
+                it = iter(range(n))
+                redis_in = ops_per_s(lambda: r.sismember("s", members[next(it) % 1000]), n)
+        rows.append(
+            (
+                "lww_map get",
+                f"{get_rate:,.0f} ops/s",
+                "-" if redis_get is None else f"Redis GET {redis_get:,.0f} ops/s",
+                "-" if redis_get is None else f"{get_rate / redis_get:.1f}x (goal 20x)",
+            )
+        )
+        rows.append(
+            (
+                "or_set in",
+                f"{in_rate:,.0f} ops/s",
+                "-" if redis_in is None else f"Redis SISMEMBER {redis_in:,.0f} ops/s",
+                "-" if redis_in is None else f"{in_rate / redis_in:.1f}x (goal 20x)",
+            )
+        )
+
+        # -- durable single writes --------------------------------------------------------------
+        samples = int(500 * scale) + 50
+        with crdtstore.open(tmp / "writes", node_id="bench") as node:
+            m = node.lww_map("m")
+            p50, p99 = latencies_ms(lambda i: m.__setitem__(f"k{i}", i), samples)
+        env = lmdb.open(str(tmp / "raw"), map_size=1 << 30, sync=True, metasync=True)
+
+        def raw_put(i: int) -> None:
+            with env.begin(write=True) as txn:
+                txn.put(f"k{i}".encode(), str(i).encode())
+
+        raw50, raw99 = latencies_ms(raw_put, samples)
+        env.close()
+        rows.append(
+            (
+                "durable put p50 / p99",
+                f"{p50:.3f} / {p99:.3f} ms",
+                f"raw LMDB sync put {raw50:.3f} / {raw99:.3f} ms",
+                f"{p50 / raw50:.2f}x / {p99 / raw99:.2f}x (goal <= 2x)",
+            )
+        )
+        with redis_server(tmp / "redis-aof", "--appendonly", "yes", "--appendfsync", "always") as r:
+            if r is None:
+                rows.append(("", "", "Redis appendfsync always: skipped", "-"))
+            else:
+                r50, r99 = latencies_ms(lambda i: r.set(f"k{i}", i), samples)
+                rows.append(
+                    (
+                        "",
+                        "",
+                        f"Redis SET appendfsync=always {r50:.3f} / {r99:.3f} ms",
+                        f"{p50 / r50:.2f}x / {p99 / r99:.2f}x",
+                    )
+                )
+
+        # -- batched transactions --------------------------------------------------------------
+        with crdtstore.open(tmp / "batch", node_id="bench") as node:
+            m, s = node.lww_map("m"), node.or_set("s")
+            rounds = int(30 * scale) + 3
+            start = time.perf_counter()
+            for r_ in range(rounds):
+                with node.transaction():
+                    for i in range(1000):
+                        m[(r_ * 1000 + i) % 50_000] = i
+            put_rate = rounds * 1000 / (time.perf_counter() - start)
+            start = time.perf_counter()
+            for r_ in range(rounds):
+                with node.transaction():
+                    for i in range(1000):
+                        s.add((r_ * 1000 + i) % 50_000)
+            add_rate = rounds * 1000 / (time.perf_counter() - start)
+        rows.append(
+            ("transaction() of 1,000 puts", f"{put_rate:,.0f} ops/s", "", "goal >= 100,000")
+        )
+        rows.append(
+            ("transaction() of 1,000 adds", f"{add_rate:,.0f} ops/s", "", "goal >= 100,000")
+        )
+
+        # -- open time and memory ---------------------------------------------------------------
+        for n in sorted({args.entries // 10, args.entries}):
+            path = tmp / f"open{n}"
+            t0 = time.perf_counter()
+            fill(path, n)
+            fill_s = time.perf_counter() - t0
+            opened, before, after = probe_open(path)
+            size = (path / "data.mdb").stat().st_size
+            rows.append(
+                (
+                    f"open with {n:,} entries",
+                    f"{opened * 1000:.1f} ms",
+                    f"RSS +{(after - before) / 1024:.1f} MiB (file {size / 2**20:.0f} MiB, "
+                    f"filled in {fill_s:.1f} s)",
+                    "goal < 1 s, RSS not ~ n",
+                )
+            )
+            shutil.rmtree(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    table = Table("measure", "crdtstore", "reference", "ratio", title="bench_storage")
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()

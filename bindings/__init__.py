@@ -1,0 +1,1 @@
+"""Adapters that expose crdtstore through other projects' APIs (tooz, asyncio)."""

@@ -1,0 +1,355 @@
+"""``crdt-inspect``: read a node directory without changing it.
+
+The environment is opened read-only with LMDB's locking on (``readonly=True, lock=True``),
+which is safe while the node runs in another process: each command reads one consistent
+snapshot. ``--json`` prints plain, stable JSON for scripts (bytes become
+``{"bytes": "<hex>"}``, non-string map keys become their ``repr``); without it, rich tables.
+
+Commands: ``crdt-inspect DIR`` (summary), ``crdt-inspect DIR dump NS``,
+``crdt-inspect DIR show NS KEY`` and ``crdt-inspect diff DIR_A DIR_B``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from crdtstore.codec import decode_context
+from crdtstore.crdt import CausalContext, Dot
+from crdtstore.crdt.hlc import logical, physical_ms
+from crdtstore.storage import layout
+from crdtstore.storage.local import count_live
+from crdtstore.storage.rows import winning_value
+
+
+class Snapshot:
+    """One read transaction over a node directory opened read-only."""
+
+    def __init__(self, path: str) -> None:
+        if not (Path(path) / "data.mdb").exists():
+            raise SystemExit(f"crdt-inspect: {path} is not a node directory (no data.mdb)")
+        # map_size=0 adopts the size recorded in the file.
+        self.env = lmdb.open(
+            path,
+            readonly=True,
+            lock=True,
+            max_dbs=len(layout.TABLES) + 1,
+            map_size=0,
+            subdir=True,
+            create=False,
+        )
+        self.dbs = {name: self.env.open_db(name.encode(), create=False) for name in layout.TABLES}
+        self.txn = self.env.begin()
+
+    def close(self) -> None:
+        self.txn.abort()
+        self.env.close()
+
+    def meta(self, key: bytes) -> bytes | None:
+        data: bytes | None = self.txn.get(key, db=self.dbs["meta"])
+        return data
+
+    def namespaces(self) -> dict[str, tuple[int, str]]:
+        out = {}
+        for name, data in self.txn.cursor(db=self.dbs["namespaces"]):
+            ns_id, type_name = layout.unpack_stored(data)
+            out[bytes(name).decode()] = (int(ns_id), str(type_name))
+        return out
+
+    def context(self, ns_id: int) -> CausalContext:
+        data = self.txn.get(layout.ns_prefix(ns_id), db=self.dbs["context"])
+        return CausalContext() if data is None else decode_context(layout.unpack_stored(data))
+
+    def rows(self, ns_id: int) -> Iterator[tuple[Any, list[list[Any]], int]]:
+        """``(key, dots, stored bytes)`` of every live row."""
+        prefix = layout.ns_prefix(ns_id)
+        with self.txn.cursor(db=self.dbs["state"]) as cur:
+            ok = cur.set_range(prefix)
+            while ok and cur.key()[:4] == prefix:
+                rkey, data = cur.key(), cur.value()
+                yield (
+                    layout.unpack_stored(rkey[12:]),
+                    layout.unpack_row(data)[1],
+                    len(rkey) + len(data),
+                )
+                ok = cur.next()
+
+    def log(self, ns_id: int) -> dict[str, dict[str, int]]:
+        prefix = layout.ns_prefix(ns_id)
+        out: dict[str, dict[str, int]] = {}
+        with self.txn.cursor(db=self.dbs["log"]) as cur:
+            ok = cur.set_range(prefix)
+            while ok and cur.key()[:4] == prefix:
+                last, origin, encoded = layout.unpack_log(cur.value())
+                first = layout.log_first(cur.key())
+                info = out.setdefault(
+                    origin, {"batches": 0, "first": first, "last": last, "bytes": 0}
+                )
+                info["batches"] += 1
+                info["first"] = min(info["first"], first)
+                info["last"] = max(info["last"], last)
+                info["bytes"] += len(encoded)
+                ok = cur.next()
+        return out
+
+
+def to_json(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"bytes": value.hex()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else repr(k): to_json(v) for k, v in value.items()}
+    return value
+
+
+def context_json(ctx: CausalContext) -> dict[str, Any]:
+    return {"vv": dict(sorted(ctx.vv.items())), "cloud": [list(d) for d in sorted(ctx.cloud)]}
+
+
+def dots_json(dots: list[list[Any]]) -> list[dict[str, Any]]:
+    out = []
+    for d in sorted(dots, key=lambda d: (d[0], d[1])):
+        item: dict[str, Any] = {"replica": d[0], "seq": d[1]}
+        if len(d) == 4:
+            item.update(
+                timestamp=d[2],
+                wall_ms=physical_ms(d[2]),
+                logical=logical(d[2]),
+                value=to_json(d[3]),
+            )
+        out.append(item)
+    return out
+
+
+def summary(snap: Snapshot) -> dict[str, Any]:
+    fmt = snap.meta(layout.META_FORMAT)
+    node_id = snap.meta(layout.META_NODE_ID)
+    info, stat = snap.env.info(), snap.env.stat()
+    used = (info["last_pgno"] + 1) * stat["psize"]
+    namespaces = {}
+    for name, (ns_id, type_name) in sorted(snap.namespaces().items()):
+        size = sum(n for _, _, n in snap.rows(ns_id))
+        namespaces[name] = {
+            "type": type_name,
+            "entries": count_live(snap.txn, snap.dbs["buckets"], ns_id),
+            "bytes": size,
+            "context": context_json(snap.context(ns_id)),
+            "log": snap.log(ns_id),
+        }
+    with snap.txn.cursor(db=snap.dbs["journal"]) as cur:
+        jfirst = layout.read_u64(cur.key()) if cur.first() else 0
+        jlast = layout.read_u64(cur.key()) if cur.last() else 0
+    return {
+        "node_id": None if node_id is None else bytes(node_id).decode(),
+        "format_version": None if fmt is None else layout.read_u64(fmt),
+        "namespaces": namespaces,
+        "journal": {"first": jfirst, "last": jlast},
+        "map": {
+            "map_size": info["map_size"],
+            "used_bytes": used,
+            "fill_pct": round(100.0 * used / info["map_size"], 2),
+        },
+    }
+
+
+def namespace(snap: Snapshot, name: str) -> tuple[int, str]:
+    found = snap.namespaces().get(name)
+    if found is None:
+        raise SystemExit(f"crdt-inspect: no namespace {name!r}")
+    return found
+
+
+def dump(snap: Snapshot, name: str) -> dict[str, Any]:
+    ns_id, type_name = namespace(snap, name)
+    entries = []
+    for key, dots, _ in snap.rows(ns_id):
+        item: dict[str, Any] = {"key": to_json(key), "dots": dots_json(dots)}
+        if type_name == "lww_map":
+            item["value"] = to_json(winning_value(dots))
+        entries.append(item)
+    return {"namespace": name, "type": type_name, "entries": entries}
+
+
+def show(snap: Snapshot, name: str, key: Any) -> dict[str, Any]:
+    ns_id, type_name = namespace(snap, name)
+    ekey = layout.pack_key(key)
+    data = snap.txn.get(
+        layout.row_key(ns_id, layout.hash_encoded_key(ekey), ekey), db=snap.dbs["state"]
+    )
+    dots = layout.unpack_row(data)[1] if data else []
+    out: dict[str, Any] = {
+        "namespace": name,
+        "type": type_name,
+        "key": to_json(key),
+        "present": bool(dots),
+        "dots": dots_json(dots),
+    }
+    if type_name == "lww_map":
+        out["value"] = to_json(winning_value(dots)) if dots else None
+    return out
+
+
+def diff(a: Snapshot, b: Snapshot) -> dict[str, Any]:
+    """Entries whose live dots differ, each dot explained from the other side's context."""
+    out = []
+    ns_a, ns_b = a.namespaces(), b.namespaces()
+    for name in sorted(ns_a.keys() | ns_b.keys()):
+        sides = []
+        for snap, names in ((a, ns_a), (b, ns_b)):
+            found = names.get(name)
+            rows = (
+                {}
+                if found is None
+                else {layout.pack_key(k): (k, d) for k, d, _ in snap.rows(found[0])}
+            )
+            ctx = CausalContext() if found is None else snap.context(found[0])
+            sides.append((rows, ctx))
+        (rows_a, ctx_a), (rows_b, ctx_b) = sides
+        for ekey in sorted(rows_a.keys() | rows_b.keys()):
+            key = (rows_a.get(ekey) or rows_b[ekey])[0]
+            dots_a = {Dot(d[0], d[1]) for d in rows_a.get(ekey, (None, []))[1]}
+            dots_b = {Dot(d[0], d[1]) for d in rows_b.get(ekey, (None, []))[1]}
+            if dots_a == dots_b:
+                continue
+            reasons = []
+            for here, other, other_ctx, side, other_side in (
+                (dots_a, dots_b, ctx_b, "a", "b"),
+                (dots_b, dots_a, ctx_a, "b", "a"),
+            ):
+                for dot in sorted(here - other):
+                    why = (
+                        f"removed on {other_side}"
+                        if dot in other_ctx
+                        else f"not yet seen by {other_side}"
+                    )
+                    reasons.append({"live_on": side, "dot": list(dot), "reason": why})
+            out.append({"namespace": name, "key": to_json(key), "dots": reasons})
+    return {"differences": out}
+
+
+def parse_key(args: argparse.Namespace) -> Any:
+    if args.int:
+        return int(args.key)
+    if args.hex:
+        return bytes.fromhex(args.key)
+    return args.key
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crdt-inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("directory", help="a node directory, or 'diff' to compare two")
+    sub = parser.add_subparsers(dest="command")
+    p_dump = sub.add_parser("dump", help="every entry of a namespace")
+    p_dump.add_argument("namespace")
+    p_dump.add_argument("--json", action="store_true", dest="json_sub")
+    p_show = sub.add_parser("show", help="one key with its dots and timestamps")
+    p_show.add_argument("namespace")
+    p_show.add_argument("key")
+    kind = p_show.add_mutually_exclusive_group()
+    kind.add_argument("--int", action="store_true", help="KEY is an integer")
+    kind.add_argument("--hex", action="store_true", help="KEY is bytes, in hex")
+    p_show.add_argument("--json", action="store_true", dest="json_sub")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
+    if argv and argv[0] == "diff":
+        dparser = argparse.ArgumentParser(prog="crdt-inspect diff")
+        dparser.add_argument("dir_a")
+        dparser.add_argument("dir_b")
+        dargs = dparser.parse_args(argv[1:])
+        a, b = Snapshot(dargs.dir_a), Snapshot(dargs.dir_b)
+        try:
+            return emit(diff(a, b), as_json, "diff")
+        finally:
+            a.close()
+            b.close()
+    args = build_parser().parse_args(argv)
+    snap = Snapshot(args.directory)
+    try:
+        if args.command == "dump":
+            return emit(dump(snap, args.namespace), as_json, "dump")
+        if args.command == "show":
+            return emit(show(snap, args.namespace, parse_key(args)), as_json, "show")
+        return emit(summary(snap), as_json, "summary")
+    finally:
+        snap.close()
+
+
+def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
+    if as_json:
+        print(json.dumps(result, sort_keys=True))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    if kind == "summary":
+        console.print(
+            f"node [bold]{result['node_id']}[/]  format v{result['format_version']}  "
+            f"map {result['map']['used_bytes']}/{result['map']['map_size']} bytes "
+            f"({result['map']['fill_pct']}%)  journal {result['journal']}"
+        )
+        table = Table(
+            "namespace",
+            "type",
+            "entries",
+            "bytes",
+            "version vector",
+            "cloud",
+            "delta log (origin: first..last, batches, bytes)",
+        )
+        for name, ns in result["namespaces"].items():
+            logs = "\n".join(
+                f"{o}: {i['first']}..{i['last']}, {i['batches']}, {i['bytes']}"
+                for o, i in sorted(ns["log"].items())
+            )
+            table.add_row(
+                name,
+                ns["type"],
+                str(ns["entries"]),
+                str(ns["bytes"]),
+                json.dumps(ns["context"]["vv"]),
+                str(len(ns["context"]["cloud"])),
+                logs,
+            )
+        console.print(table)
+    elif kind == "dump":
+        table = Table("key", "value", "dots", title=f"{result['namespace']} ({result['type']})")
+        for e in result["entries"]:
+            dots = ", ".join(
+                f"{d['replica']}:{d['seq']}" + (f"@{d['timestamp']}" if "timestamp" in d else "")
+                for d in e["dots"]
+            )
+            table.add_row(json.dumps(e["key"]), json.dumps(e.get("value", True)), dots)
+        console.print(table)
+    elif kind == "show":
+        console.print(result)
+    else:
+        table = Table("namespace", "key", "live on", "dot", "why")
+        for d in result["differences"]:
+            for r in d["dots"]:
+                table.add_row(
+                    d["namespace"],
+                    json.dumps(d["key"]),
+                    r["live_on"],
+                    f"{r['dot'][0]}:{r['dot'][1]}",
+                    r["reason"],
+                )
+        console.print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,435 @@
+"""The public API: ``crdtstore.open()`` and :class:`Node`, with namespace views.
+
+A :class:`Node` owns one :class:`~crdtstore.storage.LMDBReplica` (the directory), the
+watcher thread that delivers changes, and, with ``bind``, the network role. Everything it
+starts it stops in ``close()``, which is idempotent.
+
+Reads go straight to LMDB (no cache of state), so every process sharing the directory
+sees every other's commits at once. Each mutation outside ``transaction()`` is its own
+commit; inside, all mutations of the thread share one commit, and reads see them.
+
+Network seam (for the sync engine and transport, attached later): ``node.replica`` is the
+:class:`~crdtstore.sync.replica.Replica` the engine drives; ``node.on_commit`` holds
+callables run (no arguments) after each local commit that produced delta batches;
+``node.on_role_acquired`` holds callables run once this node takes the network role;
+``node._attach_network(obj)`` hands over an object whose ``close()`` the node calls first
+when it closes. Never open a node before ``fork()`` and use it after.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import (
+    Callable,
+    ItemsView,
+    Iterable,
+    Iterator,
+    MutableMapping,
+    MutableSet,
+    ValuesView,
+)
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from crdtstore.crdt import check_key
+from crdtstore.errors import ClosedError, Error
+from crdtstore.settings import NodeSettings
+from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
+from crdtstore.storage.journal import Change
+from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
+from crdtstore.storage.rows import winning_value
+from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LWW = "lww_map"
+ORSET = "or_set"
+
+
+def open(
+    path: str | os.PathLike[str],
+    node_id: str | None = None,
+    bind: str | None = None,
+    seeds: Iterable[str] = (),
+    **settings: Any,
+) -> Node:
+    """Open (creating if needed) the node directory ``path``.
+
+    ``node_id``: the node's id; generated and persisted on first open when None;
+    reopening with another id raises :class:`~crdtstore.errors.IdentityMismatch`.
+    ``bind``: the address to serve the network on; None makes a local-only replica.
+    With ``bind``, the node takes the directory's network role if it is free, and keeps
+    trying while another process holds it. ``seeds``: addresses of nodes to join through.
+    ``settings``: any field of :class:`~crdtstore.settings.NodeSettings`; unknown names
+    raise :class:`~crdtstore.errors.InvalidValue`.
+    """
+    return Node(
+        path, node_id=node_id, bind=bind, seeds=seeds, settings=NodeSettings.from_mapping(settings)
+    )
+
+
+class Node:
+    """One node's data directory, opened in this process. Thread-safe."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        node_id: str | None = None,
+        bind: str | None = None,
+        seeds: Iterable[str] = (),
+        settings: NodeSettings | None = None,
+    ) -> None:
+        self.settings = settings if settings is not None else NodeSettings()
+        self.path = os.fspath(path)
+        self.bind = bind
+        self.seeds: tuple[str, ...] = tuple(seeds)
+        self.stats: Counter[str] = Counter()
+        self.on_commit: list[Callable[[], None]] = []
+        self.on_role_acquired: list[Callable[[], None]] = []
+        self._tls = threading.local()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._network: Any = None
+        self._replica = LMDBReplica(path, node_id, self.settings)
+        self.stats = self._replica.stats  # one set of counters per node
+        self._watcher = JournalWatcher(
+            self._replica, self.settings.watch_poll_interval_ms / 1000, self.stats
+        )
+        self._role: NetworkRole | None = None
+        self._role_stop = threading.Event()
+        self._role_thread: threading.Thread | None = None
+        if bind is not None:
+            self._want_role()
+
+    # -- identity and lifecycle ----------
+
+    @property
+    def node_id(self) -> str:
+        return self._replica.node_id
+
+    @property
+    def replica(self) -> LMDBReplica:
+        """The LMDB replica, for the sync engine (implements ``sync.replica.Replica``)."""
+        return self._replica
+
+    @property
+    def has_network_role(self) -> bool:
+        return self._role is not None and self._role.held
+
+    def members(self) -> list[dict[str, Any]]:
+        """Members as seen locally. Until membership is attached: this node only."""
+        return [{"id": self.node_id, "status": "alive", "is_self": True, "bind": self.bind}]
+
+    def _attach_network(self, network: Any) -> None:
+        """Give the node an object (replicator) to close before the replica closes."""
+        self._network = network
+
+    def close(self) -> None:
+        """Stop every thread the node started, then close the directory. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._role_stop.set()
+        if self._role_thread is not None:
+            self._role_thread.join()
+        if self._network is not None:
+            try:
+                self._network.close()
+            finally:
+                self._network = None
+        self._watcher.stop()
+        if self._role is not None:
+            self._role.release()
+        self._replica.close()
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Node({self.node_id!r}, {self.path!r}{', closed' if self._closed else ''})"
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"node {self.path} is closed")
+
+    # -- the network role ----------
+
+    def _want_role(self) -> None:
+        self._role = NetworkRole(self.path)
+        if self._role.try_acquire():
+            return
+        interval = self.settings.role_poll_interval_ms / 1000
+
+        def poll() -> None:
+            assert self._role is not None
+            while not self._role_stop.wait(interval):
+                if self._role.try_acquire():
+                    log.info("%s: took the network role", self.path)
+                    self._run_hooks(self.on_role_acquired, "role_hook_errors")
+                    return
+
+        self._role_thread = threading.Thread(
+            target=poll, name=f"crdtstore-role-{self.node_id}", daemon=True
+        )
+        self._role_thread.start()
+
+    def _run_hooks(self, hooks: list[Callable[[], None]], counter: str) -> None:
+        for hook in list(hooks):
+            try:
+                hook()
+            except Exception:  # a hook of the network layer; count it and go on
+                self.stats[counter] += 1
+                log.exception("%s: hook %r failed (counted)", self.path, hook)
+
+    # -- namespaces ----------
+
+    def lww_map(self, name: str) -> LWWMapView:
+        """The LWW-map ``name`` (created if new; TypeMismatch if it is another type)."""
+        self._ensure(name, LWW)
+        return LWWMapView(self, name)
+
+    def or_set(self, name: str) -> ORSetView:
+        """The OR-Set ``name`` (created if new; TypeMismatch if it is another type)."""
+        self._ensure(name, ORSET)
+        return ORSetView(self, name)
+
+    def namespaces(self) -> dict[str, str]:
+        """Namespace name -> CRDT type, of every namespace in the directory."""
+        self._check()
+        return dict(self._replica.namespaces())
+
+    def _ensure(self, name: str, type_name: str) -> None:
+        self._check()
+        w = self._current()
+        if w is not None:
+            w.ensure_namespace(name, type_name)
+        else:
+            self._replica.namespace_id(name, type_name)
+
+    # -- transactions ----------
+
+    def _current(self) -> LocalWrite | None:
+        return getattr(self._tls, "write", None)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Node]:
+        """Many mutations, one commit, one delta batch per namespace touched.
+
+        Reads inside see the transaction's writes. An exception inside aborts every
+        mutation of the transaction. Nested ``transaction()`` blocks join the outer one.
+        The transaction belongs to this thread (other threads do not see it until commit,
+        and their own writes wait for it: keep transactions short).
+        """
+        self._check()
+        if self._current() is not None:
+            yield self
+            return
+        w = self._replica.begin_local()
+        self._tls.write = w
+        try:
+            yield self
+        except BaseException:
+            w.abort()
+            raise
+        else:
+            committed = w.commit()
+        finally:
+            self._tls.write = None
+        self._after_commit(committed)
+
+    def _write(self, fn: Callable[[LocalWrite], T]) -> T:
+        self._check()
+        w = self._current()
+        if w is not None:
+            return fn(w)
+        w = self._replica.begin_local()
+        try:
+            result = fn(w)
+        except BaseException:
+            w.abort()
+            raise
+        committed = w.commit()
+        self._after_commit(committed)
+        return result
+
+    def _after_commit(self, committed: Committed) -> None:
+        if committed.changed:
+            self._watcher.wake()
+        if committed.namespaces:
+            self._run_hooks(self.on_commit, "commit_hook_errors")
+
+    # -- reads ----------
+
+    def _dots(self, name: str, type_name: str, ekey: bytes) -> list[list[Any]] | None:
+        self._check()
+        w = self._current()
+        if w is not None:
+            return w.dots(name, ekey)
+        ns_id = self._replica.namespace_id(name, type_name)
+        with self._replica.read_txn() as txn:
+            return get_dots(txn, self._replica._state, ns_id, ekey)
+
+    def _count(self, name: str, type_name: str) -> int:
+        self._check()
+        w = self._current()
+        if w is not None:
+            return w.count(name)
+        ns_id = self._replica.namespace_id(name, type_name)
+        with self._replica.read_txn() as txn:
+            return count_live(txn, self._replica._bucketdb, ns_id)
+
+    def _rows(self, name: str, type_name: str) -> Iterator[tuple[Any, list[list[Any]]]]:
+        """Every live row, in chunks of ``iter_chunk`` per read transaction."""
+        after: bytes | None = None
+        limit = self.settings.iter_chunk
+        while True:
+            self._check()
+            w = self._current()
+            if w is not None:
+                chunk = w.scan(name, after, limit)
+            else:
+                ns_id = self._replica.namespace_id(name, type_name)
+                with self._replica.read_txn() as txn:
+                    chunk = scan_chunk(txn, self._replica._state, ns_id, after, limit)
+            for _, key, dots in chunk:
+                yield key, dots
+            if len(chunk) < limit:
+                return
+            after = bytes(chunk[-1][0])
+
+    # -- changes ----------
+
+    def watch(self, namespace: str | None, callback: Callable[[Change], None]) -> WatchHandle:
+        """Call ``callback(change)`` for every later change (local, remote, other processes)
+        of ``namespace`` (None: every namespace), on the node's watcher thread."""
+        self._check()
+        return self._watcher.subscribe(namespace, callback)
+
+    def changes(self, namespace: str | None = None, maxsize: int = 100_000) -> ChangeFeed:
+        """An iterator over later changes (see :meth:`watch`); ``feed.get(timeout)`` polls."""
+        self._check()
+        return ChangeFeed(self._watcher, namespace, maxsize)
+
+
+def _valid_key(key: object) -> bool:
+    try:
+        check_key(key)
+    except Error:
+        return False
+    return True
+
+
+class LWWMapView(MutableMapping[Any, Any]):
+    """A live view of one LWW-map namespace: every call reads or writes the directory."""
+
+    __slots__ = ("_name", "_node")
+
+    def __init__(self, node: Node, name: str) -> None:
+        self._node = node
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __getitem__(self, key: Any) -> Any:
+        dots = self._node._dots(self._name, LWW, encode_key(key, self._node.settings))
+        if not dots:
+            raise KeyError(key)
+        return winning_value(dots)
+
+    def __contains__(self, key: object) -> bool:
+        if not _valid_key(key):
+            return False
+        return bool(self._node._dots(self._name, LWW, encode_key(key, self._node.settings)))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._node._write(lambda w: w.put(self._name, key, value))
+
+    def __delitem__(self, key: Any) -> None:
+        if not self._node._write(lambda w: w.delete(self._name, key)):
+            raise KeyError(key)
+
+    def __iter__(self) -> Iterator[Any]:
+        return (key for key, _ in self._node._rows(self._name, LWW))
+
+    def __len__(self) -> int:
+        return self._node._count(self._name, LWW)
+
+    def items(self) -> ItemsView[Any, Any]:
+        return _Items(self)
+
+    def values(self) -> ValuesView[Any]:
+        return _Values(self)
+
+    def _items(self) -> Iterator[tuple[Any, Any]]:
+        for key, dots in self._node._rows(self._name, LWW):
+            yield key, winning_value(dots)
+
+    def __repr__(self) -> str:
+        return f"<LWWMapView {self._name!r} of node {self._node.node_id!r}>"
+
+
+class _Items(ItemsView[Any, Any]):
+    _mapping: LWWMapView
+
+    def __iter__(self) -> Iterator[tuple[Any, Any]]:
+        return self._mapping._items()
+
+
+class _Values(ValuesView[Any]):
+    _mapping: LWWMapView
+
+    def __iter__(self) -> Iterator[Any]:
+        return (value for _, value in self._mapping._items())
+
+
+class ORSetView(MutableSet[Any]):
+    """A live view of one OR-Set namespace: every call reads or writes the directory."""
+
+    __slots__ = ("_name", "_node")
+
+    def __init__(self, node: Node, name: str) -> None:
+        self._node = node
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    def __contains__(self, element: object) -> bool:
+        if not _valid_key(element):
+            return False
+        ekey = encode_key(element, self._node.settings)
+        return bool(self._node._dots(self._name, ORSET, ekey))
+
+    def __iter__(self) -> Iterator[Any]:
+        return (key for key, _ in self._node._rows(self._name, ORSET))
+
+    def __len__(self) -> int:
+        return self._node._count(self._name, ORSET)
+
+    def add(self, element: Any) -> None:
+        self._node._write(lambda w: w.add(self._name, element))
+
+    def discard(self, element: Any) -> None:
+        self._node._write(lambda w: w.remove(self._name, element))
+
+    def remove(self, element: Any) -> None:
+        if not self._node._write(lambda w: w.remove(self._name, element)):
+            raise KeyError(element)
+
+    def __repr__(self) -> str:
+        return f"<ORSetView {self._name!r} of node {self._node.node_id!r}>"
+
+
+__all__ = ["LWWMapView", "Node", "ORSetView", "open"]

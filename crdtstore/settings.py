@@ -1,0 +1,128 @@
+"""Every tunable of a node, in one frozen dataclass with documented defaults.
+
+``crdtstore.open(path, **options)``, ``crdtstore serve`` and the TOML configuration file
+all build a :class:`NodeSettings` through :meth:`NodeSettings.from_mapping`, which
+rejects unknown names, so a misspelt option fails loudly instead of being ignored.
+Each limit is a named field here, never a literal in the middle of the code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from crdtstore.errors import InvalidValue
+
+Durability = Literal["sync", "async"]
+
+# LMDB 0.9's largest key is 511 bytes; a state row key spends 12 of them on the namespace
+# id and the key hash (see crdtstore.storage.layout).
+LMDB_MAX_KEY = 511
+ROW_KEY_OVERHEAD = 12
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSettings:
+    """Settings of one node. Every field has a default; all are validated on creation."""
+
+    map_size: int = 64 * 1024 * 1024
+    """Initial size of the LMDB memory map in bytes. The map grows by itself (doubling, up
+    to ``max_map_size``) when it fills, so this only needs to be a sensible starting point."""
+
+    max_map_size: int = 1 << 40
+    """Largest the map may grow to, in bytes. A write that would need more raises
+    :class:`~crdtstore.errors.StorageError` and changes nothing."""
+
+    durability: Durability = "sync"
+    """``"sync"`` (the default): a mutation call that returned is on disk. Every commit
+    fsyncs (LMDB ``sync=True, metasync=True``), so an acknowledged write survives
+    ``kill -9`` and power loss. Throughput comes from batching with
+    ``node.transaction()``, not from weakening this.
+
+    ``"async"``: commits do not fsync (LMDB ``sync=False``); a background flusher owned by
+    the node calls ``env.sync()`` every ``flush_interval_ms``, and ``close()`` flushes.
+    A process crash loses nothing (the data is in the OS page cache), but an OS crash or
+    power loss may lose the commits of the last ``flush_interval_ms``. The file stays
+    consistent either way."""
+
+    flush_interval_ms: int = 100
+    """With ``durability="async"``: the bound on the loss window, in milliseconds."""
+
+    max_key_bytes: int = 256
+    """Largest encoded (msgpack) key, set element or namespace key, in bytes. At most
+    ``511 - 12`` because a key lives inside an LMDB key."""
+
+    max_value_bytes: int = 1024 * 1024
+    """Largest encoded (msgpack) LWW-map value, in bytes."""
+
+    max_value_depth: int = 24
+    """Deepest nesting of lists and dicts inside one value. Peers decode deltas with a
+    depth limit of 32 levels, of which the delta's own framing uses six."""
+
+    max_clock_drift_ms: int = 60_000
+    """A remote LWW timestamp further ahead of local time than this is rejected (the whole
+    batch or range, counted in ``stats["rejected_clock_drift"]``), so one node with a bad
+    clock cannot win every write forever."""
+
+    watch_poll_interval_ms: int = 50
+    """How often a node's watcher thread polls the change journal for commits made by
+    other processes sharing the directory (commits of this process wake it at once)."""
+
+    journal_max_entries: int = 10_000
+    """Commits kept in the change journal. A watcher that falls further behind than this
+    skips the trimmed commits (counted in ``stats["journal_overrun"]``)."""
+
+    role_poll_interval_ms: int = 200
+    """With ``bind``: how often a node that wants the network role while another process
+    holds it retries taking it."""
+
+    iter_chunk: int = 1_000
+    """Entries read per LMDB read transaction while iterating a namespace view. Each chunk
+    is a consistent snapshot; iteration as a whole is weakly consistent."""
+
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Network options (``topics``, keys, ...) kept for the network layer, which validates
+    them; ``from_mapping`` only puts names listed in ``NETWORK_OPTIONS`` here."""
+
+    def __post_init__(self) -> None:
+        def positive(name: str) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise InvalidValue(f"setting {name}={value!r} must be a positive int")
+
+        for f in dataclasses.fields(self):
+            if f.name not in ("durability", "extra"):
+                positive(f.name)
+        if self.durability not in ("sync", "async"):
+            raise InvalidValue(f"setting durability={self.durability!r}: use 'sync' or 'async'")
+        if self.map_size > self.max_map_size:
+            raise InvalidValue(
+                f"setting map_size={self.map_size} exceeds max_map_size={self.max_map_size}"
+            )
+        if self.max_key_bytes > LMDB_MAX_KEY - ROW_KEY_OVERHEAD:
+            raise InvalidValue(
+                f"setting max_key_bytes={self.max_key_bytes} exceeds the LMDB bound "
+                f"{LMDB_MAX_KEY - ROW_KEY_OVERHEAD}"
+            )
+        if self.max_value_depth > 26:
+            raise InvalidValue(f"setting max_value_depth={self.max_value_depth} exceeds 26")
+
+    @classmethod
+    def from_mapping(cls, options: Mapping[str, Any]) -> NodeSettings:
+        """Settings from a dict (keyword arguments, a TOML table); unknown names raise."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        unknown = sorted(set(options) - known - NETWORK_OPTIONS)
+        if unknown:
+            raise InvalidValue(
+                f"unknown setting(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(sorted(known | NETWORK_OPTIONS))}"
+            )
+        mine = {k: v for k, v in options.items() if k in known}
+        extra = {k: v for k, v in options.items() if k in NETWORK_OPTIONS}
+        return cls(**mine, extra=extra)
+
+
+NETWORK_OPTIONS: frozenset[str] = frozenset({"topics", "secret_key", "keys_dir"})
+"""Options the network layer (added later) reads from ``NodeSettings.extra``."""

@@ -1,0 +1,85 @@
+"""Change events and the bounded journal that carries them between processes.
+
+Every commit that changes what a reader would see (a key's value or an element's
+presence) appends one journal row holding that commit's :class:`Change` events, in the
+same write transaction as the change itself, so a watcher never sees an event for a change
+that did not commit, nor misses one that did (unless it falls more than
+``journal_max_entries`` commits behind, which is counted). Journal sequence numbers only
+grow; trimming drops the oldest rows.
+
+Events of an OR-Set carry ``old``/``new`` = ``True`` (present) or ``False`` (absent);
+events of an LWW-map carry the value before and after, ``None`` for absent. ``origin`` is
+the node whose write made the change: the local node, a delta batch's origin, or for a
+range repair the writer of the new value (``None`` when a repair revealed a removal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+import msgpack
+
+from crdtstore.errors import DecodeError
+from crdtstore.storage.layout import Buf, read_u64, u64, unpack_stored
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One visible change of one key in one namespace."""
+
+    namespace: str
+    key: Any
+    old: Any
+    new: Any
+    origin: str | None
+
+
+Event = tuple[str, Any, Any, Any, str | None]
+
+
+def last_seq(txn: lmdb.Transaction, db: Any) -> int:
+    """Sequence number of the newest journal row, 0 if there is none."""
+    with txn.cursor(db) as cur:
+        return read_u64(cur.key()) if cur.last() else 0
+
+
+def append(txn: lmdb.Transaction, db: Any, events: list[Event], keep: int) -> int:
+    """Append one row of events and trim to ``keep`` rows; returns the new row's seq."""
+    seq = last_seq(txn, db) + 1
+    txn.put(u64(seq), msgpack.packb([list(e) for e in events], use_bin_type=True), db=db)
+    oldest = seq - keep
+    if oldest > 0:
+        with txn.cursor(db) as cur:
+            # Usually one row goes per commit; the loop also catches up after `keep` shrank.
+            while cur.first() and read_u64(cur.key()) <= oldest:
+                cur.delete()
+    return seq
+
+
+def read_after(txn: lmdb.Transaction, db: Any, after: int) -> Iterator[tuple[int, list[Change]]]:
+    """Journal rows with seq > ``after``, oldest first."""
+    with txn.cursor(db) as cur:
+        if not cur.set_range(u64(after + 1)):
+            return
+        for key, value in cur:
+            yield read_u64(key), decode_events(value)
+
+
+def first_seq(txn: lmdb.Transaction, db: Any) -> int:
+    with txn.cursor(db) as cur:
+        return read_u64(cur.key()) if cur.first() else 0
+
+
+def decode_events(data: Buf) -> list[Change]:
+    rows = unpack_stored(data)
+    if not isinstance(rows, list):
+        raise DecodeError("journal row is not a list")
+    out = []
+    for row in rows:
+        if not isinstance(row, list) or len(row) != 5 or not isinstance(row[0], str):
+            raise DecodeError("journal event is not [namespace, key, old, new, origin]")
+        out.append(Change(row[0], row[1], row[2], row[3], row[4]))
+    return out

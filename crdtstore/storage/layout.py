@@ -1,0 +1,241 @@
+"""The byte layout of every LMDB table of a node directory.
+
+Invariants this module keeps (and ``crdt-inspect`` relies on):
+
+- A state row's key is ``ns_id (4 bytes BE) + key_hash(key) (8 bytes BE) + encoded key``,
+  so the rows of one namespace sorted by LMDB are in reconciliation order and a key-hash
+  range ``[lo, hi)`` is one cursor range scan.
+- A state row's value is ``entry_hash (8 bytes BE) + msgpack([[replica, seq], ...])``
+  for an OR-Set element, ``[[replica, seq, timestamp, value], ...]`` for an LWW-map key.
+  A row exists only while it has a live dot; removals live in the context alone.
+- ``entry_hash`` and ``key_hash`` equal :mod:`crdtstore.sync.fingerprint`'s, computed here
+  from the already-encoded key so a write hashes its key once.
+- A bucket row ``ns_id + bucket (1 byte)`` holds ``xor (8) + count (8)`` of the entry
+  hashes of the live rows whose key hash starts with that byte; every write updates it in
+  the same transaction, so a fingerprint over whole buckets reads 256 rows, not n.
+- A log row ``ns_id + blake2b(origin)[:8] + first_seq (8 BE)`` holds
+  ``last_seq (8) + serial (8) + len(origin) (2) + origin + encoded DeltaBatch message``;
+  the log-order row ``ns_id + serial (8 BE)`` points back at it, so the oldest batches in
+  append order can be dropped first (``bound_log``); ``meta[log_count: + ns_id]`` counts
+  the namespace's logged batches.
+- A journal row ``seq (8 BE)`` holds ``msgpack([[namespace, key, old, new, origin], ...])``:
+  the visible changes of one commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import msgpack
+
+from crdtstore.crdt import Dot
+from crdtstore.errors import DecodeError
+
+FORMAT_VERSION = 1
+
+Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
+
+HASH_SPACE = 1 << 64
+BUCKET_BITS = 8
+BUCKETS = 1 << BUCKET_BITS
+BUCKET_SHIFT = 64 - BUCKET_BITS  # a bucket is the key hash's first byte (local.py relies on it)
+
+TABLES = ("meta", "namespaces", "state", "context", "buckets", "log", "logorder", "journal")
+
+META_FORMAT = b"format_version"
+META_NODE_ID = b"node_id"
+META_NEXT_NS = b"next_ns_id"
+META_LOG_SERIAL = b"log_serial"
+META_LOG_COUNT = b"log_count:"  # + ns id: logged batches held for the namespace
+
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_BUCKET = struct.Struct(">QQ")
+_LOG_HEAD = struct.Struct(">QQH")
+
+
+def u64(n: int) -> bytes:
+    return _U64.pack(n)
+
+
+def read_u64(data: Buf, offset: int = 0) -> int:
+    return int(_U64.unpack_from(data, offset)[0])
+
+
+def ns_prefix(ns_id: int) -> bytes:
+    return _U32.pack(ns_id)
+
+
+def ns_end(ns_id: int) -> bytes:
+    """The first key after every row of namespace ``ns_id``."""
+    return _U32.pack(ns_id + 1)
+
+
+# -- keys and hashes --------------------------------------------------------------------
+
+
+_local = threading.local()
+
+
+def pack(obj: Any) -> bytes:
+    """msgpack with a reused per-thread packer (``packb`` builds a new one per call; a
+    packer is not safe to share between threads)."""
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(obj)  # type: ignore[no-any-return]
+
+
+def pack_key(key: Any) -> bytes:
+    """The canonical bytes of a key (its msgpack encoding, as fingerprint.encode_key)."""
+    return pack(key)
+
+
+def hash_encoded_key(ekey: bytes) -> int:
+    """``fingerprint.key_hash`` of the key whose encoding is ``ekey``."""
+    return int.from_bytes(hashlib.blake2b(ekey, digest_size=8).digest(), "big")
+
+
+def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, int]]) -> int:
+    """``fingerprint.entry_hash`` of a key given its encoding; 0 for no dots."""
+    ordered = sorted(dots)
+    if not ordered:
+        return 0
+    h = hashlib.blake2b(ekey, digest_size=8)
+    for replica, seq in ordered:
+        h.update(replica.encode())
+        h.update(b"\0")
+        h.update(seq.to_bytes(8, "big"))
+    return int.from_bytes(h.digest(), "big")
+
+
+def single_dot_hash(ekey: bytes, replica_tag: bytes, seq: int) -> int:
+    """``entry_hash_encoded(ekey, [(replica, seq)])``, with ``replica_tag = replica + NUL``."""
+    h = hashlib.blake2b(ekey, digest_size=8)
+    h.update(replica_tag + seq.to_bytes(8, "big"))
+    return int.from_bytes(h.digest(), "big")
+
+
+def row_key(ns_id: int, khash: int, ekey: bytes) -> bytes:
+    return _U32.pack(ns_id) + _U64.pack(khash) + ekey
+
+
+def range_bounds(ns_id: int, lo: int, hi: int) -> tuple[bytes, bytes]:
+    """Row-key bounds ``[start, end)`` of the key-hash range ``[lo, hi)``."""
+    start = _U32.pack(ns_id) + _U64.pack(lo)
+    end = _U32.pack(ns_id) + _U64.pack(hi) if hi < HASH_SPACE else ns_end(ns_id)
+    return start, end
+
+
+def split_row_key(rkey: Buf) -> tuple[int, Buf]:
+    """``(key_hash, encoded key)`` of a state row key."""
+    return read_u64(rkey, 4), rkey[12:]
+
+
+def bucket_key(ns_id: int, bucket: int) -> bytes:
+    return _U32.pack(ns_id) + bytes((bucket,))
+
+
+def pack_bucket(fp: int, count: int) -> bytes:
+    return _BUCKET.pack(fp, count)
+
+
+def unpack_bucket(data: Buf) -> tuple[int, int]:
+    fp, count = _BUCKET.unpack(data)
+    return int(fp), int(count)
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+
+_unpackb = msgpack.unpackb
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise DecodeError(f"msgpack ext type {code} in a stored row")
+
+
+def unpack_stored(data: Buf) -> Any:
+    """Decode msgpack this node wrote; corruption raises DecodeError."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False, ext_hook=_reject_ext)
+    except DecodeError:
+        raise
+    except Exception as exc:  # msgpack raises many types on malformed input
+        raise DecodeError(f"corrupt stored row: {type(exc).__name__}: {exc}") from exc
+
+
+def pack_stored(obj: Any) -> bytes:
+    """msgpack of a stored value this node builds (never user input: that is checked first)."""
+    return pack(obj)
+
+
+def pack_row(ehash: int, dots: list[list[Any]]) -> bytes:
+    return _U64.pack(ehash) + pack(dots)
+
+
+def unpack_row(data: Buf) -> tuple[int, list[list[Any]]]:
+    """``(entry hash, [[replica, seq, (timestamp, value)]...])`` of a state row."""
+    try:
+        dots = _unpackb(data[8:], raw=False, strict_map_key=False, ext_hook=_reject_ext)
+    except Exception as exc:  # msgpack raises many types on malformed input
+        raise DecodeError(f"corrupt state row: {type(exc).__name__}: {exc}") from exc
+    if type(dots) is not list or len(data) < 9:
+        raise DecodeError("state row does not hold a list of dots")
+    return read_u64(data), dots
+
+
+def row_hash(data: Buf) -> int:
+    return read_u64(data)
+
+
+# -- the delta log ----------------------------------------------------------------------
+
+
+def origin_tag(origin: str) -> bytes:
+    return hashlib.blake2b(origin.encode(), digest_size=8).digest()
+
+
+def log_prefix(ns_id: int, origin: str) -> bytes:
+    return _U32.pack(ns_id) + origin_tag(origin)
+
+
+def log_key(ns_id: int, origin: str, first: int) -> bytes:
+    return log_prefix(ns_id, origin) + _U64.pack(first)
+
+
+def log_first(lkey: Buf) -> int:
+    return read_u64(lkey, 12)
+
+
+def pack_log(last: int, serial: int, origin: str, encoded: bytes) -> bytes:
+    raw = origin.encode()
+    return _LOG_HEAD.pack(last, serial, len(raw)) + raw + encoded
+
+
+def unpack_log(data: Buf) -> tuple[int, str, bytes]:
+    """``(last seq, origin, encoded batch)`` of a log row."""
+    last, _, n = _LOG_HEAD.unpack_from(data)
+    start = _LOG_HEAD.size
+    return int(last), bytes(data[start : start + n]).decode(), bytes(data[start + n :])
+
+
+def log_serial(data: Buf) -> int:
+    return read_u64(data, 8)
+
+
+def log_order_key(ns_id: int, serial: int) -> bytes:
+    return _U32.pack(ns_id) + _U64.pack(serial)
+
+
+def log_count_key(ns_id: int) -> bytes:
+    return META_LOG_COUNT + _U32.pack(ns_id)
+
+
+def log_last(data: Buf) -> int:
+    return read_u64(data)

@@ -1,0 +1,479 @@
+"""Local mutations: one LMDB write transaction, any number of mutations, one commit.
+
+Invariants (the same as the pure mutators in :mod:`crdtstore.crdt`, per key):
+
+- each mutation of namespace ``ns`` consumes the dot ``(node, seq)`` with ``seq`` the next
+  of this node in ``ns``: the transaction's mutations of ``ns`` use ``first..last``;
+- an OR-Set add / LWW put replaces every dot the key holds by its new dot; a remove /
+  delete drops them; the mutation observed those dots;
+- an LWW put's timestamp is greater than the timestamps of the dots it replaces (so a put
+  always wins over what it observed, even if another process's clock is ahead) and than
+  every timestamp this process issued;
+- at commit, per namespace touched: the context gains ``first..last``, and ONE delta batch
+  ``first..last`` (the join of the transaction's deltas: each touched key's final dots,
+  with the observed and consumed dots as context) is encoded once and logged; the visible
+  changes are journaled; all in the same LMDB transaction as the rows.
+
+Reads through a :class:`LocalWrite` see its own writes. A write transaction belongs to the
+thread that began it. If the map fills mid-transaction, the transaction is aborted, the
+map grown, and the mutations so far are replayed in a new transaction (reads made before
+the replay are not re-validated; growth is rare and doubles the map each time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from hashlib import blake2b
+from typing import TYPE_CHECKING, Any
+
+import lmdb
+
+from crdtstore.codec import FORMAT_VERSION, check_depth
+from crdtstore.crdt import CausalContext, Dot, check_key
+from crdtstore.errors import (
+    ClosedError,
+    DecodeError,
+    InvalidValue,
+    StorageError,
+    TypeMismatch,
+    ValueTooLarge,
+)
+from crdtstore.storage import layout
+from crdtstore.storage.rows import RowWriter, winning_value
+from crdtstore.sync.messages import DeltaBatch
+
+if TYPE_CHECKING:
+    from crdtstore.settings import NodeSettings
+    from crdtstore.storage.replica import LMDBReplica
+
+LWW = "lww_map"
+ORSET = "or_set"
+
+
+# -- input checks (before anything is written) ----------------------------------------------
+
+
+def encode_key(key: object, settings: NodeSettings) -> bytes:
+    check_key(key)
+    try:
+        ekey = layout.pack_key(key)
+    except (TypeError, ValueError, OverflowError) as exc:  # e.g. a str with lone surrogates
+        raise InvalidValue(f"key {key!r} cannot be encoded: {exc}") from exc
+    if len(ekey) > settings.max_key_bytes:
+        raise ValueTooLarge(
+            f"key {key!r:.60} encodes to {len(ekey)} bytes; max_key_bytes={settings.max_key_bytes}"
+        )
+    return ekey
+
+
+_SCALARS = (str, int, float, bytes, bool, type(None))
+
+
+def encode_value(value: object, settings: NodeSettings) -> bytes:
+    if type(value) not in _SCALARS:
+        try:
+            check_depth(value, settings.max_value_depth)
+        except DecodeError as exc:
+            raise InvalidValue(f"value nests too deep: {exc}") from exc
+    try:
+        data: bytes = layout.pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise InvalidValue(
+            f"value of type {type(value).__name__} is not msgpack-able "
+            f"(None, bool, int, float, str, bytes, list, dict): {exc}"
+        ) from exc
+    if len(data) > settings.max_value_bytes:
+        raise ValueTooLarge(
+            f"value encodes to {len(data)} bytes; max_value_bytes={settings.max_value_bytes}"
+        )
+    return data
+
+
+# -- reads shared by read and write transactions --------------------------------------------
+
+
+def get_dots(txn: lmdb.Transaction, state: Any, ns_id: int, ekey: bytes) -> list[list[Any]] | None:
+    data = txn.get(layout.row_key(ns_id, layout.hash_encoded_key(ekey), ekey), db=state)
+    return None if data is None else layout.unpack_row(data)[1]
+
+
+def count_live(txn: lmdb.Transaction, buckets: Any, ns_id: int) -> int:
+    prefix = layout.ns_prefix(ns_id)
+    total = 0
+    with txn.cursor(db=buckets) as cur:
+        ok = cur.set_range(prefix)
+        while ok and cur.key()[:4] == prefix:
+            total += layout.unpack_bucket(cur.value())[1]
+            ok = cur.next()
+    return total
+
+
+def scan_chunk(
+    txn: lmdb.Transaction, state: Any, ns_id: int, after: bytes | None, limit: int
+) -> list[tuple[layout.Buf, Any, list[list[Any]]]]:
+    """Up to ``limit`` rows ``(row key, key, dots)`` of ``ns_id`` after row key ``after``."""
+    prefix = layout.ns_prefix(ns_id)
+    out: list[tuple[layout.Buf, Any, list[list[Any]]]] = []
+    with txn.cursor(db=state) as cur:
+        ok = cur.set_range(after if after is not None else prefix)
+        if ok and after is not None and cur.key() == after:
+            ok = cur.next()
+        while ok and len(out) < limit:
+            rkey = cur.key()
+            if rkey[:4] != prefix:
+                break
+            out.append((rkey, layout.unpack_stored(rkey[12:]), layout.unpack_row(cur.value())[1]))
+            ok = cur.next()
+    return out
+
+
+def encode_dots(me: str, first: int, last: int, observed: list[tuple[str, int]]) -> list[Any]:
+    """``encode_context(CausalContext.from_dots(own + observed))`` without building Dots,
+    where own is ``(me, first..last)``: the context of a commit's delta batch."""
+    seqs: dict[str, set[int]] = {me: set(range(first, last + 1))}
+    for replica, seq in observed:
+        seqs.setdefault(replica, set()).add(seq)
+    vv: dict[str, int] = {}
+    cloud: list[list[Any]] = []
+    for replica in sorted(seqs):
+        held = seqs[replica]
+        top = 0
+        while top + 1 in held:
+            top += 1
+        if top:
+            vv[replica] = top
+        cloud.extend([replica, s] for s in sorted(held) if s > top)
+    return [vv, cloud]
+
+
+@dataclass
+class _NsWrite:
+    """What one transaction did to one namespace so far."""
+
+    ns_id: int
+    name: str
+    type_name: str
+    ctx: CausalContext
+    first: int
+    next_seq: int
+    delta: dict[bytes, list[Any]]
+    """Encoded key -> ``[key, final dots]``: the wire form of the batch's entries."""
+    observed: list[tuple[str, int]]
+    prefix: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    namespaces: tuple[str, ...]
+    """Namespaces that got a new own delta batch."""
+    changed: bool
+    """Whether a visible change was journaled."""
+
+
+class LocalWrite:
+    """One write transaction of local mutations; use from the thread that created it."""
+
+    def __init__(self, replica: LMDBReplica) -> None:
+        self.replica = replica
+        self.settings = replica.settings
+        self.me = replica.node_id
+        self._me_packed = layout.pack(self.me)
+        self._me_tag = self.me.encode() + b"\0"
+        self._ops: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+        self._active = False
+        self._broken: str | None = None
+        self._begin()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _begin(self) -> None:
+        r = self.replica
+        while True:
+            r._gate.enter()
+            try:
+                self.txn = r._begin_write()
+                break
+            except lmdb.MapResizedError:
+                r._gate.exit()
+            except lmdb.Error as exc:
+                r._gate.exit()
+                raise StorageError(f"cannot begin a write on {r.path}: {exc}") from exc
+            except BaseException:
+                r._gate.exit()
+                raise
+            r._adopt_map_size()
+        self._active = True
+        self._ns: dict[str, _NsWrite] = {}
+        self._created: dict[str, tuple[int, str]] = {}
+        self._writer = RowWriter(self.txn, r._state, r._bucketdb)
+
+    def _release(self) -> None:
+        if self._active:
+            self._active = False
+            try:
+                self.txn.abort()
+            finally:
+                self.replica._gate.exit()
+
+    def abort(self) -> None:
+        """Drop every mutation of this transaction (idempotent)."""
+        self._release()
+        self._broken = self._broken or "aborted"
+
+    def _regrow(self) -> None:
+        """Abort, grow the map, begin again; the caller replays."""
+        seen = self.replica._map_size
+        self._release()
+        try:
+            self.replica._grow(seen)
+        except BaseException:
+            self._broken = "the map could not grow"
+            raise
+        self._begin()
+
+    def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if not self._active:
+            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
+        try:
+            try:
+                result = fn(*args)
+            except lmdb.MapFullError:
+                while True:
+                    self._regrow()
+                    try:
+                        for f, a in self._ops:
+                            f(*a)
+                        result = fn(*args)
+                        break
+                    except lmdb.MapFullError:
+                        continue
+        except lmdb.Error as exc:
+            self._broken = f"LMDB error: {exc}"
+            self._release()
+            raise StorageError(f"write to {self.replica.path} failed: {exc}") from exc
+        self._ops.append((fn, args))
+        return result
+
+    def commit(self) -> Committed:
+        if not self._active:
+            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
+        r = self.replica
+        try:
+            while True:
+                try:
+                    post = self._finish()
+                    self.txn.commit()
+                    break
+                except lmdb.MapFullError:
+                    while True:
+                        self._regrow()
+                        try:
+                            for f, a in self._ops:
+                                f(*a)
+                            break
+                        except lmdb.MapFullError:
+                            continue
+        except lmdb.Error as exc:
+            self._broken = f"LMDB error: {exc}"
+            raise StorageError(f"commit to {r.path} failed; nothing was written: {exc}") from exc
+        finally:
+            self._release()
+        for name, (ns_id, tname) in self._created.items():
+            r.remember_ns(name, ns_id, tname)
+        for ns_id, data, ctx in post:
+            r._ctx_cache[ns_id] = (data, ctx)
+        return Committed(
+            tuple(n.name for n in self._ns.values() if n.next_seq > n.first),
+            bool(self._writer.events),
+        )
+
+    def _finish(self) -> list[tuple[int, bytes, CausalContext]]:
+        r, txn, me = self.replica, self.txn, self.me
+        post = []
+        for nsw in self._ns.values():
+            if nsw.next_seq == nsw.first:
+                continue
+            first, last = nsw.first, nsw.next_seq - 1
+            if nsw.ctx.vv.get(me, 0) == first - 1:
+                new_ctx = nsw.ctx.join(CausalContext({me: last}))
+            else:
+                own = [Dot(me, s) for s in range(first, last + 1)]
+                new_ctx = nsw.ctx.join(CausalContext.from_dots(own))
+            post.append((nsw.ns_id, r.store_ctx(txn, nsw.ns_id, new_ctx), new_ctx))
+            # encode_message(DeltaBatch(...)) built straight from the rows, which already
+            # hold each dot as [replica, seq(, timestamp, value)]: one pack per commit.
+            ctx_wire = encode_dots(me, first, last, nsw.observed)
+            wire = [nsw.type_name, True, ctx_wire, list(nsw.delta.values())]
+            encoded = layout.pack(
+                [FORMAT_VERSION, DeltaBatch.KIND, nsw.name, me, first, last, wire]
+            )
+            r.log_put(txn, nsw.ns_id, me, first, last, encoded)
+        r._finish(self._writer)
+        return post
+
+    # -- namespaces ----------------------------------------------------------------------------
+
+    def _ns_write(self, name: str, type_name: str) -> _NsWrite:
+        nsw = self._ns.get(name)
+        if nsw is not None:
+            if nsw.type_name != type_name:
+                raise TypeMismatch(f"namespace {name!r} holds a {nsw.type_name}, not a {type_name}")
+            return nsw
+        ns_id, tname, created = self.replica._ensure_ns(self.txn, name, type_name)
+        if created:
+            self._created[name] = (ns_id, tname)
+        ctx = self.replica.load_ctx(self.txn, ns_id)
+        seq = ctx.max_seq(self.me) + 1
+        nsw = _NsWrite(ns_id, name, tname, ctx, seq, seq, {}, [], layout.ns_prefix(ns_id))
+        self._ns[name] = nsw
+        return nsw
+
+    def ensure_namespace(self, name: str, type_name: str) -> None:
+        self._run(self._ensure, name, type_name)
+
+    def _ensure(self, name: str, type_name: str) -> None:
+        ns_id, tname, created = self.replica._ensure_ns(self.txn, name, type_name)
+        if created:
+            self._created[name] = (ns_id, tname)
+
+    def lookup(self, name: str) -> tuple[int, str] | None:
+        if not self._active:
+            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
+        nsw = self._ns.get(name)
+        if nsw is not None:
+            return nsw.ns_id, nsw.type_name
+        return self.replica._lookup_ns(self.txn, name)
+
+    # -- mutations -----------------------------------------------------------------------------
+
+    def put(self, namespace: str, key: Any, value: Any) -> int:
+        """LWW put; returns the timestamp written."""
+        ekey = encode_key(key, self.settings)
+        pvalue = encode_value(value, self.settings)
+        ts: int = self._run(self._put, namespace, key, ekey, value, pvalue)
+        return ts
+
+    def delete(self, namespace: str, key: Any, *, only_if_present: bool = True) -> bool:
+        """LWW delete; True if the key was present. Absent and ``only_if_present``: no-op."""
+        ekey = encode_key(key, self.settings)
+        done: bool = self._run(self._drop, namespace, LWW, key, ekey, only_if_present)
+        return done
+
+    def add(self, namespace: str, element: Any) -> bool:
+        """OR-Set add; True if the element was absent."""
+        ekey = encode_key(element, self.settings)
+        done: bool = self._run(self._add, namespace, element, ekey)
+        return done
+
+    def remove(self, namespace: str, element: Any, *, only_if_present: bool = True) -> bool:
+        """OR-Set remove; True if the element was present."""
+        ekey = encode_key(element, self.settings)
+        done: bool = self._run(self._drop, namespace, ORSET, element, ekey, only_if_present)
+        return done
+
+    def _locate(self, nsw: _NsWrite, ekey: bytes) -> tuple[int, bytes, bytes | None, list[Any]]:
+        khash = layout.hash_encoded_key(ekey)
+        rkey = layout.row_key(nsw.ns_id, khash, ekey)
+        old = self._writer.get(rkey)
+        dots = layout.unpack_row(old)[1] if old else []
+        if dots:
+            nsw.observed.extend([(d[0], d[1]) for d in dots])
+        return khash, rkey, old, dots
+
+    def _put(self, namespace: str, key: Any, ekey: bytes, value: Any, pvalue: bytes) -> int:
+        # The hot path of batched writes: RowWriter.put_row and layout's hashes, inlined
+        # (same row layout and bucket bookkeeping; the differential tests cover both).
+        nsw = self._ns.get(namespace)
+        if nsw is None or nsw.type_name != LWW:
+            nsw = self._ns_write(namespace, LWW)
+        kdig = blake2b(ekey, digest_size=8).digest()  # key_hash, as 8 big-endian bytes
+        rkey = nsw.prefix + kdig + ekey
+        txn, state = self.txn, self.replica._state
+        old = txn.get(rkey, db=state)
+        if old is not None:
+            dots = layout.unpack_row(old)[1]
+            nsw.observed.extend([(d[0], d[1]) for d in dots])
+            floor = max([d[2] for d in dots])
+            old_hash = int.from_bytes(old[:8], "big")
+            before = winning_value(dots)
+        else:
+            floor = old_hash = 0
+            before = None
+        ts = self.replica.stamp(floor)
+        seq = nsw.next_seq
+        nsw.next_seq = seq + 1
+        h = blake2b(ekey, digest_size=8)
+        h.update(self._me_tag + seq.to_bytes(8, "big"))
+        edig = h.digest()  # entry_hash of {(me, seq)}
+        # The row, built without re-encoding the value: hash + [[me, seq, ts, value]].
+        head = b"\x91\x94" + self._me_packed + layout.pack(seq) + b"\xcf" + ts.to_bytes(8, "big")
+        txn.put(rkey, edig + head + pvalue, db=state)
+        buckets = self._writer.buckets
+        acc = buckets.get((nsw.ns_id, kdig[0]))
+        if acc is None:
+            acc = buckets[(nsw.ns_id, kdig[0])] = [0, 0]
+        acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
+        if old is None:
+            acc[1] += 1
+        nsw.delta[ekey] = [key, [[self.me, seq, ts, value]]]
+        self._writer.events.append((namespace, key, before, value, self.me))
+        return ts
+
+    def _add(self, namespace: str, element: Any, ekey: bytes) -> bool:
+        nsw = self._ns_write(namespace, ORSET)
+        khash, rkey, old, dots = self._locate(nsw, ekey)
+        seq = nsw.next_seq
+        nsw.next_seq += 1
+        new_dots = [[self.me, seq]]
+        ehash = layout.single_dot_hash(ekey, self._me_tag, seq)
+        self._writer.put_row(nsw.ns_id, khash, rkey, old, layout.pack_row(ehash, new_dots))
+        nsw.delta[ekey] = [element, new_dots]
+        if not dots:
+            self._writer.events.append((namespace, element, False, True, self.me))
+        return not dots
+
+    def _drop(
+        self, namespace: str, type_name: str, key: Any, ekey: bytes, only_if_present: bool
+    ) -> bool:
+        nsw = self._ns_write(namespace, type_name)
+        khash = layout.hash_encoded_key(ekey)
+        rkey = layout.row_key(nsw.ns_id, khash, ekey)
+        if only_if_present and self._writer.get(rkey) is None:
+            return False
+        khash, rkey, old, dots = self._locate(nsw, ekey)
+        nsw.next_seq += 1
+        self._writer.put_row(nsw.ns_id, khash, rkey, old, None)
+        nsw.delta[ekey] = [key, []]
+        if dots:
+            before = winning_value(dots) if type_name == LWW else True
+            after = None if type_name == LWW else False
+            self._writer.events.append((namespace, key, before, after, self.me))
+        return bool(dots)
+
+    # -- reads (see this transaction's writes) -------------------------------------------------
+
+    def dots(self, namespace: str, ekey: bytes) -> list[list[Any]] | None:
+        found = self.lookup(namespace)
+        if found is None:
+            return None
+        return get_dots(self.txn, self.replica._state, found[0], ekey)
+
+    def count(self, namespace: str) -> int:
+        found = self.lookup(namespace)
+        if found is None:
+            return 0
+        n: int = self._run(self._count, found[0])
+        return n
+
+    def _count(self, ns_id: int) -> int:
+        self._writer.flush()  # bucket counts are summed in memory until flushed
+        return count_live(self.txn, self.replica._bucketdb, ns_id)
+
+    def scan(
+        self, namespace: str, after: bytes | None, limit: int
+    ) -> list[tuple[layout.Buf, Any, list[list[Any]]]]:
+        found = self.lookup(namespace)
+        if found is None:
+            return []
+        return scan_chunk(self.txn, self.replica._state, found[0], after, limit)

@@ -1,0 +1,827 @@
+"""The LMDB replica: one node directory's state, contexts, delta log and change journal.
+
+Theory of operation. One LMDB environment per node directory holds the tables listed in
+:mod:`crdtstore.storage.layout`. Every change, local or remote, happens in one LMDB write
+transaction that updates the state rows it touches, their fingerprint buckets, the
+namespace's causal context, the delta log and the change journal together: a crash
+leaves all of a change or none of it. Nothing of the state is loaded at open; every read
+goes to LMDB, so several processes sharing the directory see each other's commits at
+once (LMDB is multi-process safe; it is never opened with ``lock=False``).
+
+Fingerprints: each row stores its entry hash, and per namespace 256 bucket rows (by the
+first byte of the key hash) hold the XOR and count of their rows, updated in the same
+transaction. A fingerprint of whole buckets reads bucket rows; only the partial buckets at
+a range's edges are scanned.
+
+Rules of use:
+
+- Never open a directory before ``fork()`` and use it after (LMDB forbids it). A replica
+  refuses calls from a process other than the one that opened it.
+- The map grows by itself: a write that fills it is retried after doubling the map (up
+  to ``max_map_size``); a process that finds the map grown by another adopts the new
+  size. :class:`~crdtstore.storage.gate.Gate` keeps resizes away from open transactions.
+- Remote LWW timestamps further ahead than ``max_clock_drift_ms`` make the whole batch
+  or range be rejected (:class:`~crdtstore.errors.ClockDriftError`, counted).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import lmdb
+
+from crdtstore.codec import MAX_REPLICA_ID_LEN, decode_context, encode_context
+from crdtstore.crdt import (
+    CRDT_TYPES,
+    CausalContext,
+    Dot,
+    DotMap,
+    HybridClock,
+    check_drift,
+    join_entry,
+    make_timestamp,
+)
+from crdtstore.crdt.hlc import MAX_TIMESTAMP
+from crdtstore.errors import (
+    ClockDriftError,
+    ClosedError,
+    DecodeError,
+    IdentityMismatch,
+    InvalidValue,
+    StorageError,
+    TypeMismatch,
+)
+from crdtstore.settings import NodeSettings
+from crdtstore.storage import journal, layout
+from crdtstore.storage.gate import Gate
+from crdtstore.storage.rows import RowWriter, entry_from_row, row_from_entry, visible
+from crdtstore.sync.messages import MAX_NAMESPACE_LEN, DeltaBatch
+
+if TYPE_CHECKING:
+    from crdtstore.storage.local import LocalWrite
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+LWW = "lww_map"
+ORSET = "or_set"
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def check_namespace(name: object) -> str:
+    if not isinstance(name, str):
+        raise InvalidValue(f"namespace name {name!r} has type {type(name).__name__}; expected str")
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"namespace name {name!r} is not valid UTF-8") from exc
+    if not 1 <= size <= MAX_NAMESPACE_LEN:
+        raise InvalidValue(
+            f"namespace name {name!r} is {size} bytes; allowed 1 to {MAX_NAMESPACE_LEN}"
+        )
+    return name
+
+
+def check_node_id(node_id: object) -> str:
+    if not isinstance(node_id, str) or not 1 <= len(node_id) <= MAX_REPLICA_ID_LEN:
+        raise InvalidValue(f"node id {node_id!r} must be a str of 1 to {MAX_REPLICA_ID_LEN} chars")
+    try:
+        node_id.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidValue(f"node id {node_id!r} is not valid UTF-8") from exc
+    return node_id
+
+
+class LMDBReplica:
+    """Implements :class:`crdtstore.sync.replica.Replica` over one LMDB environment."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        node_id: str | None = None,
+        settings: NodeSettings | None = None,
+        *,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.settings = settings if settings is not None else NodeSettings()
+        self.path = Path(path)
+        self.now_ms = now_ms
+        self.stats: Counter[str] = Counter()
+        self._pid = os.getpid()
+        self._gate = Gate()
+        self._ns_cache: dict[str, tuple[int, str]] = {}
+        self._ctx_cache: dict[int, tuple[bytes, CausalContext]] = {}
+        self._clock_last = 0
+        self._clock_lock = threading.Lock()
+        self._closed = False
+        if node_id is not None:
+            check_node_id(node_id)
+        self._env = self._open_env()
+        self._map_size: int = self._env.info()["map_size"]
+        try:
+            self.dbs = {name: self._env.open_db(name.encode()) for name in layout.TABLES}
+            self._node_id = self._write(lambda txn: self._init_meta(txn, node_id))
+        except BaseException:
+            self._env.close()
+            raise
+        self._meta, self._nsdb = self.dbs["meta"], self.dbs["namespaces"]
+        self._state, self._ctxdb = self.dbs["state"], self.dbs["context"]
+        self._bucketdb, self._logdb = self.dbs["buckets"], self.dbs["log"]
+        self._journaldb = self.dbs["journal"]
+        self._flusher: _Flusher | None = None
+        if self.settings.durability == "async":
+            self._flusher = _Flusher(self, self.settings.flush_interval_ms / 1000)
+
+    # -- opening and closing --------------------------------------------------------------
+
+    def _open_env(self) -> lmdb.Environment:
+        sync = self.settings.durability == "sync"
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            return lmdb.open(
+                str(self.path),
+                map_size=self.settings.map_size,
+                max_dbs=len(layout.TABLES) + 1,
+                sync=sync,
+                metasync=sync,
+                lock=True,
+                subdir=True,
+                max_spare_txns=1,
+            )
+        except (OSError, lmdb.Error) as exc:
+            raise StorageError(f"cannot open node directory {self.path}: {exc}") from exc
+
+    def _init_meta(self, txn: lmdb.Transaction, node_id: str | None) -> str:
+        meta = self.dbs["meta"]
+        fmt = txn.get(layout.META_FORMAT, db=meta)
+        if fmt is None:
+            txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
+            txn.put(layout.META_NEXT_NS, layout.u64(1), db=meta)
+        elif len(fmt) != 8 or layout.read_u64(fmt) != layout.FORMAT_VERSION:
+            shown = layout.read_u64(fmt) if len(fmt) == 8 else fmt
+            raise StorageError(
+                f"{self.path} has storage format version {shown!r}; this build reads only "
+                f"version {layout.FORMAT_VERSION}"
+            )
+        stored = txn.get(layout.META_NODE_ID, db=meta)
+        if stored is not None:
+            stored_id = bytes(stored).decode()
+            if node_id is not None and node_id != stored_id:
+                raise IdentityMismatch(
+                    f"{self.path} belongs to node {stored_id!r}, not {node_id!r}"
+                )
+            return stored_id
+        chosen = node_id if node_id is not None else secrets.token_hex(4)
+        txn.put(layout.META_NODE_ID, chosen.encode(), db=meta)
+        return chosen
+
+    def close(self) -> None:
+        """Flush (with async durability) and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._flusher is not None:
+            self._flusher.stop()
+        if os.getpid() == self._pid:
+            try:
+                if self.settings.durability == "async":
+                    self._env.sync(True)
+            finally:
+                self._env.close()
+
+    def __enter__(self) -> LMDBReplica:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ClosedError(f"replica {self.path} is closed")
+        if os.getpid() != self._pid:
+            raise StorageError(
+                f"replica {self.path} was opened in process {self._pid} and used after a fork; "
+                "open it in the child instead"
+            )
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id
+
+    @property
+    def env(self) -> lmdb.Environment:
+        return self._env
+
+    # -- transactions, map growth ---------------------------------------------------------
+
+    def _begin_write(self) -> lmdb.Transaction:
+        """Begin a write transaction; the caller holds the gate shared."""
+        return self._env.begin(write=True)
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one write transaction, growing the map and retrying as needed.
+
+        ``fn`` may run several times; it must change Python state only through its result.
+        """
+        while True:
+            seen = self._map_size
+            self._gate.enter()
+            try:
+                txn = self._begin_write()
+                try:
+                    result = fn(txn)
+                    txn.commit()
+                    return result
+                except BaseException:
+                    txn.abort()
+                    raise
+            except lmdb.MapFullError:
+                pass
+            except lmdb.MapResizedError:
+                seen = -1
+            except lmdb.Error as exc:
+                raise StorageError(f"write to {self.path} failed: {exc}") from exc
+            finally:
+                self._gate.exit()
+            if seen < 0:
+                self._adopt_map_size()
+            else:
+                self._grow(seen)
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        """Run ``fn`` in one read transaction (one consistent snapshot)."""
+        self._check()
+        while True:
+            self._gate.enter()
+            try:
+                try:
+                    txn = self._env.begin()
+                except lmdb.MapResizedError:
+                    pass
+                else:
+                    try:
+                        return fn(txn)
+                    except lmdb.Error as exc:
+                        raise StorageError(f"read from {self.path} failed: {exc}") from exc
+                    finally:
+                        txn.abort()
+            except lmdb.Error as exc:
+                raise StorageError(f"read from {self.path} failed: {exc}") from exc
+            finally:
+                self._gate.exit()
+            self._adopt_map_size()
+
+    def _grow(self, seen: int) -> None:
+        """Double the map after a MapFullError seen at size ``seen``."""
+        with self._gate.exclusive():
+            if self._map_size > seen:
+                return  # another thread grew it meanwhile
+            current = self._env.info()["map_size"]
+            limit = self.settings.max_map_size
+            if current >= limit:
+                self.stats["map_full"] += 1
+                raise StorageError(
+                    f"{self.path}: the LMDB map is full at max_map_size={limit} bytes; "
+                    "nothing was written (raise max_map_size or free space)"
+                )
+            try:
+                self._env.set_mapsize(min(max(current * 2, 1 << 20), limit))
+            except lmdb.Error as exc:
+                raise StorageError(f"{self.path}: cannot grow the map: {exc}") from exc
+            self._map_size = self._env.info()["map_size"]
+            self.stats["map_grown"] += 1
+            log.info("%s: map grown to %d bytes", self.path, self._map_size)
+
+    def _adopt_map_size(self) -> None:
+        """Another process grew the map: map its new size here."""
+        with self._gate.exclusive():
+            try:
+                self._env.set_mapsize(0)
+            except lmdb.Error as exc:
+                raise StorageError(f"{self.path}: cannot adopt the grown map: {exc}") from exc
+            self._map_size = self._env.info()["map_size"]
+            self.stats["map_adopted"] += 1
+
+    def begin_local(self) -> LocalWrite:
+        """A write transaction for local mutations (see :class:`LocalWrite`)."""
+        from crdtstore.storage.local import LocalWrite
+
+        self._check()
+        return LocalWrite(self)
+
+    def stamp(self, floor: int) -> int:
+        """A fresh HLC timestamp greater than ``floor`` and than every one issued here."""
+        # HybridClock.tick, inlined on this hot path, plus the floor of the replaced dots.
+        wall = make_timestamp(self.now_ms())
+        with self._clock_lock:
+            ts = max(wall, self._clock_last + 1, floor + 1)
+            if ts > MAX_TIMESTAMP:
+                raise InvalidValue(f"hybrid clock overflow at {ts}")
+            self._clock_last = ts
+            return ts
+
+    @property
+    def clock(self) -> HybridClock:
+        """The last timestamp this process issued."""
+        return HybridClock(self._clock_last)
+
+    # -- namespaces and contexts ------------------------------------------------------------
+
+    def _lookup_ns(self, txn: lmdb.Transaction, name: str) -> tuple[int, str] | None:
+        hit = self._ns_cache.get(name)
+        if hit is not None:
+            return hit
+        data = txn.get(name.encode(), db=self.dbs["namespaces"])
+        if data is None:
+            return None
+        ns_id, type_name = layout.unpack_stored(data)
+        return int(ns_id), str(type_name)
+
+    def _ensure_ns(self, txn: lmdb.Transaction, name: str, type_name: str) -> tuple[int, str, bool]:
+        """``(ns_id, type, created)``; raises TypeMismatch, writes only when creating."""
+        check_namespace(name)
+        if type_name not in CRDT_TYPES:
+            raise InvalidValue(f"unknown CRDT type {type_name!r}; known: {sorted(CRDT_TYPES)}")
+        found = self._lookup_ns(txn, name)
+        if found is not None:
+            if found[1] != type_name:
+                raise TypeMismatch(f"namespace {name!r} holds a {found[1]}, not a {type_name}")
+            return found[0], found[1], False
+        meta = self.dbs["meta"]
+        ns_id = layout.read_u64(txn.get(layout.META_NEXT_NS, db=meta) or layout.u64(1))
+        txn.put(layout.META_NEXT_NS, layout.u64(ns_id + 1), db=meta)
+        txn.put(name.encode(), layout.pack_stored([ns_id, type_name]), db=self.dbs["namespaces"])
+        return ns_id, type_name, True
+
+    def remember_ns(self, name: str, ns_id: int, type_name: str) -> None:
+        """Cache a namespace once the transaction that created or read it committed."""
+        self._ns_cache[name] = (ns_id, type_name)
+
+    def load_ctx(self, txn: lmdb.Transaction, ns_id: int) -> CausalContext:
+        data = txn.get(layout.ns_prefix(ns_id), db=self.dbs["context"])
+        if data is None:
+            return CausalContext()
+        cached = self._ctx_cache.get(ns_id)
+        if cached is not None and cached[0] == data:
+            return cached[1]
+        data = bytes(data)
+        ctx = decode_context(layout.unpack_stored(data))
+        self._ctx_cache[ns_id] = (data, ctx)
+        return ctx
+
+    def store_ctx(self, txn: lmdb.Transaction, ns_id: int, ctx: CausalContext) -> bytes:
+        data = layout.pack_stored(encode_context(ctx))
+        txn.put(layout.ns_prefix(ns_id), data, db=self.dbs["context"])
+        return data
+
+    def namespaces(self) -> Mapping[str, str]:
+        def read(txn: lmdb.Transaction) -> dict[str, str]:
+            out = {}
+            for name, data in txn.cursor(db=self._nsdb):
+                out[bytes(name).decode()] = str(layout.unpack_stored(data)[1])
+            return out
+
+        return self._read(read)
+
+    def ensure_namespace(self, namespace: str, type_name: str) -> None:
+        self._check()
+        check_namespace(namespace)
+        hit = self._ns_cache.get(namespace)
+        if hit is not None and hit[1] == type_name:
+            return
+        ns_id, tname, _ = self._write(lambda txn: self._ensure_ns(txn, namespace, type_name))
+        self.remember_ns(namespace, ns_id, tname)
+
+    def namespace_id(self, namespace: str, type_name: str) -> int:
+        """Id of ``namespace``, created as ``type_name`` if new (TypeMismatch if it differs)."""
+        self._check()
+        hit = self._ns_cache.get(namespace)
+        if hit is not None:
+            if hit[1] != type_name:
+                raise TypeMismatch(f"namespace {namespace!r} holds a {hit[1]}, not a {type_name}")
+            return hit[0]
+        ns_id, tname, _ = self._write(lambda txn: self._ensure_ns(txn, namespace, type_name))
+        self.remember_ns(namespace, ns_id, tname)
+        return ns_id
+
+    def context(self, namespace: str) -> CausalContext:
+        def read(txn: lmdb.Transaction) -> CausalContext:
+            found = self._lookup_ns(txn, namespace)
+            return CausalContext() if found is None else self.load_ctx(txn, found[0])
+
+        return self._read(read)
+
+    # -- the sync engine's side: batches, log, ranges ---------------------------------------
+
+    def _check_drift(self, value: DotMap[Any]) -> None:
+        if value.type_name != LWW:
+            return
+        now, bound = self.now_ms(), self.settings.max_clock_drift_ms
+        try:
+            for entry in value.entries.values():
+                for ts, _ in entry.values():
+                    check_drift(ts, now, bound)
+        except ClockDriftError:
+            self.stats["rejected_clock_drift"] += 1
+            raise
+
+    def apply_batch(self, batch: DeltaBatch, encoded: bytes) -> bool:
+        self._check()
+        delta = batch.delta
+        self._check_drift(delta)
+
+        def apply(txn: lmdb.Transaction) -> tuple[bool, int, str, CausalContext | None, bytes]:
+            ns_id, tname, _ = self._ensure_ns(txn, batch.namespace, delta.type_name)
+            ctx = self.load_ctx(txn, ns_id)
+            if all(Dot(batch.origin, s) in ctx for s in range(batch.first, batch.last + 1)):
+                return False, ns_id, tname, None, b""  # this batch's deltas were applied
+            writer = RowWriter(txn, self._state, self._bucketdb)
+            stamped = tname == LWW
+            for key, theirs in delta.entries.items():
+                self._join_key(
+                    writer,
+                    ns_id,
+                    batch.namespace,
+                    stamped,
+                    key,
+                    ctx,
+                    theirs,
+                    delta.context,
+                    batch.origin,
+                )
+            new_ctx = ctx.join(delta.context)
+            data = self.store_ctx(txn, ns_id, new_ctx)
+            self.log_put(txn, ns_id, batch.origin, batch.first, batch.last, encoded)
+            self._finish(writer)
+            return True, ns_id, tname, new_ctx, data
+
+        changed, ns_id, tname, new_ctx, data = self._write(apply)
+        self.remember_ns(batch.namespace, ns_id, tname)
+        if new_ctx is not None:
+            self._ctx_cache[ns_id] = (data, new_ctx)
+            self.stats["batches_applied"] += 1
+        return changed
+
+    def _join_key(
+        self,
+        writer: RowWriter,
+        ns_id: int,
+        namespace: str,
+        stamped: bool,
+        key: Any,
+        my_ctx: CausalContext,
+        theirs: Mapping[Dot, Any],
+        their_ctx: CausalContext,
+        origin: str | None,
+    ) -> None:
+        ekey = layout.pack_key(key)
+        khash = layout.hash_encoded_key(ekey)
+        rkey = layout.row_key(ns_id, khash, ekey)
+        old = writer.get(rkey)
+        mine = entry_from_row(layout.unpack_row(old)[1], stamped) if old else {}
+        joined = join_entry(mine, my_ctx, theirs, their_ctx)
+        if joined.keys() == mine.keys():
+            return
+        new: bytes | None = None
+        if joined:
+            ehash = layout.entry_hash_encoded(ekey, joined)
+            new = layout.pack_row(ehash, row_from_entry(joined, stamped))
+        writer.put_row(ns_id, khash, rkey, old, new)
+        (was_id, was), (now_id, now) = visible(mine, stamped), visible(joined, stamped)
+        if was_id != now_id:
+            if origin is None and isinstance(now_id, Dot):
+                origin = now_id.replica
+            writer.events.append((namespace, key, was, now, origin))
+
+    def _finish(self, writer: RowWriter) -> None:
+        writer.flush()
+        if writer.events:
+            journal.append(
+                writer.txn, self._journaldb, writer.events, self.settings.journal_max_entries
+            )
+
+    def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
+        def read(txn: lmdb.Transaction) -> list[bytes] | None:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                return None
+            prefix = layout.log_prefix(found[0], origin)
+            out: list[bytes] = []
+            need, best_last = first, 0
+            best: layout.Buf = b""
+            with txn.cursor(db=self._logdb) as cur:
+                ok = cur.set_range(prefix)
+                while need <= last:
+                    # Take every batch starting at or before `need`; keep the furthest-reaching.
+                    while ok and cur.key()[:12] == prefix and layout.log_first(cur.key()) <= need:
+                        value = cur.value()
+                        blast = layout.log_last(value)
+                        if blast > best_last:
+                            best_last, best = blast, value
+                        ok = cur.next()
+                    if best_last < need:
+                        return None
+                    out.append(layout.unpack_log(best)[2])
+                    need = best_last + 1
+            return out
+
+        return self._read(read)
+
+    def trim_log(self, namespace: str, origin: str, upto: int) -> int:
+        self._check()
+
+        def trim(txn: lmdb.Transaction) -> int:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                return 0
+            prefix = layout.log_prefix(found[0], origin)
+            dropped = 0
+            with txn.cursor(db=self._logdb) as cur:
+                ok = cur.set_range(prefix)
+                # A batch starting above `upto` ends above it too: stop there.
+                while ok and cur.key()[:12] == prefix and layout.log_first(cur.key()) <= upto:
+                    if layout.log_last(cur.value()) <= upto:
+                        self._log_forget(txn, found[0], cur.value())
+                        ok = cur.delete()
+                        dropped += 1
+                    else:
+                        ok = cur.next()
+            return dropped
+
+        return self._write(trim)
+
+    def log_put(
+        self, txn: lmdb.Transaction, ns_id: int, origin: str, first: int, last: int, encoded: bytes
+    ) -> None:
+        """Log a batch (replacing a shorter one with the same origin and first seq)."""
+        lkey = layout.log_key(ns_id, origin, first)
+        old = txn.get(lkey, db=self._logdb)
+        if old is not None:
+            if layout.log_last(old) >= last:
+                return
+            self._log_forget(txn, ns_id, old)
+        meta = self._meta
+        serial = layout.read_u64(txn.get(layout.META_LOG_SERIAL, db=meta) or layout.u64(0)) + 1
+        txn.put(layout.META_LOG_SERIAL, layout.u64(serial), db=meta)
+        txn.put(lkey, layout.pack_log(last, serial, origin, encoded), db=self._logdb)
+        txn.put(layout.log_order_key(ns_id, serial), lkey, db=self.dbs["logorder"])
+        self._log_count(txn, ns_id, +1)
+
+    def _log_forget(self, txn: lmdb.Transaction, ns_id: int, value: layout.Buf) -> None:
+        """Drop the order row and count of a log row the caller deletes or replaces."""
+        txn.delete(layout.log_order_key(ns_id, layout.log_serial(value)), db=self.dbs["logorder"])
+        self._log_count(txn, ns_id, -1)
+
+    def _log_count(self, txn: lmdb.Transaction, ns_id: int, delta: int) -> int:
+        ckey = layout.log_count_key(ns_id)
+        data = txn.get(ckey, db=self._meta)
+        count = (layout.read_u64(data) if data else 0) + delta
+        if delta:
+            txn.put(ckey, layout.u64(count), db=self._meta)
+        return count
+
+    def bound_log(self, namespace: str, max_batches: int) -> int:
+        """Drop the oldest logged batches (append order) until at most ``max_batches`` stay."""
+        self._check()
+
+        def bound(txn: lmdb.Transaction) -> int:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                return 0
+            ns_id = found[0]
+            excess = self._log_count(txn, ns_id, 0) - max_batches
+            dropped = 0
+            prefix = layout.ns_prefix(ns_id)
+            with txn.cursor(db=self.dbs["logorder"]) as cur:
+                ok = cur.set_range(prefix)
+                while dropped < excess and ok and cur.key()[:4] == prefix:
+                    lkey = cur.value()
+                    txn.delete(lkey, db=self._logdb)
+                    ok = cur.delete()
+                    dropped += 1
+            if dropped:
+                self._log_count(txn, ns_id, -dropped)
+            return dropped
+
+        return self._write(bound)
+
+    def _scan(
+        self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        start, end = layout.range_bounds(ns_id, lo, hi)
+        with txn.cursor(db=self._state) as cur:
+            if not cur.set_range(start):
+                return
+            for rkey, data in cur:
+                assert isinstance(rkey, bytes) and isinstance(data, bytes)  # buffers=False
+                if rkey >= end:
+                    return
+                yield rkey, data
+
+    def fingerprints(
+        self, namespace: str, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        def read(txn: lmdb.Transaction) -> list[tuple[int, int]]:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                return [(0, 0) for _ in ranges]
+            return [self._fingerprint(txn, found[0], lo, hi) for lo, hi in ranges]
+
+        return self._read(read)
+
+    def _fingerprint(self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int) -> tuple[int, int]:
+        width = 1 << layout.BUCKET_SHIFT
+        b_lo, b_hi = -(-lo // width), hi // width  # whole buckets b_lo .. b_hi - 1
+        fp = count = 0
+        if b_lo < b_hi:
+            spans = [(lo, b_lo * width), (b_hi * width, hi)]
+            with txn.cursor(db=self._bucketdb) as cur:
+                ok = cur.set_range(layout.bucket_key(ns_id, b_lo))
+                while ok:
+                    bkey = cur.key()
+                    if bkey[:4] != layout.ns_prefix(ns_id) or bkey[4] >= b_hi:
+                        break
+                    bfp, bcount = layout.unpack_bucket(cur.value())
+                    fp ^= bfp
+                    count += bcount
+                    ok = cur.next()
+        else:
+            spans = [(lo, hi)]
+        for a, b in spans:
+            if a < b:
+                for _, data in self._scan(txn, ns_id, a, b):
+                    fp ^= layout.row_hash(data)
+                    count += 1
+        return fp, count
+
+    def read_range(self, namespace: str, lo: int, hi: int) -> DotMap[Any]:
+        def read(txn: lmdb.Transaction) -> DotMap[Any]:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                raise InvalidValue(f"namespace {namespace!r} does not exist here")
+            ns_id, tname = found
+            stamped = tname == LWW
+            entries = {}
+            for rkey, data in self._scan(txn, ns_id, lo, hi):
+                key = layout.unpack_stored(layout.split_row_key(rkey)[1])
+                entries[key] = entry_from_row(layout.unpack_row(data)[1], stamped)
+            return CRDT_TYPES[tname](entries, self.load_ctx(txn, ns_id), is_delta=True)
+
+        return self._read(read)
+
+    def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
+        self._check()
+        self._check_drift(shipped)
+
+        def apply(txn: lmdb.Transaction) -> tuple[int, str, CausalContext, bytes]:
+            ns_id, tname, _ = self._ensure_ns(txn, namespace, shipped.type_name)
+            ctx = self.load_ctx(txn, ns_id)
+            stamped = tname == LWW
+            theirs: dict[bytes, tuple[Any, Mapping[Dot, Any]]] = {}
+            received: list[Dot] = []
+            for key, entry in shipped.entries.items():
+                ekey = layout.pack_key(key)
+                if not lo <= layout.hash_encoded_key(ekey) < hi:
+                    self.stats["range_key_outside"] += 1
+                    raise InvalidValue(f"shipped key {key!r} lies outside [{lo}, {hi})")
+                theirs[ekey] = (key, entry)
+                received.extend(entry)
+            writer = RowWriter(txn, self._state, self._bucketdb)
+            mine_keys = [
+                layout.unpack_stored(layout.split_row_key(rkey)[1])
+                for rkey, _ in self._scan(txn, ns_id, lo, hi)
+            ]
+            for key in mine_keys:
+                ekey = layout.pack_key(key)
+                _, entry = theirs.pop(ekey, (key, {}))
+                self._join_key(
+                    writer, ns_id, namespace, stamped, key, ctx, entry, shipped.context, None
+                )
+            for key, entry in theirs.values():
+                self._join_key(
+                    writer, ns_id, namespace, stamped, key, ctx, entry, shipped.context, None
+                )
+            new_ctx = ctx.join(CausalContext.from_dots(received)) if received else ctx
+            data = self.store_ctx(txn, ns_id, new_ctx)
+            self._finish(writer)
+            return ns_id, tname, new_ctx, data
+
+        ns_id, tname, new_ctx, data = self._write(apply)
+        self.remember_ns(namespace, ns_id, tname)
+        self._ctx_cache[ns_id] = (data, new_ctx)
+
+    def merge_context(self, namespace: str, context: CausalContext) -> None:
+        self._check()
+
+        def merge(txn: lmdb.Transaction) -> tuple[int, CausalContext, bytes] | None:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                raise InvalidValue(f"namespace {namespace!r} does not exist here")
+            ctx = self.load_ctx(txn, found[0])
+            new_ctx = ctx.join(context)
+            if new_ctx == ctx:
+                return None
+            return found[0], new_ctx, self.store_ctx(txn, found[0], new_ctx)
+
+        done = self._write(merge)
+        if done is not None:
+            self._ctx_cache[done[0]] = (done[2], done[1])
+
+    # -- reads for the Node API -------------------------------------------------------------
+
+    def read_txn(self) -> _ReadTxn:
+        """A read transaction as a context manager (holds the gate while open)."""
+        self._check()
+        return _ReadTxn(self)
+
+    def journal_last(self) -> int:
+        return self._read(lambda txn: journal.last_seq(txn, self._journaldb))
+
+    def journal_after(
+        self, after: int, limit: int
+    ) -> tuple[int, list[tuple[int, list[journal.Change]]]]:
+        """``(first seq still held, up to ``limit`` journal rows after ``after``)``."""
+
+        def read(txn: lmdb.Transaction) -> tuple[int, list[tuple[int, list[journal.Change]]]]:
+            rows = []
+            for row in journal.read_after(txn, self._journaldb, after):
+                rows.append(row)
+                if len(rows) >= limit:
+                    break
+            return journal.first_seq(txn, self._journaldb), rows
+
+        try:
+            return self._read(read)
+        except DecodeError as exc:
+            raise StorageError(f"{self.path}: corrupt journal: {exc}") from exc
+
+    def sync(self) -> None:
+        """Force everything committed so far to disk (used by the async flusher)."""
+        self._gate.enter()
+        try:
+            self._env.sync(True)
+        finally:
+            self._gate.exit()
+
+
+class _ReadTxn:
+    __slots__ = ("_replica", "txn")
+
+    def __init__(self, replica: LMDBReplica) -> None:
+        self._replica = replica
+
+    def __enter__(self) -> lmdb.Transaction:
+        replica = self._replica
+        while True:
+            replica._gate.enter()
+            try:
+                self.txn: lmdb.Transaction = replica._env.begin()
+                return self.txn
+            except lmdb.MapResizedError:
+                replica._gate.exit()
+            except BaseException:
+                replica._gate.exit()
+                raise
+            replica._adopt_map_size()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.txn.abort()
+        finally:
+            self._replica._gate.exit()
+
+
+class _Flusher:
+    """With async durability: calls ``env.sync()`` every ``interval`` seconds until stopped."""
+
+    def __init__(self, replica: LMDBReplica, interval: float) -> None:
+        self._replica = replica
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"crdtstore-flusher-{replica.path.name}", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            try:
+                self._replica.sync()
+            except lmdb.Error:
+                self._replica.stats["flush_errors"] += 1
+                log.exception("%s: background flush failed (counted)", self._replica.path)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()

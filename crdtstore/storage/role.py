@@ -1,0 +1,63 @@
+"""The network role: at most one process per node directory talks to the network.
+
+Several processes may open one directory and read and write it through LMDB; only the
+holder of the role runs the sync engine and the sockets, so a node id never speaks with
+two voices. The role is an exclusive ``flock`` on ``DIR/network.lock``, taken without
+blocking. The kernel releases a flock when its holder's file description closes, which
+includes the holder dying by ``SIGKILL``, so a waiting process takes over without any
+lease or timeout. ``flock`` locks belong to the open file description, so two
+``NetworkRole`` objects in one process also exclude each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+from pathlib import Path
+
+from crdtstore.errors import StorageError
+
+LOCK_NAME = "network.lock"
+
+
+class NetworkRole:
+    """Try-lock on a directory's network role. Thread-safe."""
+
+    def __init__(self, directory: str | os.PathLike[str]) -> None:
+        self.path = Path(directory) / LOCK_NAME
+        self._fd: int | None = None
+        self._mutex = threading.Lock()
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def try_acquire(self) -> bool:
+        """Take the role if no other holder has it; True if this object holds it now."""
+        with self._mutex:
+            if self._fd is not None:
+                return True
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise StorageError(f"cannot open the network role lock {self.path}: {exc}") from exc
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return False
+            except OSError as exc:
+                os.close(fd)
+                raise StorageError(f"cannot lock {self.path}: {exc}") from exc
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # for humans; the lock is the truth
+            self._fd = fd
+            return True
+
+    def release(self) -> None:
+        """Give the role up (idempotent)."""
+        with self._mutex:
+            if self._fd is not None:
+                fd, self._fd = self._fd, None
+                os.close(fd)  # closing the description releases the flock

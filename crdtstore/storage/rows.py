@@ -1,0 +1,93 @@
+"""Reading and writing state rows inside one LMDB write transaction.
+
+Invariant kept by :class:`RowWriter`: a row exists exactly when its entry has a live dot,
+its stored entry hash is ``entry_hash(key, dots)``, and the bucket row of its namespace
+and key-hash prefix holds the XOR and count of the live rows under it. Bucket changes are
+summed in memory and written once by :meth:`RowWriter.flush`, inside the same transaction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lmdb
+
+from crdtstore.crdt import Dot, winner
+from crdtstore.storage import layout
+from crdtstore.storage.journal import Event
+
+Entry = dict[Dot, Any]
+
+
+def entry_from_row(dots: list[list[Any]], stamped: bool) -> Entry:
+    if stamped:
+        return {Dot(d[0], d[1]): (d[2], d[3]) for d in dots}
+    return {Dot(d[0], d[1]): None for d in dots}
+
+
+def row_from_entry(entry: Mapping[Dot, Any], stamped: bool) -> list[list[Any]]:
+    if stamped:
+        return [[d.replica, d.seq, *entry[d]] for d in sorted(entry)]
+    return [[d.replica, d.seq] for d in sorted(entry)]
+
+
+def visible(entry: Mapping[Dot, Any], stamped: bool) -> tuple[Any, Any]:
+    """``(identity, value)`` of what a reader sees: the winning dot and value (LWW), or
+    presence (OR-Set). Two entries look the same to a reader iff their identities match."""
+    if not stamped:
+        return bool(entry), bool(entry)
+    won = winner(entry)
+    return (None, None) if won is None else (won[0], won[1][1])
+
+
+def winning_value(dots: list[list[Any]]) -> Any:
+    """The value a reader sees in an LWW row (``dots`` non-empty)."""
+    if len(dots) == 1:
+        return dots[0][3]
+    best = max(dots, key=lambda d: (d[2], d[0]))
+    return best[3]
+
+
+class RowWriter:
+    """Writes entries of several namespaces in one transaction, tracking buckets and events."""
+
+    def __init__(self, txn: lmdb.Transaction, state: Any, buckets: Any) -> None:
+        self.txn = txn
+        self.state = state
+        self.buckets_db = buckets
+        self.buckets: dict[tuple[int, int], list[int]] = {}
+        self.events: list[Event] = []
+
+    def get(self, rkey: bytes) -> bytes | None:
+        data = self.txn.get(rkey, db=self.state)
+        return data  # type: ignore[return-value]  # bytes: buffers=False
+
+    def put_row(
+        self, ns_id: int, khash: int, rkey: bytes, old: bytes | None, new: bytes | None
+    ) -> None:
+        """Replace row ``rkey`` (currently ``old``) by ``new`` (None deletes it)."""
+        old_hash = layout.row_hash(old) if old else 0
+        new_hash = layout.row_hash(new) if new else 0
+        if new is not None:
+            self.txn.put(rkey, new, db=self.state)
+        elif old is not None:
+            self.txn.delete(rkey, db=self.state)
+        if old_hash != new_hash:
+            acc = self.buckets.setdefault((ns_id, khash >> layout.BUCKET_SHIFT), [0, 0])
+            acc[0] ^= old_hash ^ new_hash
+            acc[1] += (new is not None) - (old is not None)
+
+    def flush(self) -> None:
+        for (ns_id, bucket), (xor, delta) in self.buckets.items():
+            if not xor and not delta:
+                continue
+            bkey = layout.bucket_key(ns_id, bucket)
+            data = self.txn.get(bkey, db=self.buckets_db)
+            fp, count = layout.unpack_bucket(data) if data else (0, 0)
+            fp, count = fp ^ xor, count + delta
+            if count:
+                self.txn.put(bkey, layout.pack_bucket(fp, count), db=self.buckets_db)
+            elif data is not None:
+                self.txn.delete(bkey, db=self.buckets_db)
+        self.buckets.clear()

@@ -1,0 +1,774 @@
+"""The replication protocol as a sans-I/O state machine.
+
+Rule 1: everything that decides what one node sends, and when, lives here. Rule 2: this
+module does no I/O and reads no clock and no randomness: bytes, ticks and commits come in
+(each with ``now_ms``), :class:`Publish` and :class:`Send` come out. The replica owns
+persistence; the caller owns sockets.
+
+Theory of operation
+-------------------
+Every mutation at node ``i`` in namespace ``ns`` consumes the next seq of ``i`` there, and
+the dot ``(i, seq)`` is the delta's id. So a replica's causal context per namespace *is*
+the set of delta ids applied here: its version vector is the digest, a dot in its cloud is
+the upper side of a gap, and ``CausalContext.missing_from`` names the seqs to repair. No
+other sequence tracking exists. Deltas join in any order and any number of times, so
+nothing below needs ordered or exactly-once delivery.
+
+1. Fast path. ``on_local_commit`` publishes the node's own batches (origin = this node)
+   not yet published, on the namespace's topic, coalesced into one frame per namespace.
+2. Digest. Every ``digest_interval_ms`` the node publishes, on :data:`DIGEST_TOPIC`, its
+   id and the version vector of each namespace it holds. Its size depends on namespaces
+   and origins, never on state, and building it does no O(state) work.
+3. Repair. A peer's digest (or a cloud in our own context) shows seqs we lack. They are
+   recorded with the time they were first seen; once ``repair_grace_ms`` has passed and
+   they are still missing (so they were not merely in flight on PUB/SUB), a
+   ``RepairRequest`` goes to a peer whose digest covers them (the origin first). The peer
+   answers from its delta log (``RepairReply``) or says ``LogGap``.
+4. Range reconciliation, on ``LogGap`` or when we hold nothing of a namespace a peer has
+   data in. The asker sends the fingerprints of key-hash ranges; the sender answers each
+   range as equal, as its entries (when it holds at most ``range_leaf_entries`` there),
+   or as ``range_fanout`` sub-range fingerprints, which the asker compares with its own
+   and asks about again where they differ. Cost grows with the difference, not the state.
+
+   Why the sender's context travels with the entries, and when it may be merged. A
+   delta lists every key its context touches; a full state does not (it forgets the keys
+   of removed dots). Shipping "the entries you have not seen" would therefore miss
+   removes of entries both sides saw. So a shipped range carries the sender's context,
+   and ``Replica.apply_range`` judges removals *inside the range* by it, while adding to
+   the receiver's context only the dots it actually received: the sender's context also
+   covers keys in ranges not yet received, and marking their dots seen would make the
+   receiver drop those adds forever when they arrive (a dot seen and not live reads as
+   "removed"). Only when *every* range of the session is resolved (equal fingerprints or
+   entries applied) does the asker join the sender's context, and only the one from the
+   session's *first* reply, a snapshot the sender took before reading any range: every
+   range was read at or after it, so each dot it holds is, on its key, either live in
+   what we now hold or removed by what we applied. A later snapshot may hold dots added
+   to ranges already resolved, and a session interrupted midway has unresolved ranges;
+   merging in either case would lose adds. An abandoned session therefore merges
+   nothing; what it applied stays (every apply was a safe join) and a later gap starts a
+   new session.
+5. Log trimming. A logged batch every known peer's digest shows applied is trimmed; the
+   log is also bounded by ``max_log_batches`` (oldest first), after which peers that still
+   needed the batches fall back to 4.
+
+Rejected, and counted in ``stats`` (never raised): undecodable bytes; batches whose
+origin is this node (nobody else may speak for it); namespaces outside ``topics`` (we
+hold only those, and never request, serve or accept others); LWW batches with a
+timestamp more than ``max_clock_drift_ms`` ahead (deferred: repair fetches them again
+once local time has caught up); namespace type conflicts; replies that break the
+protocol. At most one reconciliation session runs per namespace.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, check_drift
+from crdtstore.errors import ClockDriftError, DecodeError, Error
+from crdtstore.sync.fingerprint import HASH_SPACE, split_range
+from crdtstore.sync.messages import (
+    RANGE_ENTRIES,
+    RANGE_EQUAL,
+    RANGE_SPLIT,
+    DeltaBatch,
+    Digest,
+    LogGap,
+    RangeAnswer,
+    RangeQuery,
+    RangeReply,
+    RangeSummary,
+    RepairReply,
+    RepairRequest,
+    decode_message,
+    encode_message,
+)
+from crdtstore.sync.replica import Replica
+from crdtstore.sync.settings import SyncSettings
+
+log = logging.getLogger(__name__)
+
+DIGEST_TOPIC = "\x00digest"
+"""The reserved topic digests are published on (no namespace may start with NUL)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Publish:
+    """Publish ``data`` to every subscriber of ``topic`` (a namespace or DIGEST_TOPIC)."""
+
+    topic: str
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send ``data`` to one peer."""
+
+    peer: str
+    data: bytes
+
+
+Outgoing = Publish | Send
+
+
+@dataclass(slots=True)
+class _Repair:
+    """One outstanding repair request."""
+
+    peer: str
+    namespace: str
+    origin: str
+    first: int
+    last: int
+    deadline: int
+
+
+@dataclass(slots=True)
+class _Session:
+    """The asker's side of one range reconciliation session."""
+
+    id: int
+    peer: str
+    namespace: str
+    round: int = 0
+    base: CausalContext | None = None  # the sender's context from the first reply
+    pending: list[tuple[int, int]] = field(default_factory=list)  # unresolved, not asked
+    asked: list[tuple[int, int]] = field(default_factory=list)  # in the current query
+    query: bytes = b""
+    # Shipped ranges, filtered to the base context, applied only when the session completes.
+    staged: list[tuple[int, int, DotMap[Any]]] = field(default_factory=list)
+    deadline: int = 0
+    retries: int = 0
+
+
+class SyncEngine:
+    """One node's replication protocol: messages, ticks and commits in; frames out."""
+
+    def __init__(
+        self,
+        node_id: str,
+        replica: Replica,
+        settings: SyncSettings | None = None,
+        topics: Iterable[str] | None = None,
+    ) -> None:
+        self.node_id = node_id
+        self.replica = replica
+        self.settings = settings if settings is not None else SyncSettings()
+        self.topics: frozenset[str] | None = None if topics is None else frozenset(topics)
+        self.stats: Counter[str] = Counter()
+        self._peers: set[str] = set()
+        self._digests: dict[str, dict[str, dict[str, int]]] = {}  # peer -> ns -> vv
+        # (ns, origin) -> [(ms first seen, top seq seen)], both ascending: gap evidence.
+        self._seen: dict[tuple[str, str], list[tuple[int, int]]] = {}
+        self._repairs: dict[int, _Repair] = {}
+        self._attempts: Counter[tuple[str, str]] = Counter()
+        self._not_before: dict[tuple[str, str], int] = {}
+        self._sessions: dict[str, _Session] = {}  # namespace -> its one session
+        # Batches received before the deltas their context names: ns -> id -> batch.
+        self._waiting: dict[str, dict[tuple[str, int, int], tuple[DeltaBatch, bytes]]] = {}
+        self._next_id = 1
+        self._next_digest = 0
+        self._trimmed: dict[tuple[str, str], int] = {}
+        self._last_logged: dict[str, int] = {}
+        # Own batches already published: a restarted engine does not republish history;
+        # whatever it had not published yet, peers repair from the digest.
+        self._published: dict[str, int] = {
+            ns: replica.context(ns).max_seq(node_id) for ns in replica.namespaces()
+        }
+
+    # -- membership of the replication group -----------------------------------------------
+
+    def add_peer(self, peer: str) -> None:
+        if peer != self.node_id:
+            self._peers.add(peer)
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget a peer: its digests no longer hold back trimming; its work is dropped."""
+        self._peers.discard(peer)
+        self._digests.pop(peer, None)
+        for rid in [r for r, rep in self._repairs.items() if rep.peer == peer]:
+            del self._repairs[rid]
+        for ns in [ns for ns, s in self._sessions.items() if s.peer == peer]:
+            del self._sessions[ns]
+            self.stats["range_sessions_abandoned"] += 1
+            self._drain(ns)
+
+    @property
+    def peers(self) -> frozenset[str]:
+        return frozenset(self._peers)
+
+    def holds(self, namespace: str) -> bool:
+        """Whether this node replicates ``namespace`` (its topics, plus reserved ones)."""
+        return (
+            self.topics is None
+            or namespace in self.topics
+            or namespace in self.settings.reserved_namespaces
+        )
+
+    def subscriptions(self) -> list[str]:
+        """Topics to subscribe to: the digest topic and the held namespaces (all if None)."""
+        if self.topics is None:
+            return [DIGEST_TOPIC]
+        return [DIGEST_TOPIC, *sorted(self.topics | set(self.settings.reserved_namespaces))]
+
+    def peer_lag(self) -> dict[str, int]:
+        """Per known peer: how many seqs its last digest shows that we have not applied."""
+        lag: dict[str, int] = {}
+        for peer in sorted(self._peers):
+            behind = 0
+            for ns, vv in self._digests.get(peer, {}).items():
+                ctx = self.replica.context(ns)
+                for origin, top in vv.items():
+                    if origin != self.node_id:
+                        behind += sum(b - a + 1 for a, b in _spans(ctx, origin, top))
+            lag[peer] = behind
+        return lag
+
+    def sessions(self) -> dict[str, str]:
+        """Namespace -> peer of each reconciliation session running (for inspection)."""
+        return {ns: s.peer for ns, s in self._sessions.items()}
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def on_local_commit(self, now_ms: int) -> list[Outgoing]:
+        """Publish own batches the log holds beyond what was published already."""
+        out: list[Outgoing] = []
+        for ns in sorted(self.replica.namespaces()):
+            if not self.holds(ns):
+                continue
+            top = self.replica.context(ns).max_seq(self.node_id)
+            done = self._published.get(ns, 0)
+            if top <= done:
+                continue
+            self._published[ns] = top
+            logged = self.replica.log_batches(ns, self.node_id, done + 1, top)
+            if logged is None:
+                # Trimmed before it was published: peers repair it by range reconciliation.
+                self._reject("publish_log_missing", now_ms, f"{ns}: own {done + 1}..{top}")
+                continue
+            frames = self._coalesce(ns, logged, now_ms) if self.settings.publish_flush else None
+            for data in frames if frames is not None else logged:
+                out.append(Publish(ns, data))
+                self.stats["batches_published"] += 1
+        return self._count_sent(out)
+
+    def on_tick(self, now_ms: int) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        if now_ms >= self._next_digest:
+            self._next_digest = now_ms + self.settings.digest_interval_ms
+            out.append(Publish(DIGEST_TOPIC, encode_message(self._digest())))
+            self.stats["digests_sent"] += 1
+            self._trim_logs()
+        self._observe_clouds(now_ms)
+        for rid, rep in list(self._repairs.items()):
+            if now_ms >= rep.deadline:
+                del self._repairs[rid]
+                self._attempts[(rep.namespace, rep.origin)] += 1
+                self.stats["repair_timeouts"] += 1
+        for ns, session in list(self._sessions.items()):
+            if now_ms < session.deadline:
+                continue
+            if session.retries >= self.settings.range_session_retries:
+                del self._sessions[ns]
+                self.stats["range_sessions_abandoned"] += 1
+                self._drain(ns)
+                continue
+            session.retries += 1
+            session.deadline = now_ms + self.settings.range_session_timeout_ms
+            self.stats["range_queries_resent"] += 1
+            out.append(Send(session.peer, session.query))
+        out.extend(self._schedule_repairs(now_ms))
+        return self._count_sent(out)
+
+    def on_message(self, peer: str, data: bytes, now_ms: int) -> list[Outgoing]:
+        """Handle one frame from the network (``peer`` is "" for published frames)."""
+        self.stats["bytes_received"] += len(data)
+        try:
+            msg = decode_message(data)
+        except DecodeError as exc:
+            self._reject("decode_errors", now_ms, f"from {peer!r}: {exc}")
+            return []
+        try:
+            out = self._dispatch(peer, msg, data, now_ms)
+        except Error as exc:  # an invariant a peer's message broke, surfaced by the replica
+            self._reject("rejected_invalid", now_ms, f"{type(msg).__name__} from {peer!r}: {exc}")
+            return []
+        return self._count_sent(out)
+
+    # -- dispatch --------------------------------------------------------------------------------
+
+    def _dispatch(self, peer: str, msg: Any, data: bytes, now_ms: int) -> list[Outgoing]:
+        if isinstance(msg, DeltaBatch):
+            self._apply_batch(msg, data, now_ms)
+            return []
+        if isinstance(msg, Digest):
+            return self._on_digest(msg, now_ms)
+        if not peer:
+            # Everything but batches and digests is a direct reply to someone.
+            self._reject("rejected_invalid", now_ms, f"{type(msg).__name__} was published")
+            return []
+        if not self.holds(msg.namespace):
+            self._reject("rejected_topic", now_ms, f"{type(msg).__name__} for {msg.namespace}")
+            return []
+        if isinstance(msg, RepairRequest):
+            return self._serve_repair(peer, msg)
+        if isinstance(msg, RepairReply):
+            self._on_repair_reply(peer, msg, now_ms)
+            return []
+        if isinstance(msg, LogGap):
+            return self._on_log_gap(peer, msg, now_ms)
+        if isinstance(msg, RangeQuery):
+            return self._serve_range_query(peer, msg)
+        if isinstance(msg, RangeReply):
+            return self._on_range_reply(peer, msg, now_ms)
+        self._reject("rejected_invalid", now_ms, f"unexpected {type(msg).__name__}")
+        return []
+
+    # -- batches ----------------------------------------------------------------------------------
+
+    def _apply_batch(self, batch: DeltaBatch, data: bytes, now_ms: int) -> bool:
+        """Check and apply one batch; True if it brought anything new."""
+        ns = batch.namespace
+        if batch.origin == self.node_id:
+            self._reject("rejected_own_origin", now_ms, f"{ns}: {batch.first}..{batch.last}")
+            return False
+        if not self.holds(ns):
+            self._reject("rejected_topic", now_ms, f"batch for {ns}")
+            return False
+        if batch.delta.context.max_seq(batch.origin) != batch.last:
+            # The origin cannot have observed its own seqs beyond the batch's last one.
+            self._reject("rejected_invalid", now_ms, f"{ns}: context beyond its range")
+            return False
+        if not self._timestamps_ok(batch.delta, now_ms):
+            return False
+        if not self._ensure_namespace(ns, batch.delta.type_name, now_ms):
+            return False
+        ctx = self.replica.context(ns)
+        if all(Dot(batch.origin, s) in ctx for s in range(batch.first, batch.last + 1)):
+            self.stats["duplicates"] += 1
+            return False
+        if ns in self._sessions:
+            self.stats["batches_deferred_session"] += 1
+        if ns in self._sessions or not _causally_ready(batch, ctx):
+            # Its context names deltas not applied here yet; applying it now would mark
+            # them seen, and they would then never be applied (nor repaired).
+            waiting = self._waiting.setdefault(ns, {})
+            if len(waiting) >= self.settings.max_waiting_batches:
+                self._reject("waiting_overflow", now_ms, f"{ns}: dropped, repair refetches")
+                return False
+            waiting[(batch.origin, batch.first, batch.last)] = (batch, data)
+            self.stats["batches_waiting"] += 1
+            return False
+        self._apply_ready(batch, data)
+        self._drain(ns)
+        return True
+
+    def _timestamps_ok(self, value: DotMap[Any], now_ms: int) -> bool:
+        """False (counted) if an LWW value carries a timestamp too far in the future."""
+        if not isinstance(value, LWWMap):
+            return True
+        try:
+            for entry in value.entries.values():
+                for timestamp, _ in entry.values():
+                    check_drift(timestamp, now_ms, self.settings.max_clock_drift_ms)
+        except ClockDriftError as exc:
+            self._reject("rejected_clock_drift", now_ms, str(exc))
+            return False
+        return True
+
+    def _apply_ready(self, batch: DeltaBatch, data: bytes) -> None:
+        if self.replica.apply_batch(batch, data):
+            self.stats["batches_applied"] += 1
+        else:
+            self.stats["duplicates"] += 1
+
+    def _drain(self, ns: str) -> None:
+        """Apply the waiting batches of ``ns`` that have become causally ready."""
+        waiting = self._waiting.get(ns) if ns not in self._sessions else None
+        progress = True
+        while waiting and progress:
+            progress = False
+            for key, (batch, data) in list(waiting.items()):
+                ctx = self.replica.context(ns)
+                if all(Dot(batch.origin, s) in ctx for s in range(batch.first, batch.last + 1)):
+                    del waiting[key]
+                elif _causally_ready(batch, ctx):
+                    del waiting[key]
+                    self._apply_ready(batch, data)
+                    progress = True
+
+    def _coalesce(
+        self, ns: str, logged: Sequence[bytes], now_ms: int, origin: str | None = None
+    ) -> list[bytes] | None:
+        """One frame joining consecutive batches of ``origin`` (this node by default);
+        None when they are not one contiguous run: send them as they are."""
+        origin = self.node_id if origin is None else origin
+        if len(logged) < 2:
+            return None
+        try:
+            batches = [decode_message(b) for b in logged]
+        except DecodeError as exc:
+            self._reject("corrupt_log", now_ms, f"{ns}: {exc}")
+            return None
+        if any(not isinstance(b, DeltaBatch) or b.origin != origin for b in batches) or any(
+            a.last + 1 != b.first for a, b in itertools.pairwise(batches)
+        ):
+            return None
+        delta: DotMap[Any] = batches[0].delta
+        for b in batches[1:]:
+            delta = delta.join(b.delta)
+        first, last = min(b.first for b in batches), max(b.last for b in batches)
+        return [encode_message(DeltaBatch(ns, origin, first, last, delta))]
+
+    # -- digests and repair -----------------------------------------------------------------
+
+    def _digest(self) -> Digest:
+        items = tuple(
+            (ns, type_name, dict(self.replica.context(ns).vv))
+            for ns, type_name in sorted(self.replica.namespaces().items())
+            if self.holds(ns)
+        )
+        return Digest(self.node_id, items)
+
+    def _on_digest(self, msg: Digest, now_ms: int) -> list[Outgoing]:
+        if msg.sender == self.node_id:
+            return []
+        if msg.sender not in self._peers:
+            self.stats["digests_from_unknown"] += 1
+            return []
+        self.stats["digests_received"] += 1
+        out: list[Outgoing] = []
+        vvs: dict[str, dict[str, int]] = {}
+        for ns, type_name, vv in msg.namespaces:
+            if not self.holds(ns) or not self._ensure_namespace(ns, type_name, now_ms):
+                continue
+            vvs[ns] = vv
+            for origin, top in vv.items():
+                if origin != self.node_id:
+                    self._observe(ns, origin, top, now_ms)
+            if not self.replica.context(ns) and any(vv.values()) and ns not in self._sessions:
+                # Bootstrap: we hold nothing here; reconciling ranges costs O(state),
+                # replaying the log would cost O(history).
+                out.extend(self._start_session(msg.sender, ns, now_ms))
+        self._digests[msg.sender] = vvs
+        out.extend(self._schedule_repairs(now_ms))
+        return out
+
+    def _observe(self, ns: str, origin: str, top: int, now_ms: int) -> None:
+        seen = self._seen.setdefault((ns, origin), [])
+        if not seen or top > seen[-1][1]:
+            seen.append((now_ms, top))
+
+    def _observe_clouds(self, now_ms: int) -> None:
+        """A dot in our cloud means the seqs below it are missing: evidence of a gap."""
+        for ns in self.replica.namespaces():
+            ctx = self.replica.context(ns)
+            for origin in {d.replica for d in ctx.cloud}:
+                if origin != self.node_id:
+                    self._observe(ns, origin, ctx.max_seq(origin), now_ms)
+
+    def _repairable_top(self, key: tuple[str, str], now_ms: int) -> int:
+        """Highest seq seen missing at least ``repair_grace_ms`` ago (0 if none)."""
+        seen = self._seen[key]
+        cutoff = now_ms - self.settings.repair_grace_ms
+        aged = [i for i, (at, _) in enumerate(seen) if at <= cutoff]
+        if not aged:
+            return 0
+        del seen[: aged[-1]]  # older observations are subsumed by the newest aged one
+        return seen[0][1]
+
+    def _schedule_repairs(self, now_ms: int) -> list[Outgoing]:
+        out: list[Outgoing] = []
+        for key in sorted(self._seen):
+            ns, origin = key
+            if len(self._repairs) >= self.settings.max_inflight_repairs:
+                break
+            ctx = self.replica.context(ns)
+            if self._seen[key][-1][1] <= ctx.vv.get(origin, 0):
+                del self._seen[key]  # caught up with everything ever seen of it
+                continue
+            if ns in self._sessions or now_ms < self._not_before.get(key, 0):
+                continue
+            top = self._repairable_top(key, now_ms)
+            busy = [
+                (r.first, r.last) for r in self._repairs.values() if (r.namespace, r.origin) == key
+            ]
+            for first, last in _spans(ctx, origin, top):
+                if len(self._repairs) >= self.settings.max_inflight_repairs:
+                    break
+                last = min(last, first + self.settings.max_repair_span - 1)
+                if any(a <= last and first <= b for a, b in busy):
+                    continue
+                peer = self._repair_peer(ns, origin, first)
+                if peer is None:
+                    continue
+                rid = self._new_id()
+                self._repairs[rid] = _Repair(
+                    peer, ns, origin, first, last, now_ms + self.settings.repair_timeout_ms
+                )
+                out.append(Send(peer, encode_message(RepairRequest(rid, ns, origin, first, last))))
+                self.stats["repairs_requested"] += 1
+        return out
+
+    def _repair_peer(self, ns: str, origin: str, first: int) -> str | None:
+        """A peer whose digest shows ``first``: the origin first, then the others in turn."""
+        able = sorted(
+            p for p in self._peers if self._digests.get(p, {}).get(ns, {}).get(origin, 0) >= first
+        )
+        if not able:
+            return None
+        if origin in able:
+            able.remove(origin)
+            able.insert(0, origin)
+        return able[self._attempts[(ns, origin)] % len(able)]
+
+    def _serve_repair(self, peer: str, msg: RepairRequest) -> list[Outgoing]:
+        if msg.namespace not in self.replica.namespaces():
+            self.stats["repairs_unknown_namespace"] += 1
+            return []
+        logged = self.replica.log_batches(msg.namespace, msg.origin, msg.first, msg.last)
+        if logged is None:
+            self.stats["log_gaps_sent"] += 1
+            gap = LogGap(msg.request, msg.namespace, msg.origin, msg.first, msg.last)
+            return [Send(peer, encode_message(gap))]
+        self.stats["repairs_served"] += 1
+        batches = tuple(logged[: self.settings.max_repair_batches])
+        if self.settings.publish_flush:
+            # Contiguous batches of one origin travel as one (one envelope, one context).
+            batches = tuple(self._coalesce(msg.namespace, batches, 0, msg.origin) or batches)
+        return [Send(peer, encode_message(RepairReply(msg.request, msg.namespace, batches)))]
+
+    def _on_repair_reply(self, peer: str, msg: RepairReply, now_ms: int) -> None:
+        rep = self._repairs.pop(msg.request, None)
+        if rep is None or rep.peer != peer or rep.namespace != msg.namespace:
+            self.stats["repair_replies_unexpected"] += 1  # late or duplicated; still data
+        applied = 0
+        for data in msg.batches:
+            try:
+                batch = decode_message(data)
+            except DecodeError as exc:
+                self._reject("decode_errors", now_ms, f"batch in repair from {peer!r}: {exc}")
+                continue
+            if not isinstance(batch, DeltaBatch) or batch.namespace != msg.namespace:
+                self._reject("rejected_invalid", now_ms, f"repair from {peer!r} holds a stranger")
+                continue
+            applied += self._apply_batch(batch, data, now_ms)
+        if rep is not None and applied == 0:
+            # Nothing usable (e.g. deferred for clock drift): do not ask again at once.
+            key = (rep.namespace, rep.origin)
+            self._not_before[key] = now_ms + self.settings.repair_timeout_ms
+
+    def _on_log_gap(self, peer: str, msg: LogGap, now_ms: int) -> list[Outgoing]:
+        rep = self._repairs.pop(msg.request, None)
+        if rep is None or rep.peer != peer:
+            self.stats["log_gaps_unexpected"] += 1
+            return []
+        self.stats["log_gaps"] += 1
+        if msg.namespace in self._sessions or peer not in self._peers:
+            return []
+        return self._start_session(peer, msg.namespace, now_ms)
+
+    # -- range reconciliation ------------------------------------------------------------------
+
+    def _start_session(self, peer: str, ns: str, now_ms: int) -> list[Outgoing]:
+        session = _Session(self._new_id(), peer, ns, pending=[(0, HASH_SPACE)])
+        self._sessions[ns] = session
+        self.stats["range_sessions_started"] += 1
+        return self._send_query(session, now_ms)
+
+    def _send_query(self, session: _Session, now_ms: int) -> list[Outgoing]:
+        cap = self.settings.range_max_query_ranges
+        session.asked, session.pending = session.pending[:cap], session.pending[cap:]
+        mine = self.replica.fingerprints(session.namespace, session.asked)
+        summaries = tuple(
+            RangeSummary(lo, hi, fp, count)
+            for (lo, hi), (fp, count) in zip(session.asked, mine, strict=True)
+        )
+        query = RangeQuery(
+            session.id, session.round, session.namespace, session.base is None, summaries
+        )
+        session.query = encode_message(query)
+        session.deadline = now_ms + self.settings.range_session_timeout_ms
+        session.retries = 0
+        return [Send(session.peer, session.query)]
+
+    def _serve_range_query(self, peer: str, msg: RangeQuery) -> list[Outgoing]:
+        ns = msg.namespace
+        if ns not in self.replica.namespaces():
+            self.stats["range_queries_unknown_namespace"] += 1
+            return []
+        # The base context is read BEFORE any range (see the module docstring).
+        context = self.replica.context(ns) if msg.want_context else None
+        mine = self.replica.fingerprints(ns, [(r.lo, r.hi) for r in msg.ranges])
+        answers: list[RangeAnswer] = []
+        budget = self.settings.range_max_reply_entries
+        for theirs, (fp, count) in zip(msg.ranges, mine, strict=True):
+            lo, hi = theirs.lo, theirs.hi
+            if (fp, count) == (theirs.fingerprint, theirs.count):
+                answers.append(RangeAnswer(lo, hi, RANGE_EQUAL, fingerprint=fp, count=count))
+                continue
+            parts = split_range(lo, hi, self.settings.range_fanout)
+            if count <= self.settings.range_leaf_entries or len(parts) < 2:
+                if answers and count > budget:
+                    break  # the asker asks again for what is left unanswered
+                budget -= count
+                shipped = self.replica.read_range(ns, lo, hi)
+                answers.append(RangeAnswer(lo, hi, RANGE_ENTRIES, shipped=shipped))
+                self.stats["ranges_shipped"] += 1
+                self.stats["entries_shipped"] += count
+            else:
+                fps = self.replica.fingerprints(ns, parts)
+                sub = tuple(
+                    RangeSummary(a, b, f, c) for (a, b), (f, c) in zip(parts, fps, strict=True)
+                )
+                answers.append(RangeAnswer(lo, hi, RANGE_SPLIT, parts=sub))
+                self.stats["ranges_split"] += 1
+        self.stats["range_queries_served"] += 1
+        reply = RangeReply(msg.session, msg.round, ns, context, tuple(answers))
+        return [Send(peer, encode_message(reply))]
+
+    def _on_range_reply(self, peer: str, msg: RangeReply, now_ms: int) -> list[Outgoing]:
+        session = self._sessions.get(msg.namespace)
+        if (
+            session is None
+            or session.id != msg.session
+            or session.peer != peer
+            or session.round != msg.round
+        ):
+            self.stats["range_replies_stale"] += 1
+            return []
+        ns = msg.namespace
+        base = session.base if session.base is not None else msg.context
+        asked = set(session.asked)
+        answered = [(a.lo, a.hi) for a in msg.answers]
+        type_name = self.replica.namespaces().get(ns)
+        if (
+            base is None
+            or len(set(answered)) != len(answered)
+            or not asked.issuperset(answered)
+            or any(a.shipped is not None and a.shipped.type_name != type_name for a in msg.answers)
+        ):
+            # Validate everything before applying anything: a bad reply changes nothing.
+            self._reject("rejected_range_invalid", now_ms, f"{ns} reply from {peer!r}")
+            return []
+        for answer in msg.answers:
+            if answer.shipped is not None and not self._timestamps_ok(answer.shipped, now_ms):
+                return []  # deferred: the round times out and is asked again later
+        session.base = base
+        differing: list[tuple[int, int]] = []
+        equal = [a for a in msg.answers if a.kind == RANGE_EQUAL]
+        now_mine = self.replica.fingerprints(ns, [(a.lo, a.hi) for a in equal])
+        for answer, own in zip(equal, now_mine, strict=True):
+            # Equal to what we hold *now*, not when we asked: our local writes since
+            # then are not in what the sender saw.
+            if own == (answer.fingerprint, answer.count):
+                self.stats["ranges_equal"] += 1
+            else:
+                differing.append((answer.lo, answer.hi))
+        for answer in msg.answers:
+            if answer.kind == RANGE_EQUAL:
+                pass
+            elif answer.kind == RANGE_ENTRIES and answer.shipped is not None:
+                staged = _restrict_to(answer.shipped, base)
+                session.staged.append((answer.lo, answer.hi, staged))
+                self.stats["ranges_staged"] += 1
+            elif answer.kind == RANGE_SPLIT:
+                bounds = [(p.lo, p.hi) for p in answer.parts]
+                mine = self.replica.fingerprints(ns, bounds)
+                for part, own in zip(answer.parts, mine, strict=True):
+                    if own != (part.fingerprint, part.count):
+                        differing.append((part.lo, part.hi))
+        unanswered = [r for r in session.asked if r not in set(answered)]
+        session.pending = unanswered + differing + session.pending
+        session.asked = []
+        session.round += 1
+        if session.pending:
+            return self._send_query(session, now_ms)
+        # Every range resolved: now, and only now, the staged ranges are applied and the
+        # first reply's context joins ours (one engine step: nothing interleaves).
+        for lo, hi, shipped in session.staged:
+            self.replica.apply_range(ns, lo, hi, shipped)
+            self.stats["ranges_applied"] += 1
+        self.replica.merge_context(ns, base)
+        del self._sessions[ns]
+        self.stats["range_sessions_completed"] += 1
+        self._drain(ns)
+        return []
+
+    # -- log trimming ----------------------------------------------------------------------------
+
+    def _trim_logs(self) -> None:
+        for ns in sorted(self.replica.namespaces()):
+            reports = [self._digests[p][ns] for p in self._peers if ns in self._digests.get(p, {})]
+            # Trim by acknowledgement only once every known peer has reported a digest.
+            if reports and all(p in self._digests for p in self._peers):
+                for origin in self.replica.context(ns).vv:
+                    upto = min(vv.get(origin, 0) for vv in reports)
+                    if upto > self._trimmed.get((ns, origin), 0):
+                        self._trimmed[(ns, origin)] = upto
+                        self.stats["log_trimmed"] += self.replica.trim_log(ns, origin, upto)
+            self.stats["log_bounded"] += self.replica.bound_log(ns, self.settings.max_log_batches)
+
+    # -- small helpers ---------------------------------------------------------------------
+
+    def _ensure_namespace(self, ns: str, type_name: str, now_ms: int) -> bool:
+        try:
+            self.replica.ensure_namespace(ns, type_name)
+        except Error as exc:  # TypeMismatch, or a type this build does not know
+            self._reject("rejected_type_mismatch", now_ms, f"{ns}: {exc}")
+            return False
+        return True
+
+    def _new_id(self) -> int:
+        self._next_id += 1
+        return self._next_id
+
+    def _count_sent(self, out: list[Outgoing]) -> list[Outgoing]:
+        for item in out:
+            self.stats["bytes_sent"] += len(item.data)
+            self.stats["messages_sent"] += 1
+        return out
+
+    def _reject(self, reason: str, now_ms: int, detail: str) -> None:
+        """Count a rejection; log it at most once per reason per ``log_interval_ms``."""
+        self.stats[reason] += 1
+        last = self._last_logged.get(reason)
+        if last is None or now_ms - last >= self.settings.log_interval_ms:
+            self._last_logged[reason] = now_ms
+            log.warning(
+                "sync %s: %s (%s; %d so far)", self.node_id, reason, detail, self.stats[reason]
+            )
+
+
+def _causally_ready(batch: DeltaBatch, ctx: CausalContext) -> bool:
+    """Every dot the batch's context names, beyond its own seqs, is in ``ctx``."""
+    own, lo, hi = batch.origin, batch.first, batch.last
+    theirs = batch.delta.context
+    for replica, top in theirs.vv.items():
+        have = ctx.vv.get(replica, 0)
+        for seq in range(have + 1, top + 1):
+            if not (replica == own and lo <= seq <= hi) and Dot(replica, seq) not in ctx:
+                return False
+    return all((d.replica == own and lo <= d.seq <= hi) or d in ctx for d in theirs.cloud)
+
+
+def _restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:
+    """The shipped entries' dots that ``base`` holds, judged by ``base``.
+
+    Dots the sender gained after the base snapshot are left for the delta path: their
+    deltas' context (what they replaced) is not in ``base``, so taking them here would
+    mark them seen without what they depend on.
+    """
+    entries = {k: {d: p for d, p in e.items() if d in base} for k, e in shipped.entries.items()}
+    return type(shipped)(entries, base, is_delta=True)
+
+
+def _spans(ctx: CausalContext, origin: str, top: int) -> list[tuple[int, int]]:
+    """The inclusive seq ranges of ``origin`` up to ``top`` missing from ``ctx``."""
+    if top <= ctx.vv.get(origin, 0):
+        return []
+    return ctx.missing_from(CausalContext({origin: top})).get(origin, [])

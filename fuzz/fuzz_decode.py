@@ -1,0 +1,113 @@
+"""atheris target: untrusted bytes into the decoders must raise DecodeError or decode.
+
+Any other exception, or a decoded value that breaks an invariant (a live dot outside its
+value's context, a dot live at two keys, an empty entry in a state), is a crash.
+
+    .venv/bin/python fuzz/fuzz_decode.py -max_total_time=60 [fuzz/corpus]
+    .venv/bin/python fuzz/fuzz_decode.py --make-corpus   # (re)write the small seed corpus
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, cast
+
+import atheris
+
+# Run from a checkout without `pip install -e .`: the package sits next to fuzz/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+with atheris.instrument_imports():
+    from crdtstore.codec import decode_value, encode_value, pack, unpack
+    from crdtstore.crdt import DotMap, HybridClock, LWWMap, ORSet
+    from crdtstore.errors import DecodeError
+    from crdtstore.sync.messages import (
+        DeltaBatch,
+        Digest,
+        RepairRequest,
+        decode_message,
+        encode_message,
+    )
+
+CORPUS = Path(__file__).with_name("corpus")
+
+
+def check_sound(value: DotMap[Any]) -> None:
+    owner: dict[Any, Any] = {}
+    for key, entry in value.entries.items():
+        if not entry and not value.is_delta:
+            raise AssertionError(f"decoded state has an empty entry at {key!r}")
+        for dot in entry:
+            if dot not in value.context:
+                raise AssertionError(f"decoded live dot {dot} outside the context")
+            if owner.setdefault(dot, key) != key:
+                raise AssertionError(f"decoded dot {dot} live at two keys")
+
+
+def TestOneInput(data: bytes) -> None:
+    try:
+        msg = decode_message(data)
+    except DecodeError:
+        pass
+    else:
+        if isinstance(msg, DeltaBatch):
+            check_sound(msg.delta)
+    try:
+        value = decode_value(unpack(data))
+    except DecodeError:
+        pass
+    else:
+        check_sound(value)
+
+
+def seed_inputs() -> dict[str, bytes]:
+    """A few valid encodings of each shape: states, deltas, batches of both types."""
+    seeds: dict[str, bytes] = {}
+    s = ORSet()
+    for element in ("x", b"y", 3):
+        s = cast(ORSet, s.join(s.add("a", element)))
+    removed = s.remove("a", "x")
+    s = cast(ORSet, s.join(removed))
+    seeds["orset_state"] = pack(encode_value(s))
+    seeds["orset_delta_remove"] = pack(encode_value(removed))
+    m = LWWMap()
+    clock = HybridClock()
+    for i, value in enumerate([None, 1.5, "v", b"b", [1, {"k": True}]]):
+        clock, ts = clock.tick(1_700_000_000_000 + i)
+        m = cast(LWWMap, m.join(m.put("a", f"k{i % 3}", value, ts)))
+    concurrent = LWWMap().put("b", "k0", "other", 5)
+    m = cast(LWWMap, m.join(concurrent))
+    seeds["lww_state"] = pack(encode_value(m))
+    seeds["lww_delta_concurrent"] = pack(encode_value(concurrent))
+    batch = DeltaBatch("config", "b", 1, 1, concurrent)
+    seeds["msg_delta_batch"] = encode_message(batch)
+    seeds["msg_orset_batch"] = encode_message(DeltaBatch("hosts", "a", 4, 4, removed))
+    seeds["msg_digest"] = encode_message(Digest("a", (("config", "lww_map", {"a": 5, "b": 1}),)))
+    seeds["msg_repair_req"] = encode_message(RepairRequest(7, "config", "b", 2, 9))
+    return seeds
+
+
+def write_corpus() -> None:
+    CORPUS.mkdir(exist_ok=True)
+    for name, data in seed_inputs().items():
+        (CORPUS / name).write_bytes(data)
+
+
+def main() -> None:
+    if "--make-corpus" in sys.argv:
+        write_corpus()
+        return
+    argv = list(sys.argv)
+    # Start from the seed corpus (read only: -seed_inputs, so that libFuzzer does not fill
+    # the checked-in directory with its finds) unless the caller named a corpus.
+    named_corpus = any(not a.startswith("-") for a in argv[1:])
+    if CORPUS.is_dir() and not named_corpus and not any("-seed_inputs" in a for a in argv):
+        seeds = ",".join(str(p) for p in sorted(CORPUS.iterdir()))
+        argv.append(f"-seed_inputs={seeds}")
+    atheris.Setup(argv, TestOneInput)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""Bad API input raises a clear crdtstore error and changes nothing on disk."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import crdtstore
+from crdtstore import InvalidValue, TypeMismatch, ValueTooLarge
+from crdtstore.inspect import main as inspect_main
+
+
+def snapshot(path: Path) -> dict[str, Any]:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        inspect_main([str(path), "--json"])
+    data: dict[str, Any] = json.loads(out.getvalue())
+    for ns in data["namespaces"]:
+        data.setdefault("dumps", {})[ns] = dump(path, ns)
+    data.pop("map")  # the map's fill moves with LMDB's page reuse, not with the state
+    return data
+
+
+def dump(path: Path, ns: str) -> Any:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        inspect_main([str(path), "dump", ns, "--json"])
+    return json.loads(out.getvalue())
+
+
+class Unpackable:
+    pass
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+BAD_CALLS = [
+    (
+        "value not msgpack-able",
+        InvalidValue,
+        lambda n: n.lww_map("m").__setitem__("k", Unpackable()),
+    ),
+    ("set in a value", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", {1, 2})),
+    ("int too big for msgpack", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", 1 << 70)),
+    ("value too deep", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", deep(40))),
+    ("value too large", ValueTooLarge, lambda n: n.lww_map("m").__setitem__("k", "x" * 2_000_000)),
+    ("float key", InvalidValue, lambda n: n.lww_map("m").__setitem__(1.5, 1)),
+    ("tuple key", InvalidValue, lambda n: n.lww_map("m").__setitem__((1, 2), 1)),
+    ("bool key", InvalidValue, lambda n: n.or_set("s").add(True)),
+    ("None element", InvalidValue, lambda n: n.or_set("s").add(None)),
+    ("huge int key", InvalidValue, lambda n: n.or_set("s").add(1 << 64)),
+    ("lone surrogate key", InvalidValue, lambda n: n.or_set("s").add("\ud800")),
+    ("key too long", ValueTooLarge, lambda n: n.or_set("s").add("k" * 300)),
+    ("or_set named like an lww_map", TypeMismatch, lambda n: n.or_set("m")),
+    ("lww_map named like an or_set", TypeMismatch, lambda n: n.lww_map("s")),
+    ("empty namespace name", InvalidValue, lambda n: n.lww_map("")),
+    ("namespace name too long", InvalidValue, lambda n: n.or_set("n" * 256)),
+    ("namespace name not a str", InvalidValue, lambda n: n.or_set(b"bytes")),
+    ("float key read", InvalidValue, lambda n: n.lww_map("m")[1.5]),
+]
+
+
+@pytest.mark.parametrize(("what", "error", "call"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_bad_input_raises_and_changes_nothing(
+    tmp_path: Path, what: str, error: type, call: Any
+) -> None:
+    path = tmp_path / "n"
+    with crdtstore.open(path, node_id="n1") as node:
+        node.lww_map("m")["k"] = "v"
+        node.or_set("s").add("e")
+    before = snapshot(path)
+    with crdtstore.open(path, node_id="n1") as node:
+        with pytest.raises(error):
+            call(node)
+        with pytest.raises(error), node.transaction():  # inside a transaction, too
+            call(node)
+    assert snapshot(path) == before

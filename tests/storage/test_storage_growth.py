@@ -1,0 +1,74 @@
+"""The map grows by itself; at its limit a write fails cleanly; async durability flushes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import crdtstore
+from crdtstore.errors import StorageError
+
+
+def test_tiny_map_grows_transparently(tmp_path: Path) -> None:
+    with crdtstore.open(tmp_path / "n", map_size=64 * 1024) as node:
+        m = node.lww_map("m")
+        with node.transaction():  # growth in the middle of a transaction replays it
+            for i in range(3000):
+                m[i] = "v" * 100
+        for i in range(3000, 3200):
+            m[i] = "w" * 100
+        assert node.stats["map_grown"] >= 1
+        assert len(m) == 3200
+        assert m[10] == "v" * 100 and m[3100] == "w" * 100
+    with crdtstore.open(tmp_path / "n", map_size=64 * 1024) as node:
+        assert len(node.lww_map("m")) == 3200
+
+
+def test_another_process_growing_the_map_is_adopted(tmp_path: Path, spawn: Any) -> None:
+    path = str(tmp_path / "n")
+    with crdtstore.open(path, map_size=64 * 1024) as node:
+        m = node.lww_map("m")
+        m["before"] = 1
+        child = spawn(
+            """
+import sys, crdtstore
+with crdtstore.open(sys.argv[1], map_size=64 * 1024) as node:
+    m = node.lww_map("m")
+    with node.transaction():
+        for i in range(3000):
+            m[i] = "x" * 200
+    print(node.stats["map_grown"], flush=True)
+""",
+            path,
+        )
+        out, err = child.communicate(timeout=60)
+        assert child.returncode == 0, err
+        assert int(out) >= 1
+        assert len(m) == 3001  # reading picks up the grown map
+        m["after"] = 2
+        assert node.stats["map_adopted"] >= 1
+        assert m[2999] == "x" * 200
+
+
+def test_full_map_at_its_limit_raises_and_keeps_the_file_consistent(tmp_path: Path) -> None:
+    with crdtstore.open(tmp_path / "n", map_size=256 * 1024, max_map_size=512 * 1024) as node:
+        m = node.lww_map("m")
+        m["kept"] = "yes"
+        with pytest.raises(StorageError, match="max_map_size"), node.transaction():
+            for i in range(10_000):
+                m[i] = "v" * 200
+        assert list(m.items()) == [("kept", "yes")]
+        m["still"] = "writable"
+    with crdtstore.open(tmp_path / "n") as node:
+        assert dict(node.lww_map("m")) == {"kept": "yes", "still": "writable"}
+
+
+def test_async_durability_flushes_and_close_flushes(tmp_path: Path) -> None:
+    with crdtstore.open(tmp_path / "n", durability="async", flush_interval_ms=5) as node:
+        m = node.lww_map("m")
+        for i in range(50):
+            m[i] = i
+    with crdtstore.open(tmp_path / "n") as node:
+        assert len(node.lww_map("m")) == 50

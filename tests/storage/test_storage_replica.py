@@ -1,0 +1,380 @@
+"""LMDBReplica against the Replica contract and, differentially, against the pure types."""
+
+from __future__ import annotations
+
+import itertools
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
+from crdtstore.errors import (
+    ClockDriftError,
+    IdentityMismatch,
+    InvalidValue,
+    StorageError,
+    TypeMismatch,
+)
+from crdtstore.settings import NodeSettings
+from crdtstore.storage import LMDBReplica, layout
+from crdtstore.storage.replica import wall_ms
+from crdtstore.sync.fingerprint import HASH_SPACE, entry_hash, fingerprint, key_hash, split_range
+from crdtstore.sync.messages import DeltaBatch, decode_message, encode_message
+
+Make = Callable[..., LMDBReplica]
+ALL = (0, HASH_SPACE)
+
+
+def batch_of(ns: str, origin: str, delta: DotMap[Any]) -> tuple[DeltaBatch, bytes]:
+    seqs = [d.seq for d in delta.context if d.replica == origin]
+    batch = DeltaBatch(ns, origin, min(seqs), max(seqs), delta)
+    return batch, encode_message(batch)
+
+
+def live(value: DotMap[Any]) -> dict[Any, dict[Dot, Any]]:
+    return {k: dict(e) for k, e in value.entries.items() if e}
+
+
+def state_of(replica: LMDBReplica, ns: str) -> dict[Any, dict[Dot, Any]]:
+    return live(replica.read_range(ns, *ALL))
+
+
+def local(replica: LMDBReplica, *ops: tuple[Any, ...]) -> None:
+    w = replica.begin_local()
+    for name, *args in ops:
+        getattr(w, name)(*args)
+    w.commit()
+
+
+# -- examples that document the contract ---------------------------------------------------
+
+
+def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
+    for key in ["a", b"a", 0, -5, 2**40, "ключ"]:
+        ekey = layout.pack_key(key)
+        assert layout.hash_encoded_key(ekey) == key_hash(key)
+        dots = [Dot("b", 3), Dot("a", 1)]
+        assert layout.entry_hash_encoded(ekey, dots) == entry_hash(key, dots)
+        assert layout.single_dot_hash(ekey, b"a\0", 7) == entry_hash(key, [Dot("a", 7)])
+
+
+def test_one_commit_logs_one_batch_per_namespace(make_replica: Make) -> None:
+    r = make_replica("a")
+    local(r, ("put", "m", "k", 1), ("put", "m", "k", 2), ("put", "m", "j", 3), ("add", "s", "x"))
+    assert r.context("m") == CausalContext({"a": 3})
+    (raw,) = r.log_batches("m", "a", 1, 3) or []
+    batch = decode_message(raw)
+    assert (batch.namespace, batch.origin, batch.first, batch.last) == ("m", "a", 1, 3)
+    # The batch is the join of the three deltas: applying it to an empty peer gives the state.
+    assert live(LWWMap().join(batch.delta)) == state_of(r, "m")
+    assert r.log_batches("s", "a", 1, 1) is not None
+    assert r.namespaces() == {"m": "lww_map", "s": "or_set"}
+
+
+def test_apply_batch_joins_logs_and_ignores_a_replay(make_replica: Make) -> None:
+    a, b = make_replica("a"), make_replica("b")
+    local(b, ("add", "s", "x"), ("add", "s", "y"))
+    (raw,) = b.log_batches("s", "b", 1, 2) or []
+    batch = decode_message(raw)
+    assert a.apply_batch(batch, raw) is True
+    assert set(state_of(a, "s")) == {"x", "y"}
+    assert a.log_batches("s", "b", 1, 2) == [raw]
+    assert a.apply_batch(batch, raw) is False  # every dot already seen: nothing changes
+    assert a.context("s") == b.context("s")
+
+
+def test_remove_of_entry_both_sides_saw_is_not_lost(make_replica: Make) -> None:
+    a, b = make_replica("a"), make_replica("b")
+    local(a, ("add", "s", "x"))
+    (raw,) = a.log_batches("s", "a", 1, 1) or []
+    b.apply_batch(decode_message(raw), raw)
+    local(b, ("remove", "s", "x"))
+    (raw2,) = b.log_batches("s", "b", 1, 1) or []
+    assert a.apply_batch(decode_message(raw2), raw2)
+    assert state_of(a, "s") == {}
+
+
+def test_log_batches_covers_with_overlaps_and_reports_holes(make_replica: Make) -> None:
+    a, b = make_replica("a"), make_replica("b")
+    for i in range(6):
+        local(b, ("add", "s", i))
+    raws = [b.log_batches("s", "b", i, i)[0] for i in range(1, 7)]  # type: ignore[index]
+    for i in (0, 1, 2, 4, 5):  # seq 4 is missing
+        a.apply_batch(decode_message(raws[i]), raws[i])
+    assert a.log_batches("s", "b", 1, 3) == raws[:3]
+    assert a.log_batches("s", "b", 2, 6) is None
+    assert a.log_batches("s", "b", 5, 6) == raws[4:]
+    assert a.log_batches("nope", "b", 1, 1) is None
+    assert a.trim_log("s", "b", 2) == 2
+    assert a.log_batches("s", "b", 1, 3) is None
+    assert a.log_batches("s", "b", 3, 3) == raws[2:3]
+
+
+def test_bound_log_drops_oldest_in_append_order(make_replica: Make) -> None:
+    a, b, c = make_replica("a"), make_replica("b"), make_replica("c")
+    local(b, ("add", "s", 1))
+    local(c, ("add", "s", 2))
+    local(b, ("add", "s", 3))
+    rb1, rb2 = b.log_batches("s", "b", 1, 2) or []
+    (rc1,) = c.log_batches("s", "c", 1, 1) or []
+    for raw in (rb2, rc1, rb1):  # append order: b2, c1, b1
+        a.apply_batch(decode_message(raw), raw)
+    assert a.bound_log("s", 2) == 1
+    assert a.log_batches("s", "b", 2, 2) is None
+    assert a.log_batches("s", "c", 1, 1) == [rc1]
+    assert a.log_batches("s", "b", 1, 1) == [rb1]
+    assert a.bound_log("s", 2) == 0
+    assert a.bound_log("s", 0) == 2
+    assert a.log_batches("s", "b", 1, 1) is None
+
+
+@given(st.lists(st.integers(0, HASH_SPACE - 1), min_size=2, max_size=8))
+def test_fingerprints_match_the_pure_definition(bounds: list[int]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        r = LMDBReplica(Path(tmp) / "a", "a", NodeSettings(durability="async"))
+        try:
+            w = r.begin_local()
+            for i in range(300):
+                w.add("s", i) if i % 3 else w.put("m", i, i)
+            w.remove("s", 4)
+            w.commit()
+            cuts = sorted({0, HASH_SPACE, *bounds})
+            ranges = list(itertools.pairwise(cuts)) + split_range(0, HASH_SPACE, 16)
+            for ns in ("s", "m"):
+                entries = state_of(r, ns)
+                want = [
+                    fingerprint((k, e) for k, e in entries.items() if lo <= key_hash(k) < hi)
+                    for lo, hi in ranges
+                ]
+                assert r.fingerprints(ns, ranges) == want
+        finally:
+            r.close()
+
+
+def test_apply_range_tells_removed_there_from_not_yet_seen(make_replica: Make) -> None:
+    a, b = make_replica("a"), make_replica("b")
+    local(a, ("add", "s", "both"), ("add", "s", "mine"))
+    for raw in a.log_batches("s", "a", 1, 1) or []:
+        b.apply_batch(decode_message(raw), raw)
+    local(b, ("remove", "s", "both"), ("add", "s", "theirs"))
+    shipped = b.read_range("s", *ALL)
+    a.apply_range("s", *ALL, shipped)
+    # "both" was removed at b (its dot is in b's context); "mine" b has not seen: kept.
+    assert set(state_of(a, "s")) == {"mine", "theirs"}
+    # Only the dots received joined the context so far; merge_context adds the rest.
+    assert Dot("b", 1) not in a.context("s")
+    a.merge_context("s", shipped.context)
+    assert a.context("s") == a.context("s").join(b.context("s"))
+    assert Dot("b", 1) in a.context("s")
+
+
+def test_apply_range_rejects_a_key_outside_the_range(make_replica: Make) -> None:
+    a, b = make_replica("a"), make_replica("b")
+    local(b, ("add", "s", "x"))
+    h = key_hash("x")
+    with pytest.raises(InvalidValue):
+        a.apply_range("s", h + 1, HASH_SPACE, b.read_range("s", *ALL))
+    assert a.namespaces() == {}  # nothing was written, not even the namespace
+
+
+def test_remote_timestamp_too_far_ahead_is_rejected(make_replica: Make) -> None:
+    a = make_replica("a", max_clock_drift_ms=1000)
+    future = make_timestamp(wall_ms() + 10_000)
+    delta = LWWMap().put("b", "k", "v", future)
+    batch, raw = batch_of("m", "b", delta)
+    with pytest.raises(ClockDriftError):
+        a.apply_batch(batch, raw)
+    assert a.stats["rejected_clock_drift"] == 1
+    assert a.namespaces() == {}
+
+
+def test_type_mismatch_and_identity_and_format_are_checked(tmp_path: Path) -> None:
+    with LMDBReplica(tmp_path / "d", "a") as r:
+        r.ensure_namespace("m", "lww_map")
+        with pytest.raises(TypeMismatch):
+            r.ensure_namespace("m", "or_set")
+        batch, raw = batch_of("m", "b", ORSet().add("b", 1))
+        with pytest.raises(TypeMismatch):
+            r.apply_batch(batch, raw)
+    with pytest.raises(IdentityMismatch):
+        LMDBReplica(tmp_path / "d", "other")
+    with LMDBReplica(tmp_path / "d") as r:
+        assert r.node_id == "a"
+    env = lmdb.open(str(tmp_path / "d"), max_dbs=16)
+    with env.begin(write=True) as txn:
+        txn.put(layout.META_FORMAT, layout.u64(99), db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(StorageError, match="format version 99"):
+        LMDBReplica(tmp_path / "d")
+
+
+def test_generated_node_id_is_persisted(tmp_path: Path) -> None:
+    with LMDBReplica(tmp_path / "d") as r:
+        first = r.node_id
+    assert len(first) == 8
+    with LMDBReplica(tmp_path / "d") as r:
+        assert r.node_id == first
+
+
+def test_unwritable_location_is_a_storage_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(StorageError, match="cannot open node directory"):
+        LMDBReplica(tmp_path / "file" / "node")
+
+
+# -- differential: LMDBReplica versus the pure values ----------------------------------------
+
+KEYS = st.one_of(st.integers(0, 4), st.sampled_from(["a", "b"]), st.just(b"x"))
+VALUES = st.one_of(st.integers(-3, 3), st.text(max_size=2), st.lists(st.integers(0, 2), max_size=2))
+LOCAL = st.one_of(
+    st.tuples(st.just("put"), KEYS, VALUES),
+    st.tuples(st.just("delete"), KEYS),
+    st.tuples(st.just("add"), KEYS),
+    st.tuples(st.just("remove"), KEYS),
+)
+OPS = st.one_of(
+    st.tuples(st.just("local"), st.lists(LOCAL, min_size=1, max_size=4)),
+    st.tuples(st.just("peer"), LOCAL),
+    st.tuples(st.just("deliver"), st.integers(0, 50)),
+    st.tuples(st.just("pull")),
+    st.tuples(st.just("range"), st.integers(0, 15), st.integers(1, 16)),
+    st.tuples(st.just("merge")),
+)
+
+
+def ns_of(kind: str) -> str:
+    return "m" if kind in ("put", "delete") else "s"
+
+
+def mirror_range(state: DotMap[Any], lo: int, hi: int, shipped: DotMap[Any]) -> DotMap[Any]:
+    """The Replica contract's apply_range, on pure values."""
+    entries = dict(state.entries)
+    keys = {k for k in state.entries if lo <= key_hash(k) < hi} | set(shipped.entries)
+    received: list[Dot] = []
+    for key in keys:
+        theirs = shipped.entries.get(key, {})
+        received.extend(theirs)
+        joined = join_entry(state.entries.get(key, {}), state.context, theirs, shipped.context)
+        if joined:
+            entries[key] = joined
+        else:
+            entries.pop(key, None)
+    return type(state)(entries, state.context.join(CausalContext.from_dots(received)))
+
+
+@given(st.lists(OPS, max_size=25))
+def test_lmdb_replica_equals_the_pure_values(ops: list[tuple[Any, ...]]) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        replica = LMDBReplica(Path(tmp) / "a", "a", NodeSettings(durability="async"))
+        try:
+            run_differential(replica, ops)
+        finally:
+            replica.close()
+
+
+def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
+    mine: dict[str, DotMap[Any]] = {"m": LWWMap(), "s": ORSet()}
+    peer: dict[str, DotMap[Any]] = {"m": LWWMap(), "s": ORSet()}
+    queue: list[tuple[DeltaBatch, bytes]] = []
+    peer_ts = make_timestamp(wall_ms())
+    for op in ops:
+        if op[0] == "local":
+            before = dict(mine)
+            w = replica.begin_local()
+            for kind, key, *value in op[1]:
+                ns = ns_of(kind)
+                state = mine[ns]
+                if kind == "put":
+                    ts = w.put(ns, key, value[0])
+                    assert ts > max((p[0] for p in state.dots(key).values()), default=0)
+                    delta = state.put("a", key, value[0], ts)  # type: ignore[attr-defined]
+                elif kind == "delete":
+                    w.delete(ns, key, only_if_present=False)
+                    delta = state.delete("a", key)  # type: ignore[attr-defined]
+                elif kind == "add":
+                    w.add(ns, key)
+                    delta = state.add("a", key)  # type: ignore[attr-defined]
+                else:
+                    w.remove(ns, key, only_if_present=False)
+                    delta = state.remove("a", key)  # type: ignore[attr-defined]
+                mine[ns] = state.join(delta)
+            w.commit()
+            for ns in ("m", "s"):
+                # The one logged batch of the commit turns the state before into the state after.
+                first, last = before[ns].context.max_seq("a") + 1, mine[ns].context.max_seq("a")
+                if last >= first:
+                    (raw,) = replica.log_batches(ns, "a", first, last) or [b""]
+                    batch = decode_message(raw)
+                    assert (batch.first, batch.last) == (first, last)
+                    assert before[ns].join(batch.delta) == mine[ns]
+        elif op[0] == "peer":
+            kind, key, *value = op[1]
+            ns = ns_of(kind)
+            state = peer[ns]
+            if kind == "put":
+                peer_ts += 1
+                delta = state.put("b", key, value[0], peer_ts)  # type: ignore[attr-defined]
+            else:
+                delta = getattr(
+                    state, {"delete": "delete", "add": "add", "remove": "remove"}[kind]
+                )("b", key)
+            peer[ns] = state.join(delta)
+            queue.append(batch_of(ns, "b", delta))
+        elif op[0] == "deliver" and queue:
+            batch, raw = queue[op[1] % len(queue)]
+            ns = batch.namespace
+            seen = all(Dot("b", s) in mine[ns].context for s in range(batch.first, batch.last + 1))
+            assert replica.apply_batch(batch, raw) is (not seen)
+            if not seen:
+                mine[ns] = mine[ns].join(batch.delta)
+        elif op[0] == "pull":
+            peer = {ns: peer[ns].join(mine[ns]) for ns in peer}
+        elif op[0] == "range":
+            lo, hi = sorted((op[1], op[2]))
+            lo, hi = lo * HASH_SPACE // 16, max(hi, lo + 1) * HASH_SPACE // 16
+            for ns in ("m", "s"):
+                keys = [k for k in peer[ns].entries if lo <= key_hash(k) < hi]
+                shipped = peer[ns].restrict(keys)
+                replica.apply_range(ns, lo, hi, shipped)
+                mine[ns] = mirror_range(mine[ns], lo, hi, shipped)
+        elif op[0] == "merge":
+            for ns in ("m", "s"):
+                if ns in replica.namespaces():
+                    replica.merge_context(ns, peer[ns].context)
+                    mine[ns] = type(mine[ns])(
+                        mine[ns].entries, mine[ns].context.join(peer[ns].context)
+                    )
+        for ns in ("m", "s"):
+            if ns in replica.namespaces():
+                assert state_of(replica, ns) == live(mine[ns])
+                assert replica.context(ns) == mine[ns].context
+                want = fingerprint(live(mine[ns]).items())
+                assert replica.fingerprints(ns, [ALL]) == [want]
+
+
+@given(
+    st.integers(1, 30),
+    st.integers(0, 30),
+    st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(1, 40)), max_size=20),
+)
+def test_commit_context_encoding_equals_the_codec(first: int, n: int, observed: list[Any]) -> None:
+    from crdtstore.codec import encode_context
+    from crdtstore.storage.local import encode_dots
+
+    own = [Dot("a", s) for s in range(first, first + n)]
+    want = encode_context(CausalContext.from_dots([*own, *(Dot(r, s) for r, s in observed)]))
+    got = encode_dots("a", first, first + n - 1, observed)
+    assert decode_context_of(got) == decode_context_of(want) and got[0] == want[0]
+    assert sorted(map(tuple, got[1])) == sorted(map(tuple, want[1]))
+
+
+def decode_context_of(obj: Any) -> CausalContext:
+    from crdtstore.codec import decode_context
+
+    return decode_context(obj)

@@ -1,0 +1,233 @@
+"""Named examples of the protocol's subtle cases, each on a deterministic simulator."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
+from crdtstore.sync.engine import Publish, Send, SyncEngine
+from crdtstore.sync.memory import MemoryReplica
+from crdtstore.sync.messages import (
+    DeltaBatch,
+    Digest,
+    RepairRequest,
+    decode_message,
+    encode_message,
+)
+from crdtstore.sync.settings import SyncSettings
+from crdtstore.sync.simulator import Faults, Simulator
+
+FAST = SyncSettings(
+    digest_interval_ms=200,
+    repair_grace_ms=300,
+    repair_timeout_ms=500,
+    range_session_timeout_ms=500,
+    range_fanout=4,
+    range_leaf_entries=2,
+)
+
+
+def settings(**changes: Any) -> SyncSettings:
+    fields = {name: getattr(FAST, name) for name in FAST.__dataclass_fields__}
+    return SyncSettings(**{**fields, **changes})
+
+
+def elements(value: Any) -> frozenset[Any]:
+    assert isinstance(value, ORSet)
+    return value.elements()
+
+
+def total(sim: Simulator, stat: str) -> int:
+    return sum(n.engine.stats[stat] for n in sim.nodes.values())
+
+
+def test_log_trimmed_gap_is_repaired_by_range_reconciliation() -> None:
+    sim = Simulator(2, seed=1, settings=settings(max_log_batches=5))
+    sim.add("n1", "s", "n1's")  # n1 holds data: it will not bootstrap, it repairs
+    assert sim.run_until_quiescent(10_000)
+    sim.partition({"n0"})
+    for i in range(30):
+        sim.add("n0", "s", i)
+    for i in range(0, 30, 3):
+        sim.remove("n0", "s", i)
+    sim.run(1000)  # n0's digest rounds bound its log to 5 batches
+    assert sim.replica("n0").log_length("s") <= 5
+    assert sim.run_until_quiescent(30_000)
+    assert elements(sim.values("s")["n1"]) == {i for i in range(30) if i % 3} | {"n1's"}
+    assert sim.engine("n1").stats["log_gaps"] >= 1
+    assert sim.engine("n1").stats["range_sessions_completed"] >= 1
+
+
+def test_new_empty_node_bootstraps_by_range_reconciliation() -> None:
+    sim = Simulator(3, seed=2, settings=FAST)
+    sim.partition({"n0", "n1"})  # n2 is new: it has seen nothing
+    for i in range(60):
+        sim.add(f"n{i % 2}", "s", i)
+    sim.run(1_000)
+    assert sim.run_until_quiescent(30_000)
+    newcomer = sim.engine("n2").stats
+    assert newcomer["range_sessions_completed"] >= 1
+    assert newcomer["repairs_requested"] == 0  # not replayed from the log
+    assert elements(sim.values("s")["n2"]) == set(range(60))
+
+
+def test_remove_both_sides_saw_survives_range_reconciliation() -> None:
+    # The naive "ship what the other has not seen" would keep x on n1: both saw its add.
+    sim = Simulator(2, seed=3, settings=settings(max_log_batches=0))
+    sim.add("n0", "s", "x")
+    sim.add("n0", "s", "y")
+    assert sim.run_until_quiescent(10_000)
+    assert elements(sim.values("s")["n1"]) == {"x", "y"}
+    sim.partition({"n0"})
+    sim.remove("n0", "s", "x")
+    sim.run(1000)
+    assert sim.run_until_quiescent(30_000)
+    assert elements(sim.values("s")["n1"]) == {"y"}
+    assert sim.engine("n1").stats["range_sessions_completed"] >= 1
+
+
+def _pump(a: SyncEngine, b: SyncEngine, out: list[Any], now: int, limit: int) -> int:
+    """Deliver direct messages between two engines for at most ``limit`` hops."""
+    hops = 0
+    queue = [(a.node_id, o) for o in out]
+    engines = {a.node_id: a, b.node_id: b}
+    while queue and hops < limit:
+        src, o = queue.pop(0)
+        if isinstance(o, Send):
+            hops += 1
+            dst = engines[o.peer]
+            queue.extend((dst.node_id, x) for x in dst.on_message(src, o.data, now))
+    return hops
+
+
+def test_partial_range_context_does_not_lose_adds() -> None:
+    cfg = settings(range_leaf_entries=1, range_fanout=2, range_max_query_ranges=2)
+    sender, asker = MemoryReplica("s"), MemoryReplica("a")
+    for _ in range(2):  # each second add replaces the first: a delta with a dependency
+        for i in range(40):
+            sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
+    s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    s_engine.add_peer("a")
+    a_engine.add_peer("s")
+    digest = next(o for o in s_engine.on_tick(0) if isinstance(o, Publish))
+    start = a_engine.on_message("", digest.data, 0)
+    assert a_engine.sessions() == {"set": "s"}
+    _pump(a_engine, s_engine, start, 0, limit=40)  # interrupted midway
+    assert a_engine.sessions() == {"set": "s"}, "the session must still be unfinished"
+    assert a_engine.stats["ranges_staged"] > 0, "some ranges must have been shipped"
+    ctx = asker.context("set")
+    received = {d for e in asker.value("set").entries.values() for d in e}
+    assert set(ctx) <= received, "context merged before every range was resolved"
+    for attempt in range(1, cfg.range_session_retries + 2):  # the sender stays silent
+        a_engine.on_tick(attempt * cfg.range_session_timeout_ms)
+    assert a_engine.sessions() == {}
+    assert a_engine.stats["range_sessions_abandoned"] == 1
+    # The adds not yet shipped arrive later as deltas: none may be dropped as "seen".
+    for seq in range(1, 81):
+        [data] = sender.log_batches("set", "s", seq, seq) or []
+        a_engine.on_message("", data, 0)
+    assert asker.value("set") == sender.value("set")  # no lost add, no revived replaced dot
+
+
+def test_node_never_requests_namespace_outside_topics() -> None:
+    topics = {"n0": {"a", "b"}, "n1": {"a"}, "n2": {"a", "b"}}
+    sim = Simulator(3, seed=4, settings=FAST, topics=topics, record=True)
+    sim.set_faults(Faults(drop=0.3))
+    for i in range(20):
+        sim.add("n0", "a", i)
+        sim.add("n2", "b", i)
+        sim.run(50)
+    assert sim.run_until_quiescent(30_000)
+    assert "b" not in sim.replica("n1").namespaces()
+    assert elements(sim.values("b")["n0"]) == set(range(20))
+    assert sim.wire is not None
+    for src, _, data in sim.wire:
+        msg = decode_message(data)
+        if src == "n1" and not isinstance(msg, Digest):
+            assert msg.namespace != "b", msg
+        if src == "n1" and isinstance(msg, Digest):
+            assert {ns for ns, _, _ in msg.namespaces} <= {"a"}
+    # Asked directly, n1 neither answers nor accepts anything about b.
+    n1 = sim.engine("n1")
+    assert n1.on_message("n0", encode_message(RepairRequest(1, "b", "n2", 1, 5)), sim.now) == []
+    batch = sim.replica("n2").log_batches("b", "n2", 1, 1) or sim.replica("n0").log_batches(
+        "b", "n2", 20, 20
+    )
+    assert batch
+    n1.on_message("", batch[0], sim.now)
+    assert n1.stats["rejected_topic"] >= 2
+    assert "b" not in sim.replica("n1").namespaces()
+
+
+def test_forged_own_origin_batch_rejected() -> None:
+    sim = Simulator(2, seed=5, settings=FAST)
+    sim.add("n0", "s", "real")
+    assert sim.run_until_quiescent(10_000)
+    before = sim.replica("n0").value("s")
+    forged_state = ORSet({}, sim.context("n0", "s"))
+    forged = forged_state.add("n0", "evil")  # what n1 could craft in n0's name
+    batch = DeltaBatch("s", "n0", 2, 2, forged)
+    out = sim.engine("n0").on_message("n1", encode_message(batch), sim.now)
+    assert out == []
+    assert sim.engine("n0").stats["rejected_own_origin"] == 1
+    assert sim.replica("n0").value("s") == before
+
+
+def test_future_timestamp_batch_deferred_then_applied() -> None:
+    drift = 5_000
+    sim = Simulator(2, seed=6, settings=settings(max_clock_drift_ms=drift))
+    sim.nodes["n0"].clock_offset_ms = 3 * drift  # n0's clock runs 15 s ahead
+    sim.put("n0", "m", "k", "from the future")
+    sim.run(5_000)
+    assert sim.engine("n1").stats["rejected_clock_drift"] >= 1
+    assert "m" not in sim.replica("n1").namespaces() or sim.values("m")["n1"].get("k") is None
+    sim.run(15_000)  # local time catches up to within the drift bound
+    assert sim.run_until_quiescent(30_000)
+    value = sim.values("m")["n1"]
+    assert isinstance(value, LWWMap)
+    assert value.get("k") == "from the future"
+
+
+def test_idle_digest_cost_constant() -> None:
+    def digest_bytes(entries: int) -> float:
+        sim = Simulator(3, seed=7, settings=FAST)
+        state = ORSet(
+            {i: {Dot("n0", 300 + i): None} for i in range(entries)},
+            # Same seq magnitudes whatever the size: only the state grows.
+            CausalContext({"n0": 300 + entries, "n1": 500}),
+        )
+        for node in sim.nodes:
+            sim.replica(node).load_state("s", state)
+        sim.run(1_000)
+        sim.reset_counters()
+        sim.run(10_000)
+        assert set(sim.messages) == {"digest"}, sim.messages  # idle: nothing else moves
+        return sim.bytes["digest"] / sim.messages["digest"]
+
+    small, large = digest_bytes(300), digest_bytes(30_000)
+    assert small == large
+
+
+def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
+    # Dots the sender gains after the base snapshot must not be taken from a range: their
+    # deltas replaced dots the base does not hold, which would then come back to life.
+    cfg = settings(range_leaf_entries=1, range_fanout=2, range_max_query_ranges=2)
+    sender, asker = MemoryReplica("s"), MemoryReplica("a")
+    for i in range(20):
+        sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
+    s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    s_engine.add_peer("a")
+    a_engine.add_peer("s")
+    digest = next(o for o in s_engine.on_tick(0) if isinstance(o, Publish))
+    out = a_engine.on_message("", digest.data, 0)
+    _pump(a_engine, s_engine, out, 0, limit=2)  # the base context is now fixed
+    for _ in range(2):  # two more adds of every key after the base: 21..40, 41..60
+        for i in range(20):
+            sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
+    query = Send("s", a_engine._sessions["set"].query)
+    _pump(a_engine, s_engine, [query], 0, limit=1_000)
+    assert a_engine.stats["range_sessions_completed"] == 1
+    for seq in range(1, 61):  # the deltas, in order, as repair would deliver them
+        [data] = sender.log_batches("set", "s", seq, seq) or []
+        a_engine.on_message("", data, 0)
+    assert asker.value("set") == sender.value("set")

@@ -1,0 +1,96 @@
+"""Untrusted bytes into the engine: nothing raises, the replica is unchanged, it is counted."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore.crdt import CausalContext
+from crdtstore.errors import DecodeError
+from crdtstore.sync.engine import SyncEngine
+from crdtstore.sync.messages import (
+    RANGE_EQUAL,
+    LogGap,
+    RangeAnswer,
+    RangeReply,
+    RepairReply,
+    decode_message,
+    encode_message,
+)
+from crdtstore.sync.simulator import Simulator
+
+_SIM = Simulator(2, seed=9, record=True)
+for _i in range(5):
+    _SIM.add("n0", "s", _i)
+    _SIM.put("n0", "m", _i, {"v": _i})
+_SIM.remove("n0", "s", 1)
+assert _SIM.run_until_quiescent(30_000)
+assert _SIM.wire is not None
+VALID = sorted({data for _, _, data in _SIM.wire}, key=len)
+
+
+def fresh() -> SyncEngine:
+    sim = Simulator(2, seed=9)
+    for i in range(5):
+        sim.add("n1", "s", i)
+    sim.run_until_quiescent(10_000)
+    engine = sim.engine("n0")
+    engine.add_peer("n1")
+    return engine
+
+
+ENGINE = fresh()
+
+
+def snapshot(engine: SyncEngine) -> dict[str, object]:
+    replica = engine.replica
+    return {ns: (replica.value(ns), replica.context(ns)) for ns in replica.namespaces()}  # type: ignore[attr-defined]
+
+
+def check_rejected(data: bytes, peer: str) -> None:
+    before = snapshot(ENGINE)
+    errors = ENGINE.stats["decode_errors"]
+    ENGINE.on_message(peer, data, 1_700_000_000_000)
+    try:
+        decode_message(data)
+    except DecodeError:
+        assert snapshot(ENGINE) == before
+        assert ENGINE.stats["decode_errors"] == errors + 1
+
+
+@given(st.binary(max_size=300), st.sampled_from(["", "n1", "stranger"]))
+def test_random_bytes_never_raise_nor_change_state(data: bytes, peer: str) -> None:
+    check_rejected(data, peer)
+
+
+@given(
+    st.sampled_from(VALID),
+    st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+    st.integers(0, 10_000),
+)
+def test_mutated_valid_messages_never_raise(
+    base: bytes, flips: list[tuple[int, int]], cut: int
+) -> None:
+    data = bytearray(base)
+    for pos, byte in flips:
+        data[pos % len(data)] = byte
+    check_rejected(bytes(data[: max(1, len(data) - cut % 4)]), "n1")
+
+
+def test_protocol_violations_are_counted_not_raised() -> None:
+    engine = fresh()
+    before = snapshot(engine)
+    now = 1_700_000_000_000
+    stray = [
+        RepairReply(77, "s", (b"not a batch", encode_message(LogGap(1, "s", "n1", 1, 2)))),
+        LogGap(99, "s", "n1", 1, 3),
+        RangeReply(5, 0, "s", CausalContext(), (RangeAnswer(0, 10, RANGE_EQUAL),)),
+    ]
+    for msg in stray:
+        assert engine.on_message("n1", encode_message(msg), now) == []
+    assert engine.on_message("n1", b"\x93\x01\xa7range_r\x00", now) == []
+    assert snapshot(engine) == before
+    assert engine.stats["decode_errors"] >= 2
+    assert engine.stats["rejected_invalid"] >= 1
+    assert engine.stats["log_gaps_unexpected"] == 1
+    assert engine.stats["range_replies_stale"] == 1

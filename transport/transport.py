@@ -1,0 +1,315 @@
+"""``Transport``: the application-side handle of one node's ZeroMQ I/O.
+
+Theory of operation. ``start`` creates a private ``zmq.Context``, the ZAP handler (with
+CURVE), two inproc PAIR pipes, and the I/O thread (``iothread.IOThread``), which creates,
+binds and polls every network socket. Application threads never touch a network socket:
+
+- Commands (publish, send, subscribe, connect_peer, ...) go down the command pipe. Any
+  number of application threads may call them; one lock (``_command_lock``) serialises
+  their use of the pipe's single socket. ``publish`` and ``send`` never block: if the pipe
+  is full the message is dropped and counted (``command_dropped``), the same best effort
+  as PUB/SUB itself. Control commands wait for room, at most ``COMMAND_TIMEOUT_MS``.
+- Deliveries come up the event pipe. ``recv`` is for ONE consumer thread at a time (a
+  lock enforces it); it polls in short slices so ``close`` can take the pipe from it.
+
+Shutdown. ``close`` is idempotent and bounded: it asks the I/O thread to stop, joins it
+for at most ``JOIN_TIMEOUT_S``, closes the pipes, stops the ZAP handler and terminates the
+context. Every socket has linger 0, so nothing waits on a peer that is gone. If the I/O
+thread does not stop in time the context is left unterminated (and logged) rather than
+hang the caller.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from types import TracebackType
+
+import zmq
+
+from transport import pipes
+from transport.counters import Counters
+from transport.delivery import Delivery
+from transport.errors import TransportError
+from transport.iothread import Context, IOThread, IOThreadConfig, Socket
+from transport.security import CurveKeys, KeyAllowList
+from transport.settings import TransportSettings
+
+log = logging.getLogger(__name__)
+
+STARTUP_TIMEOUT_S = 10.0
+JOIN_TIMEOUT_S = 5.0
+COMMAND_TIMEOUT_MS = 1000
+RECV_SLICE_MS = 100
+"""``recv`` re-checks for ``close`` at least this often, so ``close`` waits at most this
+long for the consumer to let go of the event pipe."""
+
+_instance_ids = itertools.count()
+
+
+class Transport:
+    """ZeroMQ I/O of one node: a ROUTER and a PUB bound locally, a DEALER and a SUB per peer.
+
+    Direct messages: ``send(peer, payload)`` goes out on our DEALER to that peer if we
+    connected to it, else through our ROUTER if that peer connected to us; the receiver gets
+    ``Delivery("direct", peer=<our identity>, ...)``. Publications: ``publish(topic,
+    payload)`` reaches every peer whose SUB is connected to our PUB and subscribed to a
+    prefix of ``topic``.
+    """
+
+    def __init__(
+        self,
+        identity: bytes,
+        *,
+        router_bind: str | None,
+        pub_bind: str | None,
+        settings: TransportSettings = TransportSettings(),  # noqa: B008 - frozen, shared safely
+        curve: CurveKeys | None = None,
+    ) -> None:
+        if not identity:
+            raise TransportError("identity must be non-empty bytes")
+        if identity.startswith(b"\x00"):
+            # libzmq reserves identities starting with NUL for the ones it generates.
+            raise TransportError(f"identity must not start with a NUL byte: {identity!r}")
+        self.identity = identity
+        self._router_bind = router_bind
+        self._pub_bind = pub_bind
+        self._settings = settings
+        self._curve = curve
+        self._counters = Counters()
+        self._state_lock = threading.Lock()
+        self._command_lock = threading.Lock()
+        self._recv_lock = threading.Lock()
+        self._started = False
+        self._closed = False
+        self._context: Context | None = None
+        self._allow_list: KeyAllowList | None = None
+        self._commands: Socket | None = None
+        self._events: Socket | None = None
+        self._thread: IOThread | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the I/O thread and bind. Raises ``TransportError`` if a bind fails."""
+        with self._state_lock:
+            if self._closed:
+                raise TransportError("transport is closed")
+            if self._started:
+                raise TransportError("transport already started")
+            self._started = True
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        self._context = zmq.Context()
+        if self._curve is not None:
+            # Before any bind: a CURVE server with no ZAP handler admits every client.
+            self._allow_list = KeyAllowList(self._context, self._curve.keys_dir)
+            self._allow_list.start()
+        name = f"inproc://transport-{next(_instance_ids)}-{id(self):x}"
+        self._commands = self._context.socket(zmq.PAIR)
+        self._commands.setsockopt(zmq.LINGER, 0)
+        self._commands.setsockopt(zmq.SNDTIMEO, COMMAND_TIMEOUT_MS)
+        self._commands.bind(name + "-commands")
+        self._events = self._context.socket(zmq.PAIR)
+        self._events.setsockopt(zmq.LINGER, 0)
+        self._events.setsockopt(zmq.RCVHWM, self._settings.rcvhwm)
+        self._events.bind(name + "-events")
+        config = IOThreadConfig(
+            identity=self.identity,
+            router_bind=self._router_bind,
+            pub_bind=self._pub_bind,
+            settings=self._settings,
+            curve=self._curve,
+            command_endpoint=name + "-commands",
+            event_endpoint=name + "-events",
+        )
+        self._thread = IOThread(self._context, config, self._counters)
+        self._thread.start()
+        if not self._thread.ready.wait(STARTUP_TIMEOUT_S):
+            raise TransportError(f"transport I/O thread did not start in {STARTUP_TIMEOUT_S} s")
+        if self._thread.startup_error is not None:
+            raise TransportError(self._thread.startup_error)
+
+    def close(self) -> None:
+        """Stop the I/O thread and release every socket. Idempotent; never hangs."""
+        with self._state_lock:
+            if self._closed:
+                return
+            self._closed = True
+        thread = self._thread
+        if thread is not None:
+            thread.stop_requested.set()
+            self._command(pipes.STOP, wait=False)
+            thread.join(JOIN_TIMEOUT_S)
+        with self._command_lock:
+            if self._commands is not None:
+                self._commands.close(linger=0)
+        events_closed = self._events is None
+        if self._events is not None and self._recv_lock.acquire(timeout=1.0):
+            try:
+                self._events.close(linger=0)
+                events_closed = True
+            finally:
+                self._recv_lock.release()
+        if self._allow_list is not None:
+            self._allow_list.stop()
+        if self._context is None:
+            return
+        if (thread is not None and thread.is_alive()) or not events_closed:
+            # term() would wait for the sockets still open; leak them rather than hang.
+            log.error("transport %r: I/O not stopped in time; context left open", self.identity)
+            return
+        self._context.term()
+
+    def __enter__(self) -> Transport:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def bound_router(self) -> str | None:
+        """The ROUTER's real endpoint (an ephemeral ``:*`` port resolved); None if unbound."""
+        return None if self._thread is None else self._thread.bound_router
+
+    @property
+    def bound_pub(self) -> str | None:
+        """The PUB's real endpoint (an ephemeral ``:*`` port resolved); None if unbound."""
+        return None if self._thread is None else self._thread.bound_pub
+
+    # -- commands --------------------------------------------------------------------------
+
+    def _command(self, op: bytes, *args: bytes, wait: bool = True) -> bool:
+        """Hand a command to the I/O thread. With ``wait`` False, a full pipe returns False."""
+        with self._command_lock:
+            if self._commands is None or self._commands.closed:
+                return False
+            try:
+                self._commands.send_multipart([op, *args], 0 if wait else zmq.NOBLOCK)
+            except zmq.Again:
+                return False
+            return True
+
+    def _control(self, op: bytes, *args: bytes) -> None:
+        self._check_running()
+        if not self._command(op, *args):
+            raise TransportError(f"transport I/O thread did not take command {op!r}")
+
+    def _check_running(self) -> None:
+        if not self._started:
+            raise TransportError("transport not started")
+        if self._closed:
+            raise TransportError("transport is closed")
+
+    def publish(self, topic: bytes, payload: bytes) -> None:
+        """Publish ``[topic, payload]`` on our PUB. Best effort; never blocks or raises."""
+        if not self._command(pipes.PUBLISH, topic, payload, wait=False):
+            self._counters.add("command_dropped")
+
+    def send(self, peer: bytes, payload: bytes) -> None:
+        """Send ``payload`` to ``peer`` point to point. Best effort; never blocks or raises.
+
+        Uses our DEALER to ``peer`` if ``connect_peer`` opened one, else our ROUTER if that
+        peer has sent to us; otherwise the message is dropped and counted (``send_dropped``).
+        """
+        if not self._command(pipes.SEND, peer, payload, wait=False):
+            self._counters.add("command_dropped")
+
+    def subscribe(self, topic: bytes) -> None:
+        """Receive publications whose topic starts with ``topic``, from every peer."""
+        self._control(pipes.SUBSCRIBE, topic)
+
+    def unsubscribe(self, topic: bytes) -> None:
+        self._control(pipes.UNSUBSCRIBE, topic)
+
+    def connect_peer(
+        self,
+        peer: bytes,
+        router_addr: str,
+        pub_addr: str | None,
+        peer_public_key: bytes | None = None,
+    ) -> None:
+        """Open a DEALER to the peer's ROUTER and, with ``pub_addr``, a SUB to its PUB.
+
+        Idempotent; called again with different addresses or key, it replaces the old
+        connections. With CURVE on, ``peer_public_key`` (z85) is required.
+        """
+        if not peer:
+            raise TransportError("peer must be non-empty bytes")
+        if not router_addr:
+            raise TransportError(f"peer {peer!r}: router_addr must be non-empty")
+        if pub_addr == "":
+            raise TransportError(f"peer {peer!r}: pub_addr must be None or non-empty")
+        if self._curve is not None and not peer_public_key:
+            raise TransportError(
+                f"peer {peer!r}: CURVE is on, so connect_peer needs the peer's public key"
+            )
+        self._control(
+            pipes.CONNECT,
+            peer,
+            router_addr.encode(),
+            pipes.optional(None if pub_addr is None else pub_addr.encode()),
+            pipes.optional(peer_public_key if self._curve is not None else None),
+        )
+
+    def disconnect_peer(self, peer: bytes) -> None:
+        """Close our DEALER and SUB to ``peer``; a no-op for an unknown peer."""
+        self._control(pipes.DISCONNECT, peer)
+
+    def set_drop_rule(self, peer: bytes, drop: bool) -> None:
+        """TEST HOOK: while ``drop``, discard every direct message to or from ``peer`` and
+        every publication arriving on our SUB to ``peer`` (counted ``partition_dropped``)."""
+        self._control(pipes.DROP_RULE, peer, b"1" if drop else b"0")
+
+    def wake(self) -> None:
+        """Make a ``recv`` blocked in another thread return None soon. Never blocks."""
+        self._command(pipes.WAKE, wait=False)
+
+    def reload_keys(self) -> None:
+        """Re-read ``keys_dir`` into the ZAP allow-list (no-op with CURVE off)."""
+        self._check_running()
+        if self._allow_list is not None:
+            self._allow_list.reload()
+
+    def stats(self) -> dict[str, int]:
+        """A snapshot of the counters (names in ``transport.counters.COUNTER_NAMES``)."""
+        return self._counters.snapshot()
+
+    # -- deliveries ------------------------------------------------------------------------
+
+    def recv(self, timeout: float | None) -> Delivery | None:
+        """The next delivery, or None after ``timeout`` seconds (None: wait until one comes),
+        after ``wake``, or once closed. For one consumer thread at a time."""
+        if not self._started:
+            raise TransportError("transport not started")
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        with self._recv_lock:
+            while True:
+                events = self._events
+                if self._closed or events is None or events.closed:
+                    return None
+                remaining_ms = RECV_SLICE_MS
+                if deadline is not None:
+                    remaining_ms = min(
+                        RECV_SLICE_MS, max(0, round((deadline - time.monotonic()) * 1000))
+                    )
+                if events.poll(remaining_ms, zmq.POLLIN):
+                    frames = events.recv_multipart()
+                    if frames[0] in (pipes.EV_WOKEN, pipes.EV_STOPPED):
+                        return None
+                    return pipes.decode_delivery(frames)
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
