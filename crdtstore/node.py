@@ -35,7 +35,9 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from crdtstore.crdt import check_key
-from crdtstore.errors import ClosedError, Error
+from crdtstore.errors import ClosedError, Error, InvalidValue, NotReplicated
+from crdtstore.membership import MEMBERS_NAMESPACE
+from crdtstore.membership.view import Member, members_from_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
 from crdtstore.storage.journal import Change
@@ -47,6 +49,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 LWW = "lww_map"
+RESERVED_PREFIX = "__"
 ORSET = "or_set"
 
 
@@ -104,7 +107,11 @@ class Node:
         self._role_stop = threading.Event()
         self._role_thread: threading.Thread | None = None
         if bind is not None:
-            self._want_role()
+            try:
+                self._want_role()
+            except BaseException:
+                self.close()
+                raise
 
     # -- identity and lifecycle ----------
 
@@ -121,9 +128,51 @@ class Node:
     def has_network_role(self) -> bool:
         return self._role is not None and self._role.held
 
-    def members(self) -> list[dict[str, Any]]:
-        """Members as seen locally. Until membership is attached: this node only."""
-        return [{"id": self.node_id, "status": "alive", "is_self": True, "bind": self.bind}]
+    @property
+    def router_address(self) -> str | None:
+        """The address peers reach this node on (None until it holds the network role)."""
+        network = self._network
+        return None if network is None else network.router_address
+
+    def members(self) -> list[Member]:
+        """Members as seen locally, with status, sorted by id; this node included.
+
+        Works without the network role too (for example in a process sharing the directory
+        with the daemon): it then reports the replicated member records, with the status
+        they imply (``alive`` or ``left``) since only the role holder detects failures.
+        """
+        self._check()
+        network = self._network
+        if network is not None:
+            return list(network.members())
+        members = members_from_records(self.node_id, self._member_values(), None)
+        if not any(m.is_self for m in members):
+            # Never networked: the node is a cluster of one, with no addresses yet.
+            topics = self.settings.topics
+            me = Member(self.node_id, "alive", 0, "", "", topics, None, 0, None, True)
+            members = sorted([*members, me], key=lambda m: m.node_id)
+        return members
+
+    def _member_values(self) -> dict[str, Any]:
+        ns = self._replica.namespaces().get(MEMBERS_NAMESPACE)
+        if ns is None:
+            return {}
+        return dict(LWWMapView(self, MEMBERS_NAMESPACE).items())
+
+    def _delete_member(self, key: str) -> None:
+        self._write(lambda w: w.delete(MEMBERS_NAMESPACE, key))
+
+    def leave(self) -> None:
+        """Announce a graceful leave to the cluster (replicated), then close."""
+        network = self._network
+        if network is not None:
+            network.close(leave=True)
+        self.close()
+
+    def _write_member(self, key: str, value: Any) -> None:
+        """The replicator's write of its own member record (bypasses the reserved check)."""
+        self._replica.namespace_id(MEMBERS_NAMESPACE, LWW)
+        self._write(lambda w: w.put(MEMBERS_NAMESPACE, key, value))
 
     def _attach_network(self, network: Any) -> None:
         """Give the node an object (replicator) to close before the replica closes."""
@@ -166,6 +215,7 @@ class Node:
     def _want_role(self) -> None:
         self._role = NetworkRole(self.path)
         if self._role.try_acquire():
+            self._role_taken()  # a bind failure raises here, from open()
             return
         interval = self.settings.role_poll_interval_ms / 1000
 
@@ -174,13 +224,26 @@ class Node:
             while not self._role_stop.wait(interval):
                 if self._role.try_acquire():
                     log.info("%s: took the network role", self.path)
-                    self._run_hooks(self.on_role_acquired, "role_hook_errors")
+                    try:
+                        self._role_taken()
+                    except Error:
+                        self.stats["network_start_errors"] += 1
+                        log.exception("%s: could not start the network", self.path)
                     return
 
         self._role_thread = threading.Thread(
             target=poll, name=f"crdtstore-role-{self.node_id}", daemon=True
         )
         self._role_thread.start()
+
+    def _role_taken(self) -> None:
+        from crdtstore.replicator import start_replicator  # local-only nodes never load zmq
+
+        assert self.bind is not None
+        replicator = start_replicator(self, self.bind, self.seeds)
+        self._attach_network(replicator)
+        self.on_commit.append(replicator.notify_commit)
+        self._run_hooks(self.on_role_acquired, "role_hook_errors")
 
     def _run_hooks(self, hooks: list[Callable[[], None]], counter: str) -> None:
         for hook in list(hooks):
@@ -209,6 +272,13 @@ class Node:
 
     def _ensure(self, name: str, type_name: str) -> None:
         self._check()
+        if name.startswith(RESERVED_PREFIX) if isinstance(name, str) else False:
+            raise InvalidValue(f"namespace {name!r}: names starting with '__' are reserved")
+        topics = self.settings.topics
+        if topics is not None and name not in topics:
+            raise NotReplicated(
+                f"namespace {name!r} is not among this node's topics {sorted(topics)}"
+            )
         w = self._current()
         if w is not None:
             w.ensure_namespace(name, type_name)

@@ -82,9 +82,53 @@ class NodeSettings:
     """Entries read per LMDB read transaction while iterating a namespace view. Each chunk
     is a consistent snapshot; iteration as a whole is weakly consistent."""
 
+    # -- network (used only with ``bind``) -------------------------------------------------
+
+    topics: tuple[str, ...] | None = None
+    """Namespaces this node replicates (it always replicates membership too). None: all.
+    A node with topics stores no other namespace: writing one raises ``NotReplicated``."""
+
+    pub_bind: str | None = None
+    """Where the PUB socket (own delta batches) binds. None: the bind host, a port the OS
+    picks; peers learn it from the handshake and the member record, never by convention."""
+
+    secret_key: str | None = None
+    """Path of this node's CurveZMQ ``.key_secret`` file (``crdtstore keygen``). With it,
+    every socket is encrypted and only keys found in ``keys_dir`` may connect."""
+
+    keys_dir: str | None = None
+    """Directory of allowed members' public ``.key`` files (the ZAP allow-list)."""
+
+    sync_tick_ms: int = 50
+    """How often the replicator ticks the sync engine (digests, repair timers) and looks
+    for commits made by other processes sharing the directory. Commits of this process
+    are published at once, not on this tick."""
+
+    poll_ms: int = 50
+    """Longest the replicator thread blocks on the transport before checking its timers."""
+
+    heartbeat_interval_ms: int = 500
+    """How often a node publishes a heartbeat and the failure detector ticks."""
+
+    suspect_after_ms: int = 2_000
+    """Silence after which a member is suspected. Lifeguard-style: stretched while this
+    node itself is falling behind, so an overloaded node does not accuse healthy ones."""
+
+    dead_after_ms: int = 6_000
+    """Silence after which a suspected member that did not refute is declared dead."""
+
+    hello_interval_ms: int = 1_000
+    """How often a node with no known peer greets its seeds again."""
+
+    prune_after_ms: int = 24 * 3600 * 1000
+    """A member that left, or has been dead this long, is removed from the member set."""
+
+    drop_publish_fraction: float = 0.0
+    """TEST HOOK: drop this fraction of outgoing PUB frames so tests exercise repair."""
+
     extra: Mapping[str, Any] = field(default_factory=dict)
-    """Network options (``topics``, keys, ...) kept for the network layer, which validates
-    them; ``from_mapping`` only puts names listed in ``NETWORK_OPTIONS`` here."""
+    """Options for the sync engine (any ``SyncSettings`` field) and the transport (any
+    ``TransportSettings`` field), passed through by name and validated by those layers."""
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -93,8 +137,22 @@ class NodeSettings:
                 raise InvalidValue(f"setting {name}={value!r} must be a positive int")
 
         for f in dataclasses.fields(self):
-            if f.name not in ("durability", "extra"):
+            if f.name not in NOT_COUNTS:
                 positive(f.name)
+        if self.topics is not None and not valid_topics(self.topics):
+            raise InvalidValue(
+                f"setting topics={self.topics!r} must be a list of non-empty namespace names"
+            )
+        for name in ("pub_bind", "secret_key", "keys_dir"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise InvalidValue(f"setting {name}={value!r} must be a string")
+        if (self.secret_key is None) != (self.keys_dir is None):
+            raise InvalidValue("settings secret_key and keys_dir go together (CurveZMQ)")
+        if not 0.0 <= self.drop_publish_fraction <= 1.0:
+            raise InvalidValue("setting drop_publish_fraction must be in [0, 1]")
+        if self.dead_after_ms <= self.suspect_after_ms:
+            raise InvalidValue("setting dead_after_ms must exceed suspect_after_ms")
         if self.durability not in ("sync", "async"):
             raise InvalidValue(f"setting durability={self.durability!r}: use 'sync' or 'async'")
         if self.map_size > self.max_map_size:
@@ -113,16 +171,36 @@ class NodeSettings:
     def from_mapping(cls, options: Mapping[str, Any]) -> NodeSettings:
         """Settings from a dict (keyword arguments, a TOML table); unknown names raise."""
         known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        unknown = sorted(set(options) - known - NETWORK_OPTIONS)
+        passthrough = layer_options()
+        unknown = sorted(set(options) - known - passthrough)
         if unknown:
             raise InvalidValue(
                 f"unknown setting(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known | NETWORK_OPTIONS))}"
+                f"known: {', '.join(sorted(known | passthrough))}"
             )
         mine = {k: v for k, v in options.items() if k in known}
-        extra = {k: v for k, v in options.items() if k in NETWORK_OPTIONS}
+        if mine.get("topics") is not None and not isinstance(mine["topics"], str):
+            mine["topics"] = tuple(mine["topics"])
+        extra = {k: v for k, v in options.items() if k in passthrough}
         return cls(**mine, extra=extra)
 
 
-NETWORK_OPTIONS: frozenset[str] = frozenset({"topics", "secret_key", "keys_dir"})
-"""Options the network layer (added later) reads from ``NodeSettings.extra``."""
+NOT_COUNTS = frozenset(
+    {"durability", "extra", "topics", "pub_bind", "secret_key", "keys_dir", "drop_publish_fraction"}
+)
+
+
+def valid_topics(topics: object) -> bool:
+    return isinstance(topics, tuple) and all(
+        isinstance(t, str) and t and not t.startswith("\x00") for t in topics
+    )
+
+
+def layer_options() -> frozenset[str]:
+    """Names of the sync engine's and the transport's settings, accepted as pass-through."""
+    from crdtstore.sync.settings import SyncSettings
+    from transport import TransportSettings
+
+    names = {f.name for f in dataclasses.fields(SyncSettings)}
+    names |= {f.name for f in dataclasses.fields(TransportSettings)}
+    return frozenset(names - {"max_clock_drift_ms", "drop_publish_fraction"})

@@ -1,0 +1,110 @@
+"""The ``crdtstore`` command line: ``serve``, ``demo`` and ``keygen``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="crdtstore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a node as a daemon")
+    serve.add_argument("--config", type=Path, help="TOML file of node settings")
+    serve.add_argument("--data", type=Path, help="the node's data directory")
+    serve.add_argument("--bind", help="ROUTER address, e.g. tcp://127.0.0.1:7101")
+    serve.add_argument("--seed", action="append", default=None,
+                       help="a seed's ROUTER address (KEYNAME@ADDR with CURVE keys)")
+    serve.add_argument("--node-id", help="this node's id (default: persisted or generated)")
+    serve.add_argument("--topic", action="append", default=None,
+                       help="replicate only this namespace (repeatable; default: all)")
+    serve.add_argument("--secret-key", type=Path, help="this node's CurveZMQ secret key file")
+    serve.add_argument("--keys-dir", type=Path, help="directory of allowed peers' public keys")
+    serve.add_argument("--log-level", default="INFO")
+
+    demo = sub.add_parser("demo", help="run a 3-node cluster on loopback and show it converge")
+    demo.add_argument("--keep", action="store_true", help="keep the temporary directory")
+
+    keygen = sub.add_parser("keygen", help="make a CurveZMQ key pair")
+    keygen.add_argument("directory", type=Path)
+    keygen.add_argument("name")
+    return parser
+
+
+def serve_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Merge the TOML file (if any) with command-line flags; flags win."""
+    options: dict[str, Any] = {}
+    if args.config is not None:
+        import tomllib
+
+        with args.config.open("rb") as fh:
+            options.update(tomllib.load(fh))
+    flags = {
+        "data": args.data,
+        "bind": args.bind,
+        "seeds": args.seed,
+        "node_id": args.node_id,
+        "topics": args.topic,
+        "secret_key": None if args.secret_key is None else str(args.secret_key),
+        "keys_dir": None if args.keys_dir is None else str(args.keys_dir),
+    }
+    options.update({k: v for k, v in flags.items() if v is not None})
+    if "data" not in options:
+        raise SystemExit("crdtstore serve: --data (or data in --config) is required")
+    return options
+
+
+def serve(args: argparse.Namespace) -> int:
+    import crdtstore
+
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    options = serve_options(args)
+    data = Path(options.pop("data"))
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        logging.getLogger("crdtstore.serve").info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    with crdtstore.open(data, **options) as node:
+        logging.getLogger("crdtstore.serve").info(
+            "node %s serving %s on %s", node.node_id, data, node.router_address
+        )
+        print(f"READY {node.node_id} {node.router_address}", flush=True)
+        stop.wait()
+    return 0
+
+
+def keygen(args: argparse.Namespace) -> int:
+    from transport import generate_keypair
+
+    public, secret = generate_keypair(str(args.directory), args.name)
+    print(f"public key: {public}\nsecret key: {secret}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    if args.command == "keygen":
+        return keygen(args)
+    from crdtstore.demo import run_demo
+
+    return run_demo(keep=args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""What ``node.members()`` returns: one immutable row per member, as this node sees it.
+
+A row joins two sources: the replicated record (addresses, topics, key, incarnation,
+the ``left`` flag) and, on the node that holds the network role, the local failure
+detector's verdict. Status is never replicated: "dead" is an opinion of the observer,
+and during a partition each side honestly reports what it sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from crdtstore.errors import DecodeError
+from crdtstore.membership.detector import MemberStatus
+from crdtstore.membership.records import MemberRecord
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A member as this node sees it right now."""
+
+    node_id: str
+    status: str
+    """``alive``, ``suspect``, ``dead`` or ``left``."""
+    incarnation: int
+    router: str
+    pub: str
+    topics: tuple[str, ...] | None
+    """Namespaces it replicates; None means all."""
+    public_key: str | None
+    started_at_ms: int
+    last_heard_ms: int | None
+    """Wall-clock ms when this node last heard from it (None for itself or unknown)."""
+    is_self: bool
+
+
+Verdict = Callable[[str], tuple[MemberStatus | None, int | None]]
+"""node id -> (detector status, last heard ms), for the node that runs a detector."""
+
+
+def parse_records(values: Mapping[Any, Any]) -> tuple[dict[str, MemberRecord], int]:
+    """Valid records by node id, and how many were rejected (they came from the network)."""
+    records: dict[str, MemberRecord] = {}
+    rejected = 0
+    for node_id, value in values.items():
+        try:
+            record = MemberRecord.from_value(value)
+        except DecodeError:
+            rejected += 1
+            continue
+        if record.node_id != node_id:
+            rejected += 1
+            continue
+        records[node_id] = record
+    return records, rejected
+
+
+def members_from_records(
+    self_id: str, values: Mapping[Any, Any], verdict: Verdict | None
+) -> list[Member]:
+    records, _ = parse_records(values)
+    return members_view(self_id, records, verdict)
+
+
+def members_view(
+    self_id: str, records: Mapping[str, MemberRecord], verdict: Verdict | None
+) -> list[Member]:
+    out = []
+    for node_id, record in sorted(records.items()):
+        is_self = node_id == self_id
+        heard: int | None = None
+        if record.left:
+            status = "left"
+        elif is_self or verdict is None:
+            status = "alive"
+        else:
+            seen, heard = verdict(node_id)
+            status = seen.value if seen is not None else "alive"
+        out.append(
+            Member(
+                node_id=node_id,
+                status=status,
+                incarnation=record.incarnation,
+                router=record.router,
+                pub=record.pub,
+                topics=record.topics,
+                public_key=record.public_key,
+                started_at_ms=record.started_at_ms,
+                last_heard_ms=heard,
+                is_self=is_self,
+            )
+        )
+    return out

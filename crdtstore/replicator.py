@@ -1,0 +1,455 @@
+"""The replicator: one node's sync engine and membership, run over the transport.
+
+Theory of operation. The sync engine (``crdtstore.sync``) decides what to send and when;
+the failure detector (``crdtstore.membership``) decides who is alive; the transport moves
+frames. This module is the only place they meet, and the only one with a thread: the
+replicator's thread owns the engine and the detector (neither is thread-safe) and is the
+transport's single consumer. Application threads reach it only through ``notify_commit``,
+which sets a flag the thread reads, so a write never waits for the network.
+
+Framing: direct messages carry a one-byte channel (``S`` sync engine, ``M`` membership)
+so each goes to its owner without decoding twice. Published topics end in a NUL byte,
+because ZeroMQ's SUB filter matches prefixes: without it a node subscribed to namespace
+``a`` would also receive ``ab``.
+
+Discovery: a node introduces itself to its seeds with a ``Hello``; a seed answers with its
+own and both connect to each other. Everything else about members (addresses, topics,
+keys, incarnation) is the replicated ``__members`` namespace, which every node holds and
+repairs like any other, so a node learns of members it was never introduced to.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import zmq.auth
+
+from crdtstore.errors import ClosedError, DecodeError, Error
+from crdtstore.membership import (
+    MEMBERS_NAMESPACE,
+    FailureDetector,
+    MemberRecord,
+    MemberStatus,
+    StatusChange,
+)
+from crdtstore.membership.messages import Heartbeat, Hello
+from crdtstore.membership.view import Member, members_view, parse_records
+from crdtstore.sync.engine import Publish, Send, SyncEngine
+from crdtstore.sync.messages import decode_message, encode_message
+from crdtstore.sync.settings import SyncSettings
+from transport import CurveKeys, Delivery, Transport, TransportSettings, load_keys
+
+if TYPE_CHECKING:
+    from crdtstore.node import Node
+    from crdtstore.settings import NodeSettings
+
+log = logging.getLogger(__name__)
+
+CHANNEL_SYNC = b"S"
+CHANNEL_MEMBERS = b"M"
+HEARTBEAT_TOPIC = "\x00heartbeat"
+SEED_PREFIX = b"\x00seed:"
+
+
+def topic_bytes(name: str) -> bytes:
+    return name.encode() + b"\x00"
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def derive_pub_address(router: str) -> str:
+    """The default PUB endpoint beside a ROUTER endpoint: same host, a port the OS picks.
+
+    Peers learn the PUB address from the handshake and the member record, so nothing
+    relies on a port convention (``router + 1`` would collide with a neighbour's ROUTER
+    on consecutive ports, as in ``tcp://127.0.0.1:7101`` / ``:7102``).
+    """
+    head, sep, port = router.rpartition(":")
+    if not sep or not head.startswith("tcp://") or not (port.isdigit() or port == "*"):
+        raise Error(f"bind address {router!r} must look like tcp://HOST:PORT")
+    return f"{head}:*"
+
+
+def parse_seed(seed: str, keys_dir: str | None) -> tuple[str, bytes | None]:
+    """``ADDR`` or, with CURVE, ``KEYNAME@ADDR`` (``KEYNAME.key`` in ``keys_dir``)."""
+    name, at, addr = seed.rpartition("@")
+    if not at:
+        return seed, None
+    if keys_dir is None:
+        raise Error(f"seed {seed!r} names a key but no keys_dir is configured")
+    path = os.path.join(keys_dir, f"{name}.key")
+    try:
+        public, _ = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as exc:
+        raise Error(f"seed {seed!r}: cannot read its public key {path!r}: {exc}") from exc
+    return addr, public
+
+
+def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
+    """Build the node's replicator from its settings and start it (binds, or raises)."""
+    settings = node.settings
+    sync_fields = {f.name for f in dataclasses.fields(SyncSettings)}
+    transport_fields = {f.name for f in dataclasses.fields(TransportSettings)}
+    sync_settings = SyncSettings(
+        max_clock_drift_ms=settings.max_clock_drift_ms,
+        **{k: v for k, v in settings.extra.items() if k in sync_fields},
+    )
+    transport_settings = TransportSettings(
+        drop_publish_fraction=settings.drop_publish_fraction,
+        **{k: v for k, v in settings.extra.items() if k in transport_fields},
+    )
+    curve = None
+    if settings.secret_key is not None and settings.keys_dir is not None:
+        curve = load_keys(settings.secret_key, settings.keys_dir)
+    parsed = [parse_seed(seed, settings.keys_dir) for seed in seeds]
+    if curve is not None and any(key is None for _, key in parsed):
+        raise Error("with CURVE keys configured every seed must be given as KEYNAME@ADDR")
+    previous = node._member_values().get(node.node_id)
+    incarnation = 1
+    if isinstance(previous, dict) and isinstance(previous.get("incarnation"), int):
+        incarnation = previous["incarnation"] + 1  # a restart outranks the old self
+    replicator = Replicator(
+        replica=node.replica,
+        write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
+        delete_record=node._delete_member,
+        read_records=node._member_values,
+        bind=bind,
+        pub_bind=settings.pub_bind or derive_pub_address(bind),
+        seeds=parsed,
+        settings=settings,
+        sync_settings=sync_settings,
+        transport_settings=transport_settings,
+        curve=curve,
+        topics=None if settings.topics is None else frozenset(settings.topics),
+    )
+    try:
+        replicator.start(incarnation)
+    except BaseException:
+        replicator.close()
+        raise
+    return replicator
+
+
+class Replicator:
+    """Owns the transport, the sync engine and the failure detector of one node."""
+
+    def __init__(
+        self,
+        *,
+        replica: Any,
+        write_own_record: Callable[[MemberRecord], None],
+        delete_record: Callable[[str], None],
+        read_records: Callable[[], dict[str, Any]],
+        bind: str,
+        pub_bind: str,
+        seeds: Sequence[tuple[str, bytes | None]],
+        settings: NodeSettings,
+        sync_settings: SyncSettings,
+        transport_settings: TransportSettings,
+        curve: CurveKeys | None,
+        topics: frozenset[str] | None,
+        on_status: Callable[[StatusChange], None] | None = None,
+    ) -> None:
+        self.node_id: str = replica.node_id
+        self._replica = replica
+        self._write_own_record = write_own_record
+        self._delete_record = delete_record
+        self._read_records = read_records
+        self._seeds = list(seeds)
+        self._settings = settings
+        self._topics = topics
+        self._curve = curve
+        self._on_status = on_status
+        self.stats: Counter[str] = Counter()
+        self.transport = Transport(
+            self.node_id.encode(),
+            router_bind=bind,
+            pub_bind=pub_bind,
+            settings=transport_settings,
+            curve=curve,
+        )
+        self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
+        self.detector = FailureDetector(
+            suspect_after_ms=settings.suspect_after_ms,
+            dead_after_ms=settings.dead_after_ms,
+            tick_interval_ms=settings.heartbeat_interval_ms,
+        )
+        self._records: dict[str, MemberRecord] = {}
+        self._connected: dict[str, tuple[str, str]] = {}
+        self._engine_peers: set[str] = set()
+        self._own: MemberRecord | None = None
+        self._commit_pending = threading.Event()
+        self._flushed = threading.Event()
+        self._seed_aliases: set[bytes] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # guards what members() reads from other threads
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    def start(self, incarnation: int) -> None:
+        self.transport.start()
+        router, pub = self.transport.bound_router, self.transport.bound_pub
+        assert router is not None and pub is not None
+        self._own = MemberRecord(
+            node_id=self.node_id,
+            router=router,
+            pub=pub,
+            topics=None if self._topics is None else tuple(sorted(self._topics)),
+            public_key=None if self._curve is None else self._curve.public.decode(),
+            incarnation=incarnation,
+            started_at_ms=now_ms(),
+        )
+        self._write_own_record(self._own)
+        for topic in self._subscriptions():
+            self.transport.subscribe(topic)
+        self._thread = threading.Thread(
+            target=self._run, name=f"crdtstore-replicator-{self.node_id}", daemon=True
+        )
+        self._thread.start()
+
+    def close(self, leave: bool = False) -> None:
+        """Stop the thread, then the transport. Idempotent; never hangs."""
+        if leave and self._own is not None and not self._stop.is_set():
+            self._own = _replace(self._own, left=True)
+            self._write_own_record(self._own)
+            self.notify_commit()
+            self._flush_before_stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self.transport.close()
+
+    def notify_commit(self) -> None:
+        """Called after any local commit: publish the new own deltas soon."""
+        self._commit_pending.set()
+        wake = getattr(self.transport, "wake", None)
+        if wake is not None:
+            wake()
+
+    @property
+    def router_address(self) -> str | None:
+        return self.transport.bound_router
+
+    # -- the thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        interval = self._settings.sync_tick_ms
+        next_tick = 0
+        next_heartbeat = 0
+        next_hello = 0
+        while not self._stop.is_set():
+            now = now_ms()
+            wait_ms = max(0, min(next_tick, next_heartbeat) - now)
+            delivery = self.transport.recv(timeout=min(wait_ms, self._settings.poll_ms) / 1000)
+            now = now_ms()
+            try:
+                if delivery is not None:
+                    self._emit(self._on_delivery(delivery, now))
+                if self._commit_pending.is_set():
+                    self._commit_pending.clear()
+                    self._emit(self.engine.on_local_commit(now))
+                    self._flushed.set()
+                if now >= next_tick:
+                    next_tick = now + interval
+                    # Other processes sharing the directory commit without notifying us.
+                    self._emit(self.engine.on_local_commit(now))
+                    self._emit(self.engine.on_tick(now))
+                if now >= next_heartbeat:
+                    next_heartbeat = now + self._settings.heartbeat_interval_ms
+                    self._membership_tick(now)
+                if now >= next_hello:
+                    next_hello = now + self._settings.hello_interval_ms
+                    self._greet_seeds()
+            except ClosedError:
+                return  # the node is closing under us; close() stops this thread next
+            except Exception:  # one bad message or bug must not kill the node's replication
+                self.stats["replicator_errors"] += 1
+                log.exception("replicator: error handling an event (counted, continuing)")
+
+    def _flush_before_stop(self) -> None:
+        # Bounded: the leave record is best effort on the wire (peers that miss it still
+        # see the node go dead, and the record reaches them by anti-entropy if it returns).
+        self._flushed.clear()
+        self._flushed.wait(timeout=1.0)
+
+    def _emit(self, outgoing: Sequence[Publish | Send]) -> None:
+        for out in outgoing:
+            if isinstance(out, Publish):
+                self.transport.publish(topic_bytes(out.topic), out.data)
+            else:
+                self.transport.send(out.peer.encode(), CHANNEL_SYNC + out.data)
+
+    def _on_delivery(self, delivery: Delivery, now: int) -> list[Publish | Send]:
+        if delivery.kind == "publish":
+            topic = delivery.topic or b""
+            if not topic.endswith(b"\x00"):
+                self.stats["rejected_topic"] += 1
+                return []
+            name = topic[:-1].decode("utf-8", "replace")
+            if name == HEARTBEAT_TOPIC:
+                self._on_membership_message(None, delivery.payload, now)
+                return []
+            return self.engine.on_message("", delivery.payload, now)
+        peer = (delivery.peer or b"").decode("utf-8", "replace")
+        channel, body = delivery.payload[:1], delivery.payload[1:]
+        if channel == CHANNEL_SYNC:
+            return self.engine.on_message(peer, body, now)
+        if channel == CHANNEL_MEMBERS:
+            self._on_membership_message(peer, body, now)
+            return []
+        self.stats["rejected_channel"] += 1
+        return []
+
+    # -- membership ------------------------------------------------------------------------
+
+    def _subscriptions(self) -> list[bytes]:
+        if self._topics is None:
+            return [b""]  # every topic: this node replicates every namespace
+        names = {HEARTBEAT_TOPIC, MEMBERS_NAMESPACE, *self.engine.subscriptions(), *self._topics}
+        return [topic_bytes(name) for name in sorted(names)]
+
+    def _on_membership_message(self, peer: str | None, body: bytes, now: int) -> None:
+        try:
+            msg = decode_message(body)
+        except DecodeError as exc:
+            self.stats["rejected_membership"] += 1
+            log.debug("membership: undecodable message from %r: %s", peer, exc)
+            return
+        if isinstance(msg, Heartbeat):
+            if msg.node_id == self.node_id:
+                return
+            self._status_changes(self.detector.heard(msg.node_id, msg.incarnation, now))
+            mine = msg.suspects.get(self.node_id)
+            if mine is not None and self._own is not None and mine >= self._own.incarnation:
+                # Someone suspects this node at its current incarnation: refute (SWIM).
+                self._own = _replace(self._own, incarnation=mine + 1)
+                self._write_own_record(self._own)
+                self._commit_pending.set()
+                self.stats["refutations"] += 1
+        elif isinstance(msg, Hello) and peer:
+            if msg.node_id == self.node_id:
+                return
+            if peer != msg.node_id and not peer.startswith(SEED_PREFIX.decode()):
+                self.stats["rejected_hello_identity"] += 1
+                return
+            self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
+            if not msg.reply and self._own is not None:
+                hello = Hello(self._own.node_id, self._own.router, self._own.pub,
+                              self._own.public_key, reply=True)
+                self.transport.send(msg.node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+        else:
+            self.stats["rejected_membership"] += 1
+
+    def _greet_seeds(self) -> None:
+        """Say hello to every seed until some member other than this node is connected."""
+        if self._own is None:
+            return
+        if any(n != self.node_id for n in self._connected):
+            for alias in self._seed_aliases:
+                self.transport.disconnect_peer(alias)  # the member connection replaces it
+            self._seed_aliases.clear()
+            return
+        hello = Hello(
+            self._own.node_id, self._own.router, self._own.pub, self._own.public_key, reply=False
+        )
+        for addr, key in self._seeds:
+            if addr == self._own.router:
+                continue
+            alias = SEED_PREFIX + addr.encode()
+            if alias not in self._seed_aliases:
+                self.transport.connect_peer(alias, addr, None, key)
+                self._seed_aliases.add(alias)
+            self.transport.send(alias, CHANNEL_MEMBERS + encode_message(hello))
+
+    def _membership_tick(self, now: int) -> None:
+        if self._own is not None:
+            beat = Heartbeat(self.node_id, self._own.incarnation, self.detector.suspected())
+            self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
+        self._refresh_records(now)
+        self._status_changes(self.detector.tick(now))
+
+    def _refresh_records(self, now: int) -> None:
+        records, rejected = parse_records(self._read_records())
+        self.stats["rejected_member_record"] += rejected
+        with self._lock:
+            self._records = records
+        for node_id, record in records.items():
+            if node_id == self.node_id:
+                if self._own is not None and record.incarnation > self._own.incarnation:
+                    # An older life of this node wrote a higher one (clock of restarts).
+                    self._own = _replace(self._own, incarnation=record.incarnation + 1)
+                    self._write_own_record(self._own)
+                continue
+            self._status_changes(self.detector.add(node_id, record.incarnation, now, record.left))
+            if record.left or self.detector.status(node_id) is MemberStatus.DEAD:
+                self._disconnect(node_id)
+                since = self.detector.last_heard_ms(node_id) or record.started_at_ms
+                if now - since > self._settings.prune_after_ms:
+                    # Metadata of a member gone for good; its own later write survives this.
+                    self._delete_record(node_id)
+                    self.detector.forget(node_id)
+                    self.stats["members_pruned"] += 1
+            else:
+                self._connect(node_id, record.router, record.pub, record.public_key)
+
+    def _status_changes(self, changes: list[StatusChange]) -> None:
+        for change in changes:
+            log.info("member %s: %s -> %s (incarnation %d)", change.node_id,
+                     change.old.value if change.old else "-", change.new.value, change.incarnation)
+            if change.new is MemberStatus.ALIVE:
+                self._engine_add(change.node_id)
+            elif change.new in (MemberStatus.DEAD, MemberStatus.LEFT):
+                # A dead peer must not hold back log trimming forever.
+                self._engine_remove(change.node_id)
+            if self._on_status is not None:
+                self._on_status(change)
+
+    def _connect(self, node_id: str, router: str, pub: str, key: str | None) -> None:
+        if self._connected.get(node_id) == (router, pub):
+            return
+        self.transport.connect_peer(node_id.encode(), router, pub,
+                                    None if key is None else key.encode())
+        self._connected[node_id] = (router, pub)
+        self._engine_add(node_id)
+
+    def _disconnect(self, node_id: str) -> None:
+        if self._connected.pop(node_id, None) is not None:
+            self.transport.disconnect_peer(node_id.encode())
+        self._engine_remove(node_id)
+
+    def _engine_add(self, node_id: str) -> None:
+        if node_id not in self._engine_peers and node_id in self._connected:
+            self._engine_peers.add(node_id)
+            self.engine.add_peer(node_id)
+
+    def _engine_remove(self, node_id: str) -> None:
+        if node_id in self._engine_peers:
+            self._engine_peers.discard(node_id)
+            self.engine.remove_peer(node_id)
+
+    def members(self) -> list[Member]:
+        with self._lock:
+            records = dict(self._records)
+        if self._own is not None:
+            records[self.node_id] = self._own
+
+        def verdict(node_id: str) -> tuple[MemberStatus | None, int | None]:
+            return self.detector.status(node_id), self.detector.last_heard_ms(node_id)
+
+        return members_view(self.node_id, records, verdict)
+
+
+def _replace(record: MemberRecord, **changes: Any) -> MemberRecord:
+    from dataclasses import replace
+
+    return replace(record, **changes)
