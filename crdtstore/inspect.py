@@ -6,7 +6,9 @@ snapshot. ``--json`` prints plain, stable JSON for scripts (bytes become
 ``{"bytes": "<hex>"}``, non-string map keys become their ``repr``); without it, rich tables.
 
 Commands: ``crdt-inspect DIR`` (summary), ``crdt-inspect DIR dump NS``,
-``crdt-inspect DIR show NS KEY`` and ``crdt-inspect diff DIR_A DIR_B``.
+``crdt-inspect DIR show NS KEY``, ``crdt-inspect DIR status`` (live: members, lag and
+counters of the running node, from the ``status.json`` it refreshes) and
+``crdt-inspect diff DIR_A DIR_B``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -257,7 +260,32 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--int", action="store_true", help="KEY is an integer")
     kind.add_argument("--hex", action="store_true", help="KEY is bytes, in hex")
     p_show.add_argument("--json", action="store_true", dest="json_sub")
+    p_status = sub.add_parser(
+        "status", help="the running node's members, per-peer lag and counters (status.json)"
+    )
+    p_status.add_argument("--json", action="store_true", dest="json_sub")
     return parser
+
+
+STALE_AFTER_MS = 5_000
+"""A status file older than this is reported as stale: its node has probably stopped."""
+
+
+def live_status(path: str) -> dict[str, Any]:
+    """The status the node holding the network role last wrote into ``path``."""
+    file = Path(path) / "status.json"
+    try:
+        status: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SystemExit(
+            f"crdt-inspect: {path} has no status.json (no node with --bind has run here)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"crdt-inspect: cannot read {file}: {exc}") from None
+    age = int(time.time() * 1000) - int(status.get("written_at_ms", 0))
+    status["age_ms"] = age
+    status["stale"] = age > STALE_AFTER_MS
+    return status
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             a.close()
             b.close()
     args = build_parser().parse_args(argv)
+    if args.command == "status":
+        return emit(live_status(args.directory), as_json, "status")
     snap = Snapshot(args.directory)
     try:
         if args.command == "dump":
@@ -334,6 +364,8 @@ def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
             )
             table.add_row(json.dumps(e["key"]), json.dumps(e.get("value", True)), dots)
         console.print(table)
+    elif kind == "status":
+        emit_status(console, result)
     elif kind == "show":
         console.print(result)
     else:
@@ -349,6 +381,36 @@ def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
                 )
         console.print(table)
     return 0
+
+
+def emit_status(console: Any, status: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    now = int(time.time() * 1000)
+    state = "[red]STALE: node not running?[/]" if status["stale"] else "[green]live[/]"
+    console.print(
+        f"node [bold]{status['node_id']}[/] pid {status['pid']}  router {status['router']}  "
+        f"pub {status['pub']}  {state} (written {status['age_ms']} ms ago)"
+    )
+    members = Table("member", "status", "incarnation", "last heard", "lag", "topics", "router")
+    for m in status["members"]:
+        heard = "-" if m["last_heard_ms"] is None else f"{now - m['last_heard_ms']} ms ago"
+        members.add_row(
+            m["node_id"] + (" (self)" if m["is_self"] else ""),
+            m["status"],
+            str(m["incarnation"]),
+            heard,
+            str(status["peer_lag"].get(m["node_id"], "-")),
+            "all" if m["topics"] is None else ", ".join(m["topics"]),
+            m["router"],
+        )
+    console.print(members)
+    counters = Table("layer", "counter", "value", title="counters (non-zero)")
+    for layer in ("sync", "transport", "replicator", "storage"):
+        for name, value in sorted(status.get(layer, {}).items()):
+            if value:
+                counters.add_row(layer, name, str(value))
+    console.print(counters)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from typing import Any, TypeVar
 
 from crdtstore.crdt import check_key
 from crdtstore.errors import ClosedError, Error, InvalidValue, NotReplicated
-from crdtstore.membership import MEMBERS_NAMESPACE
+from crdtstore.membership import MEMBERS_NAMESPACE, StatusChange
 from crdtstore.membership.view import Member, members_from_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
@@ -152,6 +152,20 @@ class Node:
             me = Member(self.node_id, "alive", 0, "", "", topics, None, 0, None, True)
             members = sorted([*members, me], key=lambda m: m.node_id)
         return members
+
+    def watch_members(self, callback: Callable[[StatusChange], None]) -> None:
+        """Call ``callback(change)`` whenever a member joins, becomes suspect, dead, alive
+        again (new incarnation) or leaves, as this node's failure detector sees it.
+
+        Needs the network role (a node with ``bind``); it runs on the replicator thread,
+        so the callback must be quick. Processes without the role can follow the member
+        records with ``node.watch("__members", ...)`` instead.
+        """
+        self._check()
+        network = self._network
+        if network is None:
+            raise Error("watch_members needs a node holding the network role (open with bind)")
+        network.watch_members(callback)
 
     def _member_values(self) -> dict[str, Any]:
         ns = self._replica.namespaces().get(MEMBERS_NAMESPACE)

@@ -21,6 +21,7 @@ repairs like any other, so a node learns of members it was never introduced to.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import threading
@@ -56,6 +57,8 @@ CHANNEL_SYNC = b"S"
 CHANNEL_MEMBERS = b"M"
 HEARTBEAT_TOPIC = "\x00heartbeat"
 SEED_PREFIX = b"\x00seed:"
+STATUS_FILE = "status.json"
+"""Written into the node directory every ``status_interval_ms`` by the role holder."""
 
 
 def topic_bytes(name: str) -> bytes:
@@ -130,6 +133,8 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
         transport_settings=transport_settings,
         curve=curve,
         topics=None if settings.topics is None else frozenset(settings.topics),
+        status_path=os.path.join(node.path, STATUS_FILE),
+        extra_stats=lambda: dict(node.stats),
     )
     try:
         replicator.start(incarnation)
@@ -157,6 +162,8 @@ class Replicator:
         transport_settings: TransportSettings,
         curve: CurveKeys | None,
         topics: frozenset[str] | None,
+        status_path: str | None = None,
+        extra_stats: Callable[[], dict[str, int]] | None = None,
         on_status: Callable[[StatusChange], None] | None = None,
     ) -> None:
         self.node_id: str = replica.node_id
@@ -169,6 +176,8 @@ class Replicator:
         self._topics = topics
         self._curve = curve
         self._on_status = on_status
+        self._status_path = status_path
+        self._extra_stats = extra_stats
         self.stats: Counter[str] = Counter()
         self.transport = Transport(
             self.node_id.encode(),
@@ -190,6 +199,9 @@ class Replicator:
         self._commit_pending = threading.Event()
         self._flushed = threading.Event()
         self._seed_aliases: set[bytes] = set()
+        self._record_addrs: dict[str, tuple[str, str]] = {}
+        self._partitioned: set[str] = set()
+        self._watchers: list[Callable[[StatusChange], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
@@ -247,6 +259,7 @@ class Replicator:
         next_tick = 0
         next_heartbeat = 0
         next_hello = 0
+        next_status = 0
         while not self._stop.is_set():
             now = now_ms()
             wait_ms = max(0, min(next_tick, next_heartbeat) - now)
@@ -267,6 +280,9 @@ class Replicator:
                 if now >= next_heartbeat:
                     next_heartbeat = now + self._settings.heartbeat_interval_ms
                     self._membership_tick(now)
+                if now >= next_status and self._status_path is not None:
+                    next_status = now + self._settings.status_interval_ms
+                    self._write_status(now)
                 if now >= next_hello:
                     next_hello = now + self._settings.hello_interval_ms
                     self._greet_seeds()
@@ -275,6 +291,31 @@ class Replicator:
             except Exception:  # one bad message or bug must not kill the node's replication
                 self.stats["replicator_errors"] += 1
                 log.exception("replicator: error handling an event (counted, continuing)")
+
+    def status(self, now: int | None = None) -> dict[str, Any]:
+        """Live state for operators (``crdt-inspect DIR status``): members, lag, counters."""
+        return {
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "written_at_ms": now_ms() if now is None else now,
+            "router": self.transport.bound_router,
+            "pub": self.transport.bound_pub,
+            "members": [dataclasses.asdict(m) for m in self.members()],
+            "peer_lag": self.engine.peer_lag(),
+            "sessions": self.engine.sessions(),
+            "local_health": self.detector.local_health,
+            "sync": dict(self.engine.stats),
+            "transport": self.transport.stats(),
+            "replicator": dict(self.stats),
+            "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
+        }
+
+    def _write_status(self, now: int) -> None:
+        assert self._status_path is not None
+        tmp = f"{self._status_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(self.status(now), fh, sort_keys=True)
+        os.replace(tmp, self._status_path)  # readers never see a half-written file
 
     def _flush_before_stop(self) -> None:
         # Bounded: the leave record is best effort on the wire (peers that miss it still
@@ -371,7 +412,25 @@ class Replicator:
                 self._seed_aliases.add(alias)
             self.transport.send(alias, CHANNEL_MEMBERS + encode_message(hello))
 
+    def _apply_partition_file(self) -> None:
+        path = self._settings.partition_file
+        if path is None:
+            return
+        try:
+            with open(path, encoding="utf-8") as fh:
+                wanted = {line.strip() for line in fh if line.strip()}
+        except FileNotFoundError:
+            wanted = set()
+        for node_id in wanted - self._partitioned:
+            self.transport.set_drop_rule(node_id.encode(), True)
+        for node_id in self._partitioned - wanted:
+            self.transport.set_drop_rule(node_id.encode(), False)
+        if wanted != self._partitioned:
+            log.warning("test partition: dropping all traffic with %s", sorted(wanted) or "-")
+        self._partitioned = wanted
+
     def _membership_tick(self, now: int) -> None:
+        self._apply_partition_file()
         if self._own is not None:
             beat = Heartbeat(self.node_id, self._own.incarnation, self.detector.suspected())
             self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
@@ -399,8 +458,11 @@ class Replicator:
                     self._delete_record(node_id)
                     self.detector.forget(node_id)
                     self.stats["members_pruned"] += 1
-            else:
-                self._connect(node_id, record.router, record.pub, record.public_key)
+            elif self._record_addrs.get(node_id) != (record.router, record.pub):
+                # Only a changed record moves the connection: a Hello from a restarted
+                # member is newer than its old record, which may still be all we hold.
+                self._record_addrs[node_id] = (record.router, record.pub)
+                self._connect(node_id, record.router, record.pub, record.public_key, greet=True)
 
     def _status_changes(self, changes: list[StatusChange]) -> None:
         for change in changes:
@@ -411,18 +473,33 @@ class Replicator:
             elif change.new in (MemberStatus.DEAD, MemberStatus.LEFT):
                 # A dead peer must not hold back log trimming forever.
                 self._engine_remove(change.node_id)
-            if self._on_status is not None:
-                self._on_status(change)
+            for watcher in [self._on_status, *self._watchers]:
+                if watcher is None:
+                    continue
+                try:
+                    watcher(change)
+                except Exception:  # a user's callback must not stop failure detection
+                    self.stats["member_watch_errors"] += 1
+                    log.exception("member watcher %r failed (counted)", watcher)
 
-    def _connect(self, node_id: str, router: str, pub: str, key: str | None) -> None:
+    def _connect(
+        self, node_id: str, router: str, pub: str, key: str | None, greet: bool = False
+    ) -> None:
         if self._connected.get(node_id) == (router, pub):
             return
         self.transport.connect_peer(node_id.encode(), router, pub,
                                     None if key is None else key.encode())
         self._connected[node_id] = (router, pub)
         self._engine_add(node_id)
+        if greet and self._own is not None:
+            # A restarted node has a new PUB port its peers cannot learn from the record
+            # they hold (they would need our PUB to receive the new one): tell them.
+            hello = Hello(self._own.node_id, self._own.router, self._own.pub,
+                          self._own.public_key, reply=False)
+            self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _disconnect(self, node_id: str) -> None:
+        self._record_addrs.pop(node_id, None)
         if self._connected.pop(node_id, None) is not None:
             self.transport.disconnect_peer(node_id.encode())
         self._engine_remove(node_id)
@@ -436,6 +513,10 @@ class Replicator:
         if node_id in self._engine_peers:
             self._engine_peers.discard(node_id)
             self.engine.remove_peer(node_id)
+
+    def watch_members(self, callback: Callable[[StatusChange], None]) -> None:
+        """Call ``callback(change)`` on every status change (on the replicator thread)."""
+        self._watchers.append(callback)
 
     def members(self) -> list[Member]:
         with self._lock:

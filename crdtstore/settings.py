@@ -123,6 +123,14 @@ class NodeSettings:
     prune_after_ms: int = 24 * 3600 * 1000
     """A member that left, or has been dead this long, is removed from the member set."""
 
+    status_interval_ms: int = 1_000
+    """How often the node with the network role writes ``status.json`` (members, per-peer
+    lag, counters) into its directory for ``crdt-inspect DIR status``."""
+
+    partition_file: str | None = None
+    """TEST HOOK: a file of node ids, one per line, polled every heartbeat; while a peer is
+    listed, every frame to or from it is dropped (a network partition between processes)."""
+
     drop_publish_fraction: float = 0.0
     """TEST HOOK: drop this fraction of outgoing PUB frames so tests exercise repair."""
 
@@ -143,7 +151,7 @@ class NodeSettings:
             raise InvalidValue(
                 f"setting topics={self.topics!r} must be a list of non-empty namespace names"
             )
-        for name in ("pub_bind", "secret_key", "keys_dir"):
+        for name in ("pub_bind", "secret_key", "keys_dir", "partition_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise InvalidValue(f"setting {name}={value!r} must be a string")
@@ -186,7 +194,16 @@ class NodeSettings:
 
 
 NOT_COUNTS = frozenset(
-    {"durability", "extra", "topics", "pub_bind", "secret_key", "keys_dir", "drop_publish_fraction"}
+    {
+        "durability",
+        "extra",
+        "topics",
+        "pub_bind",
+        "secret_key",
+        "keys_dir",
+        "partition_file",
+        "drop_publish_fraction",
+    }
 )
 
 

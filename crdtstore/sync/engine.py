@@ -690,10 +690,8 @@ class SyncEngine:
             return self._send_query(session, now_ms)
         # Every range resolved: now, and only now, the staged ranges are applied and the
         # first reply's context joins ours (one engine step: nothing interleaves).
-        for lo, hi, shipped in session.staged:
-            self.replica.apply_range(ns, lo, hi, shipped)
-            self.stats["ranges_applied"] += 1
-        self.replica.merge_context(ns, base)
+        self.replica.apply_ranges(ns, session.staged, base)
+        self.stats["ranges_applied"] += len(session.staged)
         del self._sessions[ns]
         self.stats["range_sessions_completed"] += 1
         self._drain(ns)

@@ -218,6 +218,17 @@ class MemoryReplica:
         # Only the dots received: the sender's context also covers keys outside the range.
         ns.context = ctx.join(CausalContext.from_dots(received))
 
+    def apply_ranges(
+        self,
+        namespace: str,
+        ranges: Sequence[tuple[int, int, DotMap[Any]]],
+        context: CausalContext,
+    ) -> None:
+        # In memory nothing can crash between the steps, so the plain loop is atomic.
+        for lo, hi, shipped in ranges:
+            self.apply_range(namespace, lo, hi, shipped)
+        self.merge_context(namespace, context)
+
     def merge_context(self, namespace: str, context: CausalContext) -> None:
         ns = self._ns[namespace]
         ns.context = ns.context.join(context)

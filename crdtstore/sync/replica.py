@@ -73,6 +73,16 @@ class Replica(Protocol):
         """Join a peer's range (``shipped.context`` is the sender's context)."""
         ...
 
+    def apply_ranges(
+        self,
+        namespace: str,
+        ranges: Sequence[tuple[int, int, DotMap[Any]]],
+        context: CausalContext,
+    ) -> None:
+        """``apply_range`` of each (disjoint) range, then ``merge_context(context)``, as one
+        atomic step: a crash leaves all of it or none."""
+        ...
+
     def merge_context(self, namespace: str, context: CausalContext) -> None:
         """Join ``context`` in, once every range of a reconciliation has been applied."""
         ...
