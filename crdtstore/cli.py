@@ -63,6 +63,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(args: argparse.Namespace) -> int:
     import crdtstore
+    from transport import TransportError
 
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -78,7 +79,12 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    with crdtstore.open(data, **options) as node:
+    try:
+        node = crdtstore.open(data, **options)
+    except (crdtstore.Error, TransportError) as exc:
+        print(f"crdtstore serve: {exc}", file=sys.stderr)
+        return 2
+    with node:
         logging.getLogger("crdtstore.serve").info(
             "node %s serving %s on %s", node.node_id, data, node.router_address
         )

@@ -340,7 +340,8 @@ class Replicator:
             if name == HEARTBEAT_TOPIC:
                 self._on_membership_message(None, delivery.payload, now)
                 return []
-            return self.engine.on_message("", delivery.payload, now)
+            source = (delivery.peer or b"").decode("utf-8", "replace")
+            return self.engine.on_message("", delivery.payload, now, publisher=source)
         peer = (delivery.peer or b"").decode("utf-8", "replace")
         channel, body = delivery.payload[:1], delivery.payload[1:]
         if channel == CHANNEL_SYNC:

@@ -347,7 +347,7 @@ class IOThread(threading.Thread):
         if peer in self._dropped_peers:
             self._counters.add("partition_dropped")
             return
-        event = [pipes.EV_PUBLISH, frames[0].bytes, frames[1].bytes, self._pinned_user(peer)]
+        event = [pipes.EV_PUBLISH, frames[0].bytes, frames[1].bytes, self._pinned_user(peer), peer]
         # Counted before the hand-over, so a consumer that sees the delivery sees the count.
         self._counters.add("received_publish")
         self._emit(event)

@@ -25,7 +25,7 @@ WAKE = b"W"  # []: ask for a WOKEN event so a blocked recv returns
 STOP = b"Q"  # []
 
 # Events
-EV_PUBLISH = b"p"  # [topic, payload, curve_user or b""]
+EV_PUBLISH = b"p"  # [topic, payload, curve_user or b"", peer whose PUB sent it]
 EV_DIRECT = b"d"  # [peer, payload, curve_user or b""]
 EV_WOKEN = b"w"  # []
 EV_STOPPED = b"q"  # []: the I/O thread is exiting; nothing follows
@@ -43,8 +43,8 @@ def decode_delivery(frames: list[bytes]) -> Delivery | None:
     """The delivery an event carries; None for control events (woken, stopped)."""
     kind = frames[0]
     if kind == EV_PUBLISH:
-        topic, payload, user = frames[1:]
-        return Delivery("publish", None, topic, payload, user.decode("ascii") or None)
+        topic, payload, user, peer = frames[1:]
+        return Delivery("publish", peer, topic, payload, user.decode("ascii") or None)
     if kind == EV_DIRECT:
         peer, payload, user = frames[1:]
         return Delivery("direct", peer, None, payload, user.decode("ascii") or None)

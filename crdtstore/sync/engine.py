@@ -284,13 +284,24 @@ class SyncEngine:
         out.extend(self._schedule_repairs(now_ms))
         return self._count_sent(out)
 
-    def on_message(self, peer: str, data: bytes, now_ms: int) -> list[Outgoing]:
-        """Handle one frame from the network (``peer`` is "" for published frames)."""
+    def on_message(
+        self, peer: str, data: bytes, now_ms: int, publisher: str | None = None
+    ) -> list[Outgoing]:
+        """Handle one frame from the network (``peer`` is "" for published frames).
+
+        ``publisher``: for a published frame, the node whose PUB it came from, when the
+        transport knows it. Nodes publish only their own batches, so a published batch of
+        another origin is forged and rejected (repairs, over ROUTER/DEALER, may carry any
+        origin's batches from a log).
+        """
         self.stats["bytes_received"] += len(data)
         try:
             msg = decode_message(data)
         except DecodeError as exc:
             self._reject("decode_errors", now_ms, f"from {peer!r}: {exc}")
+            return []
+        if publisher and isinstance(msg, DeltaBatch) and msg.origin != publisher:
+            self._reject("rejected_forged_origin", now_ms, f"{msg.origin} via {publisher!r}")
             return []
         try:
             out = self._dispatch(peer, msg, data, now_ms)
@@ -303,6 +314,11 @@ class SyncEngine:
 
     def _dispatch(self, peer: str, msg: Any, data: bytes, now_ms: int) -> list[Outgoing]:
         if isinstance(msg, DeltaBatch):
+            if peer:
+                # Batches travel only published, or inside a RepairReply we asked for; an
+                # unsolicited direct one would let any client inject the next seq of anyone.
+                self._reject("rejected_invalid", now_ms, f"batch sent directly by {peer!r}")
+                return []
             self._apply_batch(msg, data, now_ms)
             return []
         if isinstance(msg, Digest):

@@ -167,7 +167,7 @@ def test_forged_own_origin_batch_rejected() -> None:
     forged_state = ORSet({}, sim.context("n0", "s"))
     forged = forged_state.add("n0", "evil")  # what n1 could craft in n0's name
     batch = DeltaBatch("s", "n0", 2, 2, forged)
-    out = sim.engine("n0").on_message("n1", encode_message(batch), sim.now)
+    out = sim.engine("n0").on_message("", encode_message(batch), sim.now)
     assert out == []
     assert sim.engine("n0").stats["rejected_own_origin"] == 1
     assert sim.replica("n0").value("s") == before

@@ -94,3 +94,29 @@ def test_protocol_violations_are_counted_not_raised() -> None:
     assert engine.stats["rejected_invalid"] >= 1
     assert engine.stats["log_gaps_unexpected"] == 1
     assert engine.stats["range_replies_stale"] == 1
+
+
+def test_published_batch_of_another_origin_is_refused_as_forged() -> None:
+    sim = Simulator(3, seed=4)
+    sim.add("n1", "s", "x")
+    batch = sim.engine("n1").replica.log_batches("s", "n1", 1, 1)
+    assert batch
+    receiver = Simulator(3, seed=4).engine("n0")
+    # n2's PUB carrying n1's batch: nodes publish only their own, so n2 speaks for n1.
+    receiver.on_message("", batch[0], 1_700_000_000_000, publisher="n2")
+    assert receiver.stats["rejected_forged_origin"] == 1
+    assert "s" not in receiver.replica.namespaces()
+    # The same bytes from n1's own PUB are its batch, and apply.
+    receiver.on_message("", batch[0], 1_700_000_000_000, publisher="n1")
+    assert "x" in receiver.replica.value("s")  # type: ignore[attr-defined]
+
+
+def test_a_batch_sent_directly_is_refused() -> None:
+    sim = Simulator(3, seed=4)
+    sim.add("n1", "s", "x")
+    batch = sim.engine("n1").replica.log_batches("s", "n1", 1, 1)
+    assert batch
+    receiver = Simulator(3, seed=4).engine("n0")
+    receiver.on_message("n1", batch[0], 1_700_000_000_000)
+    assert receiver.stats["rejected_invalid"] == 1
+    assert "s" not in receiver.replica.namespaces()

@@ -37,7 +37,7 @@ def test_allowed_keys_exchange_publications_and_direct_messages(
         b, lambda d: d.payload == b"from a", between=lambda: a.publish(b"t", b"from a")
     )
     # On the SUB side the authenticated sender is the PUB server key we pinned.
-    assert got == Delivery("publish", None, b"t", b"from a", ka.public.decode())
+    assert got == Delivery("publish", b"a", b"t", b"from a", ka.public.decode())
     recv_matching(a, lambda d: d.payload == b"from b", between=lambda: b.publish(b"t", b"from b"))
 
     a.send(b"b", b"direct a->b")

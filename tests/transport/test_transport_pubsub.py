@@ -29,7 +29,7 @@ def test_publish_reaches_subscriber_with_topic_and_payload(make_transport: Make)
     got = recv_matching(
         b, is_publish(b"ns1\x00", b"hello"), between=lambda: a.publish(b"ns1\x00", b"hello")
     )
-    assert got == Delivery("publish", None, b"ns1\x00", b"hello", None)
+    assert got == Delivery("publish", b"a", b"ns1\x00", b"hello", None)
     assert b.stats()["received_publish"] >= 1
     assert a.stats()["published"] >= 1
 

@@ -1,0 +1,117 @@
+"""Hostile frames at every port of a running node: it keeps serving, counts them, and its
+state does not change."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import msgpack
+import zmq
+from conftest import Cluster, same_state, wait_until
+
+import crdtstore
+from crdtstore.membership.messages import Hello
+from crdtstore.sync.messages import encode_message
+
+MAX_MESSAGE = 256 * 1024
+
+
+def logged_batch(data_dir: os.PathLike[str], origin: str) -> bytes:
+    with crdtstore.open(data_dir) as handle:
+        batches = handle.replica.log_batches("orders", origin, 1, 1)
+    assert batches, "the origin's first batch must still be in its log"
+    return batches[0]
+
+
+def test_hostile_frames_on_every_port_change_nothing(cluster: Cluster) -> None:
+    n1 = cluster.add("n1", max_message_bytes=MAX_MESSAGE)
+    n2 = cluster.add("n2", max_message_bytes=MAX_MESSAGE)
+    wait_until(lambda: cluster.all_members_alive(2), "both nodes see each other")
+    with crdtstore.open(n2.data) as h:
+        h.lww_map("orders")["o1"] = "real"
+    wait_until(lambda: same_state([n1, n2], ["orders"]), "n1 has n2's order")
+    before = n1.dump("orders")
+    valid = logged_batch(n2.data, "n2")
+    fields = msgpack.unpackb(valid)
+    rng = random.Random(7)
+    status = n1.status()
+    assert status is not None
+    router, pub = status["router"], status["pub"]
+
+    ctx = zmq.Context()
+    # 1. A raw DEALER at the ROUTER: garbage, truncated, oversized, wrong versions,
+    #    batches sent directly (forged: "n2"'s next seq, and n1's own origin).
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.IDENTITY, b"evil")
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(router)
+    forged = list(fields)
+    forged[4:6] = [2, 2]
+    wrong_version = [99, *fields[1:]]
+    frames: list[list[bytes]] = [
+        [b""], [b"S"], [b"M"], [b"X" + valid], [b"S" + valid[: len(valid) // 2]],
+        [b"S" + bytes(rng.randrange(256) for _ in range(300))],
+        [b"M" + bytes(rng.randrange(256) for _ in range(300))],
+        [b"S" + msgpack.packb(wrong_version)], [b"S" + msgpack.packb([True, *fields[1:]])],
+        [b"S" + msgpack.packb(forged)], [b"S" + valid], [b"S", b"two", b"frames"],
+        [b"S" + b"\x91" * 5000],  # nesting far beyond the decoder's depth limit
+        [b"S" + os.urandom(MAX_MESSAGE * 2)],  # oversized: libzmq cuts the connection
+    ]
+    for parts in frames:
+        dealer.send_multipart(parts)
+    # 2. Raw TCP bytes (no ZMTP greeting) at both ports.
+    for endpoint in (router, pub):
+        stream = ctx.socket(zmq.STREAM)
+        stream.setsockopt(zmq.LINGER, 0)
+        stream.connect(endpoint)
+        wait_until(lambda s=stream: s.poll(50), "the stream socket connected")  # type: ignore[misc]
+        peer_id = stream.recv_multipart()[0]
+        stream.send_multipart([peer_id, os.urandom(4096)])
+        stream.close()
+    # 3. A stranger that says hello with its own PUB, then publishes junk and batches in
+    #    someone else's name: n1 subscribes to it (no keys configured), so this reaches
+    #    the sync engine's publish path.
+    xpub = ctx.socket(zmq.XPUB)
+    xpub.setsockopt(zmq.LINGER, 0)
+    xpub_port = xpub.bind_to_random_port("tcp://127.0.0.1")
+    evil_pub = f"tcp://127.0.0.1:{xpub_port}"
+    hello = Hello("evil", "tcp://127.0.0.1:9", evil_pub, None, reply=False)
+    prober = ctx.socket(zmq.DEALER)
+    prober.setsockopt(zmq.IDENTITY, b"evil")
+    prober.setsockopt(zmq.LINGER, 0)
+    prober.connect(router)
+    prober.send(b"M" + encode_message(hello))
+    wait_until(lambda: xpub.poll(50), "n1 subscribed to the stranger's PUB")
+    for topic in (b"orders\x00", b"\x00digest\x00", b"\x00heartbeat\x00", b"no-terminator"):
+        xpub.send_multipart([topic, os.urandom(200)])
+    xpub.send_multipart([b"orders\x00", valid])  # n2's batch, published by "evil"
+    xpub.send_multipart([b"orders\x00", msgpack.packb(forged)])
+    xpub.send_multipart([b"orders\x00", b"one", b"frame too many"])
+
+    def counted() -> bool:
+        sync = (n1.status() or {}).get("sync", {})
+        transport = (n1.status() or {}).get("transport", {})
+        return (
+            sync.get("decode_errors", 0) >= 5
+            and sync.get("rejected_invalid", 0) >= 1
+            and sync.get("rejected_forged_origin", 0) >= 1
+            and transport.get("dropped_malformed", 0) >= 1
+        )
+
+    wait_until(counted, "n1 counted the hostile frames")
+    for sock in (dealer, prober, xpub):
+        sock.close()
+    ctx.term()
+
+    # Still serving: a real write on n2 arrives, and nothing else changed.
+    with crdtstore.open(n2.data) as h:
+        h.lww_map("orders")["o2"] = "after the attack"
+    wait_until(lambda: same_state([n1, n2], ["orders"]), "n1 still replicates")
+    after = n1.dump("orders")
+    assert [e for e in after if e["key"] != "o2"] == before
+    assert n1.alive() and n2.alive()
+    replicator = (n1.status() or {})["replicator"]
+    assert replicator.get("rejected_channel", 0) >= 1
+    assert replicator.get("rejected_topic", 0) >= 1
+    assert "Traceback" not in n1.log.read_text()
