@@ -27,11 +27,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VPY) -m mypy crdtstore transport bindings
 
-# Fuzz the decoder for SECONDS (default 60): make fuzz SECONDS=300
+# Fuzz the decoders, then the engine's message handler, SECONDS each: make fuzz SECONDS=300
 SECONDS ?= 60
 fuzz: $(STAMP)
 	$(VPY) -m pip install --quiet -e '.[fuzz]'
 	$(VPY) fuzz/fuzz_decode.py -max_total_time=$(SECONDS)
+	$(VPY) fuzz/fuzz_engine.py -max_total_time=$(SECONDS)
 
 bench: $(STAMP)
 	$(VPY) -m pip install --quiet -e '.[bench]'
