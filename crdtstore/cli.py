@@ -79,6 +79,14 @@ def serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    reload = threading.Event()
+    # SIGHUP re-reads the keys directory (the ZAP allow-list): admit or revoke members
+    # without a restart. Done on the main thread, not inside the signal handler.
+    def on_hup(_signum: int, _frame: Any) -> None:
+        reload.set()
+        stop.set()
+
+    signal.signal(signal.SIGHUP, on_hup)
     try:
         node = crdtstore.open(data, **options)
     except (crdtstore.Error, TransportError) as exc:
@@ -89,7 +97,17 @@ def serve(args: argparse.Namespace) -> int:
             "node %s serving %s on %s", node.node_id, data, node.router_address
         )
         print(f"READY {node.node_id} {node.router_address}", flush=True)
-        stop.wait()
+        while True:
+            stop.wait()
+            if not reload.is_set():
+                break
+            reload.clear()
+            stop.clear()
+            try:
+                node.reload_keys()
+                logging.getLogger("crdtstore.serve").info("SIGHUP: keys directory reloaded")
+            except (crdtstore.Error, TransportError) as exc:
+                logging.getLogger("crdtstore.serve").error("SIGHUP: reload failed: %s", exc)
     return 0
 
 

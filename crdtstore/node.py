@@ -153,6 +153,14 @@ class Node:
             members = sorted([*members, me], key=lambda m: m.node_id)
         return members
 
+    def reload_keys(self) -> None:
+        """Re-read the CurveZMQ keys directory (the allow-list of member public keys)."""
+        self._check()
+        network = self._network
+        if network is None:
+            raise Error("reload_keys needs a node holding the network role (open with bind)")
+        network.transport.reload_keys()
+
     def watch_members(self, callback: Callable[[StatusChange], None]) -> None:
         """Call ``callback(change)`` whenever a member joins, becomes suspect, dead, alive
         again (new incarnation) or leaves, as this node's failure detector sees it.

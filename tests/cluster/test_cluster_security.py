@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -139,3 +140,26 @@ def test_payload_on_the_wire_is_readable_only_without_keys(
     # The control (no keys) proves the capture sees replication traffic at all.
     assert seen is not curve
     assert (marker.encode() in raw_got) is not curve
+
+
+def test_sighup_reloads_the_allow_list(cluster: Cluster, tmp_path: Path) -> None:
+    secrets, allowed = tmp_path / "secrets", tmp_path / "allowed"
+    allowed.mkdir()
+    public1, secret1 = keygen(secrets, "n1")
+    public2, secret2 = keygen(secrets, "n2")
+    shutil.copy(public1, allowed)  # n2 not admitted yet
+    late = tmp_path / "late-allowed"
+    late.mkdir()
+    shutil.copy(public1, late)
+    shutil.copy(public2, late)
+    n1 = cluster.add("n1", seeds=[], **curve_config(secret1, allowed))
+    n2 = cluster.add("n2", seeds=[f"n1@{n1.bind}"], **curve_config(secret2, late))
+    with crdtstore.open(n1.data) as h:
+        h.or_set("s").add("hello")
+    wait_until(lambda: n1.counter("transport", "auth_failed") >= 2, "n1 refused n2's key")
+    assert n2.dump("s") == []
+    shutil.copy(public2, allowed)
+    assert n1.proc is not None
+    n1.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: n2.dump("s"), "n2, admitted after SIGHUP, receives n1's state")
+    assert n1.alive()
