@@ -103,6 +103,10 @@ class Node:
         self._watcher = JournalWatcher(
             self._replica, self.settings.watch_poll_interval_ms / 1000, self.stats
         )
+        if self.settings.topics is not None and self._replica.topics() != tuple(
+            sorted(self.settings.topics)
+        ):
+            self._replica.declare_topics(self.settings.topics)
         self._role: NetworkRole | None = None
         self._role_stop = threading.Event()
         self._role_thread: threading.Thread | None = None
@@ -127,6 +131,15 @@ class Node:
     @property
     def has_network_role(self) -> bool:
         return self._role is not None and self._role.held
+
+    @property
+    def topics(self) -> frozenset[str] | None:
+        """The namespaces this directory replicates (None: all), as declared by whichever
+        process opened it with ``topics``; every process sharing the directory obeys it."""
+        if self.settings.topics is not None:
+            return frozenset(self.settings.topics)
+        stored = self._replica.topics()
+        return None if stored is None else frozenset(stored)
 
     @property
     def router_address(self) -> str | None:
@@ -296,7 +309,7 @@ class Node:
         self._check()
         if name.startswith(RESERVED_PREFIX) if isinstance(name, str) else False:
             raise InvalidValue(f"namespace {name!r}: names starting with '__' are reserved")
-        topics = self.settings.topics
+        topics = self.topics
         if topics is not None and name not in topics:
             raise NotReplicated(
                 f"namespace {name!r} is not among this node's topics {sorted(topics)}"

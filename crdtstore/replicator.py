@@ -132,7 +132,7 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
         sync_settings=sync_settings,
         transport_settings=transport_settings,
         curve=curve,
-        topics=None if settings.topics is None else frozenset(settings.topics),
+        topics=node.topics,
         status_path=os.path.join(node.path, STATUS_FILE),
         extra_stats=lambda: dict(node.stats),
     )
@@ -197,7 +197,9 @@ class Replicator:
         self._engine_peers: set[str] = set()
         self._own: MemberRecord | None = None
         self._commit_pending = threading.Event()
-        self._flushed = threading.Event()
+        self._leaving = threading.Event()
+        self._leave_confirmed = threading.Event()
+        self._leave_timeout_s = 3 * sync_settings.digest_interval_ms / 1000
         self._seed_aliases: set[bytes] = set()
         self._record_addrs: dict[str, tuple[str, str]] = {}
         self._partitioned: set[str] = set()
@@ -234,8 +236,12 @@ class Replicator:
         if leave and self._own is not None and not self._stop.is_set():
             self._own = _replace(self._own, left=True)
             self._write_own_record(self._own)
+            self._leaving.set()
             self.notify_commit()
-            self._flush_before_stop()
+            # Bounded: peers confirm through their digests (one digest interval, plus
+            # repair if the publication was lost). Peers that never confirm still see
+            # this node go dead, and get the record by anti-entropy if it ever returns.
+            self._leave_confirmed.wait(timeout=self._leave_timeout_s)
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -271,7 +277,6 @@ class Replicator:
                 if self._commit_pending.is_set():
                     self._commit_pending.clear()
                     self._emit(self.engine.on_local_commit(now))
-                    self._flushed.set()
                 if now >= next_tick:
                     next_tick = now + interval
                     # Other processes sharing the directory commit without notifying us.
@@ -283,6 +288,8 @@ class Replicator:
                 if now >= next_status and self._status_path is not None:
                     next_status = now + self._settings.status_interval_ms
                     self._write_status(now)
+                if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
+                    self._leave_confirmed.set()
                 if now >= next_hello:
                     next_hello = now + self._settings.hello_interval_ms
                     self._greet_seeds()
@@ -316,12 +323,6 @@ class Replicator:
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(self.status(now), fh, sort_keys=True)
         os.replace(tmp, self._status_path)  # readers never see a half-written file
-
-    def _flush_before_stop(self) -> None:
-        # Bounded: the leave record is best effort on the wire (peers that miss it still
-        # see the node go dead, and the record reaches them by anti-entropy if it returns).
-        self._flushed.clear()
-        self._flushed.wait(timeout=1.0)
 
     def _emit(self, outgoing: Sequence[Publish | Send]) -> None:
         for out in outgoing:
@@ -452,10 +453,14 @@ class Replicator:
                 continue
             self._status_changes(self.detector.add(node_id, record.incarnation, now, record.left))
             if record.left or self.detector.status(node_id) is MemberStatus.DEAD:
-                self._disconnect(node_id)
+                # A dead member keeps its connections (ZeroMQ retries them with back-off):
+                # after a partition heals, its heartbeats are how we learn it refuted.
+                if record.left:
+                    self._disconnect(node_id)
                 since = self.detector.last_heard_ms(node_id) or record.started_at_ms
                 if now - since > self._settings.prune_after_ms:
                     # Metadata of a member gone for good; its own later write survives this.
+                    self._disconnect(node_id)
                     self._delete_record(node_id)
                     self.detector.forget(node_id)
                     self.stats["members_pruned"] += 1
@@ -469,6 +474,7 @@ class Replicator:
         for change in changes:
             log.info("member %s: %s -> %s (incarnation %d)", change.node_id,
                      change.old.value if change.old else "-", change.new.value, change.incarnation)
+            self.stats[f"members_became_{change.new.value}"] += 1
             if change.new is MemberStatus.ALIVE:
                 self._engine_add(change.node_id)
             elif change.new in (MemberStatus.DEAD, MemberStatus.LEFT):
@@ -525,8 +531,13 @@ class Replicator:
         if self._own is not None:
             records[self.node_id] = self._own
 
-        def verdict(node_id: str) -> tuple[MemberStatus | None, int | None]:
-            return self.detector.status(node_id), self.detector.last_heard_ms(node_id)
+        def verdict(node_id: str) -> tuple[MemberStatus | None, int | None, int | None]:
+            detector = self.detector
+            return (
+                detector.status(node_id),
+                detector.last_heard_ms(node_id),
+                detector.incarnation(node_id),
+            )
 
         return members_view(self.node_id, records, verdict)
 

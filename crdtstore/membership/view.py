@@ -36,8 +36,9 @@ class Member:
     is_self: bool
 
 
-Verdict = Callable[[str], tuple[MemberStatus | None, int | None]]
-"""node id -> (detector status, last heard ms), for the node that runs a detector."""
+Verdict = Callable[[str], tuple[MemberStatus | None, int | None, int | None]]
+"""node id -> (detector status, last heard ms, incarnation heard), for the node that runs a
+failure detector. A heartbeat can bring a new incarnation before the record does."""
 
 
 def parse_records(values: Mapping[Any, Any]) -> tuple[dict[str, MemberRecord], int]:
@@ -71,18 +72,20 @@ def members_view(
     for node_id, record in sorted(records.items()):
         is_self = node_id == self_id
         heard: int | None = None
+        incarnation = record.incarnation
         if record.left:
             status = "left"
         elif is_self or verdict is None:
             status = "alive"
         else:
-            seen, heard = verdict(node_id)
+            seen, heard, heard_incarnation = verdict(node_id)
             status = seen.value if seen is not None else "alive"
+            incarnation = max(incarnation, heard_incarnation or 0)
         out.append(
             Member(
                 node_id=node_id,
                 status=status,
-                incarnation=record.incarnation,
+                incarnation=incarnation,
                 router=record.router,
                 pub=record.pub,
                 topics=record.topics,

@@ -48,6 +48,8 @@ TABLES = ("meta", "namespaces", "state", "context", "buckets", "log", "logorder"
 
 META_FORMAT = b"format_version"
 META_NODE_ID = b"node_id"
+META_TOPICS = b"topics"
+"""msgpack list of the namespaces the directory replicates (absent: all)."""
 META_NEXT_NS = b"next_ns_id"
 META_LOG_SERIAL = b"log_serial"
 META_LOG_COUNT = b"log_count:"  # + ns id: logged batches held for the namespace

@@ -186,6 +186,32 @@ class LMDBReplica:
         txn.put(layout.META_NODE_ID, chosen.encode(), db=meta)
         return chosen
 
+    def topics(self) -> tuple[str, ...] | None:
+        """The namespaces this directory replicates, as last declared (None: all)."""
+
+        def read(txn: lmdb.Transaction) -> tuple[str, ...] | None:
+            data = txn.get(layout.META_TOPICS, db=self.dbs["meta"])
+            if data is None:
+                return None
+            value = layout.unpack_stored(data)
+            if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+                raise StorageError(f"{self.path}: corrupt topics record")
+            return tuple(value)
+
+        return self._read(read)
+
+    def declare_topics(self, topics: tuple[str, ...] | None) -> None:
+        """Persist the topics, so every process sharing the directory enforces them."""
+
+        def write(txn: lmdb.Transaction) -> None:
+            if topics is None:
+                txn.delete(layout.META_TOPICS, db=self.dbs["meta"])
+            else:
+                txn.put(layout.META_TOPICS, layout.pack_stored(sorted(topics)), db=self.dbs["meta"])
+
+        self._check()
+        self._write(write)
+
     def close(self) -> None:
         """Flush (with async durability) and close. Idempotent."""
         if self._closed:

@@ -228,6 +228,15 @@ class SyncEngine:
             lag[peer] = behind
         return lag
 
+    def peers_caught_up(self, namespace: str) -> bool:
+        """Whether every peer's last digest shows all of this node's own seqs of
+        ``namespace`` (used to know a graceful leave reached everyone before stopping)."""
+        top = self.replica.context(namespace).max_seq(self.node_id)
+        return all(
+            self._digests.get(p, {}).get(namespace, {}).get(self.node_id, 0) >= top
+            for p in self._peers
+        )
+
     def sessions(self) -> dict[str, str]:
         """Namespace -> peer of each reconciliation session running (for inspection)."""
         return {ns: s.peer for ns, s in self._sessions.items()}
