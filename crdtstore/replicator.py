@@ -320,9 +320,15 @@ class Replicator:
     def _write_status(self, now: int) -> None:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(self.status(now), fh, sort_keys=True)
-        os.replace(tmp, self._status_path)  # readers never see a half-written file
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(self.status(now), fh, sort_keys=True)
+            os.replace(tmp, self._status_path)  # readers never see a half-written file
+        except OSError as exc:
+            # Operators lose the live view, replication goes on: count, log the first one.
+            self.stats["status_write_errors"] += 1
+            if self.stats["status_write_errors"] == 1:
+                log.error("cannot write %s: %s (counted; replication continues)", tmp, exc)
 
     def _emit(self, outgoing: Sequence[Publish | Send]) -> None:
         for out in outgoing:
