@@ -41,6 +41,7 @@ from crdtstore.membership.view import Member, members_from_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
 from crdtstore.storage.journal import Change
+from crdtstore.storage.layout import unpack_row
 from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
@@ -374,6 +375,19 @@ class Node:
 
     # -- reads ----------
 
+    def _row(self, view: LWWMapView | ORSetView, ekey: bytes) -> list[list[Any]] | None:
+        """The dots of one key: the fast path of get / in."""
+        if self._closed:
+            raise ClosedError(f"node {self.path} is closed")
+        if self._tls.__dict__.get("write") is not None:
+            return self._dots(view._name, view.TYPE, ekey)  # sees this thread's transaction
+        ns_id = view._ns_id
+        if ns_id is None:
+            # Resolved outside any transaction, then kept: namespace ids never change.
+            ns_id = view._ns_id = self._replica.namespace_id(view._name, view.TYPE)
+        data = self._replica.get_row(ns_id, ekey)
+        return None if data is None else unpack_row(data)[1]
+
     def _dots(self, name: str, type_name: str, ekey: bytes) -> list[list[Any]] | None:
         self._check()
         w = self._current()
@@ -436,18 +450,21 @@ def _valid_key(key: object) -> bool:
 class LWWMapView(MutableMapping[Any, Any]):
     """A live view of one LWW-map namespace: every call reads or writes the directory."""
 
-    __slots__ = ("_name", "_node")
+    __slots__ = ("_name", "_node", "_ns_id")
+    TYPE = LWW
 
     def __init__(self, node: Node, name: str) -> None:
         self._node = node
         self._name = name
+        self._ns_id: int | None = None
 
     @property
     def name(self) -> str:
         return self._name
 
     def __getitem__(self, key: Any) -> Any:
-        dots = self._node._dots(self._name, LWW, encode_key(key, self._node.settings))
+        node = self._node
+        dots = node._row(self, encode_key(key, node.settings))
         if not dots:
             raise KeyError(key)
         return winning_value(dots)
@@ -455,7 +472,8 @@ class LWWMapView(MutableMapping[Any, Any]):
     def __contains__(self, key: object) -> bool:
         if not _valid_key(key):
             return False
-        return bool(self._node._dots(self._name, LWW, encode_key(key, self._node.settings)))
+        node = self._node
+        return bool(node._row(self, encode_key(key, node.settings)))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._node._write(lambda w: w.put(self._name, key, value))
@@ -501,11 +519,13 @@ class _Values(ValuesView[Any]):
 class ORSetView(MutableSet[Any]):
     """A live view of one OR-Set namespace: every call reads or writes the directory."""
 
-    __slots__ = ("_name", "_node")
+    __slots__ = ("_name", "_node", "_ns_id")
+    TYPE = ORSET
 
     def __init__(self, node: Node, name: str) -> None:
         self._node = node
         self._name = name
+        self._ns_id: int | None = None
 
     @property
     def name(self) -> str:
@@ -514,8 +534,8 @@ class ORSetView(MutableSet[Any]):
     def __contains__(self, element: object) -> bool:
         if not _valid_key(element):
             return False
-        ekey = encode_key(element, self._node.settings)
-        return bool(self._node._dots(self._name, ORSET, ekey))
+        node = self._node
+        return bool(node._row(self, encode_key(element, node.settings)))
 
     def __iter__(self) -> Iterator[Any]:
         return (key for key, _ in self._node._rows(self._name, ORSET))

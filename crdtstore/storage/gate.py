@@ -16,21 +16,24 @@ from contextlib import contextmanager
 
 
 class Gate:
-    __slots__ = ("_active", "_cond", "_exclusive")
+    __slots__ = ("_active", "_cond", "_exclusive", "_lock")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        # Readers take the bare lock (a C call): Condition.__enter__ is Python-level and
+        # would double the cost of every get.
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._active = 0
         self._exclusive = False
 
     def enter(self) -> None:
-        with self._cond:
+        with self._lock:
             while self._exclusive:
                 self._cond.wait()
             self._active += 1
 
     def exit(self) -> None:
-        with self._cond:
+        with self._lock:
             self._active -= 1
             if self._active == 0 and self._exclusive:
                 self._cond.notify_all()

@@ -339,6 +339,33 @@ class LMDBReplica:
             self._map_size = self._env.info()["map_size"]
             self.stats["map_adopted"] += 1
 
+    def get_row(self, ns_id: int, ekey: bytes) -> bytes | None:
+        """The state row of one key, in a fresh snapshot: the hot path of ``get`` / ``in``.
+
+        A new read transaction per call, so commits of other processes are seen at once;
+        py-lmdb renews a spare reader slot for it (``max_spare_txns``), which is cheap.
+        """
+        if self._closed:
+            raise ClosedError(f"replica {self.path} is closed")
+        rkey = layout.row_key(ns_id, layout.hash_encoded_key(ekey), ekey)
+        gate = self._gate
+        while True:
+            gate.enter()
+            try:
+                txn = self._env.begin()
+                try:
+                    data: bytes | None = txn.get(rkey, db=self._state)
+                finally:
+                    txn.abort()
+                return data
+            except lmdb.MapResizedError:
+                pass
+            except lmdb.Error as exc:
+                raise StorageError(f"read from {self.path} failed: {exc}") from exc
+            finally:
+                gate.exit()
+            self._adopt_map_size()
+
     def begin_local(self) -> LocalWrite:
         """A write transaction for local mutations (see :class:`LocalWrite`)."""
         from crdtstore.storage.local import LocalWrite
