@@ -1,0 +1,71 @@
+"""Two hosts (two nodes in separate processes on loopback), a tooz coordinator on each."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from tooz import coordination
+
+from crdtstore.localcluster import free_port, wait_until
+
+MEMBER = Path(__file__).with_name("tooz_member.py")
+
+
+def ask(proc: subprocess.Popen[str], command: str) -> str:
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(command + "\n")
+    proc.stdin.flush()
+    return proc.stdout.readline().strip()
+
+
+def test_joins_capabilities_partitions_and_leaves_cross_hosts(tmp_path: Path) -> None:
+    bind_a, bind_b = (f"tcp://127.0.0.1:{free_port()}" for _ in range(2))
+    url_a = f"crdt://{tmp_path / 'a'}?bind={bind_a}&timeout=5"
+    url_b = f"crdt://{bind_a.removeprefix('tcp://')}{tmp_path / 'b'}?bind={bind_b}&timeout=5"
+    coord = coordination.get_coordinator(url_a, b"alpha")
+    coord.start(start_heart=True)
+    proc = None
+    try:
+        coord.join_group_create(b"hosts", {"host": "alpha"})
+        partitioner = coord.join_partitioned_group(b"workers")
+        proc = subprocess.Popen(
+            [sys.executable, str(MEMBER), url_b, "beta", "workers"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "JOINED"
+
+        def members() -> set[bytes]:
+            coord.run_watchers()
+            return set(coord.get_members(b"workers").get())
+
+        wait_until(lambda: members() == {b"alpha", b"beta"}, "alpha sees beta join")
+        wait_until(lambda: len(coord.get_members(b"hosts").get()) == 2, "beta in hosts")
+        caps = coord.get_member_capabilities(b"hosts", b"beta").get()
+        assert caps == {"host": "beta"}
+
+        def theirs() -> dict[str, Any] | None:
+            answer = json.loads(ask(proc, "owners"))  # type: ignore[arg-type]
+            return answer if answer["members"] == ["alpha", "beta"] else None
+
+        remote = wait_until(theirs, "beta sees both members", 30, 0.2)
+        coord.run_watchers()
+        mine = {
+            str(i): sorted(m.decode() for m in partitioner.members_for_object(i))
+            for i in range(200)
+        }
+        assert mine == remote["owners"]
+        assert {o[0] for o in mine.values()} == {"alpha", "beta"}  # both own something
+
+        assert ask(proc, "leave") == "LEFT"
+        wait_until(lambda: members() == {b"alpha"}, "alpha sees beta leave")
+    finally:
+        if proc is not None:
+            if proc.poll() is None and proc.stdin is not None:
+                proc.stdin.write("quit\n")
+                proc.stdin.flush()
+            proc.wait(timeout=30)
+        coord.stop()
