@@ -16,8 +16,9 @@ before others stop listing it.
 Layout (namespaces, all LWW-maps):
 
 - ``tooz.groups``: group id -> ``{"created_at": ISO time}``.
-- ``tooz.members``: msgpack ``[group id, member id]`` -> ``{"capabilities": ...,
-  "created_at": ..., "updated_at": ...}``.
+- ``tooz.members.<group id in hex>``, one namespace per group (so listing a group reads
+  only its own members): member id -> ``{"capabilities": ..., "created_at": ...,
+  "updated_at": ...}``.
 - ``tooz.beats``: member id -> ``{"n": counter, "timeout": seconds}``.
 
 Expiry never compares clocks of different hosts. A heartbeat bumps the member's counter;
@@ -43,7 +44,6 @@ from collections.abc import Callable
 from concurrent import futures
 from typing import Any, ClassVar, TypeVar
 
-import msgpack
 import tooz
 from tooz import coordination, locking
 
@@ -65,8 +65,8 @@ def _as_bytes(value: bytes | str) -> bytes:
     return value.encode("utf-8") if isinstance(value, str) else bytes(value)
 
 
-def _member_key(group_id: bytes, member_id: bytes) -> bytes:
-    return msgpack.packb([group_id, member_id], use_bin_type=True)  # type: ignore[no-any-return]
+def _members_ns(group_id: bytes) -> str:
+    return f"{MEMBERS}.{group_id.hex()}"
 
 
 def _option(options: dict[str, Any], name: str, default: Any = None) -> Any:
@@ -129,6 +129,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
             if _option(options, name) is not None:
                 self._open_args[name] = _option(options, name)
         self._node: crdtstore.Node | None = None
+        self._views: dict[str, crdtstore.LWWMapView] = {}
         self._seen: dict[bytes, tuple[int, float]] = {}
         self._beats = 0
 
@@ -171,7 +172,15 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
     def _close(self) -> None:
         if self._node is not None:
             self._node = None
+            self._views.clear()
             _Shared.release(self._path)
+
+    def _map(self, name: str) -> crdtstore.LWWMapView:
+        """A cached view: creating one checks the namespace's type and the topics."""
+        view = self._views.get(name)
+        if view is None:
+            view = self._views[name] = self.node.lww_map(name)
+        return view
 
     @property
     def node(self) -> crdtstore.Node:
@@ -197,7 +206,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
 
     def _beat(self) -> None:
         self._beats += 1
-        beats = self.node.lww_map(BEATS)
+        beats = self._map(BEATS)
         previous = beats.get(self._member_id)
         count = previous["n"] + 1 if isinstance(previous, dict) else self._beats
         beats[self._member_id] = {"n": count, "timeout": self._timeout}
@@ -220,23 +229,21 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         return now - seen[1] <= timeout
 
     def _members(self, group_id: bytes) -> dict[bytes, dict[str, Any]]:
-        node = self.node
-        if group_id not in node.lww_map(GROUPS):
+        if group_id not in self._map(GROUPS):
             raise coordination.GroupNotCreated(group_id)
-        beats = node.lww_map(BEATS)
-        out = {}
-        for key, value in node.lww_map(MEMBERS).items():
-            gid, mid = msgpack.unpackb(key, raw=False)
-            if gid == group_id and self._alive(mid, beats):
-                out[mid] = value
-        return out
+        beats = self._map(BEATS)
+        return {
+            mid: value
+            for mid, value in self._map(_members_ns(group_id)).items()
+            if self._alive(mid, beats)
+        }
 
     # -- groups ---------------------------------------------------------------------------
 
     def create_group(self, group_id: bytes) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
         def create() -> None:
-            groups = self.node.lww_map(GROUPS)
+            groups = self._map(GROUPS)
             if group_id in groups:
                 raise coordination.GroupAlreadyExist(group_id)
             groups[group_id] = {"created_at": _now_iso()}
@@ -244,14 +251,14 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         return self._result(create)
 
     def get_groups(self) -> coordination.CoordAsyncResult[list[bytes]]:
-        return self._result(lambda: list(self.node.lww_map(GROUPS)))
+        return self._result(lambda: list(self._map(GROUPS)))
 
     def delete_group(self, group_id: bytes) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
         def delete() -> None:
             if self._members(group_id):
                 raise coordination.GroupNotEmpty(group_id)
-            del self.node.lww_map(GROUPS)[group_id]
+            del self._map(GROUPS)[group_id]
 
         return self._result(delete)
 
@@ -266,7 +273,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
             caps = None if capabilities == b"" else capabilities  # tooz's "no capabilities"
             record = {"capabilities": caps, "created_at": now, "updated_at": now}
             with self.node.transaction():
-                self.node.lww_map(MEMBERS)[_member_key(group_id, self._member_id)] = record
+                self._map(_members_ns(group_id))[self._member_id] = record
                 self._beat()
             self._joined_groups.add(group_id)
 
@@ -275,13 +282,12 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
     def leave_group(self, group_id: bytes) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
         def leave() -> None:
-            members = self.node.lww_map(MEMBERS)
-            key = _member_key(group_id, self._member_id)
-            if group_id not in self.node.lww_map(GROUPS):
+            if group_id not in self._map(GROUPS):
                 raise coordination.GroupNotCreated(group_id)
-            if key not in members:
+            members = self._map(_members_ns(group_id))
+            if self._member_id not in members:
                 raise coordination.MemberNotJoined(group_id, self._member_id)
-            del members[key]
+            del members[self._member_id]
             self._joined_groups.discard(group_id)
 
         return self._result(leave)
@@ -323,7 +329,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         def update() -> None:
             record = dict(self._member(group_id, self._member_id))
             record.update(capabilities=capabilities, updated_at=_now_iso())
-            self.node.lww_map(MEMBERS)[_member_key(group_id, self._member_id)] = record
+            self._map(_members_ns(group_id))[self._member_id] = record
 
         return self._result(update)
 
