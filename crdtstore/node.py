@@ -375,7 +375,7 @@ class Node:
 
     # -- reads ----------
 
-    def _row(self, view: LWWMapView | ORSetView, ekey: bytes) -> list[list[Any]] | None:
+    def _row(self, view: _NamespaceView, ekey: bytes) -> list[list[Any]] | None:
         """The dots of one key: the fast path of get / in."""
         if self._closed:
             raise ClosedError(f"node {self.path} is closed")
@@ -447,11 +447,11 @@ def _valid_key(key: object) -> bool:
     return True
 
 
-class LWWMapView(MutableMapping[Any, Any]):
-    """A live view of one LWW-map namespace: every call reads or writes the directory."""
+class _NamespaceView:
+    """What both views share: the namespace, its cached id, key lookup, iteration, size."""
 
     __slots__ = ("_name", "_node", "_ns_id")
-    TYPE = LWW
+    TYPE: str
 
     def __init__(self, node: Node, name: str) -> None:
         self._node = node
@@ -462,6 +462,29 @@ class LWWMapView(MutableMapping[Any, Any]):
     def name(self) -> str:
         return self._name
 
+    def _lookup(self, key: object) -> list[list[Any]] | None:
+        """The live dots of ``key`` (None or [] when absent; invalid keys are absent)."""
+        if not _valid_key(key):
+            return None
+        node = self._node
+        return node._row(self, encode_key(key, node.settings))
+
+    def __iter__(self) -> Iterator[Any]:
+        return (key for key, _ in self._node._rows(self._name, self.TYPE))
+
+    def __len__(self) -> int:
+        return self._node._count(self._name, self.TYPE)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self._name!r} of node {self._node.node_id!r}>"
+
+
+class LWWMapView(_NamespaceView, MutableMapping[Any, Any]):
+    """A live view of one LWW-map namespace: every call reads or writes the directory."""
+
+    __slots__ = ()
+    TYPE = LWW
+
     def __getitem__(self, key: Any) -> Any:
         node = self._node
         dots = node._row(self, encode_key(key, node.settings))
@@ -470,10 +493,7 @@ class LWWMapView(MutableMapping[Any, Any]):
         return winning_value(dots)
 
     def __contains__(self, key: object) -> bool:
-        if not _valid_key(key):
-            return False
-        node = self._node
-        return bool(node._row(self, encode_key(key, node.settings)))
+        return bool(self._lookup(key))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._node._write(lambda w: w.put(self._name, key, value))
@@ -481,12 +501,6 @@ class LWWMapView(MutableMapping[Any, Any]):
     def __delitem__(self, key: Any) -> None:
         if not self._node._write(lambda w: w.delete(self._name, key)):
             raise KeyError(key)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (key for key, _ in self._node._rows(self._name, LWW))
-
-    def __len__(self) -> int:
-        return self._node._count(self._name, LWW)
 
     def items(self) -> ItemsView[Any, Any]:
         return _Items(self)
@@ -497,9 +511,6 @@ class LWWMapView(MutableMapping[Any, Any]):
     def _items(self) -> Iterator[tuple[Any, Any]]:
         for key, dots in self._node._rows(self._name, LWW):
             yield key, winning_value(dots)
-
-    def __repr__(self) -> str:
-        return f"<LWWMapView {self._name!r} of node {self._node.node_id!r}>"
 
 
 class _Items(ItemsView[Any, Any]):
@@ -516,32 +527,14 @@ class _Values(ValuesView[Any]):
         return (value for _, value in self._mapping._items())
 
 
-class ORSetView(MutableSet[Any]):
+class ORSetView(_NamespaceView, MutableSet[Any]):
     """A live view of one OR-Set namespace: every call reads or writes the directory."""
 
-    __slots__ = ("_name", "_node", "_ns_id")
+    __slots__ = ()
     TYPE = ORSET
 
-    def __init__(self, node: Node, name: str) -> None:
-        self._node = node
-        self._name = name
-        self._ns_id: int | None = None
-
-    @property
-    def name(self) -> str:
-        return self._name
-
     def __contains__(self, element: object) -> bool:
-        if not _valid_key(element):
-            return False
-        node = self._node
-        return bool(node._row(self, encode_key(element, node.settings)))
-
-    def __iter__(self) -> Iterator[Any]:
-        return (key for key, _ in self._node._rows(self._name, ORSET))
-
-    def __len__(self) -> int:
-        return self._node._count(self._name, ORSET)
+        return bool(self._lookup(element))
 
     def add(self, element: Any) -> None:
         self._node._write(lambda w: w.add(self._name, element))
@@ -553,8 +546,6 @@ class ORSetView(MutableSet[Any]):
         if not self._node._write(lambda w: w.remove(self._name, element)):
             raise KeyError(element)
 
-    def __repr__(self) -> str:
-        return f"<ORSetView {self._name!r} of node {self._node.node_id!r}>"
 
 
 __all__ = ["LWWMapView", "Node", "ORSetView", "open"]

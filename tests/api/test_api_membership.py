@@ -5,46 +5,17 @@ Two nodes in one test process still talk over real ZeroMQ sockets on loopback.
 
 from __future__ import annotations
 
-import itertools
-import os
 import queue
-import random
-import socket
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import crdtstore
+from crdtstore.localcluster import free_port, wait_until
 from crdtstore.membership import MemberStatus, StatusChange
 
-_ports = itertools.count(random.Random(os.getpid()).randrange(30_000, 32_000, 10))
-
-
-def free_port() -> int:
-    """A free loopback port below the kernel's ephemeral range (see tests/cluster)."""
-    for port in _ports:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise AssertionError("unreachable")
-
-
 FAST = {"heartbeat_interval_ms": 100, "suspect_after_ms": 600, "dead_after_ms": 1500}
-
-
-def wait_until(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (result := condition()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        time.sleep(0.02)  # polling interval of a bounded wait
-    return result
 
 
 @pytest.fixture
