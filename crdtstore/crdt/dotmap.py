@@ -18,6 +18,13 @@ the keys of removed dots), so ``join`` of two full states visits both.
 
 Payloads are immutable per dot: the same dot always carries the same payload, so a join
 never has to choose between two payloads of one dot.
+
+Join is commutative, associative and idempotent on values, but applying *deltas* to a
+replica is safe only in causal order: a delta whose context claims dots the replica has
+not received yet would mark them seen, and when they arrive later they would read as
+"removed" and be dropped. The sync engine therefore holds a batch back until the dots its
+context names are present (see ``crdtstore.sync.engine``), and a range reconciliation
+joins the sender's context only after every range is in.
 """
 
 from __future__ import annotations
