@@ -33,6 +33,8 @@ console = Console()
 MSG = b"x" * 60
 # spawn, not fork: the bench process holds LMDB environments, which must not cross a fork.
 SPAWN = mp.get_context("spawn")
+STARTED: list[ServeNode] = []
+"""Every node this run started, stopped at the end even when a measurement fails."""
 
 
 # -- the machine's limit: raw pyzmq PUB/SUB -----------------------------------------------
@@ -107,7 +109,9 @@ def start_cluster(root: Path, count: int, **config: Any) -> list[ServeNode]:
     nodes: list[ServeNode] = []
     for i in range(count):
         seeds = [nodes[0].bind] if nodes else []
-        nodes.append(ServeNode(root, f"n{i + 1}", seeds, config).start())
+        nodes.append(ServeNode(root, f"n{i + 1}", seeds, config))
+        STARTED.append(nodes[-1])
+        nodes[-1].start()
     wait_until(
         lambda: all(
             sum(s == "alive" for s, _ in n.member_status().values()) == count for n in nodes
@@ -238,8 +242,10 @@ def bootstrap(root: Path, n: int) -> float:
             with node.transaction():
                 for i in range(first, min(first + 50_000, n)):
                     m[f"item-{i:08d}"] = {"qty": i % 97, "site": "dc1"}
+    STARTED.append(seed_node)
     seed_node.start()
     newcomer = ServeNode(root, "new", [seed_node.bind])
+    STARTED.append(newcomer)
     start = time.perf_counter()
     newcomer.start()
     with Progress(
@@ -268,36 +274,42 @@ def main() -> int:
     for col in ("measure", "result", "reference", "ratio / goal"):
         table.add_column(col)
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
-        root = Path(tmp)
-        raw = raw_pubsub_rate(200_000 if quick else 500_000)
-        console.print(f"raw pyzmq PUB/SUB: {raw:,.0f} msgs/s")
-        for batch, count in ((1_000, 100_000 if quick else 300_000), (1, 2_000)):
-            r = throughput(root / f"tp{batch}", count, batch)
-            label = "transaction() of 1,000" if batch > 1 else "one commit per update"
-            table.add_row(
-                f"throughput, {label} ({count:,} updates)",
-                f"{r['replicated_per_s']:,.0f} upd/s replicated to 2 peers "
-                f"(written {r['written_per_s']:,.0f}/s)",
-                f"raw PUB/SUB {raw:,.0f} msg/s",
-                f"{r['replicated_per_s'] / raw:.2f}x raw; goal >= 50,000/s",
-            )
-            table.add_row(f"loopback bytes per update per peer ({label})",
-                          f"{r['wire_bytes_per_update']:,.0f} B", "", "")
-        for rate in (1_000, 5_000):
-            lat = latency(root / f"lat{rate}", rate, 5 if quick else 10)
-            table.add_row(
-                f"propagation latency at {rate:,} upd/s",
-                f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['n']:,} samples)",
-                "", "goal p99 < 50 ms at 5,000/s",
-            )
-        idle_rate = idle(root / "idle", 5 if quick else 10)
-        table.add_row("idle loopback bytes/s per node (3 nodes)", f"{idle_rate:,.0f} B/s", "", "")
-        for n in (100_000,) if quick else (100_000, 1_000_000):
-            rate = bootstrap(root / f"boot{n}", n)
-            table.add_row(f"bootstrap of a new node from {n:,} entries", f"{rate:,.0f} entries/s",
-                          "", f"{rate / 100_000:.2f}x goal (100,000/s)")
+        try:
+            run(Path(tmp), quick, table)
+        finally:
+            stop_all([n for n in STARTED if n.alive()])
     console.print(table)
     return 0
+
+
+def run(root: Path, quick: bool, table: Table) -> None:
+    raw = raw_pubsub_rate(200_000 if quick else 500_000)
+    console.print(f"raw pyzmq PUB/SUB: {raw:,.0f} msgs/s")
+    for batch, count in ((1_000, 100_000 if quick else 300_000), (1, 2_000)):
+        r = throughput(root / f"tp{batch}", count, batch)
+        label = "transaction() of 1,000" if batch > 1 else "one commit per update"
+        table.add_row(
+            f"throughput, {label} ({count:,} updates)",
+            f"{r['replicated_per_s']:,.0f} upd/s replicated to 2 peers "
+            f"(written {r['written_per_s']:,.0f}/s)",
+            f"raw PUB/SUB {raw:,.0f} msg/s",
+            f"{r['replicated_per_s'] / raw:.2f}x raw; goal >= 50,000/s",
+        )
+        table.add_row(f"loopback bytes per update per peer ({label})",
+                      f"{r['wire_bytes_per_update']:,.0f} B", "", "")
+    for rate in (1_000, 5_000):
+        lat = latency(root / f"lat{rate}", rate, 5 if quick else 10)
+        table.add_row(
+            f"propagation latency at {rate:,} upd/s",
+            f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['n']:,} samples)",
+            "", "goal p99 < 50 ms at 5,000/s",
+        )
+    idle_rate = idle(root / "idle", 5 if quick else 10)
+    table.add_row("idle loopback bytes/s per node (3 nodes)", f"{idle_rate:,.0f} B/s", "", "")
+    for n in (100_000,) if quick else (100_000, 1_000_000):
+        rate = bootstrap(root / f"boot{n}", n)
+        table.add_row(f"bootstrap of a new node from {n:,} entries", f"{rate:,.0f} entries/s",
+                      "", f"{rate / 100_000:.2f}x goal (100,000/s)")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ and the ``status.json`` the node refreshes, never through objects inside the pro
 
 from __future__ import annotations
 
+import atexit
 import itertools
 import json
 import os
@@ -102,6 +103,9 @@ class ServeNode:
         return cmd
 
     def start(self, timeout: float = 30.0) -> ServeNode:
+        # A caller that dies mid-way (a failed benchmark, an interrupted test run) must not
+        # leave daemons behind: reap whatever is still running when this process exits.
+        atexit.register(self._reap)
         with self.log.open("a") as log:
             self.proc = subprocess.Popen(
                 self.command(), stdout=subprocess.PIPE, stderr=log, text=True
@@ -123,6 +127,12 @@ class ServeNode:
 
         wait_until(ready, f"{self.name} is READY", timeout)
         return self
+
+    def _reap(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait()
 
     @property
     def pid(self) -> int:
