@@ -128,9 +128,9 @@ class LMDBReplica:
         if node_id is not None:
             check_node_id(node_id)
         self._env = self._open_env()
-        self._map_size: int = self._env.info()["map_size"]
         try:
-            self.dbs = {name: self._env.open_db(name.encode()) for name in layout.TABLES}
+            self.dbs = self._open_dbs()
+            self._map_size: int = self._env.info()["map_size"]
             self._node_id = self._write(lambda txn: self._init_meta(txn, node_id))
         except BaseException:
             self._env.close()
@@ -161,6 +161,16 @@ class LMDBReplica:
             )
         except (OSError, lmdb.Error) as exc:
             raise StorageError(f"cannot open node directory {self.path}: {exc}") from exc
+
+    def _open_dbs(self) -> dict[str, Any]:
+        """The named databases. Another process may grow the map at any moment (before
+        or while we open): adopt the file's size and retry, as every transaction does."""
+        for _ in range(100):
+            try:
+                return {name: self._env.open_db(name.encode()) for name in layout.TABLES}
+            except lmdb.MapResizedError:
+                self._env.set_mapsize(0)
+        raise StorageError(f"{self.path}: the map kept growing while it was being opened")
 
     def _init_meta(self, txn: lmdb.Transaction, node_id: str | None) -> str:
         meta = self.dbs["meta"]
