@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from machine import lo_bytes
 from rich.console import Console
 from rich.table import Table
 
@@ -36,14 +37,6 @@ def cpu_seconds(pid: int) -> float:
 
 def rss_mib(pid: int) -> float:
     return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE / 2**20
-
-
-def lo_bytes() -> int:
-    for line in Path("/proc/net/dev").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name.strip() == "lo":
-            return int(rest.split()[0])
-    return 0
 
 
 def start(root: Path, count: int, **config: Any) -> list[ServeNode]:

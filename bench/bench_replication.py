@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from machine import lo_bytes
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -85,15 +86,6 @@ def raw_pubsub_rate(count: int) -> float:
 
 
 # -- helpers ---------------------------------------------------------------------------------
-
-
-def lo_bytes() -> int:
-    """Bytes received on the loopback interface so far (every replication frame, framed)."""
-    for line in Path("/proc/net/dev").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        if name.strip() == "lo":
-            return int(rest.split()[0])
-    return 0
 
 
 def entries(data: Path, namespace: str) -> int:

@@ -9,10 +9,6 @@ exactly how a service embedding crdtstore beside a daemon would use it.
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -23,50 +19,17 @@ from rich.console import Console
 from rich.table import Table
 
 import crdtstore
+from crdtstore.localcluster import ServeNode
 
 console = Console()
 NAMES = ("n1", "n2", "n3")
 
 
-def free_port() -> int:
-    """A free TCP port on loopback for a node's ROUTER (its PUB port is picked by the OS)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class DemoNode(ServeNode):
+    """A ``crdtstore serve`` process (see :mod:`crdtstore.localcluster`) the demo reads."""
 
-
-class DemoNode:
     def __init__(self, name: str, root: Path, seed: str | None) -> None:
-        self.name = name
-        self.data = root / name
-        self.bind = f"tcp://127.0.0.1:{free_port()}"
-        self.seed = seed
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self) -> None:
-        cmd = [sys.executable, "-m", "crdtstore.cli", "serve", "--data", str(self.data),
-               "--bind", self.bind, "--node-id", self.name, "--log-level", "WARNING"]
-        if self.seed:
-            cmd += ["--seed", self.seed]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line.startswith("READY"):
-            raise RuntimeError(f"{self.name} failed to start: {line!r}")
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        super().__init__(root, name, [seed] if seed else [], log_level="WARNING")
 
     def snapshot(self) -> tuple[dict[Any, Any], frozenset[Any], int]:
         with crdtstore.open(self.data) as node:

@@ -81,9 +81,15 @@ class ServeNode:
     """One ``crdtstore serve`` process and its directory."""
 
     def __init__(
-        self, root: Path, name: str, seeds: list[str], config: dict[str, Any] | None = None
+        self,
+        root: Path,
+        name: str,
+        seeds: list[str],
+        config: dict[str, Any] | None = None,
+        log_level: str = "INFO",
     ) -> None:
         self.name = name
+        self.log_level = log_level
         self.data = root / name
         self.bind = f"tcp://127.0.0.1:{free_port()}"
         self.seeds = seeds
@@ -93,7 +99,7 @@ class ServeNode:
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "crdtstore.cli", "serve", "--data", str(self.data),
-               "--bind", self.bind, "--node-id", self.name, "--log-level", "INFO"]
+               "--bind", self.bind, "--node-id", self.name, "--log-level", self.log_level]
         for seed in self.seeds:
             cmd += ["--seed", seed]
         if self.config:

@@ -16,13 +16,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from crdtstore.localcluster import wait_until
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica
 
@@ -71,11 +71,7 @@ def _wait_for(
     condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition"
 ) -> None:
     """Poll ``condition`` until true; fail after ``timeout`` seconds (a bound, not a sleep)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
+    wait_until(condition, what, timeout, every=0.01)
 
 
 @pytest.fixture
