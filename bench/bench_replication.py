@@ -34,6 +34,7 @@ console = Console()
 MSG = b"x" * 60
 # spawn, not fork: the bench process holds LMDB environments, which must not cross a fork.
 SPAWN = mp.get_context("spawn")
+PARTS = ("throughput", "latency", "idle", "bootstrap")
 STARTED: list[ServeNode] = []
 """Every node this run started, stopped at the end even when a measurement fails."""
 
@@ -259,6 +260,7 @@ def bootstrap(root: Path, n: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller counts, no 1M bootstrap")
+    parser.add_argument("--only", choices=PARTS, action="append", help="run only these parts")
     args = parser.parse_args()
     quick = args.quick
     load = os.getloadavg()[0]
@@ -267,17 +269,18 @@ def main() -> int:
         table.add_column(col)
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
         try:
-            run(Path(tmp), quick, table)
+            run(Path(tmp), quick, table, set(args.only or PARTS))
         finally:
             stop_all([n for n in STARTED if n.alive()])
     console.print(table)
     return 0
 
 
-def run(root: Path, quick: bool, table: Table) -> None:
+def run(root: Path, quick: bool, table: Table, parts: set[str]) -> None:
     raw = raw_pubsub_rate(200_000 if quick else 500_000)
     console.print(f"raw pyzmq PUB/SUB: {raw:,.0f} msgs/s")
-    for batch, count in ((1_000, 100_000 if quick else 300_000), (1, 2_000)):
+    runs = ((1_000, 100_000 if quick else 300_000), (1, 2_000))
+    for batch, count in runs if "throughput" in parts else ():
         r = throughput(root / f"tp{batch}", count, batch)
         label = "transaction() of 1,000" if batch > 1 else "one commit per update"
         table.add_row(
@@ -289,16 +292,18 @@ def run(root: Path, quick: bool, table: Table) -> None:
         )
         table.add_row(f"loopback bytes per update per peer ({label})",
                       f"{r['wire_bytes_per_update']:,.0f} B", "", "")
-    for rate in (1_000, 5_000):
+    for rate in (1_000, 5_000) if "latency" in parts else ():
         lat = latency(root / f"lat{rate}", rate, 5 if quick else 10)
         table.add_row(
             f"propagation latency at {rate:,} upd/s",
             f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['n']:,} samples)",
             "", "goal p99 < 50 ms at 5,000/s",
         )
-    idle_rate = idle(root / "idle", 5 if quick else 10)
-    table.add_row("idle loopback bytes/s per node (3 nodes)", f"{idle_rate:,.0f} B/s", "", "")
-    for n in (100_000,) if quick else (100_000, 1_000_000):
+    if "idle" in parts:
+        idle_rate = idle(root / "idle", 5 if quick else 10)
+        table.add_row("idle loopback bytes/s per node (3 nodes)", f"{idle_rate:,.0f} B/s", "", "")
+    sizes = (100_000,) if quick else (100_000, 1_000_000)
+    for n in sizes if "bootstrap" in parts else ():
         rate = bootstrap(root / f"boot{n}", n)
         table.add_row(f"bootstrap of a new node from {n:,} entries", f"{rate:,.0f} entries/s",
                       "", f"{rate / 100_000:.2f}x goal (100,000/s)")

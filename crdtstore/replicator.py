@@ -266,16 +266,25 @@ class Replicator:
         next_heartbeat = 0
         next_hello = 0
         next_status = 0
+        next_publish = 0
+        publish_every = self._settings.publish_interval_ms
         while not self._stop.is_set():
             now = now_ms()
-            wait_ms = max(0, min(next_tick, next_heartbeat) - now)
+            due = min(next_tick, next_heartbeat)
+            if self._commit_pending.is_set():
+                due = min(due, next_publish)
+            wait_ms = max(0, due - now)
             delivery = self.transport.recv(timeout=min(wait_ms, self._settings.poll_ms) / 1000)
             now = now_ms()
             try:
                 if delivery is not None:
                     self._emit(self._on_delivery(delivery, now))
-                if self._commit_pending.is_set():
+                if self._commit_pending.is_set() and now >= next_publish:
+                    # Commits made since the last publication leave together, one frame
+                    # per namespace: under load, peers get fewer and larger batches (each
+                    # one a durable commit there) for at most publish_interval_ms of delay.
                     self._commit_pending.clear()
+                    next_publish = now + publish_every
                     self._emit(self.engine.on_local_commit(now))
                 if now >= next_tick:
                     next_tick = now + interval
