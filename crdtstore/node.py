@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import (
     Callable,
@@ -51,6 +52,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LWW = "lww_map"
 RESERVED_PREFIX = "__"
+TOPICS_RECHECK_S = 1.0
+"""How stale this process's view of the directory's declared topics may be."""
 ORSET = "or_set"
 
 
@@ -108,6 +111,7 @@ class Node:
             sorted(self.settings.topics)
         ):
             self._replica.declare_topics(self.settings.topics)
+        self._topics_cache: tuple[frozenset[str] | None, float] | None = None
         self._role: NetworkRole | None = None
         self._role_stop = threading.Event()
         self._role_thread: threading.Thread | None = None
@@ -139,8 +143,14 @@ class Node:
         process opened it with ``topics``; every process sharing the directory obeys it."""
         if self.settings.topics is not None:
             return frozenset(self.settings.topics)
-        stored = self._replica.topics()
-        return None if stored is None else frozenset(stored)
+        now = time.monotonic()
+        cached = self._topics_cache
+        if cached is None or now - cached[1] > TOPICS_RECHECK_S:
+            # Re-read now and then, not on every view: a declaration is rare, and this
+            # sits on the path of every lww_map() / or_set() call.
+            stored = self._replica.topics()
+            cached = self._topics_cache = (None if stored is None else frozenset(stored), now)
+        return cached[0]
 
     @property
     def router_address(self) -> str | None:
