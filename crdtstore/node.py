@@ -506,7 +506,12 @@ class LWWMapView(_NamespaceView, MutableMapping[Any, Any]):
         return bool(self._lookup(key))
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        self._node._write(lambda w: w.put(self._name, key, value))
+        node = self._node
+        w = node._tls.__dict__.get("write")
+        if w is not None and not node._closed:  # in this thread's transaction: the hot path
+            w.put(self._name, key, value)
+        else:
+            self._node._write(lambda w: w.put(self._name, key, value))
 
     def __delitem__(self, key: Any) -> None:
         if not self._node._write(lambda w: w.delete(self._name, key)):
@@ -547,7 +552,12 @@ class ORSetView(_NamespaceView, MutableSet[Any]):
         return bool(self._lookup(element))
 
     def add(self, element: Any) -> None:
-        self._node._write(lambda w: w.add(self._name, element))
+        node = self._node
+        w = node._tls.__dict__.get("write")
+        if w is not None and not node._closed:  # in this thread's transaction: the hot path
+            w.add(self._name, element)
+        else:
+            self._node._write(lambda w: w.add(self._name, element))
 
     def discard(self, element: Any) -> None:
         self._node._write(lambda w: w.remove(self._name, element))
@@ -555,7 +565,6 @@ class ORSetView(_NamespaceView, MutableSet[Any]):
     def remove(self, element: Any) -> None:
         if not self._node._write(lambda w: w.remove(self._name, element)):
             raise KeyError(element)
-
 
 
 __all__ = ["LWWMapView", "Node", "ORSetView", "open"]

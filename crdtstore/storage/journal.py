@@ -49,7 +49,7 @@ def last_seq(txn: lmdb.Transaction, db: Any) -> int:
 def append(txn: lmdb.Transaction, db: Any, events: list[Event], keep: int) -> int:
     """Append one row of events and trim to ``keep`` rows; returns the new row's seq."""
     seq = last_seq(txn, db) + 1
-    txn.put(u64(seq), msgpack.packb([list(e) for e in events], use_bin_type=True), db=db)
+    txn.put(u64(seq), msgpack.packb(events, use_bin_type=True), db=db)  # tuples pack as arrays
     oldest = seq - keep
     if oldest > 0:
         with txn.cursor(db) as cur:

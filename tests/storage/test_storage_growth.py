@@ -26,6 +26,19 @@ def test_tiny_map_grows_transparently(tmp_path: Path) -> None:
         assert len(node.lww_map("m")) == 3200
 
 
+def test_growth_mid_transaction_replays_adds_without_gaps(tmp_path: Path) -> None:
+    with crdtstore.open(tmp_path / "n", node_id="a", map_size=64 * 1024) as node:
+        s = node.or_set("s")
+        with node.transaction():
+            for i in range(3000):
+                s.add(f"element-{i:05d}-" + "x" * 60)
+        assert node.stats["map_grown"] >= 1
+        assert len(s) == 3000
+        # Replayed mutations consume the same dots: the context is exactly a:1..3000.
+        ctx = node._replica.context("s")
+        assert ctx.vv == {"a": 3000} and not ctx.cloud
+
+
 def test_another_process_growing_the_map_is_adopted(tmp_path: Path, spawn: Any) -> None:
     path = str(tmp_path / "n")
     with crdtstore.open(path, map_size=64 * 1024) as node:
