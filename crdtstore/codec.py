@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import msgpack
 
 from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap, check_key
+from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.errors import DecodeError, Error
 
 FORMAT_VERSION = 1
@@ -83,18 +84,24 @@ def unpack(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
 
 
 def check_depth(obj: Any, max_depth: int) -> None:
+    # Only containers go on the stack: most of a message is scalars, and visiting each
+    # one as a stack item was most of the cost of decoding a large reply.
+    if type(obj) is not list and type(obj) is not dict:
+        return
     stack: list[tuple[Any, int]] = [(obj, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, list | dict):
-            if depth > max_depth:
-                raise DecodeError(f"nesting deeper than max_depth={max_depth}")
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-            if isinstance(item, dict):
-                for key in item:
-                    if isinstance(key, list | dict):
-                        raise DecodeError("map keys must be scalars")
+        if depth > max_depth:
+            raise DecodeError(f"nesting deeper than max_depth={max_depth}")
+        if type(item) is dict:
+            for key in item:
+                if type(key) is list or type(key) is dict:
+                    raise DecodeError("map keys must be scalars")
+            children = item.values()
+        else:
+            children = item
+        inner = depth + 1
+        stack.extend([(c, inner) for c in children if type(c) is list or type(c) is dict])
 
 
 # -- typed field readers, for this module and the protocol messages ------------------------
@@ -185,21 +192,49 @@ def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
     stamped = cls is LWWMap
     entries: dict[Any, dict[Dot, Any]] = {}
     owner: set[Dot] = set()
+    width = 4 if stamped else 2
+    vv, cloud = ctx.vv, ctx.cloud
+    # The loop below runs once per shipped dot (a bootstrap decodes millions): each check is
+    # done inline on the exact types msgpack produces, and anything unusual goes through the
+    # expect_* readers, which raise the precise error.
     for item in expect_list(entries_obj, "entries"):
-        key_obj, dots_obj = expect_list(item, "entry", 2)
-        key = expect_key(key_obj)
+        if type(item) is list and len(item) == 2:
+            key_obj, dots_obj = item
+        else:
+            key_obj, dots_obj = expect_list(item, "entry", 2)
+        kt = type(key_obj)
+        if kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key_obj <= MAX_INT_KEY):
+            key = key_obj
+        else:
+            key = expect_key(key_obj)
         if key in entries:
             raise DecodeError(f"key {key!r} appears twice")
         entry: dict[Dot, Any] = {}
-        for raw in expect_list(dots_obj, "entry dots"):
-            fields = expect_list(raw, "stamped dot" if stamped else "dot", 4 if stamped else 2)
-            dot = decode_dot(fields[:2])
+        for raw in dots_obj if type(dots_obj) is list else expect_list(dots_obj, "entry dots"):
+            if type(raw) is not list or len(raw) != width:
+                raw = expect_list(raw, "stamped dot" if stamped else "dot", width)
+            replica, seq = raw[0], raw[1]
+            if (
+                type(replica) is str
+                and 0 < len(replica) <= MAX_REPLICA_ID_LEN
+                and type(seq) is int
+                and 1 <= seq <= MAX_SEQ
+            ):
+                dot = Dot(replica, seq)
+            else:
+                dot = decode_dot(raw[:2])
             if dot in owner:
                 raise DecodeError(f"dot {dot} is live at two keys")
-            if dot not in ctx:
+            if seq > vv.get(replica, 0) and dot not in cloud:
                 raise DecodeError(f"live dot {dot} is not in the value's context")
             owner.add(dot)
-            entry[dot] = (expect_int(fields[2], "timestamp"), fields[3]) if stamped else None
+            if stamped:
+                ts = raw[2]
+                if type(ts) is not int or not 0 <= ts <= MAX_SEQ:
+                    ts = expect_int(ts, "timestamp")
+                entry[dot] = (ts, raw[3])
+            else:
+                entry[dot] = None
         if not entry and not is_delta:
             raise DecodeError(f"state (not delta) has an empty entry for {key!r}")
         entries[key] = entry

@@ -405,6 +405,7 @@ class Replicator:
                 hello = Hello(self._own.node_id, self._own.router, self._own.pub,
                               self._own.public_key, reply=True)
                 self.transport.send(msg.node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+                self._emit(self.engine.greet(msg.node_id))
         else:
             self.stats["rejected_membership"] += 1
 

@@ -30,13 +30,12 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import msgpack
 
-from crdtstore.codec import FORMAT_VERSION, check_depth
+from crdtstore.codec import FORMAT_VERSION
 from crdtstore.crdt import CausalContext, Dot, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
 from crdtstore.errors import (
     ClosedError,
-    DecodeError,
     InvalidValue,
     StorageError,
     TypeMismatch,
@@ -75,12 +74,27 @@ def encode_key(key: object, settings: NodeSettings) -> bytes:
 _SCALARS = (str, int, float, bytes, bool, type(None))
 
 
+def check_value(value: object, max_depth: int) -> None:
+    """Refuse what peers' decoder (:func:`crdtstore.codec.check_depth`) would refuse once
+    ``value`` is packed: nesting beyond ``max_depth``, containers as map keys. msgpack packs
+    tuples and subclasses of list and dict as arrays and maps, so they count too."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > max_depth:
+            raise InvalidValue(f"value nests deeper than max_value_depth={max_depth}")
+        if isinstance(item, dict):
+            if any(isinstance(k, list | tuple | dict) for k in item):
+                raise InvalidValue("value has a list, tuple or dict as a map key")
+            children: Any = item.values()
+        else:
+            children = item
+        stack.extend((c, depth + 1) for c in children if isinstance(c, list | tuple | dict))
+
+
 def encode_value(value: object, settings: NodeSettings) -> bytes:
-    if type(value) not in _SCALARS:
-        try:
-            check_depth(value, settings.max_value_depth)
-        except DecodeError as exc:
-            raise InvalidValue(f"value nests too deep: {exc}") from exc
+    if isinstance(value, list | tuple | dict):
+        check_value(value, settings.max_value_depth)
     try:
         data: bytes = layout.pack(value)
     except (TypeError, ValueError, OverflowError) as exc:

@@ -51,6 +51,7 @@ from crdtstore.crdt import (
     make_timestamp,
 )
 from crdtstore.crdt.hlc import MAX_TIMESTAMP
+from crdtstore.crdt.lwwmap import winner
 from crdtstore.errors import (
     ClockDriftError,
     ClosedError,
@@ -560,9 +561,14 @@ class LMDBReplica:
         theirs: Mapping[Dot, Any],
         their_ctx: CausalContext,
         origin: str | None,
+        ekey: bytes | None = None,
+        khash: int = 0,
     ) -> None:
-        ekey = layout.pack_key(key)
-        khash = layout.hash_encoded_key(ekey)
+        """Join one key's shipped dots into its row (``ekey`` / ``khash``: the key's
+        encoding and hash when the caller has them already)."""
+        if ekey is None:
+            ekey = layout.pack_key(key)
+            khash = layout.hash_encoded_key(ekey)
         rkey = layout.row_key(ns_id, khash, ekey)
         old = writer.get(rkey)
         mine = entry_from_row(layout.unpack_row(old)[1], stamped) if old else {}
@@ -832,25 +838,63 @@ class LMDBReplica:
         shipped: DotMap[Any],
     ) -> list[Dot]:
         stamped = tname == LWW
-        theirs: dict[bytes, tuple[Any, Mapping[Dot, Any]]] = {}
+        theirs: dict[bytes, tuple[Any, Mapping[Dot, Any], int]] = {}
         received: list[Dot] = []
         for key, entry in shipped.entries.items():
             ekey = layout.pack_key(key)
-            if not lo <= layout.hash_encoded_key(ekey) < hi:
+            khash = layout.hash_encoded_key(ekey)
+            if not lo <= khash < hi:
                 self.stats["range_key_outside"] += 1
                 raise InvalidValue(f"shipped key {key!r} lies outside [{lo}, {hi})")
-            theirs[ekey] = (key, entry)
+            theirs[ekey] = (key, entry, khash)
             received.extend(entry)
-        mine_keys = [
-            layout.unpack_stored(layout.split_row_key(rkey)[1])
-            for rkey, _ in self._scan(txn, ns_id, lo, hi)
+        mine = [
+            (layout.unpack_stored(ekey), bytes(ekey), khash)
+            for khash, ekey in (
+                layout.split_row_key(rkey) for rkey, _ in self._scan(txn, ns_id, lo, hi)
+            )
         ]
         their_ctx = shipped.context
-        for key in mine_keys:
-            _, entry = theirs.pop(layout.pack_key(key), (key, {}))
-            self._join_key(writer, ns_id, namespace, stamped, key, ctx, entry, their_ctx, None)
-        for key, entry in theirs.values():
-            self._join_key(writer, ns_id, namespace, stamped, key, ctx, entry, their_ctx, None)
+        for key, ekey, khash in mine:
+            _, entry, _ = theirs.pop(ekey, (key, {}, khash))
+            self._join_key(
+                writer, ns_id, namespace, stamped, key, ctx, entry, their_ctx, None, ekey, khash
+            )
+        # Keys we hold no row for (all of them, in a bootstrap): the join keeps the shipped
+        # dots our context has not seen, and the row is written straight (as _join_key
+        # would, without the generic join: this loop runs once per key of a bootstrap).
+        vv, cloud = ctx.vv, ctx.cloud
+        prefix, buckets, events = layout.ns_prefix(ns_id), writer.buckets, writer.events
+        txn_put, state = txn.put, self._state
+        for ekey, (key, entry, khash) in theirs.items():
+            if len(entry) == 1:  # the usual case: one live dot per key
+                dots = [d for d in entry if d[1] > vv.get(d[0], 0) and d not in cloud]
+            else:
+                dots = sorted(d for d in entry if d[1] > vv.get(d[0], 0) and d not in cloud)
+            if not dots:
+                continue
+            h = blake2b(ekey, digest_size=8)
+            for replica, seq in dots:
+                h.update(replica.encode() + b"\0" + seq.to_bytes(8, "big"))
+            edig = h.digest()  # layout.entry_hash_encoded(ekey, dots)
+            event: journal.Event
+            if stamped:
+                row = [[d[0], d[1], *entry[d]] for d in dots]
+                won = (
+                    (dots[0], entry[dots[0]])
+                    if len(dots) == 1
+                    else winner({d: entry[d] for d in dots})
+                )
+                assert won is not None
+                event = (namespace, key, None, won[1][1], won[0].replica)
+            else:
+                row = [[d[0], d[1]] for d in dots]
+                event = (namespace, key, False, True, None)
+            txn_put(prefix + khash.to_bytes(8, "big") + ekey, edig + layout.pack(row), db=state)
+            acc = buckets.setdefault((ns_id, khash >> layout.BUCKET_SHIFT), [0, 0])
+            acc[0] ^= int.from_bytes(edig, "big")
+            acc[1] += 1
+            events.append(event)
         return received
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:

@@ -26,8 +26,9 @@ nothing below needs ordered or exactly-once delivery.
    answers from its delta log (``RepairReply``) or says ``LogGap``.
 4. Range reconciliation, on ``LogGap`` or when we hold nothing of a namespace a peer has
    data in. The asker sends the fingerprints of key-hash ranges; the sender answers each
-   range as equal, as its entries (when it holds at most ``range_leaf_entries`` there),
-   or as ``range_fanout`` sub-range fingerprints, which the asker compares with its own
+   range as equal, as its entries (when it holds at most ``range_leaf_entries`` there,
+   or the asker holds nothing there: ``range_ship_to_empty``), or as ``range_fanout``
+   sub-range fingerprints, which the asker compares with its own
    and asks about again where they differ. Cost grows with the difference, not the state.
 
    Why the sender's context travels with the entries, and when it may be merged. A
@@ -264,6 +265,13 @@ class SyncEngine:
                 out.append(Publish(ns, data))
                 self.stats["batches_published"] += 1
         return self._count_sent(out)
+
+    def greet(self, peer: str) -> list[Outgoing]:
+        """Our digest, sent directly to a peer that just joined: it learns what to fetch at
+        once instead of at our next published digest (and before its SUB has caught up)."""
+        if peer not in self._peers:
+            return []
+        return self._count_sent([Send(peer, encode_message(self._digest()))])
 
     def on_tick(self, now_ms: int) -> list[Outgoing]:
         out: list[Outgoing] = []
@@ -628,16 +636,26 @@ class SyncEngine:
             return []
         # The base context is read BEFORE any range (see the module docstring).
         context = self.replica.context(ns) if msg.want_context else None
-        mine = self.replica.fingerprints(ns, [(r.lo, r.hi) for r in msg.ranges])
         answers: list[RangeAnswer] = []
         budget = self.settings.range_max_reply_entries
-        for theirs, (fp, count) in zip(msg.ranges, mine, strict=True):
+        for theirs in msg.ranges:
             lo, hi = theirs.lo, theirs.hi
+            # One range at a time: a reply that fills its budget early stops here, without
+            # computing fingerprints (a scan below bucket size) it would not send.
+            [(fp, count)] = self.replica.fingerprints(ns, [(lo, hi)])
             if (fp, count) == (theirs.fingerprint, theirs.count):
                 answers.append(RangeAnswer(lo, hi, RANGE_EQUAL, fingerprint=fp, count=count))
                 continue
             parts = split_range(lo, hi, self.settings.range_fanout)
-            if count <= self.settings.range_leaf_entries or len(parts) < 2:
+            if (
+                count <= self.settings.range_leaf_entries
+                or len(parts) < 2
+                or (
+                    self.settings.range_ship_to_empty
+                    and theirs.count == 0
+                    and count <= self.settings.range_max_reply_entries
+                )
+            ):
                 if answers and count > budget:
                     break  # the asker asks again for what is left unanswered
                 budget -= count
@@ -786,7 +804,11 @@ def _restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:
     deltas' context (what they replaced) is not in ``base``, so taking them here would
     mark them seen without what they depend on.
     """
-    entries = {k: {d: p for d, p in e.items() if d in base} for k, e in shipped.entries.items()}
+    vv, cloud = base.vv, base.cloud  # ``d in base``, inlined: this runs once per shipped dot
+    entries = {
+        k: {d: p for d, p in e.items() if d[1] <= vv.get(d[0], 0) or d in cloud}
+        for k, e in shipped.entries.items()
+    }
     return type(shipped)(entries, base, is_delta=True)
 
 

@@ -48,10 +48,16 @@ class SyncSettings:
     whole instead of split further: below this, one more round trip of fingerprints
     costs more than the entries themselves."""
 
+    range_ship_to_empty: bool = True
+    """Ship a differing range whole, however many entries it holds (up to
+    ``range_max_reply_entries``), when the asker holds nothing in it: splitting it further
+    would only make more round trips, as every sub-range differs too. This is what makes
+    a new node's bootstrap a stream of large replies instead of a tree walk."""
+
     range_max_query_ranges: int = 256
     """Most ranges one reconciliation query asks about (the rest wait for the next round)."""
 
-    range_max_reply_entries: int = 4096
+    range_max_reply_entries: int = 16384
     """Most entries one reconciliation reply ships; ranges beyond it are left unanswered
     and asked again (bounds the reply's size)."""
 

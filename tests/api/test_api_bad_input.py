@@ -44,6 +44,13 @@ def deep(levels: int) -> Any:
     return value
 
 
+def tuples(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = (value,)
+    return value
+
+
 BAD_CALLS = [
     (
         "value not msgpack-able",
@@ -53,6 +60,14 @@ BAD_CALLS = [
     ("set in a value", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", {1, 2})),
     ("int too big for msgpack", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", 1 << 70)),
     ("value too deep", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", deep(40))),
+    # Peers' decoder refuses these once packed, which would stall the origin's batches there.
+    ("tuples too deep", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", tuples(40))),
+    ("tuple as a map key", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", {(1, 2): 3})),
+    (
+        "list as a nested map key",
+        InvalidValue,
+        lambda n: n.lww_map("m").__setitem__("k", {"a": [{"b": 1}, {("c",): 2}]}),
+    ),
     ("value too large", ValueTooLarge, lambda n: n.lww_map("m").__setitem__("k", "x" * 2_000_000)),
     ("float key", InvalidValue, lambda n: n.lww_map("m").__setitem__(1.5, 1)),
     ("tuple key", InvalidValue, lambda n: n.lww_map("m").__setitem__((1, 2), 1)),

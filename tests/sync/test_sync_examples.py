@@ -101,7 +101,14 @@ def _pump(a: SyncEngine, b: SyncEngine, out: list[Any], now: int, limit: int) ->
 
 
 def test_partial_range_context_does_not_lose_adds() -> None:
-    cfg = settings(range_leaf_entries=1, range_fanout=2, range_max_query_ranges=2)
+    # A session of many rounds (tiny leaves, not shipping whole to the empty asker), so it
+    # can be interrupted with some ranges staged and others not.
+    cfg = settings(
+        range_leaf_entries=1,
+        range_fanout=2,
+        range_max_query_ranges=2,
+        range_ship_to_empty=False,
+    )
     sender, asker = MemoryReplica("s"), MemoryReplica("a")
     for _ in range(2):  # each second add replaces the first: a delta with a dependency
         for i in range(40):
@@ -129,6 +136,29 @@ def test_partial_range_context_does_not_lose_adds() -> None:
     assert asker.value("set") == sender.value("set")  # no lost add, no revived replaced dot
 
 
+def _bootstrap_rounds(ship_to_empty: bool) -> tuple[int, SyncEngine, MemoryReplica]:
+    cfg = settings(range_leaf_entries=4, range_fanout=4, range_ship_to_empty=ship_to_empty)
+    sender, asker = MemoryReplica("s"), MemoryReplica("a")
+    for i in range(500):
+        sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
+    sender.mutate("set", "or_set", lambda st: st.remove("s", 7))  # type: ignore[attr-defined]
+    s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    s_engine.add_peer("a")
+    a_engine.add_peer("s")
+    digest = next(o for o in s_engine.on_tick(0) if isinstance(o, Publish))
+    _pump(a_engine, s_engine, a_engine.on_message("", digest.data, 0), 0, limit=10_000)
+    assert asker.value("set") == sender.value("set")
+    return s_engine.stats["range_queries_served"], a_engine, asker
+
+
+def test_empty_asker_gets_whole_ranges_in_one_round() -> None:
+    rounds, engine, _ = _bootstrap_rounds(ship_to_empty=True)
+    assert rounds == 1, engine.stats
+    assert engine.stats["range_sessions_completed"] == 1
+    slow_rounds, _, _ = _bootstrap_rounds(ship_to_empty=False)
+    assert slow_rounds > 3  # the tree walk it replaces: 4-way splits down to 4 entries
+
+
 def test_node_never_requests_namespace_outside_topics() -> None:
     topics = {"n0": {"a", "b"}, "n1": {"a"}, "n2": {"a", "b"}}
     sim = Simulator(3, seed=4, settings=FAST, topics=topics, record=True)
@@ -150,9 +180,9 @@ def test_node_never_requests_namespace_outside_topics() -> None:
     # Asked directly, n1 neither answers nor accepts anything about b.
     n1 = sim.engine("n1")
     assert n1.on_message("n0", encode_message(RepairRequest(1, "b", "n2", 1, 5)), sim.now) == []
-    batch = sim.replica("n2").log_batches("b", "n2", 1, 1) or sim.replica("n0").log_batches(
-        "b", "n2", 20, 20
-    )
+    writer = MemoryReplica("n2")  # a well-formed batch of b from n2, as n2 would publish it
+    writer.mutate("b", "or_set", lambda st: st.add("n2", 99))  # type: ignore[attr-defined]
+    batch = writer.log_batches("b", "n2", 1, 1)
     assert batch
     n1.on_message("", batch[0], sim.now)
     assert n1.stats["rejected_topic"] >= 2
@@ -211,7 +241,12 @@ def test_idle_digest_cost_constant() -> None:
 def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
     # Dots the sender gains after the base snapshot must not be taken from a range: their
     # deltas replaced dots the base does not hold, which would then come back to life.
-    cfg = settings(range_leaf_entries=1, range_fanout=2, range_max_query_ranges=2)
+    cfg = settings(
+        range_leaf_entries=1,
+        range_fanout=2,
+        range_max_query_ranges=2,
+        range_ship_to_empty=False,  # several rounds: the sender changes between them
+    )
     sender, asker = MemoryReplica("s"), MemoryReplica("a")
     for i in range(20):
         sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
