@@ -33,7 +33,8 @@ class DecodeLimits:
     max_bytes: int = 64 * 1024 * 1024
     """Largest encoded message accepted."""
     max_depth: int = 32
-    """Deepest nesting of arrays and maps."""
+    """Deepest nesting of arrays and maps (for the messages whose shape the typed readers
+    check; the values they carry are held to :data:`MAX_VALUE_DEPTH` instead)."""
     max_container_len: int = 1_000_000
     """Most items in one array or map."""
     max_str_len: int = 16 * 1024 * 1024
@@ -43,6 +44,11 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+
+MAX_VALUE_DEPTH = 26
+"""Deepest nesting of one stored value (a key's payload), wherever it travels: in a delta
+batch, a repair or a range reply, which hold it at different depths. Node settings may
+only lower it (``max_value_depth``)."""
 
 
 def pack(obj: Any) -> bytes:
@@ -56,8 +62,11 @@ def _reject_ext(code: int, data: bytes) -> Any:
     raise DecodeError(f"msgpack ext type {code} is not accepted")
 
 
-def unpack(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
-    """Decode untrusted msgpack bytes within ``limits``; raise only DecodeError."""
+def unpack(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS, nesting: bool = True) -> Any:
+    """Decode untrusted msgpack bytes within ``limits``; raise only DecodeError.
+
+    ``nesting=False`` leaves the depth check to the caller: for messages whose every field
+    a typed reader checks, and whose opaque values :func:`decode_value` checks itself."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")
     if len(data) > limits.max_bytes:
@@ -79,7 +88,8 @@ def unpack(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
         raise
     except Exception as exc:  # msgpack raises a zoo (ValueError, StackError, TypeError, ...)
         raise DecodeError(f"malformed msgpack: {type(exc).__name__}: {exc}") from exc
-    check_depth(obj, limits.max_depth)
+    if nesting:
+        check_depth(obj, limits.max_depth)
     return obj
 
 
@@ -161,7 +171,19 @@ def decode_context(obj: Any) -> CausalContext:
         expect_replica(r): expect_int(s, "version vector seq")
         for r, s in expect(vv_obj, dict, "version vector").items()
     }
-    cloud = [decode_dot(d) for d in expect_list(cloud_obj, "dot cloud")]
+    cloud = [
+        # decode_dot, inlined for the well-formed case: a batch's context lists each of
+        # its own dots here, a thousand in a batch of a thousand updates.
+        Dot(d[0], d[1])
+        if type(d) is list
+        and len(d) == 2
+        and type(d[0]) is str
+        and 0 < len(d[0]) <= MAX_REPLICA_ID_LEN
+        and type(d[1]) is int
+        and 1 <= d[1] <= MAX_SEQ
+        else decode_dot(d)
+        for d in expect_list(cloud_obj, "dot cloud")
+    ]
     return CausalContext(vv, cloud)
 
 
@@ -229,10 +251,12 @@ def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
                 raise DecodeError(f"live dot {dot} is not in the value's context")
             owner.add(dot)
             if stamped:
-                ts = raw[2]
+                ts, payload = raw[2], raw[3]
                 if type(ts) is not int or not 0 <= ts <= MAX_SEQ:
                     ts = expect_int(ts, "timestamp")
-                entry[dot] = (ts, raw[3])
+                if type(payload) is list or type(payload) is dict:
+                    check_depth(payload, MAX_VALUE_DEPTH)
+                entry[dot] = (ts, payload)
             else:
                 entry[dot] = None
         if not entry and not is_delta:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crdtstore.codec import MAX_VALUE_DEPTH
 from crdtstore.errors import InvalidValue
 
 Durability = Literal["sync", "async"]
@@ -177,8 +178,10 @@ class NodeSettings:
                 f"setting max_key_bytes={self.max_key_bytes} exceeds the LMDB bound "
                 f"{LMDB_MAX_KEY - ROW_KEY_OVERHEAD}"
             )
-        if self.max_value_depth > 26:
-            raise InvalidValue(f"setting max_value_depth={self.max_value_depth} exceeds 26")
+        if self.max_value_depth > MAX_VALUE_DEPTH:
+            raise InvalidValue(
+                f"setting max_value_depth={self.max_value_depth} exceeds {MAX_VALUE_DEPTH}"
+            )
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> NodeSettings:

@@ -440,7 +440,8 @@ class SyncEngine:
         """One frame joining consecutive batches of ``origin`` (this node by default);
         None when they are not one contiguous run: send them as they are."""
         origin = self.node_id if origin is None else origin
-        if len(logged) < 2:
+        limit = self.settings.publish_coalesce_max_bytes
+        if len(logged) < 2 or any(len(b) > limit for b in logged):
             return None
         try:
             batches = [decode_message(b) for b in logged]

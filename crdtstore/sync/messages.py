@@ -14,6 +14,7 @@ from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     DecodeLimits,
+    check_depth,
     decode_context,
     decode_value,
     encode_context,
@@ -93,7 +94,10 @@ def encode_message(msg: Message) -> bytes:
 
 
 def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
-    obj = unpack(data, limits)
+    # Batches and range replies can be large, and their typed readers check every field
+    # but the values, which decode_value depth-checks: walking the whole message again
+    # would cost a bootstrap or a busy receiver a fifth of its decoding.
+    obj = unpack(data, limits, nesting=False)
     if not isinstance(obj, list) or len(obj) < 2:
         raise DecodeError("a message is [version, kind, *fields]")
     version, kind = obj[0], obj[1]
@@ -104,6 +108,8 @@ def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DecodeError(f"unknown message kind {kind!r}")
+    if cls not in VALUE_CARRIERS:
+        check_depth(obj, limits.max_depth)
     return cls.from_wire(obj[2:])
 
 
@@ -371,7 +377,6 @@ class RangeAnswer:
                 )
             )
         return cls(lo, hi, kind, parts=tuple(parts))
-        return cls(lo, hi, kind, parts=parts)
 
 
 @register
@@ -409,3 +414,9 @@ class RangeReply:
             None if ctx is None else decode_context(ctx),
             tuple(RangeAnswer.from_wire(a) for a in items),
         )
+
+
+VALUE_CARRIERS: frozenset[type] = frozenset({DeltaBatch, RangeReply})
+"""Messages whose every field a typed reader checks, but the stored values they carry,
+which :func:`crdtstore.codec.decode_value` depth-checks: decode_message skips the walk
+of the whole message for them."""

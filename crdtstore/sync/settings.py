@@ -57,7 +57,7 @@ class SyncSettings:
     range_max_query_ranges: int = 256
     """Most ranges one reconciliation query asks about (the rest wait for the next round)."""
 
-    range_max_reply_entries: int = 16384
+    range_max_reply_entries: int = 4096
     """Most entries one reconciliation reply ships; ranges beyond it are left unanswered
     and asked again (bounds the reply's size)."""
 
@@ -84,6 +84,11 @@ class SyncSettings:
     publish_flush: bool = True
     """Coalesce the own commits found at one flush into one frame per namespace (one
     envelope, one compact context) instead of publishing each commit's batch alone."""
+
+    publish_coalesce_max_bytes: int = 16 * 1024
+    """Coalesce only batches up to this size: joining them saves receivers a commit each,
+    which matters for small ones; a large batch already amortizes its commit, and
+    decoding, joining and re-encoding it would cost the publisher more than it saves."""
 
     log_interval_ms: int = 10_000
     """Rejections and protocol errors are logged at most once per reason per interval

@@ -11,16 +11,24 @@ import zmq
 from conftest import Cluster, same_state, wait_until
 
 import crdtstore
+from crdtstore.crdt import make_timestamp
 from crdtstore.membership.messages import Hello
+from crdtstore.storage.replica import wall_ms
+from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import encode_message
 
 MAX_MESSAGE = 256 * 1024
 
 
-def logged_batch(data_dir: os.PathLike[str], origin: str) -> bytes:
-    with crdtstore.open(data_dir) as handle:
-        batches = handle.replica.log_batches("orders", origin, 1, 1)
-    assert batches, "the origin's first batch must still be in its log"
+def first_batch(origin: str) -> bytes:
+    """A well-formed first batch of ``origin`` in "orders", as its node would publish it.
+    (Not read from the node's log: the log is trimmed once every peer has the batch, which
+    may happen before a test gets to read it.)"""
+    writer = MemoryReplica(origin)
+    ts = make_timestamp(wall_ms())
+    writer.mutate("orders", "lww_map", lambda st: st.put(origin, "o1", "real", ts))  # type: ignore[attr-defined]
+    batches = writer.log_batches("orders", origin, 1, 1)
+    assert batches
     return batches[0]
 
 
@@ -32,7 +40,7 @@ def test_hostile_frames_on_every_port_change_nothing(cluster: Cluster) -> None:
         h.lww_map("orders")["o1"] = "real"
     wait_until(lambda: same_state([n1, n2], ["orders"]), "n1 has n2's order")
     before = n1.dump("orders")
-    valid = logged_batch(n2.data, "n2")
+    valid = first_batch("n2")
     fields = msgpack.unpackb(valid)
     rng = random.Random(7)
     status = n1.status()
@@ -50,11 +58,18 @@ def test_hostile_frames_on_every_port_change_nothing(cluster: Cluster) -> None:
     forged[4:6] = [2, 2]
     wrong_version = [99, *fields[1:]]
     frames: list[list[bytes]] = [
-        [b""], [b"S"], [b"M"], [b"X" + valid], [b"S" + valid[: len(valid) // 2]],
+        [b""],
+        [b"S"],
+        [b"M"],
+        [b"X" + valid],
+        [b"S" + valid[: len(valid) // 2]],
         [b"S" + bytes(rng.randrange(256) for _ in range(300))],
         [b"M" + bytes(rng.randrange(256) for _ in range(300))],
-        [b"S" + msgpack.packb(wrong_version)], [b"S" + msgpack.packb([True, *fields[1:]])],
-        [b"S" + msgpack.packb(forged)], [b"S" + valid], [b"S", b"two", b"frames"],
+        [b"S" + msgpack.packb(wrong_version)],
+        [b"S" + msgpack.packb([True, *fields[1:]])],
+        [b"S" + msgpack.packb(forged)],
+        [b"S" + valid],
+        [b"S", b"two", b"frames"],
         [b"S" + b"\x91" * 5000],  # nesting far beyond the decoder's depth limit
         [b"S" + os.urandom(MAX_MESSAGE * 2)],  # oversized: libzmq cuts the connection
     ]

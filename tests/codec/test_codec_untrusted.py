@@ -324,3 +324,48 @@ def test_bit_layout_of_huge_headers_is_what_the_test_claims() -> None:
     # Guard the hand-written headers above against typos: they declare what they say.
     assert struct.unpack(">I", HUGE_HEADERS[0][1:])[0] == 2**32 - 1
     assert struct.unpack(">I", HUGE_HEADERS[-1][1:])[0] == DEFAULT_LIMITS.max_container_len + 1
+
+
+def _nested(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _carriers(payload: Any) -> list[bytes]:
+    """A delta batch and a range reply, each carrying one LWW key with ``payload``."""
+    from crdtstore.crdt import CausalContext, Dot, LWWMap
+    from crdtstore.sync.fingerprint import HASH_SPACE
+    from crdtstore.sync.messages import (
+        RANGE_ENTRIES,
+        DeltaBatch,
+        RangeAnswer,
+        RangeReply,
+        encode_message,
+    )
+
+    ctx = CausalContext({"a": 1})
+    value = LWWMap({"k": {Dot("a", 1): (5, payload)}}, ctx, is_delta=True)
+    answer = RangeAnswer(0, HASH_SPACE, RANGE_ENTRIES, shipped=value)
+    return [
+        encode_message(DeltaBatch("m", "a", 1, 1, value)),
+        encode_message(RangeReply(1, 0, "m", ctx, (answer,))),
+    ]
+
+
+def test_values_are_held_to_the_same_depth_in_every_message() -> None:
+    from crdtstore.codec import MAX_VALUE_DEPTH
+    from crdtstore.sync.messages import decode_message
+
+    # The deepest value allowed arrives whole in a batch and in a range reply alike (they
+    # hold it at different depths), one level more is refused in both.
+    for data in _carriers(_nested(MAX_VALUE_DEPTH)):
+        decode_message(data)
+    for data in _carriers(_nested(MAX_VALUE_DEPTH + 1)):
+        with pytest.raises(DecodeError, match="nesting deeper"):
+            decode_message(data)
+    # A map payload with a container as a key (a tuple packs as an array) is refused too.
+    for data in _carriers({"a": [{(1, 2): 3}]}):
+        with pytest.raises(DecodeError):
+            decode_message(data)
