@@ -116,13 +116,6 @@ def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, in
     return int.from_bytes(h.digest(), "big")
 
 
-def single_dot_hash(ekey: bytes, replica_tag: bytes, seq: int) -> int:
-    """``entry_hash_encoded(ekey, [(replica, seq)])``, with ``replica_tag = replica + NUL``."""
-    h = hashlib.blake2b(ekey, digest_size=8)
-    h.update(replica_tag + seq.to_bytes(8, "big"))
-    return int.from_bytes(h.digest(), "big")
-
-
 def row_key(ns_id: int, khash: int, ekey: bytes) -> bytes:
     return _U32.pack(ns_id) + _U64.pack(khash) + ekey
 

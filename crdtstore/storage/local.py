@@ -503,7 +503,7 @@ class LocalWrite:
         return ts
 
     def _add(self, namespace: str, element: Any, ekey: bytes) -> bool:
-        # Inlined like _put: _locate + RowWriter.put_row + layout.single_dot_hash.
+        # Inlined like _put: _locate + RowWriter.put_row + the entry hash of one dot.
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != ORSET:
             nsw = self._ns_write(namespace, ORSET)

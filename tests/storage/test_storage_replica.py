@@ -61,7 +61,6 @@ def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
         assert layout.hash_encoded_key(ekey) == key_hash(key)
         dots = [Dot("b", 3), Dot("a", 1)]
         assert layout.entry_hash_encoded(ekey, dots) == entry_hash(key, dots)
-        assert layout.single_dot_hash(ekey, b"a\0", 7) == entry_hash(key, [Dot("a", 7)])
 
 
 def test_one_commit_logs_one_batch_per_namespace(make_replica: Make) -> None:
