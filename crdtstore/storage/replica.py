@@ -765,6 +765,23 @@ class LMDBReplica:
 
         return self._read(read)
 
+    def range_bytes(self, namespace: str, lo: int, hi: int, limit: int) -> int:
+        """The stored size of the rows in ``[lo, hi)`` (about their encoded size: a row
+        holds the key and its dots as they go on the wire), counted up to past ``limit``."""
+
+        def count(txn: lmdb.Transaction) -> int:
+            found = self._lookup_ns(txn, namespace)
+            if found is None:
+                return 0
+            total = 0
+            for rkey, data in self._scan(txn, found[0], lo, hi):
+                total += len(rkey) + len(data)
+                if total > limit:
+                    break
+            return total
+
+        return self._read(count)
+
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
         self._apply_ranges(namespace, [(lo, hi, shipped)], None)
 

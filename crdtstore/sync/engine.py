@@ -639,6 +639,7 @@ class SyncEngine:
         context = self.replica.context(ns) if msg.want_context else None
         answers: list[RangeAnswer] = []
         budget = self.settings.range_max_reply_entries
+        bytes_left = self.settings.range_max_reply_bytes
         for theirs in msg.ranges:
             lo, hi = theirs.lo, theirs.hi
             # One range at a time: a reply that fills its budget early stops here, without
@@ -648,7 +649,7 @@ class SyncEngine:
                 answers.append(RangeAnswer(lo, hi, RANGE_EQUAL, fingerprint=fp, count=count))
                 continue
             parts = split_range(lo, hi, self.settings.range_fanout)
-            if (
+            ship = (
                 count <= self.settings.range_leaf_entries
                 or len(parts) < 2
                 or (
@@ -656,10 +657,22 @@ class SyncEngine:
                     and theirs.count == 0
                     and count <= self.settings.range_max_reply_entries
                 )
-            ):
+            )
+            size = 0
+            if ship:
                 if answers and count > budget:
                     break  # the asker asks again for what is left unanswered
+                size = self.replica.range_bytes(ns, lo, hi, bytes_left)
+                if size > bytes_left:
+                    if answers:
+                        break
+                    # Alone over the byte budget: split it if it can be, else ship it
+                    # whatever its size (a key's value is bounded by max_value_bytes).
+                    ship = len(parts) < 2
+                    self.stats["ranges_over_reply_bytes"] += 1
+            if ship:
                 budget -= count
+                bytes_left -= size
                 shipped = self.replica.read_range(ns, lo, hi)
                 answers.append(RangeAnswer(lo, hi, RANGE_ENTRIES, shipped=shipped))
                 self.stats["ranges_shipped"] += 1

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from crdtstore.codec import pack
 from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, Key, join_entry
 from crdtstore.errors import InvalidValue, TypeMismatch
 from crdtstore.sync.fingerprint import entry_hash, key_hash
@@ -203,6 +204,15 @@ class MemoryReplica:
         ns = self._ns[namespace]
         entries = {k: dict(ns.entries[k]) for k in ns.keys_in(lo, hi)}
         return ns.cls(entries, ns.context, is_delta=True)
+
+    def range_bytes(self, namespace: str, lo: int, hi: int, limit: int) -> int:
+        ns = self._ns[namespace]
+        total = 0
+        for key in ns.keys_in(lo, hi):
+            total += len(pack([key, [[d.replica, d.seq, p] for d, p in ns.entries[key].items()]]))
+            if total > limit:
+                break
+        return total
 
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
         ns = self._held(namespace, shipped.type_name)

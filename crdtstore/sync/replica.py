@@ -69,6 +69,11 @@ class Replica(Protocol):
         """The live entries in ``[lo, hi)`` as a delta carrying this replica's whole context."""
         ...
 
+    def range_bytes(self, namespace: str, lo: int, hi: int, limit: int) -> int:
+        """About how many bytes the entries in ``[lo, hi)`` take encoded; counting may
+        stop once past ``limit`` (so the answer is then only known to exceed it)."""
+        ...
+
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
         """Join a peer's range (``shipped.context`` is the sender's context)."""
         ...

@@ -61,6 +61,11 @@ class SyncSettings:
     """Most entries one reconciliation reply ships; ranges beyond it are left unanswered
     and asked again (bounds the reply's size)."""
 
+    range_max_reply_bytes: int = 8 * 1024 * 1024
+    """About the most bytes of entries one reconciliation reply ships (values can be large:
+    4,096 entries of a megabyte would pass any message limit). A range over it is split,
+    or left for the next round; one that cannot be split is shipped alone."""
+
     range_session_timeout_ms: int = 3000
     """A reconciliation round unanswered for this long is asked again."""
 

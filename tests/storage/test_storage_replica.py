@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crdtstore.codec import encode_value, pack
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
 from crdtstore.errors import (
     ClockDriftError,
@@ -171,6 +172,18 @@ def test_apply_range_tells_removed_there_from_not_yet_seen(make_replica: Make) -
     a.merge_context("s", shipped.context)
     assert a.context("s") == a.context("s").join(b.context("s"))
     assert Dot("b", 1) in a.context("s")
+
+
+def test_range_bytes_is_about_the_encoded_entries_and_stops_past_its_limit(
+    make_replica: Make,
+) -> None:
+    a = make_replica("a")
+    local(a, *[("put", "m", f"k{i}", "v" * 1000) for i in range(20)])
+    encoded = len(pack(encode_value(a.read_range("m", *ALL))))
+    whole = a.range_bytes("m", *ALL, 10**9)
+    assert whole > 20_000 and abs(whole - encoded) < 0.2 * encoded
+    assert 3_000 < a.range_bytes("m", *ALL, 3_000) < 5_000  # stopped after passing 3,000
+    assert a.range_bytes("m", 0, 1, 10**9) == 0  # a range holding nothing
 
 
 def test_apply_range_rejects_a_key_outside_the_range(make_replica: Make) -> None:

@@ -159,6 +159,42 @@ def test_empty_asker_gets_whole_ranges_in_one_round() -> None:
     assert slow_rounds > 3  # the tree walk it replaces: 4-way splits down to 4 entries
 
 
+def _bootstrap_reply_sizes(reply_bytes: int, values: dict[str, str]) -> tuple[list[int], Any]:
+    cfg = settings(range_max_reply_bytes=reply_bytes)
+    sender, asker = MemoryReplica("s"), MemoryReplica("a")
+    for ts, (key, value) in enumerate(sorted(values.items()), start=1):
+        sender.mutate("m", "lww_map", lambda st, k=key, v=value, t=ts: st.put("s", k, v, t))  # type: ignore[attr-defined]
+    s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    s_engine.add_peer("a")
+    a_engine.add_peer("s")
+    sizes: list[int] = []
+    queue = [("a", o) for o in a_engine.on_message("", s_engine.greet("a")[0].data, 0)]
+    while queue:
+        src, o = queue.pop(0)
+        assert isinstance(o, Send)
+        if src == "s":
+            sizes.append(len(o.data))
+        dst = a_engine if o.peer == "a" else s_engine
+        queue.extend((dst.node_id, x) for x in dst.on_message(src, o.data, 0))
+    assert asker.value("m") == sender.value("m")
+    return sizes, s_engine.stats
+
+
+def test_range_replies_stay_within_their_byte_budget() -> None:
+    values = {f"k{i}": "v" * 50_000 for i in range(40)}  # 2 MB in all
+    sizes, stats = _bootstrap_reply_sizes(200_000, values)
+    assert len(sizes) > 5 and stats["ranges_over_reply_bytes"] > 0
+    assert max(sizes) < 200_000 + 10_000  # the budget, plus a reply's framing
+    whole, _ = _bootstrap_reply_sizes(8 * 1024 * 1024, values)
+    assert max(whole) > 2_000_000  # control: without the bound it all comes in one reply
+
+
+def test_a_value_larger_than_the_reply_budget_still_arrives() -> None:
+    values = {"big": "x" * 300_000, **{f"k{i}": "v" * 1_000 for i in range(30)}}
+    sizes, _ = _bootstrap_reply_sizes(100_000, values)  # converges (checked inside)
+    assert max(sizes) > 300_000  # that range went alone, whatever its size
+
+
 def test_node_never_requests_namespace_outside_topics() -> None:
     topics = {"n0": {"a", "b"}, "n1": {"a"}, "n2": {"a", "b"}}
     sim = Simulator(3, seed=4, settings=FAST, topics=topics, record=True)
