@@ -409,14 +409,7 @@ class LocalWrite:
         """LWW put; returns the timestamp written."""
         ekey = self._key(key)
         pvalue = self._value(value)
-        if not self._active:
-            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
-        args = (namespace, key, ekey, value, pvalue)
-        try:  # _run, unrolled: this is the batched hot path
-            ts: int = self._put(*args)
-        except lmdb.Error as exc:
-            ts = self._recover(exc, self._put, args)
-        self._ops.append((self._put, args))
+        ts: int = self._run(self._put, namespace, key, ekey, value, pvalue)
         return ts
 
     def delete(self, namespace: str, key: Any, *, only_if_present: bool = True) -> bool:
@@ -428,13 +421,7 @@ class LocalWrite:
     def add(self, namespace: str, element: Any) -> bool:
         """OR-Set add; True if the element was absent."""
         ekey = self._key(element)
-        if not self._active:
-            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
-        try:  # _run, unrolled: this is the batched hot path
-            done: bool = self._add(namespace, element, ekey)
-        except lmdb.Error as exc:
-            done = self._recover(exc, self._add, (namespace, element, ekey))
-        self._ops.append((self._add, (namespace, element, ekey)))
+        done: bool = self._run(self._add, namespace, element, ekey)
         return done
 
     def remove(self, namespace: str, element: Any, *, only_if_present: bool = True) -> bool:
@@ -472,7 +459,7 @@ class LocalWrite:
         else:
             floor = old_hash = 0
             before = None
-        # replica.stamp: greater than the wall clock, than every timestamp issued here and
+        # The HLC stamp: greater than the wall clock, than every timestamp issued here and
         # than the replaced dots. No lock: this write transaction is the process's only
         # writer (LMDB's writer lock), and stamps are issued only inside one.
         r = self.replica

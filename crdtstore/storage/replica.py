@@ -48,9 +48,7 @@ from crdtstore.crdt import (
     HybridClock,
     check_drift,
     join_entry,
-    make_timestamp,
 )
-from crdtstore.crdt.hlc import MAX_TIMESTAMP
 from crdtstore.crdt.lwwmap import winner
 from crdtstore.errors import (
     ClockDriftError,
@@ -125,7 +123,6 @@ class LMDBReplica:
         self._ns_cache: dict[str, tuple[int, str]] = {}
         self._ctx_cache: dict[int, tuple[bytes, CausalContext]] = {}
         self._clock_last = 0
-        self._clock_lock = threading.Lock()
         self._closed = False
         if node_id is not None:
             check_node_id(node_id)
@@ -396,17 +393,6 @@ class LMDBReplica:
 
         self._check()
         return LocalWrite(self)
-
-    def stamp(self, floor: int) -> int:
-        """A fresh HLC timestamp greater than ``floor`` and than every one issued here."""
-        # HybridClock.tick, inlined on this hot path, plus the floor of the replaced dots.
-        wall = make_timestamp(self.now_ms())
-        with self._clock_lock:
-            ts = max(wall, self._clock_last + 1, floor + 1)
-            if ts > MAX_TIMESTAMP:
-                raise InvalidValue(f"hybrid clock overflow at {ts}")
-            self._clock_last = ts
-            return ts
 
     @property
     def clock(self) -> HybridClock:
