@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
+import msgpack
 
 from crdtstore.codec import MAX_REPLICA_ID_LEN, decode_context, encode_context
 from crdtstore.crdt import (
@@ -63,7 +64,7 @@ from crdtstore.settings import NodeSettings
 from crdtstore.storage import journal, layout
 from crdtstore.storage.gate import Gate
 from crdtstore.storage.rows import RowWriter, entry_from_row, row_from_entry, visible
-from crdtstore.sync.messages import MAX_NAMESPACE_LEN, DeltaBatch
+from crdtstore.sync.messages import MAX_NAMESPACE_LEN, DeltaBatch, PackedRange
 
 if TYPE_CHECKING:
     from crdtstore.storage.local import LocalWrite
@@ -751,22 +752,41 @@ class LMDBReplica:
 
         return self._read(read)
 
-    def range_bytes(self, namespace: str, lo: int, hi: int, limit: int) -> int:
-        """The stored size of the rows in ``[lo, hi)`` (about their encoded size: a row
-        holds the key and its dots as they go on the wire), counted up to past ``limit``."""
+    def read_range_packed(
+        self, namespace: str, lo: int, hi: int, max_bytes: int | None
+    ) -> PackedRange | None:
+        """``read_range``, encoded straight from the rows: an entry on the wire is
+        ``[key, dots]``, and a row holds the encoded key (in its row key) and the encoded
+        dots (after its entry hash), so shipping a range decodes and re-encodes nothing.
+        (A bootstrap's seed spent ~10 us per entry building and encoding values.)"""
 
-        def count(txn: lmdb.Transaction) -> int:
+        def read(txn: lmdb.Transaction) -> PackedRange | None:
             found = self._lookup_ns(txn, namespace)
             if found is None:
-                return 0
-            total = 0
-            for rkey, data in self._scan(txn, found[0], lo, hi):
-                total += len(rkey) + len(data)
-                if total > limit:
-                    break
-            return total
+                raise InvalidValue(f"namespace {namespace!r} does not exist here")
+            ns_id, tname = found
+            ctx = txn.get(layout.ns_prefix(ns_id), db=self.dbs["context"])
+            packer = msgpack.Packer(use_bin_type=True)
+            # The stored context row is pack(encode_context(ctx)), the wire form too.
+            ctx_data = packer.pack(encode_context(CausalContext())) if ctx is None else bytes(ctx)
+            head = b"".join(
+                (packer.pack_array_header(4), packer.pack(tname), packer.pack(True), ctx_data)
+            )
+            room = None if max_bytes is None else max_bytes - len(head)
+            entries = []
+            size = 0
+            for rkey, data in self._scan(txn, ns_id, lo, hi):
+                entry = b"\x92" + rkey[12:] + data[8:]  # [ekey, dots]: fixarray of 2
+                size += len(entry)
+                if room is not None and size > room:
+                    return None  # stop scanning as soon as the budget is passed
+                entries.append(entry)
+            packed = b"".join((head, packer.pack_array_header(len(entries)), *entries))
+            if max_bytes is not None and len(packed) > max_bytes:
+                return None
+            return PackedRange(tname, len(entries), packed)
 
-        return self._read(count)
+        return self._read(read)
 
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
         self._apply_ranges(namespace, [(lo, hi, shipped)], None)

@@ -658,23 +658,25 @@ class SyncEngine:
                     and count <= self.settings.range_max_reply_entries
                 )
             )
-            size = 0
+            packed = None
             if ship:
                 if answers and count > budget:
                     break  # the asker asks again for what is left unanswered
-                size = self.replica.range_bytes(ns, lo, hi, bytes_left)
-                if size > bytes_left:
+                packed = self.replica.read_range_packed(ns, lo, hi, bytes_left)
+                if packed is None:
                     if answers:
                         break
                     # Alone over the byte budget: split it if it can be, else ship it
                     # whatever its size (a key's value is bounded by max_value_bytes).
                     ship = len(parts) < 2
                     self.stats["ranges_over_reply_bytes"] += 1
+                    if ship:
+                        packed = self.replica.read_range_packed(ns, lo, hi, None)
             if ship:
+                assert packed is not None
                 budget -= count
-                bytes_left -= size
-                shipped = self.replica.read_range(ns, lo, hi)
-                answers.append(RangeAnswer(lo, hi, RANGE_ENTRIES, shipped=shipped))
+                bytes_left -= len(packed.data)
+                answers.append(RangeAnswer(lo, hi, RANGE_ENTRIES, packed=packed))
                 self.stats["ranges_shipped"] += 1
                 self.stats["entries_shipped"] += count
             else:

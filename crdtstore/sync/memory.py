@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdtstore.codec import pack
+from crdtstore.codec import encode_value, pack
 from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, Key, join_entry
 from crdtstore.errors import InvalidValue, TypeMismatch
 from crdtstore.sync.fingerprint import entry_hash, key_hash
-from crdtstore.sync.messages import DeltaBatch, encode_message
+from crdtstore.sync.messages import DeltaBatch, PackedRange, encode_message
 
 Entries = dict[Key, Mapping[Dot, Any]]
 
@@ -205,14 +205,14 @@ class MemoryReplica:
         entries = {k: dict(ns.entries[k]) for k in ns.keys_in(lo, hi)}
         return ns.cls(entries, ns.context, is_delta=True)
 
-    def range_bytes(self, namespace: str, lo: int, hi: int, limit: int) -> int:
-        ns = self._ns[namespace]
-        total = 0
-        for key in ns.keys_in(lo, hi):
-            total += len(pack([key, [[d.replica, d.seq, p] for d, p in ns.entries[key].items()]]))
-            if total > limit:
-                break
-        return total
+    def read_range_packed(
+        self, namespace: str, lo: int, hi: int, max_bytes: int | None
+    ) -> PackedRange | None:
+        shipped = self.read_range(namespace, lo, hi)
+        data = pack(encode_value(shipped))
+        if max_bytes is not None and len(data) > max_bytes:
+            return None
+        return PackedRange(shipped.type_name, len(shipped.entries), data)
 
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
         ns = self._held(namespace, shipped.type_name)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
+import msgpack
+
 from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
@@ -90,6 +92,8 @@ def register(cls: Any) -> Any:
 
 
 def encode_message(msg: Message) -> bytes:
+    if type(msg) is RangeReply:
+        return msg.encode()  # may hold ranges already encoded by the replica
     return pack([FORMAT_VERSION, msg.KIND, *msg.to_wire()])
 
 
@@ -315,6 +319,18 @@ RANGE_EQUAL, RANGE_ENTRIES, RANGE_SPLIT = 0, 1, 2
 
 
 @dataclass(frozen=True, slots=True)
+class PackedRange:
+    """The entries of a range as they go on the wire: ``pack(encode_value(delta))``.
+
+    A replica builds it straight from its stored rows (which hold a key's dots in their
+    wire form), so serving a range costs the sender no decoding and no re-encoding."""
+
+    type_name: str
+    count: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RangeAnswer:
     """The sender's answer for one range: equal (with the sender's summary, which the
     asker compares with its own state *when it reads the reply*, as it may have changed
@@ -325,13 +341,25 @@ class RangeAnswer:
     hi: int
     kind: int
     shipped: DotMap[Any] | None = None
+    packed: PackedRange | None = None
+    """The sender's entries, already encoded by its replica (instead of ``shipped``)."""
     parts: tuple[RangeSummary, ...] = ()
     fingerprint: int = 0  # of an equal range: the asker checks it again when it applies
     count: int = 0
 
+    def encode(self, packer: msgpack.Packer) -> bytes:
+        if self.packed is not None:
+            # msgpack is concatenative: an array's header, then its items' encodings.
+            head = [packer.pack_array_header(4)]
+            head.extend(packer.pack(x) for x in (self.lo, self.hi - 1, self.kind))
+            return b"".join(head) + self.packed.data
+        return pack(self.to_wire())
+
     def to_wire(self) -> list[Any]:
         head: list[Any] = [self.lo, self.hi - 1, self.kind]
         if self.kind == RANGE_ENTRIES:
+            if self.packed is not None:
+                return [*head, unpack(self.packed.data, nesting=False)]
             assert self.shipped is not None
             return [*head, encode_value(self.shipped)]
         if self.kind == RANGE_SPLIT:
@@ -400,6 +428,19 @@ class RangeReply:
             ctx,
             [a.to_wire() for a in self.answers],
         ]
+
+    def encode(self) -> bytes:
+        """``encode_message(self)``, splicing in the answers' packed ranges as they are."""
+        ctx = None if self.context is None else encode_context(self.context)
+        packer = msgpack.Packer(use_bin_type=True)
+        out = [packer.pack_array_header(7)]
+        out.extend(
+            packer.pack(x)
+            for x in (FORMAT_VERSION, self.KIND, self.session, self.round, self.namespace, ctx)
+        )
+        out.append(packer.pack_array_header(len(self.answers)))
+        out.extend(a.encode(packer) for a in self.answers)
+        return b"".join(out)
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> RangeReply:

@@ -9,7 +9,8 @@ Invariants every implementation keeps:
 - ``apply_batch`` joins the batch's delta into the namespace's state and context and
   appends the batch to the log, all or nothing;
 - the context of a namespace always covers every live dot of its state;
-- ``read_range`` returns entries and context from one consistent snapshot;
+- ``read_range`` (and ``read_range_packed``) returns entries and context from one
+  consistent snapshot;
 - ``apply_range`` judges removals inside ``[lo, hi)`` by the sender's context but adds
   to its own context only the dots it actually received: the sender's context also covers
   keys outside the range, which this replica has not been sent yet.
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 from crdtstore.crdt import CausalContext, DotMap
-from crdtstore.sync.messages import DeltaBatch
+from crdtstore.sync.messages import DeltaBatch, PackedRange
 
 
 class Replica(Protocol):
@@ -69,9 +70,11 @@ class Replica(Protocol):
         """The live entries in ``[lo, hi)`` as a delta carrying this replica's whole context."""
         ...
 
-    def range_bytes(self, namespace: str, lo: int, hi: int, limit: int) -> int:
-        """About how many bytes the entries in ``[lo, hi)`` take encoded; counting may
-        stop once past ``limit`` (so the answer is then only known to exceed it)."""
+    def read_range_packed(
+        self, namespace: str, lo: int, hi: int, max_bytes: int | None
+    ) -> PackedRange | None:
+        """``read_range`` already encoded for a range reply (``pack(encode_value(...))``),
+        or None when that would take more than ``max_bytes`` (None: no bound)."""
         ...
 
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:

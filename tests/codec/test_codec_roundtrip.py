@@ -1,7 +1,7 @@
 """Everything the codec encodes decodes to an equal value, through real msgpack bytes.
 
 Covers causal contexts, CRDT values of both types (states and deltas, with payloads of
-every msgpack type) and DeltaBatch messages.
+every msgpack type), DeltaBatch messages and range replies built from packed ranges.
 """
 
 from __future__ import annotations
@@ -24,7 +24,19 @@ from crdtstore.codec import (
 )
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet
 from crdtstore.errors import DecodeError
-from crdtstore.sync.messages import DeltaBatch, decode_message, encode_message
+from crdtstore.sync.fingerprint import HASH_SPACE, split_range
+from crdtstore.sync.messages import (
+    RANGE_ENTRIES,
+    RANGE_EQUAL,
+    RANGE_SPLIT,
+    DeltaBatch,
+    PackedRange,
+    RangeAnswer,
+    RangeReply,
+    RangeSummary,
+    decode_message,
+    encode_message,
+)
 
 replica_ids = st.text(min_size=1, max_size=128).filter(lambda s: bool(s))
 small_ids = st.sampled_from(["a", "b", "node-7", "ü" * 128])
@@ -105,6 +117,45 @@ def test_delta_batches_round_trip(
         decoded = decode_message(wire)
         assert decoded == batch
         assert encode_message(decoded) == wire  # the encoding is canonical
+
+
+@given(
+    st.sampled_from([ORSet, LWWMap]),
+    st.randoms(use_true_random=False),
+    st.integers(0, 40),
+    st.sampled_from([0, 1, 3, 17]),
+    st.booleans(),
+)
+def test_range_replies_with_packed_ranges_encode_as_with_values(
+    make_simulation: Callable[..., tuple[list[DotMap[Any]], Any]],
+    kind: type[DotMap[Any]],
+    rnd: random.Random,
+    n_ops: int,
+    n_answers: int,
+    with_context: bool,
+) -> None:
+    produced, _ = make_simulation(kind, rnd, n_ops)
+    deltas = [v for v in produced if v.is_delta] or [kind({}, CausalContext(), is_delta=True)]
+    ranges = split_range(0, HASH_SPACE, max(n_answers, 1))[:n_answers]
+    as_values, as_packed = [], []
+    for i, (lo, hi) in enumerate(ranges):
+        delta = deltas[i % len(deltas)]
+        if i % 3 == 0:
+            as_values.append(RangeAnswer(lo, hi, RANGE_ENTRIES, shipped=delta))
+            packed = PackedRange(kind.type_name, len(delta.entries), pack(encode_value(delta)))
+            as_packed.append(RangeAnswer(lo, hi, RANGE_ENTRIES, packed=packed))
+            continue
+        if i % 3 == 1:
+            answer = RangeAnswer(lo, hi, RANGE_EQUAL, fingerprint=i, count=i)
+        else:
+            parts = tuple(RangeSummary(a, b, 7, 1) for a, b in split_range(lo, hi, 2))
+            answer = RangeAnswer(lo, hi, RANGE_SPLIT, parts=parts)
+        as_values.append(answer)
+        as_packed.append(answer)
+    ctx = deltas[0].context if with_context else None
+    wire = encode_message(RangeReply(3, 2, "ns", ctx, tuple(as_values)))
+    assert encode_message(RangeReply(3, 2, "ns", ctx, tuple(as_packed))) == wire
+    assert RangeReply(3, 2, "ns", ctx, tuple(as_packed)).to_wire() == unpack(wire)[2:]
 
 
 def test_value_of_the_other_type_is_refused() -> None:

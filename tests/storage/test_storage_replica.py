@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from crdtstore.codec import encode_value, pack
+from crdtstore.codec import decode_value, unpack
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
 from crdtstore.errors import (
     ClockDriftError,
@@ -174,16 +174,30 @@ def test_apply_range_tells_removed_there_from_not_yet_seen(make_replica: Make) -
     assert Dot("b", 1) in a.context("s")
 
 
-def test_range_bytes_is_about_the_encoded_entries_and_stops_past_its_limit(
+def test_a_packed_range_is_the_encoded_read_range_and_stops_past_its_budget(
     make_replica: Make,
 ) -> None:
-    a = make_replica("a")
-    local(a, *[("put", "m", f"k{i}", "v" * 1000) for i in range(20)])
-    encoded = len(pack(encode_value(a.read_range("m", *ALL))))
-    whole = a.range_bytes("m", *ALL, 10**9)
-    assert whole > 20_000 and abs(whole - encoded) < 0.2 * encoded
-    assert 3_000 < a.range_bytes("m", *ALL, 3_000) < 5_000  # stopped after passing 3,000
-    assert a.range_bytes("m", 0, 1, 10**9) == 0  # a range holding nothing
+    a, b = make_replica("a"), make_replica("b")
+    local(a, *[("put", "m", f"k{i}", {"v": "x" * 100, "i": i}) for i in range(20)])
+    local(b, ("put", "m", "k3", "theirs"), ("add", "s", 7), ("add", "s", b"e"))
+    a.apply_batch(*batch_of("m", "b", b.read_range("m", *ALL)))
+    local(a, ("delete", "m", "k4"), ("add", "s", "x"), ("remove", "s", "x"), ("add", "s", 9))
+    for ns in ("m", "s"):
+        for lo, hi in [ALL, *split_range(*ALL, 4)]:
+            packed = a.read_range_packed(ns, lo, hi, None)
+            assert packed is not None
+            expected = a.read_range(ns, lo, hi)
+            decoded = decode_value(unpack(packed.data))
+            assert (packed.type_name, packed.count) == (expected.type_name, len(expected.entries))
+            assert live(decoded) == live(expected) and decoded.context == expected.context
+            assert decoded.is_delta
+            assert a.read_range_packed(ns, lo, hi, len(packed.data)) == packed
+    whole = a.read_range_packed("m", *ALL, None)
+    assert whole is not None and len(whole.data) > 20 * 100
+    assert a.read_range_packed("m", *ALL, len(whole.data) - 1) is None
+    empty = a.read_range_packed("m", 0, 1, 10**9)  # a range holding nothing
+    assert empty is not None and empty.count == 0
+    assert decode_value(unpack(empty.data)).context == a.context("m")
 
 
 def test_apply_range_rejects_a_key_outside_the_range(make_replica: Make) -> None:
