@@ -4,8 +4,9 @@ Every commit that changes what a reader would see (a key's value or an element's
 presence) appends one journal row holding that commit's :class:`Change` events, in the
 same write transaction as the change itself, so a watcher never sees an event for a change
 that did not commit, nor misses one that did (unless it falls more than
-``journal_max_entries`` commits behind, which is counted). Journal sequence numbers only
-grow; trimming drops the oldest rows.
+``journal_max_entries`` commits behind, which is counted; the journal holds up to a
+sixteenth more, trimmed in chunks). Journal sequence numbers only grow; trimming drops
+the oldest rows.
 
 Events of an OR-Set carry ``old``/``new`` = ``True`` (present) or ``False`` (absent);
 events of an LWW-map carry the value before and after, ``None`` for absent. ``origin`` is
@@ -47,15 +48,18 @@ def last_seq(txn: lmdb.Transaction, db: Any) -> int:
 
 
 def append(txn: lmdb.Transaction, db: Any, events: list[Event], keep: int) -> int:
-    """Append one row of events and trim to ``keep`` rows; returns the new row's seq."""
-    seq = last_seq(txn, db) + 1
+    """Append one row of events, keeping at least the newest ``keep`` rows and at most
+    ``keep + keep // 16``; returns the new row's seq.
+
+    Rows go in chunks of ``keep // 16``: dropping the oldest row at every commit would
+    make each commit dirty (and fsync) the journal's first page as well as its last."""
+    with txn.cursor(db) as cur:
+        seq = read_u64(cur.key()) + 1 if cur.last() else 1
+        oldest = seq - keep  # rows up to this one may go
+        if oldest > 0 and cur.first() and read_u64(cur.key()) <= oldest - keep // 16:
+            while read_u64(cur.key()) <= oldest and cur.delete():
+                pass
     txn.put(u64(seq), msgpack.packb(events, use_bin_type=True), db=db)  # tuples pack as arrays
-    oldest = seq - keep
-    if oldest > 0:
-        with txn.cursor(db) as cur:
-            # Usually one row goes per commit; the loop also catches up after `keep` shrank.
-            while cur.first() and read_u64(cur.key()) <= oldest:
-                cur.delete()
     return seq
 
 

@@ -16,8 +16,10 @@ Invariants this module keeps (and ``crdt-inspect`` relies on):
 - A log row ``ns_id + blake2b(origin)[:8] + first_seq (8 BE)`` holds
   ``last_seq (8) + serial (8) + len(origin) (2) + origin + encoded DeltaBatch message``;
   the log-order row ``ns_id + serial (8 BE)`` points back at it, so the oldest batches in
-  append order can be dropped first (``bound_log``); ``meta[log_count: + ns_id]`` counts
-  the namespace's logged batches.
+  append order can be dropped first (``bound_log``). Serials grow per namespace. The
+  count row ``ns_id + 2**64-1`` in the same table, just after the newest order row (so a
+  commit's log bookkeeping dirties one page there), counts the namespace's logged
+  batches; it exists once the namespace logged anything.
 - A journal row ``seq (8 BE)`` holds ``msgpack([[namespace, key, old, new, origin], ...])``:
   the visible changes of one commit.
 """
@@ -35,7 +37,9 @@ import msgpack
 from crdtstore.crdt import Dot
 from crdtstore.errors import DecodeError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""2: the log's counts moved from ``meta`` into ``logorder`` (a format 1 directory is
+migrated when opened)."""
 
 Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
 
@@ -51,8 +55,8 @@ META_NODE_ID = b"node_id"
 META_TOPICS = b"topics"
 """msgpack list of the namespaces the directory replicates (absent: all)."""
 META_NEXT_NS = b"next_ns_id"
-META_LOG_SERIAL = b"log_serial"
-META_LOG_COUNT = b"log_count:"  # + ns id: logged batches held for the namespace
+META_V1_LOG_SERIAL = b"log_serial"  # format 1 only (migrated away on open)
+META_V1_LOG_COUNT = b"log_count:"  # format 1 only: + ns id -> logged batches
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
@@ -228,8 +232,13 @@ def log_order_key(ns_id: int, serial: int) -> bytes:
     return _U32.pack(ns_id) + _U64.pack(serial)
 
 
+LOG_COUNT_SERIAL = (1 << 64) - 1
+"""The order-table key ``ns_id + this`` holds the namespace's count of logged batches:
+after every serial, so beside the newest order row."""
+
+
 def log_count_key(ns_id: int) -> bytes:
-    return META_LOG_COUNT + _U32.pack(ns_id)
+    return _U32.pack(ns_id) + _U64.pack(LOG_COUNT_SERIAL)
 
 
 def log_last(data: Buf) -> int:

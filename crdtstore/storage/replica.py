@@ -178,6 +178,8 @@ class LMDBReplica:
         if fmt is None:
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             txn.put(layout.META_NEXT_NS, layout.u64(1), db=meta)
+        elif len(fmt) == 8 and layout.read_u64(fmt) == 1:
+            _migrate_from_format_1(txn, self.dbs)
         elif len(fmt) != 8 or layout.read_u64(fmt) != layout.FORMAT_VERSION:
             shown = layout.read_u64(fmt) if len(fmt) == 8 else fmt
             raise StorageError(
@@ -643,24 +645,35 @@ class LMDBReplica:
             if layout.log_last(old) >= last:
                 return
             self._log_forget(txn, ns_id, old)
-        meta = self._meta
-        serial = layout.read_u64(txn.get(layout.META_LOG_SERIAL, db=meta) or layout.u64(0)) + 1
-        txn.put(layout.META_LOG_SERIAL, layout.u64(serial), db=meta)
-        txn.put(lkey, layout.pack_log(last, serial, origin, encoded), db=self._logdb)
-        txn.put(layout.log_order_key(ns_id, serial), lkey, db=self.dbs["logorder"])
-        self._log_count(txn, ns_id, +1)
+        count, serial = self._log_tail(txn, ns_id)
+        txn.put(lkey, layout.pack_log(last, serial + 1, origin, encoded), db=self._logdb)
+        order = self.dbs["logorder"]
+        txn.put(layout.log_order_key(ns_id, serial + 1), lkey, db=order)
+        txn.put(layout.log_count_key(ns_id), layout.u64(count + 1), db=order)
+
+    def _log_tail(self, txn: lmdb.Transaction, ns_id: int) -> tuple[int, int]:
+        """``(logged batches, newest serial)`` of a namespace, from its count row and the
+        order row just before it (read together: they share a page)."""
+        with txn.cursor(db=self.dbs["logorder"]) as cur:
+            if not cur.set_key(layout.log_count_key(ns_id)):
+                return 0, 0  # nothing was ever logged here
+            count = layout.read_u64(cur.value())
+            if cur.prev() and cur.key()[:4] == layout.ns_prefix(ns_id):
+                return count, layout.read_u64(cur.key(), 4)
+            return count, 0
 
     def _log_forget(self, txn: lmdb.Transaction, ns_id: int, value: layout.Buf) -> None:
-        """Drop the order row and count of a log row the caller deletes or replaces."""
+        """Drop the order row of a log row the caller deletes or replaces, and count it."""
         txn.delete(layout.log_order_key(ns_id, layout.log_serial(value)), db=self.dbs["logorder"])
         self._log_count(txn, ns_id, -1)
 
     def _log_count(self, txn: lmdb.Transaction, ns_id: int, delta: int) -> int:
         ckey = layout.log_count_key(ns_id)
-        data = txn.get(ckey, db=self._meta)
+        order = self.dbs["logorder"]
+        data = txn.get(ckey, db=order)
         count = (layout.read_u64(data) if data else 0) + delta
         if delta:
-            txn.put(ckey, layout.u64(count), db=self._meta)
+            txn.put(ckey, layout.u64(count), db=order)
         return count
 
     def bound_log(self, namespace: str, max_batches: int) -> int:
@@ -673,11 +686,16 @@ class LMDBReplica:
                 return 0
             ns_id = found[0]
             excess = self._log_count(txn, ns_id, 0) - max_batches
+            if excess <= 0:
+                return 0
             dropped = 0
             prefix = layout.ns_prefix(ns_id)
+            count_key = layout.log_count_key(ns_id)
             with txn.cursor(db=self.dbs["logorder"]) as cur:
                 ok = cur.set_range(prefix)
-                while dropped < excess and ok and cur.key()[:4] == prefix:
+                while (
+                    dropped < excess and ok and cur.key()[:4] == prefix and cur.key() != count_key
+                ):
                     lkey = cur.value()
                     txn.delete(lkey, db=self._logdb)
                     ok = cur.delete()
@@ -995,6 +1013,24 @@ class _Flusher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def _migrate_from_format_1(txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> None:
+    """Format 1 kept the log's counts and its global append serial in ``meta``, one more
+    page for every commit to write; format 2 keeps each namespace's count in a row of
+    ``logorder`` beside its newest order row. Order rows are unchanged (a serial only
+    orders the rows of its namespace, and the next is taken after the newest)."""
+    meta, order = dbs["meta"], dbs["logorder"]
+    prefix = layout.META_V1_LOG_COUNT
+    with txn.cursor(db=meta) as cur:
+        ok = cur.set_range(prefix)
+        while ok and cur.key()[: len(prefix)] == prefix:
+            ns_id = int.from_bytes(cur.key()[len(prefix) :], "big")
+            txn.put(layout.log_count_key(ns_id), bytes(cur.value()), db=order)
+            ok = cur.delete()
+    txn.delete(layout.META_V1_LOG_SERIAL, db=meta)
+    txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
+    log.info("storage format migrated from version 1 to %d", layout.FORMAT_VERSION)
 
 
 def _insert_row(

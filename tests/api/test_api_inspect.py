@@ -11,6 +11,7 @@ from typing import Any
 
 import crdtstore
 from crdtstore.inspect import main
+from crdtstore.storage import layout
 
 NODE = """
 import sys, threading, crdtstore
@@ -40,7 +41,7 @@ def test_inspect_while_the_node_runs(tmp_path: Path, spawn: Any, lines: Any) -> 
     child = spawn(NODE, path)
     lines(child).expect("ready")
     summary = run(path)
-    assert summary["node_id"] == "n1" and summary["format_version"] == 1
+    assert summary["node_id"] == "n1" and summary["format_version"] == layout.FORMAT_VERSION
     cfg, hosts = summary["namespaces"]["cfg"], summary["namespaces"]["hosts"]
     assert (cfg["type"], cfg["entries"], cfg["context"]["vv"]) == ("lww_map", 3, {"n1": 3})
     assert cfg["log"] == {

@@ -182,3 +182,17 @@ def test_journal_is_bounded(tmp_path: Path) -> None:
             m[i] = i
         first, rows = node.replica.journal_after(0, 100)
         assert [seq for seq, _ in rows] == list(range(16, 21)) and first == 16
+
+
+def test_journal_is_trimmed_in_chunks_keeping_the_newest(tmp_path: Path) -> None:
+    keep = 32  # trimmed once 32 // 16 = 2 rows more than that are held
+    held = []
+    with crdtstore.open(tmp_path / "n", journal_max_entries=keep) as node:
+        m = node.lww_map("m")
+        for i in range(1, 101):
+            m[i] = i
+            first, rows = node.replica.journal_after(0, 1000)
+            seqs = [seq for seq, _ in rows]
+            assert seqs == list(range(first, i + 1))  # contiguous, up to the newest commit
+            held.append(len(seqs))
+    assert min(held[keep:]) == keep and max(held) == keep + 2

@@ -134,6 +134,51 @@ def test_bound_log_drops_oldest_in_append_order(make_replica: Make) -> None:
     assert a.log_batches("s", "b", 1, 1) is None
 
 
+def _downgrade_to_format_1(path: Path) -> None:
+    """Rewrite a directory's log counts the way format 1 stored them (in meta)."""
+    env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 1)
+    meta, order = env.open_db(b"meta"), env.open_db(b"logorder")
+    with env.begin(write=True) as txn:
+        counts = [
+            (bytes(k), bytes(v))
+            for k, v in txn.cursor(db=order)
+            if layout.read_u64(k, 4) == layout.LOG_COUNT_SERIAL
+        ]
+        for key, value in counts:
+            txn.delete(key, db=order)
+            txn.put(layout.META_V1_LOG_COUNT + key[:4], value, db=meta)
+        txn.put(layout.META_V1_LOG_SERIAL, layout.u64(99), db=meta)
+        txn.put(layout.META_FORMAT, layout.u64(1), db=meta)
+    env.close()
+
+
+def test_a_format_1_directory_is_migrated_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "old"
+    a = LMDBReplica(path, "a")
+    b = LMDBReplica(tmp_path / "b", "b")
+    local(a, ("add", "s", 1))
+    local(a, ("put", "m", "k", 1))
+    local(b, ("add", "s", 2))
+    (raw,) = b.log_batches("s", "b", 1, 1) or []
+    a.apply_batch(decode_message(raw), raw)
+    a.close()
+    _downgrade_to_format_1(path)
+    a = LMDBReplica(path, "a")
+    with a.env.begin() as txn:
+        meta = a.dbs["meta"]
+        assert layout.read_u64(txn.get(layout.META_FORMAT, db=meta)) == layout.FORMAT_VERSION
+        assert txn.get(layout.META_V1_LOG_SERIAL, db=meta) is None
+    local(a, ("add", "s", 3))  # logged after the migrated rows, in append order
+    assert a.bound_log("m", 1) == 0 and a.bound_log("s", 2) == 1
+    assert a.log_batches("s", "a", 1, 1) is None  # the oldest went first
+    assert a.log_batches("s", "b", 1, 1) == [raw]
+    assert a.bound_log("s", 0) == 2 and a.bound_log("m", 0) == 1
+    local(a, ("add", "s", 4))
+    assert a.log_batches("s", "a", 3, 3) is not None
+    a.close()
+    b.close()
+
+
 @given(st.lists(st.integers(0, HASH_SPACE - 1), min_size=2, max_size=8))
 def test_fingerprints_match_the_pure_definition(bounds: list[int]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
