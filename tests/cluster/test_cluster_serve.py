@@ -42,3 +42,21 @@ def test_unknown_setting_in_the_config_file_is_refused(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "unknown setting" in proc.stderr
+
+
+def test_serve_tunes_the_garbage_collector_of_its_own_process() -> None:
+    # Checked in a child: the tuning is process-wide, and this test process is not a node.
+    script = (
+        "import gc\n"
+        "from crdtstore.cli import GC_GEN0_THRESHOLD, tune_gc\n"
+        "before = gc.get_threshold()\n"
+        "tune_gc()\n"
+        "after = gc.get_threshold()\n"
+        "assert after == (GC_GEN0_THRESHOLD, *before[1:]) and after != before, (before, after)\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "print('tuned')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "tuned", done.stderr
