@@ -32,7 +32,7 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from hashlib import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -858,9 +858,12 @@ class LMDBReplica:
                 received.extend(
                     self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, shipped)
                 )
-            new_ctx = ctx.join(CausalContext.from_dots(received)) if received else ctx
-            if context is not None:
-                new_ctx = new_ctx.join(context)
+            if context is not None and _all_in(received, context):
+                new_ctx = ctx.join(context)  # the usual case, and a bootstrap's millions
+            else:
+                new_ctx = ctx.join(CausalContext.from_dots(received)) if received else ctx
+                if context is not None:
+                    new_ctx = new_ctx.join(context)
             data = self.store_ctx(txn, ns_id, new_ctx)
             self._finish(writer)
             return ns_id, tname, new_ctx, data
@@ -905,8 +908,8 @@ class LMDBReplica:
                 writer, ns_id, namespace, stamped, key, ctx, entry, their_ctx, None, ekey, khash
             )
         # Keys we hold no row for (all of them, in a bootstrap).
-        for ekey, (key, entry, khash) in theirs.items():
-            _insert_row(writer, ns_id, namespace, stamped, key, ekey, khash, entry, ctx, None)
+        new = ((key, ekey, khash, entry) for ekey, (key, entry, khash) in theirs.items())
+        _insert_rows(writer, ns_id, namespace, stamped, new, ctx, None)
         return received
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:
@@ -1033,6 +1036,12 @@ def _migrate_from_format_1(txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> Non
     log.info("storage format migrated from version 1 to %d", layout.FORMAT_VERSION)
 
 
+def _all_in(dots: Iterable[Dot], ctx: CausalContext) -> bool:
+    """Whether ``ctx`` holds every dot (``d in ctx``, inlined)."""
+    vv, cloud = ctx.vv, ctx.cloud
+    return all(d[1] <= vv.get(d[0], 0) or d in cloud for d in dots)
+
+
 def _insert_row(
     writer: RowWriter,
     ns_id: int,
@@ -1045,36 +1054,54 @@ def _insert_row(
     my_ctx: CausalContext,
     origin: str | None,
 ) -> None:
-    """``_join_key`` for a key that has no row here: the join keeps the dots our context has
-    not seen, and the row is written straight. The same result as the generic join (the
-    differential tests compare both with the pure values), without its per-dot objects:
-    this runs once per key of a bootstrap and of every batch of new keys."""
+    """``_join_key`` for a key that has no row here (see :func:`_insert_rows`)."""
+    _insert_rows(writer, ns_id, namespace, stamped, [(key, ekey, khash, theirs)], my_ctx, origin)
+
+
+def _insert_rows(
+    writer: RowWriter,
+    ns_id: int,
+    namespace: str,
+    stamped: bool,
+    items: Iterable[tuple[Any, bytes, int, Mapping[Dot, Any]]],
+    my_ctx: CausalContext,
+    origin: str | None,
+) -> None:
+    """``_join_key`` of keys ``(key, encoded key, key hash, their dots)`` that have no row
+    here: the join keeps the dots our context has not seen, and the row is written
+    straight. The same result as the generic join (the differential tests compare both
+    with the pure values), without its per-dot objects: this runs once per key of a
+    bootstrap and of every batch of new keys, so the loop's lookups are hoisted."""
     vv, cloud = my_ctx.vv, my_ctx.cloud
-    if len(theirs) == 1:  # the usual case: one live dot per key
+    put, state, buckets, events = writer.txn.put, writer.state, writer.buckets, writer.events
+    prefix, shift = layout.ns_prefix(ns_id), layout.BUCKET_SHIFT
+    pack = msgpack.Packer(use_bin_type=True).pack
+    for key, ekey, khash, theirs in items:
         dots = [d for d in theirs if d[1] > vv.get(d[0], 0) and d not in cloud]
-    else:
-        dots = sorted(d for d in theirs if d[1] > vv.get(d[0], 0) and d not in cloud)
-    if not dots:
-        return
-    h = blake2b(ekey, digest_size=8)
-    for replica, seq in dots:
-        h.update(replica.encode() + b"\0" + seq.to_bytes(8, "big"))
-    edig = h.digest()  # layout.entry_hash_encoded(ekey, dots)
-    event: journal.Event
-    if stamped:
-        row = [[d[0], d[1], *theirs[d]] for d in dots]
-        won = (dots[0], theirs[dots[0]]) if len(dots) == 1 else winner({d: theirs[d] for d in dots})
-        assert won is not None
-        event = (namespace, key, None, won[1][1], origin or won[0].replica)
-    else:
-        row = [[d[0], d[1]] for d in dots]
-        event = (namespace, key, False, True, origin)
-    writer.txn.put(
-        layout.ns_prefix(ns_id) + khash.to_bytes(8, "big") + ekey,
-        edig + layout.pack(row),
-        db=writer.state,
-    )
-    acc = writer.buckets.setdefault((ns_id, khash >> layout.BUCKET_SHIFT), [0, 0])
-    acc[0] ^= int.from_bytes(edig, "big")
-    acc[1] += 1
-    writer.events.append(event)
+        if not dots:
+            continue
+        if len(dots) > 1:
+            dots.sort()
+        h = blake2b(ekey, digest_size=8)
+        for replica, seq in dots:
+            h.update(replica.encode() + b"\0" + seq.to_bytes(8, "big"))
+        edig = h.digest()  # layout.entry_hash_encoded(ekey, dots)
+        if stamped:
+            row = [[d[0], d[1], *theirs[d]] for d in dots]
+            won = (
+                (dots[0], theirs[dots[0]])
+                if len(dots) == 1
+                else winner({d: theirs[d] for d in dots})
+            )
+            assert won is not None
+            events.append((namespace, key, None, won[1][1], origin or won[0].replica))
+        else:
+            row = [[d[0], d[1]] for d in dots]
+            events.append((namespace, key, False, True, origin))
+        put(prefix + khash.to_bytes(8, "big") + ekey, edig + pack(row), db=state)
+        bkey = (ns_id, khash >> shift)
+        acc = buckets.get(bkey)
+        if acc is None:
+            acc = buckets[bkey] = [0, 0]
+        acc[0] ^= int.from_bytes(edig, "big")
+        acc[1] += 1

@@ -821,6 +821,9 @@ def _restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:
     mark them seen without what they depend on.
     """
     vv, cloud = base.vv, base.cloud  # ``d in base``, inlined: this runs once per shipped dot
+    if all(d[1] <= vv.get(d[0], 0) or d in cloud for e in shipped.entries.values() for d in e):
+        # Usually nothing goes: share the entries rather than copy a bootstrap's millions.
+        return type(shipped)(shipped.entries, base, is_delta=True)
     entries = {
         k: {d: p for d, p in e.items() if d[1] <= vv.get(d[0], 0) or d in cloud}
         for k, e in shipped.entries.items()

@@ -316,6 +316,7 @@ OPS = st.one_of(
     st.tuples(st.just("pull")),
     st.tuples(st.just("range"), st.integers(0, 15), st.integers(1, 16)),
     st.tuples(st.just("merge")),
+    st.tuples(st.just("ranges"), st.integers(1, 15), st.booleans()),
 )
 
 
@@ -414,6 +415,21 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
                 shipped = peer[ns].restrict(keys)
                 replica.apply_range(ns, lo, hi, shipped)
                 mine[ns] = mirror_range(mine[ns], lo, hi, shipped)
+        elif op[0] == "ranges":
+            # A session's end: disjoint ranges and a context in one step. The peer's whole
+            # context covers every dot shipped; an empty one covers none of them.
+            cut = op[1] * HASH_SPACE // 16
+            for ns in ("m", "s"):
+                context = peer[ns].context if op[2] else CausalContext()
+                staged = []
+                for lo, hi in ((0, cut), (cut, HASH_SPACE)):
+                    shipped = peer[ns].restrict(
+                        [k for k in peer[ns].entries if lo <= key_hash(k) < hi]
+                    )
+                    staged.append((lo, hi, shipped))
+                    mine[ns] = mirror_range(mine[ns], lo, hi, shipped)
+                replica.apply_ranges(ns, staged, context)
+                mine[ns] = type(mine[ns])(mine[ns].entries, mine[ns].context.join(context))
         elif op[0] == "merge":
             for ns in ("m", "s"):
                 if ns in replica.namespaces():
