@@ -674,11 +674,11 @@ class SyncEngine:
                         packed = self.replica.read_range_packed(ns, lo, hi, None)
             if ship:
                 assert packed is not None
-                budget -= count
+                budget -= packed.count
                 bytes_left -= len(packed.data)
                 answers.append(RangeAnswer(lo, hi, RANGE_ENTRIES, packed=packed))
                 self.stats["ranges_shipped"] += 1
-                self.stats["entries_shipped"] += count
+                self.stats["entries_shipped"] += packed.count
             else:
                 fps = self.replica.fingerprints(ns, parts)
                 sub = tuple(
