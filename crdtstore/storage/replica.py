@@ -791,10 +791,11 @@ class LMDBReplica:
                 (packer.pack_array_header(4), packer.pack(tname), packer.pack(True), ctx_data)
             )
             room = None if max_bytes is None else max_bytes - len(head)
+            pair = packer.pack_array_header(2)
             entries = []
             size = 0
             for rkey, data in self._scan(txn, ns_id, lo, hi):
-                entry = b"\x92" + rkey[12:] + data[8:]  # [ekey, dots]: fixarray of 2
+                entry = pair + rkey[12:] + data[8:]  # [encoded key, encoded dots]
                 size += len(entry)
                 if room is not None and size > room:
                     return None  # stop scanning as soon as the budget is passed
