@@ -514,18 +514,16 @@ class LMDBReplica:
                 return False, ns_id, tname, None, b""  # this batch's deltas were applied
             writer = RowWriter(txn, self._state, self._bucketdb)
             stamped = tname == LWW
+            ns, their_ctx, origin = batch.namespace, delta.context, batch.origin
+            fresh = []
             for key, theirs in delta.entries.items():
-                self._join_key(
-                    writer,
-                    ns_id,
-                    batch.namespace,
-                    stamped,
-                    key,
-                    ctx,
-                    theirs,
-                    delta.context,
-                    batch.origin,
-                )
+                ekey = layout.pack_key(key)
+                khash = layout.hash_encoded_key(ekey)
+                if not self._join_key(
+                    writer, ns_id, ns, stamped, key, ctx, theirs, their_ctx, origin, ekey, khash
+                ):
+                    fresh.append((key, ekey, khash, theirs))
+            _insert_rows(writer, ns_id, ns, stamped, fresh, ctx, origin)
             new_ctx = ctx.join(delta.context)
             data = self.store_ctx(txn, ns_id, new_ctx)
             self.log_put(txn, ns_id, batch.origin, batch.first, batch.last, encoded)
@@ -550,23 +548,19 @@ class LMDBReplica:
         theirs: Mapping[Dot, Any],
         their_ctx: CausalContext,
         origin: str | None,
-        ekey: bytes | None = None,
-        khash: int = 0,
-    ) -> None:
-        """Join one key's shipped dots into its row (``ekey`` / ``khash``: the key's
-        encoding and hash when the caller has them already)."""
-        if ekey is None:
-            ekey = layout.pack_key(key)
-            khash = layout.hash_encoded_key(ekey)
+        ekey: bytes,
+        khash: int,
+    ) -> bool:
+        """Join one key's shipped dots into its row; False, doing nothing, when the key
+        has no row here: callers collect those for :func:`_insert_rows`, one loop for all."""
         rkey = layout.row_key(ns_id, khash, ekey)
         old = writer.get(rkey)
         if old is None:
-            _insert_row(writer, ns_id, namespace, stamped, key, ekey, khash, theirs, my_ctx, origin)
-            return
+            return False
         mine = entry_from_row(layout.unpack_row(old)[1], stamped)
         joined = join_entry(mine, my_ctx, theirs, their_ctx)
         if joined.keys() == mine.keys():
-            return
+            return True
         new: bytes | None = None
         if joined:
             ehash = layout.entry_hash_encoded(ekey, joined)
@@ -577,6 +571,7 @@ class LMDBReplica:
             if origin is None and isinstance(now_id, Dot):
                 origin = now_id.replica
             writer.events.append((namespace, key, was, now, origin))
+        return True
 
     def _finish(self, writer: RowWriter) -> None:
         writer.flush()
@@ -903,7 +898,7 @@ class LMDBReplica:
             )
         ]
         their_ctx = shipped.context
-        for key, ekey, khash in mine:
+        for key, ekey, khash in mine:  # each has a row: _join_key joins it
             _, entry, _ = theirs.pop(ekey, (key, {}, khash))
             self._join_key(
                 writer, ns_id, namespace, stamped, key, ctx, entry, their_ctx, None, ekey, khash
@@ -1043,22 +1038,6 @@ def _all_in(dots: Iterable[Dot], ctx: CausalContext) -> bool:
     return all(d[1] <= vv.get(d[0], 0) or d in cloud for d in dots)
 
 
-def _insert_row(
-    writer: RowWriter,
-    ns_id: int,
-    namespace: str,
-    stamped: bool,
-    key: Any,
-    ekey: bytes,
-    khash: int,
-    theirs: Mapping[Dot, Any],
-    my_ctx: CausalContext,
-    origin: str | None,
-) -> None:
-    """``_join_key`` for a key that has no row here (see :func:`_insert_rows`)."""
-    _insert_rows(writer, ns_id, namespace, stamped, [(key, ekey, khash, theirs)], my_ctx, origin)
-
-
 def _insert_rows(
     writer: RowWriter,
     ns_id: int,
@@ -1076,7 +1055,7 @@ def _insert_rows(
     vv, cloud = my_ctx.vv, my_ctx.cloud
     put, state, buckets, events = writer.txn.put, writer.state, writer.buckets, writer.events
     prefix, shift = layout.ns_prefix(ns_id), layout.BUCKET_SHIFT
-    pack = msgpack.Packer(use_bin_type=True).pack
+    pack = layout.pack
     for key, ekey, khash, theirs in items:
         dots = [d for d in theirs if d[1] > vv.get(d[0], 0) and d not in cloud]
         if not dots:
