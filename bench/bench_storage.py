@@ -152,14 +152,6 @@ def raw_batches(path: Path, rounds: int, *, hashed: bool) -> tuple[float, float]
         env.close()
 
 
-def rss_kb() -> int:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
 OPEN_PROBE = """
 import sys, time
 sys.path.insert(0, sys.argv[2])

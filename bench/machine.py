@@ -13,3 +13,17 @@ def lo_bytes() -> int:
         if name.strip() == "lo":
             return int(rest.split()[0])
     return 0
+
+
+def status_kib(field: str, pid: int | str = "self") -> int:
+    """A size field of ``/proc/PID/status`` in KiB (``VmRSS``, ``VmHWM``: peak RSS), 0 if
+    the process or the field is gone."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, value = line.partition(":")
+        if name == field:
+            return int(value.split()[0])
+    return 0
