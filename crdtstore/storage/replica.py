@@ -72,6 +72,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+EVENTS_PER_JOURNAL_ROW = 16_384
+"""A commit's change events go in rows of at most this many (all rows of one commit
+become visible together)."""
 LWW = "lww_map"
 ORSET = "or_set"
 
@@ -573,12 +576,14 @@ class LMDBReplica:
             writer.events.append((namespace, key, was, now, origin))
         return True
 
+    @property
+    def _journal_keep(self) -> int:
+        return self.settings.journal_max_entries
+
     def _finish(self, writer: RowWriter) -> None:
         writer.flush()
         if writer.events:
-            journal.append(
-                writer.txn, self._journaldb, writer.events, self.settings.journal_max_entries
-            )
+            journal.append(writer.txn, self._journaldb, writer.events, self._journal_keep)
 
     def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
         def read(txn: lmdb.Transaction) -> list[bytes] | None:
@@ -808,58 +813,57 @@ class LMDBReplica:
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Sequence[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any]]],
         context: CausalContext,
     ) -> None:
         """Every staged range of a reconciliation, then ``context``, in ONE transaction.
 
         One commit instead of one per range: a crash cannot leave the ranges applied
         without the context (or half of them), and a bootstrap of n entries costs one
-        fsync and one context encoding instead of one per range.
+        fsync and one context encoding instead of one per range. ``ranges`` is iterated
+        once per attempt, one range at a time (the engine may decode them as it goes).
         """
         self._apply_ranges(namespace, ranges, context)
 
     def _apply_ranges(
         self,
         namespace: str,
-        ranges: Sequence[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any]]],
         context: CausalContext | None,
     ) -> None:
         self._check()
-        if not ranges and context is None:
-            return
-        for _, _, shipped in ranges:
-            self._check_drift(shipped)
-        type_name = ranges[0][2].type_name if ranges else None
 
         def apply(txn: lmdb.Transaction) -> tuple[int, str, CausalContext, bytes]:
-            if type_name is not None:
-                ns_id, tname, _ = self._ensure_ns(txn, namespace, type_name)
-            else:
-                found = self._lookup_ns(txn, namespace)
-                if found is None:
-                    raise InvalidValue(f"namespace {namespace!r} does not exist here")
-                ns_id, tname = found
-            ctx = self.load_ctx(txn, ns_id)
+            found = self._lookup_ns(txn, namespace)
+            ctx = CausalContext() if found is None else self.load_ctx(txn, found[0])
             writer = RowWriter(txn, self._state, self._bucketdb)
             received: list[Dot] = []
             # Ranges are disjoint, so each is judged against our context from before the
             # session; only the dots received join it (the sender's context also covers
             # keys outside the ranges), and ``context`` joins once all of them are in.
             for lo, hi, shipped in ranges:
+                if found is None:  # a namespace learned from its first range
+                    found = self._ensure_ns(txn, namespace, shipped.type_name)[:2]
+                ns_id, tname = found
                 if shipped.type_name != tname:
                     raise InvalidValue(
                         f"namespace {namespace!r} is a {tname}, the range holds {shipped.type_name}"
                     )
-                received.extend(
-                    self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, shipped)
-                )
-            if context is not None and _all_in(received, context):
-                new_ctx = ctx.join(context)  # the usual case, and a bootstrap's millions
-            else:
-                new_ctx = ctx.join(CausalContext.from_dots(received)) if received else ctx
-                if context is not None:
-                    new_ctx = new_ctx.join(context)
+                self._check_drift(shipped)  # raising here aborts the whole transaction
+                got = self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, shipped)
+                # Dots ``context`` holds would join with it anyway: a bootstrap keeps none.
+                received.extend(got if context is None else _not_in(got, context))
+                if len(writer.events) >= EVENTS_PER_JOURNAL_ROW:
+                    # A bootstrap changes every key: journal its events as it goes rather
+                    # than hold them (and the keys and values they name) to the end.
+                    journal.append(txn, self._journaldb, writer.events, self._journal_keep)
+                    writer.events.clear()
+            if found is None:
+                raise InvalidValue(f"namespace {namespace!r} does not exist here")
+            ns_id, tname = found
+            new_ctx = ctx.join(CausalContext.from_dots(received)) if received else ctx
+            if context is not None:
+                new_ctx = new_ctx.join(context)
             data = self.store_ctx(txn, ns_id, new_ctx)
             self._finish(writer)
             return ns_id, tname, new_ctx, data
@@ -1032,10 +1036,10 @@ def _migrate_from_format_1(txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> Non
     log.info("storage format migrated from version 1 to %d", layout.FORMAT_VERSION)
 
 
-def _all_in(dots: Iterable[Dot], ctx: CausalContext) -> bool:
-    """Whether ``ctx`` holds every dot (``d in ctx``, inlined)."""
+def _not_in(dots: list[Dot], ctx: CausalContext) -> list[Dot]:
+    """The dots ``ctx`` does not hold (``d not in ctx``, inlined)."""
     vv, cloud = ctx.vv, ctx.cloud
-    return all(d[1] <= vv.get(d[0], 0) or d in cloud for d in dots)
+    return [d for d in dots if d[1] > vv.get(d[0], 0) and d not in cloud]
 
 
 def _insert_rows(

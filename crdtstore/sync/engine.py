@@ -65,7 +65,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,8 +140,12 @@ class _Session:
     pending: list[tuple[int, int]] = field(default_factory=list)  # unresolved, not asked
     asked: list[tuple[int, int]] = field(default_factory=list)  # in the current query
     query: bytes = b""
-    # Shipped ranges, filtered to the base context, applied only when the session completes.
+    # Shipped ranges, filtered to the base context, applied only when the session completes:
+    # decoded up to ``range_stage_max_entries``, then as replies kept in their wire form
+    # with the bounds of the ranges staged from them.
     staged: list[tuple[int, int, DotMap[Any]]] = field(default_factory=list)
+    staged_entries: int = 0
+    kept: list[tuple[bytes, frozenset[tuple[int, int]]]] = field(default_factory=list)
     deadline: int = 0
     retries: int = 0
 
@@ -357,7 +361,7 @@ class SyncEngine:
         if isinstance(msg, RangeQuery):
             return self._serve_range_query(peer, msg)
         if isinstance(msg, RangeReply):
-            return self._on_range_reply(peer, msg, now_ms)
+            return self._on_range_reply(peer, msg, data, now_ms)
         self._reject("rejected_invalid", now_ms, f"unexpected {type(msg).__name__}")
         return []
 
@@ -690,7 +694,9 @@ class SyncEngine:
         reply = RangeReply(msg.session, msg.round, ns, context, tuple(answers))
         return [Send(peer, encode_message(reply))]
 
-    def _on_range_reply(self, peer: str, msg: RangeReply, now_ms: int) -> list[Outgoing]:
+    def _on_range_reply(
+        self, peer: str, msg: RangeReply, data: bytes, now_ms: int
+    ) -> list[Outgoing]:
         session = self._sessions.get(msg.namespace)
         if (
             session is None
@@ -728,12 +734,18 @@ class SyncEngine:
                 self.stats["ranges_equal"] += 1
             else:
                 differing.append((answer.lo, answer.hi))
+        keep = session.staged_entries >= self.settings.range_stage_max_entries
+        kept: set[tuple[int, int]] = set()
         for answer in msg.answers:
             if answer.kind == RANGE_EQUAL:
                 pass
             elif answer.kind == RANGE_ENTRIES and answer.shipped is not None:
-                staged = _restrict_to(answer.shipped, base)
-                session.staged.append((answer.lo, answer.hi, staged))
+                if keep:
+                    kept.add((answer.lo, answer.hi))
+                else:
+                    staged = _restrict_to(answer.shipped, base)
+                    session.staged.append((answer.lo, answer.hi, staged))
+                    session.staged_entries += len(staged.entries)
                 self.stats["ranges_staged"] += 1
             elif answer.kind == RANGE_SPLIT:
                 bounds = [(p.lo, p.hi) for p in answer.parts]
@@ -741,6 +753,9 @@ class SyncEngine:
                 for part, own in zip(answer.parts, mine, strict=True):
                     if own != (part.fingerprint, part.count):
                         differing.append((part.lo, part.hi))
+        if kept:
+            session.kept.append((data, frozenset(kept)))
+            self.stats["range_replies_kept_encoded"] += 1
         unanswered = [r for r in session.asked if r not in set(answered)]
         session.pending = unanswered + differing + session.pending
         session.asked = []
@@ -749,8 +764,9 @@ class SyncEngine:
             return self._send_query(session, now_ms)
         # Every range resolved: now, and only now, the staged ranges are applied and the
         # first reply's context joins ours (one engine step: nothing interleaves).
-        self.replica.apply_ranges(ns, session.staged, base)
-        self.stats["ranges_applied"] += len(session.staged)
+        ranges = _StagedRanges(session.staged, session.kept, base)
+        self.replica.apply_ranges(ns, ranges, base)
+        self.stats["ranges_applied"] += len(session.staged) + sum(len(k) for _, k in session.kept)
         del self._sessions[ns]
         self.stats["range_sessions_completed"] += 1
         self._drain(ns)
@@ -811,6 +827,30 @@ def _causally_ready(batch: DeltaBatch, ctx: CausalContext) -> bool:
             if not (replica == own and lo <= seq <= hi) and Dot(replica, seq) not in ctx:
                 return False
     return all((d.replica == own and lo <= d.seq <= hi) or d in ctx for d in theirs.cloud)
+
+
+class _StagedRanges:
+    """A session's staged ranges for ``Replica.apply_ranges``: the decoded ones, then those
+    of the replies kept encoded, decoded again one reply at a time as they are iterated
+    (so they are never all in memory at once). Iterable more than once (a replica retries
+    a transaction after growing its map)."""
+
+    def __init__(
+        self,
+        staged: list[tuple[int, int, DotMap[Any]]],
+        kept: list[tuple[bytes, frozenset[tuple[int, int]]]],
+        base: CausalContext,
+    ) -> None:
+        self._staged, self._kept, self._base = staged, kept, base
+
+    def __iter__(self) -> Iterator[tuple[int, int, DotMap[Any]]]:
+        yield from self._staged
+        for data, bounds in self._kept:
+            # Our own copy of a reply that passed every check when it arrived.
+            reply = decode_message(data)
+            for answer in reply.answers:
+                if (answer.lo, answer.hi) in bounds and answer.shipped is not None:
+                    yield answer.lo, answer.hi, _restrict_to(answer.shipped, self._base)
 
 
 def _restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:

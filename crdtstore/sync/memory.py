@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -231,7 +231,7 @@ class MemoryReplica:
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Sequence[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any]]],
         context: CausalContext,
     ) -> None:
         # In memory nothing can crash between the steps, so the plain loop is atomic.

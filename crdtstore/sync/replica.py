@@ -18,7 +18,7 @@ Invariants every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from crdtstore.crdt import CausalContext, DotMap
@@ -84,11 +84,13 @@ class Replica(Protocol):
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Sequence[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any]]],
         context: CausalContext,
     ) -> None:
         """``apply_range`` of each (disjoint) range, then ``merge_context(context)``, as one
-        atomic step: a crash leaves all of it or none."""
+        atomic step: a crash leaves all of it or none. ``ranges`` may be a lazy iterable
+        (each iteration yields the same ranges); an implementation may iterate it again to
+        retry, and should not hold every range at once."""
         ...
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:

@@ -24,6 +24,7 @@ from crdtstore.errors import (
 )
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, layout
+from crdtstore.storage import replica as replica_module
 from crdtstore.storage.replica import wall_ms
 from crdtstore.sync.fingerprint import HASH_SPACE, entry_hash, fingerprint, key_hash, split_range
 from crdtstore.sync.messages import DeltaBatch, decode_message, encode_message
@@ -465,3 +466,20 @@ def decode_context_of(obj: Any) -> CausalContext:
     from crdtstore.codec import decode_context
 
     return decode_context(obj)
+
+
+def test_a_large_range_apply_journals_its_events_in_rows_of_one_commit(
+    make_replica: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(replica_module, "EVENTS_PER_JOURNAL_ROW", 8)
+    a, b = make_replica("a"), make_replica("b")
+    local(b, *[("put", "m", f"k{i}", i) for i in range(50)])
+    ranges = [(lo, hi, b.read_range("m", lo, hi)) for lo, hi in split_range(*ALL, 16)]
+    before = a.journal_last()
+    a.apply_ranges("m", ranges, b.context("m"))
+    _, rows = a.journal_after(before, 1000)
+    events = [c for _, changes in rows for c in changes]
+    assert len(rows) >= 50 // 16 and max(len(changes) for _, changes in rows) < 50
+    assert sorted(c.key for c in events) == sorted(f"k{i}" for i in range(50))
+    assert {(c.old, c.origin) for c in events} == {(None, "b")}
+    assert state_of(a, "m") == state_of(b, "m")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
 from crdtstore.sync.engine import Publish, Send, SyncEngine
+from crdtstore.sync.fingerprint import HASH_SPACE
 from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import (
     DeltaBatch,
@@ -302,3 +304,38 @@ def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
         [data] = sender.log_batches("set", "s", seq, seq) or []
         a_engine.on_message("", data, 0)
     assert asker.value("set") == sender.value("set")
+
+
+def _bootstrap_into(asker: Any, stage_max: int) -> tuple[MemoryReplica, Any]:
+    """An empty ``asker`` reconciles 600 keys (with removals) from a sender, in replies of
+    at most 64 entries; returns the sender and the asker engine's stats."""
+    cfg = settings(range_max_reply_entries=64, range_stage_max_entries=stage_max)
+    sender = MemoryReplica("s")
+    for i in range(600):
+        sender.mutate("m", "lww_map", lambda st, i=i: st.put("s", f"k{i}", i, i + 1))  # type: ignore[attr-defined]
+    for i in range(0, 600, 7):
+        sender.mutate("m", "lww_map", lambda st, i=i: st.delete("s", f"k{i}"))  # type: ignore[attr-defined]
+    s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    s_engine.add_peer("a")
+    a_engine.add_peer("s")
+    queue = [("a", o) for o in a_engine.on_message("", s_engine.greet("a")[0].data, 0)]
+    while queue:
+        src, o = queue.pop(0)
+        assert isinstance(o, Send)
+        dst = a_engine if o.peer == "a" else s_engine
+        queue.extend((dst.node_id, x) for x in dst.on_message(src, o.data, 0))
+    assert a_engine.stats["range_sessions_completed"] == 1
+    return sender, a_engine.stats
+
+
+def test_a_session_keeps_replies_encoded_past_its_staging_bound(
+    make_replica: Callable[..., Any],
+) -> None:
+    for stage_max, kept in ((100, True), (100_000, False)):
+        asker = make_replica(f"a{stage_max}", node_id="a")
+        sender, stats = _bootstrap_into(asker, stage_max)
+        assert (stats["range_replies_kept_encoded"] > 0) is kept, stats
+        want = {k: dict(e) for k, e in sender.value("m").entries.items() if e}
+        got = {k: dict(e) for k, e in asker.read_range("m", 0, HASH_SPACE).entries.items()}
+        assert got == want and len(got) == 600 - len(range(0, 600, 7))
+        assert asker.context("m") == sender.context("m")
