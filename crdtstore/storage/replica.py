@@ -576,14 +576,12 @@ class LMDBReplica:
             writer.events.append((namespace, key, was, now, origin))
         return True
 
-    @property
-    def _journal_keep(self) -> int:
-        return self.settings.journal_max_entries
-
     def _finish(self, writer: RowWriter) -> None:
         writer.flush()
         if writer.events:
-            journal.append(writer.txn, self._journaldb, writer.events, self._journal_keep)
+            journal.append(
+                writer.txn, self._journaldb, writer.events, self.settings.journal_max_entries
+            )
 
     def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
         def read(txn: lmdb.Transaction) -> list[bytes] | None:
@@ -856,7 +854,9 @@ class LMDBReplica:
                 if len(writer.events) >= EVENTS_PER_JOURNAL_ROW:
                     # A bootstrap changes every key: journal its events as it goes rather
                     # than hold them (and the keys and values they name) to the end.
-                    journal.append(txn, self._journaldb, writer.events, self._journal_keep)
+                    journal.append(
+                        txn, self._journaldb, writer.events, self.settings.journal_max_entries
+                    )
                     writer.events.clear()
             if found is None:
                 raise InvalidValue(f"namespace {namespace!r} does not exist here")
