@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
+from machine import ensure_installed
 from rich.console import Console
 from rich.table import Table
 from tooz import coordination
@@ -31,16 +31,6 @@ from tooz import coordination
 from crdtstore.localcluster import ServeNode, free_port, wait_until
 
 console = Console()
-
-
-def ensure_installed(binary: str, package: str) -> str | None:
-    path = shutil.which(binary)
-    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        console.print(f"installing {package} with apt-get ...")
-        subprocess.run(["apt-get", "install", "-y", "-q", package],
-                       capture_output=True, timeout=600, check=False)
-        path = shutil.which(binary)
-    return path
 
 
 def port_open(port: int) -> bool:

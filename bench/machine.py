@@ -1,7 +1,11 @@
-"""What the benchmarks read about this machine from /proc (Linux only)."""
+"""What the benchmarks read about this machine from /proc, and the servers they install on
+it (Linux only)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 
@@ -27,3 +31,20 @@ def status_kib(field: str, pid: int | str = "self") -> int:
         if name == field:
             return int(value.split()[0])
     return 0
+
+
+def ensure_installed(binary: str, package: str) -> str | None:
+    """The path of ``binary``, installing Debian's ``package`` with apt-get first when it is
+    missing and this runs as root; None when it stays absent (the caller skips, saying so).
+    """
+    path = shutil.which(binary)
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        print(f"installing {package} with apt-get ...", flush=True)
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", package],
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        path = shutil.which(binary)
+    return path

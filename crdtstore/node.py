@@ -42,7 +42,7 @@ from crdtstore.membership.view import Member, members_from_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
 from crdtstore.storage.journal import Change
-from crdtstore.storage.layout import unpack_row
+from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
 from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
@@ -52,6 +52,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 LWW = "lww_map"
 RESERVED_PREFIX = "__"
+ROW_KEY_MEMO_MAX = 4096
+"""Row-key suffixes a node keeps for the keys it last read (half a MiB at most): the key's
+encoding and hash are a third of a ``get``, and the same keys tend to be read again."""
 TOPICS_RECHECK_S = 1.0
 """How stale this process's view of the directory's declared topics may be."""
 ORSET = "or_set"
@@ -99,6 +102,7 @@ class Node:
         self.on_commit: list[Callable[[], None]] = []
         self.on_role_acquired: list[Callable[[], None]] = []
         self._tls = threading.local()
+        self._suffixes: dict[str | bytes | int, bytes] = {}
         self._closed = False
         self._close_lock = threading.Lock()
         self._network: Any = None
@@ -385,18 +389,30 @@ class Node:
 
     # -- reads ----------
 
-    def _row(self, view: _NamespaceView, ekey: bytes) -> list[list[Any]] | None:
-        """The dots of one key: the fast path of get / in."""
+    def _row(self, view: _NamespaceView, key: Any) -> list[list[Any]] | None:
+        """The dots of one key (raises for an invalid key): the fast path of get / in."""
         if self._closed:
             raise ClosedError(f"node {self.path} is closed")
-        if self._tls.__dict__.get("write") is not None:
-            return self._dots(view._name, view.TYPE, ekey)  # sees this thread's transaction
-        ns_id = view._ns_id
-        if ns_id is None:
+        if self._tls.__dict__.get("write") is not None:  # sees this thread's transaction
+            return self._dots(view._name, view.TYPE, encode_key(key, self.settings))
+        prefix = view._prefix
+        if prefix is None:
             # Resolved outside any transaction, then kept: namespace ids never change.
-            ns_id = view._ns_id = self._replica.namespace_id(view._name, view.TYPE)
-        data = self._replica.get_row(ns_id, ekey)
-        return None if data is None else unpack_row(data)[1]
+            ns_id = self._replica.namespace_id(view._name, view.TYPE)
+            prefix = view._prefix = ns_prefix(ns_id)
+        kt = type(key)
+        # Only keys of these exact types are remembered: a dict would take True or 1.0 for 1.
+        if kt is str or kt is bytes or kt is int:
+            suffix = self._suffixes.get(key)
+            if suffix is None:
+                suffix = row_key_suffix(encode_key(key, self.settings))
+                if len(self._suffixes) >= ROW_KEY_MEMO_MAX:
+                    self._suffixes.clear()
+                self._suffixes[key] = suffix
+        else:
+            suffix = row_key_suffix(encode_key(key, self.settings))
+        data = self._replica.get_row(prefix + suffix)
+        return None if data is None else row_dots(data)
 
     def _dots(self, name: str, type_name: str, ekey: bytes) -> list[list[Any]] | None:
         self._check()
@@ -460,13 +476,13 @@ def _valid_key(key: object) -> bool:
 class _NamespaceView:
     """What both views share: the namespace, its cached id, key lookup, iteration, size."""
 
-    __slots__ = ("_name", "_node", "_ns_id")
+    __slots__ = ("_name", "_node", "_prefix")
     TYPE: str
 
     def __init__(self, node: Node, name: str) -> None:
         self._node = node
         self._name = name
-        self._ns_id: int | None = None
+        self._prefix: bytes | None = None  # the namespace's row-key prefix, once resolved
 
     @property
     def name(self) -> str:
@@ -474,10 +490,9 @@ class _NamespaceView:
 
     def _lookup(self, key: object) -> list[list[Any]] | None:
         """The live dots of ``key`` (None or [] when absent; invalid keys are absent)."""
-        if not _valid_key(key):
+        if type(key) is not str and not _valid_key(key):  # every str is a valid key
             return None
-        node = self._node
-        return node._row(self, encode_key(key, node.settings))
+        return self._node._row(self, key)
 
     def __iter__(self) -> Iterator[Any]:
         return (key for key, _ in self._node._rows(self._name, self.TYPE))
@@ -496,8 +511,7 @@ class LWWMapView(_NamespaceView, MutableMapping[Any, Any]):
     TYPE = LWW
 
     def __getitem__(self, key: Any) -> Any:
-        node = self._node
-        dots = node._row(self, encode_key(key, node.settings))
+        dots = self._node._row(self, key)
         if not dots:
             raise KeyError(key)
         return winning_value(dots)

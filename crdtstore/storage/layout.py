@@ -124,6 +124,11 @@ def row_key(ns_id: int, khash: int, ekey: bytes) -> bytes:
     return _U32.pack(ns_id) + _U64.pack(khash) + ekey
 
 
+def row_key_suffix(ekey: bytes) -> bytes:
+    """A state row's key after its namespace prefix: the key's hash, then the key."""
+    return hashlib.blake2b(ekey, digest_size=8).digest() + ekey
+
+
 def range_bounds(ns_id: int, lo: int, hi: int) -> tuple[bytes, bytes]:
     """Row-key bounds ``[start, end)`` of the key-hash range ``[lo, hi)``."""
     start = _U32.pack(ns_id) + _U64.pack(lo)
@@ -180,13 +185,18 @@ def pack_row(ehash: int, dots: list[list[Any]]) -> bytes:
 
 def unpack_row(data: Buf) -> tuple[int, list[list[Any]]]:
     """``(entry hash, [[replica, seq, (timestamp, value)]...])`` of a state row."""
+    return read_u64(data), row_dots(data)
+
+
+def row_dots(data: Buf) -> list[list[Any]]:
+    """The dots of a state row, without its entry hash (what a reader needs)."""
     try:
         dots = _unpackb(data[8:], raw=False, strict_map_key=False, ext_hook=_reject_ext)
     except Exception as exc:  # msgpack raises many types on malformed input
         raise DecodeError(f"corrupt state row: {type(exc).__name__}: {exc}") from exc
     if type(dots) is not list or len(data) < 9:
         raise DecodeError("state row does not hold a list of dots")
-    return read_u64(data), dots
+    return dots
 
 
 def row_hash(data: Buf) -> int:

@@ -354,15 +354,15 @@ class LMDBReplica:
             self._map_size = self._env.info()["map_size"]
             self.stats["map_adopted"] += 1
 
-    def get_row(self, ns_id: int, ekey: bytes) -> bytes | None:
-        """The state row of one key, in a fresh snapshot: the hot path of ``get`` / ``in``.
+    def get_row(self, rkey: bytes) -> bytes | None:
+        """The state row stored under ``rkey``, in a fresh snapshot: the hot path of ``get``
+        / ``in`` (``layout.ns_prefix`` + ``layout.row_key_suffix``).
 
         A new read transaction per call, so commits of other processes are seen at once;
         py-lmdb renews a spare reader slot for it (``max_spare_txns``), which is cheap.
         """
         if self._closed:
             raise ClosedError(f"replica {self.path} is closed")
-        rkey = layout.ns_prefix(ns_id) + blake2b(ekey, digest_size=8).digest() + ekey
         gate = self._gate
         lock = gate._lock
         while True:

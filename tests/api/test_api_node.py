@@ -40,6 +40,29 @@ def test_lww_map_is_a_mutable_mapping(node: Any) -> None:
     assert 1.5 not in m  # a key of the wrong type is simply not there
 
 
+def test_reads_tell_keys_apart_that_python_finds_equal(
+    node: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Reads remember the row keys of the keys they read; 1 == True == 1.0 to a dict.
+    m, s = node.lww_map("m"), node.or_set("s")
+    m[1], m["1"], m[b"1"] = "int", "str", "bytes"
+    s.add(1)
+    for _ in range(2):  # the second round reads from what the first remembered
+        assert (m[1], m["1"], m[b"1"]) == ("int", "str", "bytes")
+        assert 1 in m and 1 in s and "1" not in s
+        assert True not in m and 1.0 not in m and True not in s and 1.0 not in s
+        with pytest.raises(crdtstore.InvalidValue):
+            m[True]
+        with pytest.raises(crdtstore.InvalidValue):
+            m[1.0]
+    monkeypatch.setattr(crdtstore.node, "ROW_KEY_MEMO_MAX", 3)
+    for i in range(10):
+        m[f"k{i}"] = i
+    for _ in range(2):
+        assert [m[f"k{i}"] for i in range(10)] == list(range(10))
+        assert len(node._suffixes) <= 3
+
+
 def test_or_set_is_a_mutable_set(node: Any) -> None:
     s = node.or_set("hosts")
     s.add("h1")
