@@ -47,6 +47,16 @@ class Snapshot:
             subdir=True,
             create=False,
         )
+        meta = self.env.open_db(b"meta", create=False)
+        with self.env.begin() as txn:
+            fmt = txn.get(layout.META_FORMAT, db=meta)
+        version = layout.read_u64(fmt) if fmt is not None and len(fmt) == 8 else fmt
+        if version != layout.FORMAT_VERSION:
+            self.env.close()
+            raise SystemExit(
+                f"crdt-inspect: {path} has storage format {version!r}; this build reads "
+                f"{layout.FORMAT_VERSION} (opening it with crdtstore migrates an older one)"
+            )
         self.dbs = {name: self.env.open_db(name.encode(), create=False) for name in layout.TABLES}
         self.txn = self.env.begin()
 
@@ -66,7 +76,7 @@ class Snapshot:
         return out
 
     def context(self, ns_id: int) -> CausalContext:
-        data = self.txn.get(layout.ns_prefix(ns_id), db=self.dbs["context"])
+        data = self.txn.get(layout.context_key(ns_id), db=self.dbs["logorder"])
         return CausalContext() if data is None else decode_context(layout.unpack_stored(data))
 
     def rows(self, ns_id: int) -> Iterator[tuple[Any, list[list[Any]], int]]:

@@ -16,10 +16,11 @@ Invariants this module keeps (and ``crdt-inspect`` relies on):
 - A log row ``ns_id + blake2b(origin)[:8] + first_seq (8 BE)`` holds
   ``last_seq (8) + serial (8) + len(origin) (2) + origin + encoded DeltaBatch message``;
   the log-order row ``ns_id + serial (8 BE)`` points back at it, so the oldest batches in
-  append order can be dropped first (``bound_log``). Serials grow per namespace. The
-  count row ``ns_id + 2**64-1`` in the same table, just after the newest order row (so a
-  commit's log bookkeeping dirties one page there), counts the namespace's logged
-  batches; it exists once the namespace logged anything.
+  append order can be dropped first (``bound_log``). Serials grow per namespace. Two rows
+  follow the newest order row in the same table: the namespace's causal context
+  (``ns_id + 2**64-2``, ``pack_stored(encode_context(ctx))``) and the count of its logged
+  batches (``ns_id + 2**64-1``, once it logged anything). A commit rewrites all three, and
+  together they dirty one page.
 - A journal row ``seq (8 BE)`` holds ``msgpack([[namespace, key, old, new, origin], ...])``:
   the visible changes of one commit.
 """
@@ -37,9 +38,9 @@ import msgpack
 from crdtstore.crdt import Dot
 from crdtstore.errors import DecodeError
 
-FORMAT_VERSION = 2
-"""2: the log's counts moved from ``meta`` into ``logorder`` (a format 1 directory is
-migrated when opened)."""
+FORMAT_VERSION = 3
+"""2: the log's counts moved from ``meta`` into ``logorder``; 3: so did the causal contexts
+(they had a table of their own). Older directories are migrated when opened."""
 
 Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
 
@@ -48,7 +49,8 @@ BUCKET_BITS = 8
 BUCKETS = 1 << BUCKET_BITS
 BUCKET_SHIFT = 64 - BUCKET_BITS  # a bucket is the key hash's first byte (local.py relies on it)
 
-TABLES = ("meta", "namespaces", "state", "context", "buckets", "log", "logorder", "journal")
+TABLES = ("meta", "namespaces", "state", "buckets", "log", "logorder", "journal")
+V2_CONTEXT_TABLE = b"context"  # format 2 only: ns id -> causal context (migrated away on open)
 
 META_FORMAT = b"format_version"
 META_NODE_ID = b"node_id"
@@ -70,6 +72,10 @@ def u64(n: int) -> bytes:
 
 def read_u64(data: Buf, offset: int = 0) -> int:
     return int(_U64.unpack_from(data, offset)[0])
+
+
+def read_u32(data: Buf, offset: int = 0) -> int:
+    return int(_U32.unpack_from(data, offset)[0])
 
 
 def ns_prefix(ns_id: int) -> bytes:
@@ -245,10 +251,18 @@ def log_order_key(ns_id: int, serial: int) -> bytes:
 LOG_COUNT_SERIAL = (1 << 64) - 1
 """The order-table key ``ns_id + this`` holds the namespace's count of logged batches:
 after every serial, so beside the newest order row."""
+CONTEXT_SERIAL = (1 << 64) - 2
+"""The order-table key ``ns_id + this`` holds the namespace's causal context (stored),
+between its newest order row and its count. A commit rewrites all three, so a small
+context costs it no page of its own (a table of contexts cost 2.5 pages per commit)."""
 
 
 def log_count_key(ns_id: int) -> bytes:
     return _U32.pack(ns_id) + _U64.pack(LOG_COUNT_SERIAL)
+
+
+def context_key(ns_id: int) -> bytes:
+    return _U32.pack(ns_id) + _U64.pack(CONTEXT_SERIAL)
 
 
 def log_last(data: Buf) -> int:

@@ -139,7 +139,7 @@ class LMDBReplica:
             self._env.close()
             raise
         self._meta, self._nsdb = self.dbs["meta"], self.dbs["namespaces"]
-        self._state, self._ctxdb = self.dbs["state"], self.dbs["context"]
+        self._state, self._orderdb = self.dbs["state"], self.dbs["logorder"]
         self._bucketdb, self._logdb = self.dbs["buckets"], self.dbs["log"]
         self._journaldb = self.dbs["journal"]
         self._flusher: _Flusher | None = None
@@ -178,15 +178,19 @@ class LMDBReplica:
     def _init_meta(self, txn: lmdb.Transaction, node_id: str | None) -> str:
         meta = self.dbs["meta"]
         fmt = txn.get(layout.META_FORMAT, db=meta)
-        if fmt is None:
+        version = layout.read_u64(fmt) if fmt is not None and len(fmt) == 8 else fmt
+        if version is None:
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             txn.put(layout.META_NEXT_NS, layout.u64(1), db=meta)
-        elif len(fmt) == 8 and layout.read_u64(fmt) == 1:
-            _migrate_from_format_1(txn, self.dbs)
-        elif len(fmt) != 8 or layout.read_u64(fmt) != layout.FORMAT_VERSION:
-            shown = layout.read_u64(fmt) if len(fmt) == 8 else fmt
+        elif version in (1, 2):
+            if version == 1:
+                _migrate_from_format_1(txn, self.dbs)
+            _migrate_from_format_2(self._env, txn, self.dbs)
+            txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
+            log.info("storage format migrated from %d to %d", version, layout.FORMAT_VERSION)
+        elif version != layout.FORMAT_VERSION:
             raise StorageError(
-                f"{self.path} has storage format version {shown!r}; this build reads only "
+                f"{self.path} has storage format version {version!r}; this build reads only "
                 f"version {layout.FORMAT_VERSION}"
             )
         stored = txn.get(layout.META_NODE_ID, db=meta)
@@ -438,7 +442,7 @@ class LMDBReplica:
         self._ns_cache[name] = (ns_id, type_name)
 
     def load_ctx(self, txn: lmdb.Transaction, ns_id: int) -> CausalContext:
-        data = txn.get(layout.ns_prefix(ns_id), db=self.dbs["context"])
+        data = txn.get(layout.context_key(ns_id), db=self._orderdb)
         if data is None:
             return CausalContext()
         cached = self._ctx_cache.get(ns_id)
@@ -451,7 +455,7 @@ class LMDBReplica:
 
     def store_ctx(self, txn: lmdb.Transaction, ns_id: int, ctx: CausalContext) -> bytes:
         data = layout.pack_stored(encode_context(ctx))
-        txn.put(layout.ns_prefix(ns_id), data, db=self.dbs["context"])
+        txn.put(layout.context_key(ns_id), data, db=self._orderdb)
         return data
 
     def namespaces(self) -> Mapping[str, str]:
@@ -651,12 +655,15 @@ class LMDBReplica:
 
     def _log_tail(self, txn: lmdb.Transaction, ns_id: int) -> tuple[int, int]:
         """``(logged batches, newest serial)`` of a namespace, from its count row and the
-        order row just before it (read together: they share a page)."""
+        order row before it and its context (read together: they share a page)."""
         with txn.cursor(db=self.dbs["logorder"]) as cur:
             if not cur.set_key(layout.log_count_key(ns_id)):
                 return 0, 0  # nothing was ever logged here
             count = layout.read_u64(cur.value())
-            if cur.prev() and cur.key()[:4] == layout.ns_prefix(ns_id):
+            ok = cur.prev()
+            if ok and cur.key() == layout.context_key(ns_id):
+                ok = cur.prev()
+            if ok and cur.key()[:4] == layout.ns_prefix(ns_id):
                 return count, layout.read_u64(cur.key(), 4)
             return count, 0
 
@@ -687,13 +694,10 @@ class LMDBReplica:
             if excess <= 0:
                 return 0
             dropped = 0
-            prefix = layout.ns_prefix(ns_id)
-            count_key = layout.log_count_key(ns_id)
+            end = layout.context_key(ns_id)  # then its count: the order rows are before
             with txn.cursor(db=self.dbs["logorder"]) as cur:
-                ok = cur.set_range(prefix)
-                while (
-                    dropped < excess and ok and cur.key()[:4] == prefix and cur.key() != count_key
-                ):
+                ok = cur.set_range(layout.ns_prefix(ns_id))
+                while dropped < excess and ok and bytes(cur.key()) < end:
                     lkey = cur.value()
                     txn.delete(lkey, db=self._logdb)
                     ok = cur.delete()
@@ -781,7 +785,7 @@ class LMDBReplica:
             if found is None:
                 raise InvalidValue(f"namespace {namespace!r} does not exist here")
             ns_id, tname = found
-            ctx = txn.get(layout.ns_prefix(ns_id), db=self.dbs["context"])
+            ctx = txn.get(layout.context_key(ns_id), db=self._orderdb)
             packer = msgpack.Packer(use_bin_type=True)
             # The stored context row is pack(encode_context(ctx)), the wire form too.
             ctx_data = packer.pack(encode_context(CausalContext())) if ctx is None else bytes(ctx)
@@ -1032,8 +1036,18 @@ def _migrate_from_format_1(txn: lmdb.Transaction, dbs: Mapping[str, Any]) -> Non
             txn.put(layout.log_count_key(ns_id), bytes(cur.value()), db=order)
             ok = cur.delete()
     txn.delete(layout.META_V1_LOG_SERIAL, db=meta)
-    txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
-    log.info("storage format migrated from version 1 to %d", layout.FORMAT_VERSION)
+
+
+def _migrate_from_format_2(
+    env: lmdb.Environment, txn: lmdb.Transaction, dbs: Mapping[str, Any]
+) -> None:
+    """Format 2 kept the causal contexts in a table of their own, pages every commit had
+    to write; format 3 keeps each in a row of ``logorder`` beside its log count."""
+    old = env.open_db(layout.V2_CONTEXT_TABLE, txn=txn)
+    order = dbs["logorder"]
+    for key, value in txn.cursor(db=old):
+        txn.put(layout.context_key(layout.read_u32(key)), bytes(value), db=order)
+    txn.drop(old, delete=True)
 
 
 def _not_in(dots: list[Dot], ctx: CausalContext) -> list[Dot]:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from crdtstore import inspect
 from crdtstore.codec import decode_value, unpack
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
 from crdtstore.errors import (
@@ -135,25 +136,30 @@ def test_bound_log_drops_oldest_in_append_order(make_replica: Make) -> None:
     assert a.log_batches("s", "b", 1, 1) is None
 
 
-def _downgrade_to_format_1(path: Path) -> None:
-    """Rewrite a directory's log counts the way format 1 stored them (in meta)."""
-    env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 1)
+def _downgrade(path: Path, to: int) -> None:
+    """Rewrite a directory the way format ``to`` (2 or 1) stored it: the contexts in a table
+    of their own; for 1, the log counts in meta as well."""
+    env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 2)
     meta, order = env.open_db(b"meta"), env.open_db(b"logorder")
+    contexts = env.open_db(layout.V2_CONTEXT_TABLE)
     with env.begin(write=True) as txn:
-        counts = [
-            (bytes(k), bytes(v))
-            for k, v in txn.cursor(db=order)
-            if layout.read_u64(k, 4) == layout.LOG_COUNT_SERIAL
-        ]
-        for key, value in counts:
-            txn.delete(key, db=order)
-            txn.put(layout.META_V1_LOG_COUNT + key[:4], value, db=meta)
-        txn.put(layout.META_V1_LOG_SERIAL, layout.u64(99), db=meta)
-        txn.put(layout.META_FORMAT, layout.u64(1), db=meta)
+        rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=order)]
+        for key, value in rows:
+            serial = layout.read_u64(key, 4)
+            if serial == layout.CONTEXT_SERIAL:
+                txn.delete(key, db=order)
+                txn.put(key[:4], value, db=contexts)
+            elif serial == layout.LOG_COUNT_SERIAL and to == 1:
+                txn.delete(key, db=order)
+                txn.put(layout.META_V1_LOG_COUNT + key[:4], value, db=meta)
+        if to == 1:
+            txn.put(layout.META_V1_LOG_SERIAL, layout.u64(99), db=meta)
+        txn.put(layout.META_FORMAT, layout.u64(to), db=meta)
     env.close()
 
 
-def test_a_format_1_directory_is_migrated_on_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("old_format", [1, 2])
+def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int) -> None:
     path = tmp_path / "old"
     a = LMDBReplica(path, "a")
     b = LMDBReplica(tmp_path / "b", "b")
@@ -162,22 +168,35 @@ def test_a_format_1_directory_is_migrated_on_open(tmp_path: Path) -> None:
     local(b, ("add", "s", 2))
     (raw,) = b.log_batches("s", "b", 1, 1) or []
     a.apply_batch(decode_message(raw), raw)
+    contexts = {ns: a.context(ns) for ns in ("s", "m")}
+    assert contexts["s"] == CausalContext({"a": 1, "b": 1})
     a.close()
-    _downgrade_to_format_1(path)
+    _downgrade(path, old_format)
+    with pytest.raises(SystemExit, match=f"storage format {old_format}"):
+        inspect.Snapshot(str(path))  # read-only: it cannot migrate, so it says so
     a = LMDBReplica(path, "a")
     with a.env.begin() as txn:
         meta = a.dbs["meta"]
         assert layout.read_u64(txn.get(layout.META_FORMAT, db=meta)) == layout.FORMAT_VERSION
         assert txn.get(layout.META_V1_LOG_SERIAL, db=meta) is None
+        assert txn.get(layout.V2_CONTEXT_TABLE) is None  # the old table is gone
+    assert {ns: a.context(ns) for ns in ("s", "m")} == contexts
     local(a, ("add", "s", 3))  # logged after the migrated rows, in append order
+    assert a.context("s") == CausalContext({"a": 2, "b": 1})
     assert a.bound_log("m", 1) == 0 and a.bound_log("s", 2) == 1
     assert a.log_batches("s", "a", 1, 1) is None  # the oldest went first
     assert a.log_batches("s", "b", 1, 1) == [raw]
     assert a.bound_log("s", 0) == 2 and a.bound_log("m", 0) == 1
+    assert a.context("s") == CausalContext({"a": 2, "b": 1})  # bounding the log kept it
     local(a, ("add", "s", 4))
     assert a.log_batches("s", "a", 3, 3) is not None
     a.close()
     b.close()
+    snap = inspect.Snapshot(str(path))
+    try:
+        assert inspect.summary(snap)["namespaces"]["s"]["context"]["vv"] == {"a": 3, "b": 1}
+    finally:
+        snap.close()
 
 
 @given(st.lists(st.integers(0, HASH_SPACE - 1), min_size=2, max_size=8))
