@@ -53,8 +53,10 @@ T = TypeVar("T")
 LWW = "lww_map"
 RESERVED_PREFIX = "__"
 ROW_KEY_MEMO_MAX = 4096
-"""Row-key suffixes a node keeps for the keys it last read (half a MiB at most): the key's
-encoding and hash are a third of a ``get``, and the same keys tend to be read again."""
+"""Row-key suffixes a node keeps for the keys it last read (about half a MiB for keys of
+tens of bytes): the key's encoding and hash are a third of a ``get``, and the same keys
+tend to be read again. Only the keys' positions are kept, never state, so every read
+still sees the directory as it is."""
 TOPICS_RECHECK_S = 1.0
 """How stale this process's view of the directory's declared topics may be."""
 ORSET = "or_set"

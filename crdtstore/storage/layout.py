@@ -254,7 +254,8 @@ after every serial, so beside the newest order row."""
 CONTEXT_SERIAL = (1 << 64) - 2
 """The order-table key ``ns_id + this`` holds the namespace's causal context (stored),
 between its newest order row and its count. A commit rewrites all three, so a small
-context costs it no page of its own (a table of contexts cost 2.5 pages per commit)."""
+context costs it no page of its own (a table of contexts cost a single put's commit 1.8
+of its 9 pages, counted with strace)."""
 
 
 def log_count_key(ns_id: int) -> bytes:

@@ -654,8 +654,8 @@ class LMDBReplica:
         txn.put(layout.log_count_key(ns_id), layout.u64(count + 1), db=order)
 
     def _log_tail(self, txn: lmdb.Transaction, ns_id: int) -> tuple[int, int]:
-        """``(logged batches, newest serial)`` of a namespace, from its count row and the
-        order row before it and its context (read together: they share a page)."""
+        """``(logged batches, newest serial)`` of a namespace: its count row, and the newest
+        order row just before its context row (read together: they share a page)."""
         with txn.cursor(db=self.dbs["logorder"]) as cur:
             if not cur.set_key(layout.log_count_key(ns_id)):
                 return 0, 0  # nothing was ever logged here
