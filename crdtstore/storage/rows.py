@@ -8,12 +8,11 @@ summed in memory and written once by :meth:`RowWriter.flush`, inside the same tr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import lmdb
 
-from crdtstore.crdt import Dot, winner
+from crdtstore.crdt import Dot
 from crdtstore.storage import layout
 from crdtstore.storage.journal import Event
 
@@ -24,21 +23,6 @@ def entry_from_row(dots: list[list[Any]], stamped: bool) -> Entry:
     if stamped:
         return {Dot(d[0], d[1]): (d[2], d[3]) for d in dots}
     return {Dot(d[0], d[1]): None for d in dots}
-
-
-def row_from_entry(entry: Mapping[Dot, Any], stamped: bool) -> list[list[Any]]:
-    if stamped:
-        return [[d.replica, d.seq, *entry[d]] for d in sorted(entry)]
-    return [[d.replica, d.seq] for d in sorted(entry)]
-
-
-def visible(entry: Mapping[Dot, Any], stamped: bool) -> tuple[Any, Any]:
-    """``(identity, value)`` of what a reader sees: the winning dot and value (LWW), or
-    presence (OR-Set). Two entries look the same to a reader iff their identities match."""
-    if not stamped:
-        return bool(entry), bool(entry)
-    won = winner(entry)
-    return (None, None) if won is None else (won[0], won[1][1])
 
 
 def winning_value(dots: list[list[Any]]) -> Any:

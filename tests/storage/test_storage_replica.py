@@ -10,12 +10,13 @@ from typing import Any
 
 import lmdb
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from crdtstore import inspect
 from crdtstore.codec import decode_value, unpack
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
+from crdtstore.crdt.lwwmap import winner
 from crdtstore.errors import (
     ClockDriftError,
     IdentityMismatch,
@@ -361,6 +362,10 @@ def mirror_range(state: DotMap[Any], lo: int, hi: int, shipped: DotMap[Any]) -> 
 
 
 @given(st.lists(OPS, max_size=25))
+# A received removal empties a row (an event is due), a received write replaces one.
+@example(ops=[("peer", ("put", 0, 0)), ("deliver", 0), ("peer", ("delete", 0)), ("deliver", 1)])
+@example(ops=[("peer", ("add", 0)), ("deliver", 0), ("peer", ("remove", 0)), ("deliver", 1)])
+@example(ops=[("local", [("put", 0, 1)]), ("pull",), ("peer", ("put", 0, 2)), ("deliver", 0)])
 def test_lmdb_replica_equals_the_pure_values(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         replica = LMDBReplica(Path(tmp) / "a", "a", NodeSettings(durability="async"))
@@ -370,14 +375,35 @@ def test_lmdb_replica_equals_the_pure_values(ops: list[tuple[Any, ...]]) -> None
             replica.close()
 
 
+def looks(value: DotMap[Any], key: Any) -> tuple[Any, Any]:
+    """``(identity, value)`` a reader sees of ``key``: the LWW winner's dot and value, or an
+    element's presence. A change event is due exactly when the identity changes."""
+    entry = value.entries.get(key, {})
+    if isinstance(value, ORSet):
+        return bool(entry), bool(entry)
+    won = winner(entry)
+    return (None, None) if won is None else (won[0], won[1][1])
+
+
+def events_due(before: dict[str, DotMap[Any]], after: dict[str, DotMap[Any]]) -> list[Any]:
+    due = []
+    for ns in ("m", "s"):
+        for key in set(before[ns].entries) | set(after[ns].entries):
+            (was_id, was), (now_id, now) = looks(before[ns], key), looks(after[ns], key)
+            if was_id != now_id:
+                due.append((ns, key, was, now))
+    return sorted(due, key=repr)
+
+
 def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
     mine: dict[str, DotMap[Any]] = {"m": LWWMap(), "s": ORSet()}
     peer: dict[str, DotMap[Any]] = {"m": LWWMap(), "s": ORSet()}
     queue: list[tuple[DeltaBatch, bytes]] = []
     peer_ts = make_timestamp(wall_ms())
+    journaled = replica.journal_last()
     for op in ops:
+        before = dict(mine)
         if op[0] == "local":
-            before = dict(mine)
             w = replica.begin_local()
             for kind, key, *value in op[1]:
                 ns = ns_of(kind)
@@ -457,6 +483,11 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
                     mine[ns] = type(mine[ns])(
                         mine[ns].entries, mine[ns].context.join(peer[ns].context)
                     )
+        _, rows = replica.journal_after(journaled, 1000)
+        if op[0] != "local":  # a local transaction reports each of its mutations
+            got = [(c.namespace, c.key, c.old, c.new) for _, changes in rows for c in changes]
+            assert sorted(got, key=repr) == events_due(before, mine)
+        journaled = rows[-1][0] if rows else journaled
         for ns in ("m", "s"):
             if ns in replica.namespaces():
                 assert state_of(replica, ns) == live(mine[ns])
