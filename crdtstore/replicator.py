@@ -56,6 +56,10 @@ log = logging.getLogger(__name__)
 CHANNEL_SYNC = b"S"
 CHANNEL_MEMBERS = b"M"
 HEARTBEAT_TOPIC = "\x00heartbeat"
+DRAIN_MAX = 64
+"""Deliveries the replicator takes at once when several have arrived: the batches among
+them are applied in one commit, so a node that fell behind is not held back by a
+commit (an fsync) per batch."""
 SEED_PREFIX = b"\x00seed:"
 STATUS_FILE = "status.json"
 """Written into the node directory every ``status_interval_ms`` by the role holder."""
@@ -278,7 +282,7 @@ class Replicator:
             now = now_ms()
             try:
                 if delivery is not None:
-                    self._emit(self._on_delivery(delivery, now))
+                    self._emit(self._on_deliveries(self._queued(delivery), now))
                 if self._commit_pending.is_set() and now >= next_publish:
                     # Commits made since the last publication leave together, one frame
                     # per namespace: under load, peers get fewer and larger batches (each
@@ -346,29 +350,54 @@ class Replicator:
             else:
                 self.transport.send(out.peer.encode(), CHANNEL_SYNC + out.data)
 
-    def _on_delivery(self, delivery: Delivery, now: int) -> list[Publish | Send]:
-        if delivery.kind == "publish":
-            topic = delivery.topic or b""
-            if not topic.endswith(b"\x00"):
-                self.stats["rejected_topic"] += 1
-                return []
-            name = topic[:-1].decode("utf-8", "replace")
-            if name == HEARTBEAT_TOPIC:
-                self._on_membership_message(None, delivery.payload, now)
-                return []
-            source = (delivery.peer or b"").decode("utf-8", "replace")
-            return self.engine.on_message("", delivery.payload, now, publisher=source)
-        peer = (delivery.peer or b"").decode("utf-8", "replace")
-        channel, body = delivery.payload[:1], delivery.payload[1:]
-        if channel == CHANNEL_SYNC:
-            return self.engine.on_message(peer, body, now)
-        if channel == CHANNEL_MEMBERS:
-            self._on_membership_message(peer, body, now)
-            return []
-        self.stats["rejected_channel"] += 1
-        return []
+    def _queued(self, first: Delivery) -> list[Delivery]:
+        """``first`` and what else has already arrived, up to ``DRAIN_MAX``."""
+        out = [first]
+        while len(out) < DRAIN_MAX:
+            more = self.transport.recv(timeout=0)
+            if more is None:
+                break
+            out.append(more)
+        return out
 
-    # -- membership ------------------------------------------------------------------------
+    def _on_deliveries(self, deliveries: list[Delivery], now: int) -> list[Publish | Send]:
+        """In arrival order; the engine's frames between two membership messages go
+        together (``on_messages`` applies the batches among them in one commit)."""
+        out: list[Publish | Send] = []
+        frames: list[tuple[str, bytes, str | None]] = []
+        for delivery in deliveries:
+            if delivery.kind == "publish":
+                topic = delivery.topic or b""
+                if not topic.endswith(b"\x00"):
+                    self.stats["rejected_topic"] += 1
+                elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
+                    out.extend(self._engine_frames(frames, now))
+                    self._on_membership_message(None, delivery.payload, now)
+                else:
+                    source = (delivery.peer or b"").decode("utf-8", "replace")
+                    frames.append(("", delivery.payload, source))
+                continue
+            peer = (delivery.peer or b"").decode("utf-8", "replace")
+            channel, body = delivery.payload[:1], delivery.payload[1:]
+            if channel == CHANNEL_SYNC:
+                frames.append((peer, body, None))
+            elif channel == CHANNEL_MEMBERS:
+                out.extend(self._engine_frames(frames, now))
+                self._on_membership_message(peer, body, now)
+            else:
+                self.stats["rejected_channel"] += 1
+        out.extend(self._engine_frames(frames, now))
+        return out
+
+    def _engine_frames(
+        self, frames: list[tuple[str, bytes, str | None]], now: int
+    ) -> list[Publish | Send]:
+        """The frames collected so far, handed over together (the list is emptied)."""
+        if not frames:
+            return []
+        out = self.engine.on_messages(frames, now)
+        frames.clear()
+        return out
 
     def _subscriptions(self) -> list[bytes]:
         if self._topics is None:

@@ -33,6 +33,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -509,38 +510,56 @@ class LMDBReplica:
             raise
 
     def apply_batch(self, batch: DeltaBatch, encoded: bytes) -> bool:
+        return self.apply_batches([(batch, encoded)])[0]
+
+    def apply_batches(self, batches: Sequence[tuple[DeltaBatch, bytes]]) -> list[bool]:
+        """``apply_batch`` of each, in order, in ONE transaction: one commit (one fsync)
+        for a node catching up on several. Raises, changing nothing, where one batch alone
+        would raise."""
         self._check()
-        delta = batch.delta
-        self._check_drift(delta)
+        for batch, _ in batches:
+            self._check_drift(batch.delta)
 
-        def apply(txn: lmdb.Transaction) -> tuple[bool, int, str, CausalContext | None, bytes]:
-            ns_id, tname, _ = self._ensure_ns(txn, batch.namespace, delta.type_name)
-            ctx = self.load_ctx(txn, ns_id)
-            if all(Dot(batch.origin, s) in ctx for s in range(batch.first, batch.last + 1)):
-                return False, ns_id, tname, None, b""  # this batch's deltas were applied
+        def apply(txn: lmdb.Transaction) -> tuple[list[bool], dict[str, _NsApplied]]:
             writer = RowWriter(txn, self._state, self._bucketdb)
-            stamped = tname == LWW
-            ns, their_ctx, origin = batch.namespace, delta.context, batch.origin
-            fresh = []
-            for key, theirs in delta.entries.items():
-                ekey = layout.pack_key(key)
-                khash = layout.hash_encoded_key(ekey)
-                if not self._join_key(
-                    writer, ns_id, ns, stamped, key, ctx, theirs, their_ctx, origin, ekey, khash
-                ):
-                    fresh.append((key, ekey, khash, theirs))
-            _insert_rows(writer, ns_id, ns, stamped, fresh, ctx, origin)
-            new_ctx = ctx.join(delta.context)
-            data = self.store_ctx(txn, ns_id, new_ctx)
-            self.log_put(txn, ns_id, batch.origin, batch.first, batch.last, encoded)
+            done: dict[str, _NsApplied] = {}
+            changed = []
+            for batch, encoded in batches:
+                ns, delta = batch.namespace, batch.delta
+                ns_id, tname, _ = self._ensure_ns(txn, ns, delta.type_name)
+                held = done.get(ns)
+                if held is None:
+                    held = done[ns] = _NsApplied(ns_id, tname, self.load_ctx(txn, ns_id))
+                ctx, origin = held.ctx, batch.origin
+                if all(Dot(origin, s) in ctx for s in range(batch.first, batch.last + 1)):
+                    changed.append(False)  # this batch's deltas were applied
+                    continue
+                stamped, their_ctx = tname == LWW, delta.context
+                fresh = []
+                for key, theirs in delta.entries.items():
+                    ekey = layout.pack_key(key)
+                    khash = layout.hash_encoded_key(ekey)
+                    if not self._join_key(
+                        writer, ns_id, ns, stamped, key, ctx, theirs, their_ctx, origin, ekey, khash
+                    ):
+                        fresh.append((key, ekey, khash, theirs))
+                _insert_rows(writer, ns_id, ns, stamped, fresh, ctx, origin)
+                held.ctx = ctx.join(their_ctx)
+                held.changed = True
+                self.log_put(txn, ns_id, origin, batch.first, batch.last, encoded)
+                changed.append(True)
+            for held in done.values():
+                if held.changed:
+                    held.data = self.store_ctx(txn, held.ns_id, held.ctx)
             self._finish(writer)
-            return True, ns_id, tname, new_ctx, data
+            return changed, done
 
-        changed, ns_id, tname, new_ctx, data = self._write(apply)
-        self.remember_ns(batch.namespace, ns_id, tname)
-        if new_ctx is not None:
-            self._ctx_cache[ns_id] = (data, new_ctx)
-            self.stats["batches_applied"] += 1
+        changed, done = self._write(apply)
+        for ns, held in done.items():
+            self.remember_ns(ns, held.ns_id, held.type_name)
+            if held.changed:
+                self._ctx_cache[held.ns_id] = (held.data, held.ctx)
+        self.stats["batches_applied"] += sum(changed)
         return changed
 
     def _join_key(
@@ -1080,6 +1099,17 @@ def _not_in(dots: list[Dot], ctx: CausalContext) -> list[Dot]:
     """The dots ``ctx`` does not hold (``d not in ctx``, inlined)."""
     vv, cloud = ctx.vv, ctx.cloud
     return [d for d in dots if d[1] > vv.get(d[0], 0) and d not in cloud]
+
+
+@dataclass
+class _NsApplied:
+    """One namespace's part of ``apply_batches``: its context as the batches join it."""
+
+    ns_id: int
+    type_name: str
+    ctx: CausalContext
+    changed: bool = False
+    data: bytes = b""
 
 
 def _dot_order(d: list[Any]) -> tuple[str, int]:

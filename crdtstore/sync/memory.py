@@ -139,6 +139,18 @@ class MemoryReplica:
         self._log(ns, batch.origin, batch.first, batch.last, encoded)
         return True
 
+    def apply_batches(self, batches: Sequence[tuple[DeltaBatch, bytes]]) -> list[bool]:
+        # Nothing to commit in memory. apply_batch raises only on a namespace of another
+        # type (TypeMismatch), so that is checked for all of them before any is applied.
+        types: dict[str, str] = {}
+        for batch, _ in batches:
+            name, type_name = batch.namespace, batch.delta.type_name
+            held = self._ns.get(name)
+            want = types.setdefault(name, held.type_name if held else type_name)
+            if want != type_name:
+                raise TypeMismatch(f"namespace {name!r} holds {want}, not {type_name}")
+        return [self.apply_batch(batch, encoded) for batch, encoded in batches]
+
     def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
         ns = self._ns.get(namespace)
         if ns is None:

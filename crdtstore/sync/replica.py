@@ -46,6 +46,11 @@ class Replica(Protocol):
         """
         ...
 
+    def apply_batches(self, batches: Sequence[tuple[DeltaBatch, bytes]]) -> list[bool]:
+        """``apply_batch`` of each, in order, as one commit; raises, changing nothing, where
+        one of them alone would raise."""
+        ...
+
     def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
         """Encoded batches of ``origin`` covering seqs ``first..last``; None if not all held."""
         ...

@@ -334,6 +334,7 @@ OPS = st.one_of(
     st.tuples(st.just("local"), st.lists(LOCAL, min_size=1, max_size=4)),
     st.tuples(st.just("peer"), LOCAL),
     st.tuples(st.just("deliver"), st.integers(0, 50)),
+    st.tuples(st.just("deliver_many"), st.lists(st.integers(0, 50), min_size=1, max_size=4)),
     st.tuples(st.just("pull")),
     st.tuples(st.just("range"), st.integers(0, 15), st.integers(1, 16)),
     st.tuples(st.just("merge")),
@@ -366,6 +367,16 @@ def mirror_range(state: DotMap[Any], lo: int, hi: int, shipped: DotMap[Any]) -> 
 @example(ops=[("peer", ("put", 0, 0)), ("deliver", 0), ("peer", ("delete", 0)), ("deliver", 1)])
 @example(ops=[("peer", ("add", 0)), ("deliver", 0), ("peer", ("remove", 0)), ("deliver", 1)])
 @example(ops=[("local", [("put", 0, 1)]), ("pull",), ("peer", ("put", 0, 2)), ("deliver", 0)])
+@example(ops=[("peer", ("add", 0)), ("peer", ("remove", 0)), ("deliver_many", [0, 1, 0])])
+# One commit, two batches: the second's context (it names the first put) joins the first's.
+@example(
+    ops=[
+        ("peer", ("put", 0, 0)),
+        ("peer", ("put", 1, 0)),
+        ("peer", ("delete", 0)),
+        ("deliver_many", [1, 2]),
+    ]
+)
 def test_lmdb_replica_equals_the_pure_values(ops: list[tuple[Any, ...]]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         replica = LMDBReplica(Path(tmp) / "a", "a", NodeSettings(durability="async"))
@@ -403,6 +414,7 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
     journaled = replica.journal_last()
     for op in ops:
         before = dict(mine)
+        due: list[Any] = []
         if op[0] == "local":
             w = replica.begin_local()
             for kind, key, *value in op[1]:
@@ -451,6 +463,20 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
             assert replica.apply_batch(batch, raw) is (not seen)
             if not seen:
                 mine[ns] = mine[ns].join(batch.delta)
+        elif op[0] == "deliver_many" and queue:
+            picks = [queue[i % len(queue)] for i in op[1]]  # one commit, repeats included
+            fresh = []
+            for batch, _ in picks:
+                ns = batch.namespace
+                ctx = mine[ns].context
+                fresh.append(
+                    not all(Dot("b", s) in ctx for s in range(batch.first, batch.last + 1))
+                )
+                if fresh[-1]:
+                    step = dict(mine)
+                    mine[ns] = mine[ns].join(batch.delta)
+                    due.extend(events_due(step, mine))  # each batch's, as if one by one
+            assert replica.apply_batches(picks) == fresh
         elif op[0] == "pull":
             peer = {ns: peer[ns].join(mine[ns]) for ns in peer}
         elif op[0] == "range":
@@ -486,7 +512,8 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
         _, rows = replica.journal_after(journaled, 1000)
         if op[0] != "local":  # a local transaction reports each of its mutations
             got = [(c.namespace, c.key, c.old, c.new) for _, changes in rows for c in changes]
-            assert sorted(got, key=repr) == events_due(before, mine)
+            want = due if op[0] == "deliver_many" else events_due(before, mine)
+            assert sorted(got, key=repr) == sorted(want, key=repr)
         journaled = rows[-1][0] if rows else journaled
         for ns in ("m", "s"):
             if ns in replica.namespaces():

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
+from crdtstore.errors import InvalidValue
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.fingerprint import HASH_SPACE
 from crdtstore.sync.memory import MemoryReplica
@@ -339,3 +340,61 @@ def test_a_session_keeps_replies_encoded_past_its_staging_bound(
         got = {k: dict(e) for k, e in asker.read_range("m", 0, HASH_SPACE).entries.items()}
         assert got == want and len(got) == 600 - len(range(0, 600, 7))
         assert asker.context("m") == sender.context("m")
+
+
+class _CountingReplica(MemoryReplica):
+    """Counts commits; ``refuse`` names a batch (origin, first) that cannot be applied."""
+
+    def __init__(self, node_id: str, refuse: tuple[str, int] | None = None) -> None:
+        super().__init__(node_id)
+        self.commits: list[int] = []
+        self.refuse = refuse
+
+    def apply_batch(self, batch: DeltaBatch, encoded: bytes) -> bool:
+        if (batch.origin, batch.first) == self.refuse:
+            raise InvalidValue("refused by the test")
+        return super().apply_batch(batch, encoded)
+
+    def apply_batches(self, batches: Any) -> list[bool]:
+        if any((b.origin, b.first) == self.refuse for b, _ in batches):
+            raise InvalidValue("refused by the test")
+        self.commits.append(len(batches))
+        return super().apply_batches(batches)
+
+
+def _frames(ops: list[tuple[str, int]]) -> list[bytes]:
+    """The batches of origin w doing ``ops`` ("add" / "remove", element) in turn; a
+    remove's context names the add it removes, so it cannot be applied before it."""
+    w = MemoryReplica("w")
+    out = []
+    for op, element in ops:
+        batch = w.mutate("s", "or_set", lambda s, op=op, e=element: getattr(s, op)("w", e))
+        out.append(encode_message(batch))
+    return out
+
+
+def test_queued_batches_are_applied_in_one_commit_even_out_of_order() -> None:
+    add0, add1, rm1, add2 = _frames([("add", 0), ("add", 1), ("remove", 1), ("add", 2)])
+    r = _CountingReplica("r")
+    engine = SyncEngine("r", r, FAST)
+    # The remove arrives before the add it removes: it waits, then joins the same commit.
+    engine.on_messages([("", f, "w") for f in (rm1, add0, add1)], 0)
+    assert r.commits == [3] and elements(r.value("s")) == {0}
+    assert engine.stats["batches_waiting"] == 1
+    engine.on_messages([("", f, "w") for f in (add2, add0)], 0)
+    assert r.commits == [3, 1] and elements(r.value("s")) == {0, 2}
+    assert engine.stats["batches_applied"] == 4 and engine.stats["duplicates"] == 1
+
+
+def test_a_batch_that_cannot_be_applied_keeps_only_itself_and_what_follows_it_out() -> None:
+    frames = _frames([("add", 0), ("add", 1), ("remove", 1), ("add", 2)])
+    r = _CountingReplica("r", refuse=("w", 2))
+    engine = SyncEngine("r", r, FAST)
+    engine.on_messages([("", f, "w") for f in frames], 0)
+    assert r.commits == []  # the group failed: each was tried alone
+    assert elements(r.value("s")) == {0, 2}  # add 1 refused; the remove of 1 waits for it
+    assert engine.stats["rejected_invalid"] == 1 and engine.stats["batches_waiting"] == 1
+    r.refuse = None
+    engine.on_messages([("", frames[1], "w")], 0)  # its repair, say
+    assert elements(r.value("s")) == {0, 2}
+    assert r.context("s") == CausalContext({"w": 4})  # the remove was applied too
