@@ -179,8 +179,14 @@ class Simulator:
                 break
             self.now = at
             if next_msg <= self._next_tick:
-                _, _, src, dst, data, published = heapq.heappop(self._queue)
-                self._deliver(src, dst, data, published)
+                # Everything due now reaches its node together, as a replicator takes the
+                # deliveries already queued: the engine's on_messages groups the batches.
+                due: dict[str, list[tuple[str, bytes, bool]]] = {}
+                while self._queue and self._queue[0][0] == at:
+                    _, _, src, dst, data, published = heapq.heappop(self._queue)
+                    due.setdefault(dst, []).append((src, data, published))
+                for dst, messages in due.items():
+                    self._deliver(dst, messages)
             else:
                 self._next_tick += self.tick_ms
                 for sim_node in self.nodes.values():
@@ -303,14 +309,17 @@ class Simulator:
             self._seq += 1
             heapq.heappush(self._queue, (self.now + delay, self._seq, src, dst, data, published))
 
-    def _deliver(self, src: str, dst: str, data: bytes, published: bool) -> None:
+    def _deliver(self, dst: str, messages: list[tuple[str, bytes, bool]]) -> None:
         node = self.nodes[dst]
-        if not node.up or not self._connected(src, dst):
-            self.dropped += 1
-            return
-        self.received_bytes[dst] += len(data)
-        peer = "" if published else src
-        self._emit(dst, node.engine.on_message(peer, data, self.local_ms(dst)))
+        frames: list[tuple[str, bytes, str | None]] = []
+        for src, data, published in messages:
+            if not node.up or not self._connected(src, dst):
+                self.dropped += 1
+                continue
+            self.received_bytes[dst] += len(data)
+            frames.append(("" if published else src, data, None))
+        if frames:
+            self._emit(dst, node.engine.on_messages(frames, self.local_ms(dst)))
 
 
 def _kind(data: bytes) -> str:
