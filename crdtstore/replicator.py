@@ -282,7 +282,7 @@ class Replicator:
             now = now_ms()
             try:
                 if delivery is not None:
-                    self._emit(self._on_deliveries(self._queued(delivery), now))
+                    self._on_deliveries(self._queued(delivery), now)
                 if self._commit_pending.is_set() and now >= next_publish:
                     # Commits made since the last publication leave together, one frame
                     # per namespace: under load, peers get fewer and larger batches (each
@@ -360,10 +360,10 @@ class Replicator:
             out.append(more)
         return out
 
-    def _on_deliveries(self, deliveries: list[Delivery], now: int) -> list[Publish | Send]:
+    def _on_deliveries(self, deliveries: list[Delivery], now: int) -> None:
         """In arrival order; the engine's frames between two membership messages go
-        together (``on_messages`` applies the batches among them in one commit)."""
-        out: list[Publish | Send] = []
+        together (``on_messages`` applies the batches among them in one commit). What
+        each part answers is sent before the next part is handled."""
         frames: list[tuple[str, bytes, str | None]] = []
         for delivery in deliveries:
             if delivery.kind == "publish":
@@ -371,7 +371,7 @@ class Replicator:
                 if not topic.endswith(b"\x00"):
                     self.stats["rejected_topic"] += 1
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
-                    out.extend(self._engine_frames(frames, now))
+                    self._engine_frames(frames, now)
                     self._on_membership_message(None, delivery.payload, now)
                 else:
                     source = (delivery.peer or b"").decode("utf-8", "replace")
@@ -382,22 +382,20 @@ class Replicator:
             if channel == CHANNEL_SYNC:
                 frames.append((peer, body, None))
             elif channel == CHANNEL_MEMBERS:
-                out.extend(self._engine_frames(frames, now))
+                self._engine_frames(frames, now)
                 self._on_membership_message(peer, body, now)
             else:
                 self.stats["rejected_channel"] += 1
-        out.extend(self._engine_frames(frames, now))
-        return out
+        self._engine_frames(frames, now)
 
-    def _engine_frames(
-        self, frames: list[tuple[str, bytes, str | None]], now: int
-    ) -> list[Publish | Send]:
-        """The frames collected so far, handed over together (the list is emptied)."""
-        if not frames:
-            return []
-        out = self.engine.on_messages(frames, now)
-        frames.clear()
-        return out
+    def _engine_frames(self, frames: list[tuple[str, bytes, str | None]], now: int) -> None:
+        """Hand the frames collected so far to the engine together, and empty the list."""
+        if frames:
+            outgoing = self.engine.on_messages(frames, now)
+            frames.clear()
+            self._emit(outgoing)
+
+    # -- membership ------------------------------------------------------------------------
 
     def _subscriptions(self) -> list[bytes]:
         if self._topics is None:
