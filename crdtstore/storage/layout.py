@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -116,14 +116,16 @@ def hash_encoded_key(ekey: bytes) -> int:
 def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, int]]) -> int:
     """``fingerprint.entry_hash`` of a key given its encoding; 0 for no dots."""
     ordered = sorted(dots)
-    if not ordered:
-        return 0
+    return int.from_bytes(entry_digest(ekey, ordered), "big") if ordered else 0
+
+
+def entry_digest(ekey: bytes, ordered: Iterable[Sequence[Any]]) -> bytes:
+    """The entry hash as a row stores it (8 bytes), of dots already in (replica, seq)
+    order, each ``(replica, seq, ...)``: a stored dot or a Dot."""
     h = hashlib.blake2b(ekey, digest_size=8)
-    for replica, seq in ordered:
-        h.update(replica.encode())
-        h.update(b"\0")
-        h.update(seq.to_bytes(8, "big"))
-    return int.from_bytes(h.digest(), "big")
+    for d in ordered:
+        h.update(d[0].encode() + b"\0" + d[1].to_bytes(8, "big"))
+    return h.digest()
 
 
 def row_key(ns_id: int, khash: int, ekey: bytes) -> bytes:
@@ -183,10 +185,6 @@ def unpack_stored(data: Buf) -> Any:
 def pack_stored(obj: Any) -> bytes:
     """msgpack of a stored value this node builds (never user input: that is checked first)."""
     return pack(obj)
-
-
-def pack_row(ehash: int, dots: list[list[Any]]) -> bytes:
-    return _U64.pack(ehash) + pack(dots)
 
 
 def unpack_row(data: Buf) -> tuple[int, list[list[Any]]]:

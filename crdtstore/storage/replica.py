@@ -34,7 +34,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from hashlib import blake2b
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -607,10 +606,7 @@ class LMDBReplica:
         new: bytes | None = None
         if row:
             row.sort(key=_dot_order)
-            h = blake2b(ekey, digest_size=8)
-            for d in row:
-                h.update(d[0].encode() + b"\0" + d[1].to_bytes(8, "big"))
-            new = h.digest() + layout.pack(row)  # layout.pack_row(entry_hash_encoded(...))
+            new = layout.entry_digest(ekey, row) + layout.pack(row)
         writer.put_row(ns_id, khash, rkey, old, new)
         if stamped:
             was = max(dots, key=_lww_order)
@@ -1145,10 +1141,7 @@ def _insert_rows(
             continue
         if len(dots) > 1:
             dots.sort()
-        h = blake2b(ekey, digest_size=8)
-        for replica, seq in dots:
-            h.update(replica.encode() + b"\0" + seq.to_bytes(8, "big"))
-        edig = h.digest()  # layout.entry_hash_encoded(ekey, dots)
+        edig = layout.entry_digest(ekey, dots)
         if stamped:
             row = [[d[0], d[1], *theirs[d]] for d in dots]
             won = (
