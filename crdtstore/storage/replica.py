@@ -499,11 +499,10 @@ class LMDBReplica:
     def _check_drift(self, value: DotMap[Any]) -> None:
         if value.type_name != LWW:
             return
-        now, bound = self.now_ms(), self.settings.max_clock_drift_ms
+        # The newest timestamp is the one that can be too far ahead.
+        newest = max((ts for e in value.entries.values() for ts, _ in e.values()), default=0)
         try:
-            for entry in value.entries.values():
-                for ts, _ in entry.values():
-                    check_drift(ts, now, bound)
+            check_drift(newest, self.now_ms(), self.settings.max_clock_drift_ms)
         except ClockDriftError:
             self.stats["rejected_clock_drift"] += 1
             raise
@@ -1135,8 +1134,13 @@ def _insert_rows(
     put, state, buckets, events = writer.txn.put, writer.state, writer.buckets, writer.events
     prefix, shift = layout.ns_prefix(ns_id), layout.BUCKET_SHIFT
     pack = layout.pack
+    fresh = not vv and not cloud  # we have seen nothing (a bootstrap): every dot is new
     for key, ekey, khash, theirs in items:
-        dots = [d for d in theirs if d[1] > vv.get(d[0], 0) and d not in cloud]
+        dots = (
+            list(theirs)
+            if fresh
+            else [d for d in theirs if d[1] > vv.get(d[0], 0) and d not in cloud]
+        )
         if not dots:
             continue
         if len(dots) > 1:

@@ -87,6 +87,7 @@ from crdtstore.sync.messages import (
     RepairRequest,
     decode_message,
     encode_message,
+    reread_shipped,
 )
 from crdtstore.sync.replica import Replica
 from crdtstore.sync.settings import SyncSettings
@@ -475,10 +476,10 @@ class SyncEngine:
         """False (counted) if an LWW value carries a timestamp too far in the future."""
         if not isinstance(value, LWWMap):
             return True
+        # The newest timestamp is the one that can be too far ahead.
+        newest = max((ts for e in value.entries.values() for ts, _ in e.values()), default=0)
         try:
-            for entry in value.entries.values():
-                for timestamp, _ in entry.values():
-                    check_drift(timestamp, now_ms, self.settings.max_clock_drift_ms)
+            check_drift(newest, now_ms, self.settings.max_clock_drift_ms)
         except ClockDriftError as exc:
             self._reject("rejected_clock_drift", now_ms, str(exc))
             return False
@@ -918,11 +919,10 @@ class _StagedRanges:
     def __iter__(self) -> Iterator[tuple[int, int, DotMap[Any]]]:
         yield from self._staged
         for data, bounds in self._kept:
-            # Our own copy of a reply that passed every check when it arrived.
-            reply = decode_message(data)
-            for answer in reply.answers:
-                if (answer.lo, answer.hi) in bounds and answer.shipped is not None:
-                    yield answer.lo, answer.hi, _restrict_to(answer.shipped, self._base)
+            # Our own copy of a reply that passed every check when it arrived: rebuilt,
+            # not checked again.
+            for lo, hi, shipped in reread_shipped(data, bounds, self._base):
+                yield lo, hi, _restrict_to(shipped, self._base)
 
 
 def _restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:

@@ -7,6 +7,7 @@ raises :class:`~crdtstore.errors.DecodeError` (and nothing else).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -26,6 +27,7 @@ from crdtstore.codec import (
     expect_list,
     expect_replica,
     pack,
+    rebuild_value,
     unpack,
 )
 from crdtstore.crdt import CausalContext, Dot, DotMap
@@ -455,6 +457,21 @@ class RangeReply:
             None if ctx is None else decode_context(ctx),
             tuple(RangeAnswer.from_wire(a) for a in items),
         )
+
+
+def reread_shipped(
+    data: bytes, bounds: frozenset[tuple[int, int]], context: CausalContext
+) -> Iterator[tuple[int, int, DotMap[Any]]]:
+    """``(lo, hi, shipped)`` of the answers of an encoded :class:`RangeReply` whose
+    bounds are in ``bounds``, each shipped value with ``context`` (see ``rebuild_value``).
+
+    ``data`` must be our own copy of a reply :func:`decode_message` accepted: nothing is
+    checked again."""
+    answers = unpack(data, nesting=False)[6]
+    for answer in answers:
+        lo, hi = answer[0], answer[1] + 1
+        if answer[2] == RANGE_ENTRIES and (lo, hi) in bounds:
+            yield lo, hi, rebuild_value(answer[3], context)
 
 
 VALUE_CARRIERS: frozenset[type] = frozenset({DeltaBatch, RangeReply})

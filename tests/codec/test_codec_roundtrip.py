@@ -20,11 +20,12 @@ from crdtstore.codec import (
     encode_context,
     encode_value,
     pack,
+    rebuild_value,
     unpack,
 )
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet
 from crdtstore.errors import DecodeError
-from crdtstore.sync.fingerprint import HASH_SPACE, split_range
+from crdtstore.sync.fingerprint import HASH_SPACE, key_hash, split_range
 from crdtstore.sync.messages import (
     RANGE_ENTRIES,
     RANGE_EQUAL,
@@ -36,6 +37,7 @@ from crdtstore.sync.messages import (
     RangeSummary,
     decode_message,
     encode_message,
+    reread_shipped,
 )
 
 replica_ids = st.text(min_size=1, max_size=128).filter(lambda s: bool(s))
@@ -97,6 +99,11 @@ def test_values_round_trip(
         assert decoded == value
         assert decoded.is_delta == value.is_delta
         assert set(decoded.entries) == set(value.entries)  # empty delta entries survive too
+        rebuilt = rebuild_value(through_wire(encode_value(value)), decoded.context)
+        assert type(rebuilt) is kind
+        assert rebuilt == decoded
+        assert rebuilt.is_delta == decoded.is_delta
+        assert rebuilt.entries == decoded.entries
 
 
 @given(
@@ -162,3 +169,41 @@ def test_value_of_the_other_type_is_refused() -> None:
     s = ORSet().join(ORSet().add("a", "x"))
     with pytest.raises(DecodeError, match="expected a lww_map value"):
         decode_value(through_wire(encode_value(s)), expected_type="lww_map")
+
+
+@given(
+    st.sampled_from([ORSet, LWWMap]),
+    st.randoms(use_true_random=False),
+    st.integers(0, 40),
+    st.integers(1, 6),
+    st.data(),
+)
+def test_a_kept_reply_is_reread_as_it_was_decoded(
+    make_simulation: Callable[..., tuple[list[DotMap[Any]], Any]],
+    kind: type[DotMap[Any]],
+    rnd: random.Random,
+    n_ops: int,
+    n_answers: int,
+    data: st.DataObject,
+) -> None:
+    """reread_shipped gives, for the asked bounds only, the shipped values decode_message
+    gave (with the context it is handed: the engine's base)."""
+    produced, _ = make_simulation(kind, rnd, n_ops)
+    state = produced[-1] if produced else kind()
+    ranges = split_range(0, HASH_SPACE, n_answers)
+    answers = []
+    for lo, hi in ranges:
+        inside = {k: e for k, e in state.entries.items() if lo <= key_hash(k) < hi}
+        shipped = kind(inside, state.context, is_delta=True)
+        answers.append(RangeAnswer(lo, hi, RANGE_ENTRIES, shipped=shipped))
+    wire = encode_message(RangeReply(1, 0, "ns", None, tuple(answers)))
+    decoded = decode_message(wire)
+    wanted = frozenset(data.draw(st.sets(st.sampled_from(ranges))))
+    base = CausalContext({"elsewhere": 3})
+    reread = list(reread_shipped(wire, wanted, base))
+    assert [(lo, hi) for lo, hi, _ in reread] == [r for r in ranges if r in wanted]
+    for lo, hi, shipped in reread:
+        [answer] = [a for a in decoded.answers if (a.lo, a.hi) == (lo, hi)]
+        assert type(shipped) is kind
+        assert shipped.entries == answer.shipped.entries
+        assert shipped.is_delta and shipped.context == base

@@ -17,7 +17,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from crdtstore.codec import DEFAULT_LIMITS, FORMAT_VERSION, decode_value, pack, unpack
+from crdtstore.codec import (
+    DEFAULT_LIMITS,
+    FORMAT_VERSION,
+    check_depth,
+    decode_value,
+    pack,
+    unpack,
+)
 from crdtstore.crdt import Dot, DotMap, check_key
 from crdtstore.errors import DecodeError
 from crdtstore.sync.messages import DeltaBatch, decode_message
@@ -182,6 +189,17 @@ def test_nesting_beyond_max_depth_is_refused(depth: int) -> None:
 
 def test_nesting_at_max_depth_is_accepted() -> None:
     assert unpack(nested(DEFAULT_LIMITS.max_depth)) is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "depth"),
+    [([], 1), ({"a": 1, "b": "x"}, 1), ([1, [2]], 2), ({"a": {"b": []}}, 3), ([[], 1], 2)],
+)
+def test_check_depth_counts_flat_and_nested_containers_alike(value: Any, depth: int) -> None:
+    """Flat containers take a shortcut; the limit is the same for them as for the rest."""
+    check_depth(value, depth)
+    with pytest.raises(DecodeError, match="max_depth"):
+        check_depth(value, depth - 1)
 
 
 def test_deep_payload_inside_a_valid_message_is_refused(valid_encodings: list[bytes]) -> None:
