@@ -49,7 +49,6 @@ from crdtstore.crdt import (
     HybridClock,
     check_drift,
 )
-from crdtstore.crdt.lwwmap import winner
 from crdtstore.errors import (
     ClockDriftError,
     ClosedError,
@@ -63,7 +62,7 @@ from crdtstore.settings import NodeSettings
 from crdtstore.storage import journal, layout
 from crdtstore.storage.gate import Gate
 from crdtstore.storage.rows import RowWriter, entry_from_row
-from crdtstore.sync.messages import MAX_NAMESPACE_LEN, DeltaBatch, PackedRange
+from crdtstore.sync.messages import MAX_NAMESPACE_LEN, CheckedEntries, DeltaBatch, PackedRange
 
 if TYPE_CHECKING:
     from crdtstore.storage.local import LocalWrite
@@ -540,7 +539,7 @@ class LMDBReplica:
                     if not self._join_key(
                         writer, ns_id, ns, stamped, key, ctx, theirs, their_ctx, origin, ekey, khash
                     ):
-                        fresh.append((key, ekey, khash, theirs))
+                        fresh.append((key, ekey, khash, _stored(theirs, stamped)))
                 _insert_rows(writer, ns_id, ns, stamped, fresh, ctx, origin)
                 held.ctx = ctx.join(their_ctx)
                 held.changed = True
@@ -855,7 +854,7 @@ class LMDBReplica:
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
         context: CausalContext,
     ) -> None:
         """Every staged range of a reconciliation, then ``context``, in ONE transaction.
@@ -870,7 +869,7 @@ class LMDBReplica:
     def _apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
         context: CausalContext | None,
     ) -> None:
         self._check()
@@ -891,10 +890,18 @@ class LMDBReplica:
                     raise InvalidValue(
                         f"namespace {namespace!r} is a {tname}, the range holds {shipped.type_name}"
                     )
-                self._check_drift(shipped)  # raising here aborts the whole transaction
-                got = self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, shipped)
                 # Dots ``context`` holds would join with it anyway: a bootstrap keeps none.
-                received.extend(got if context is None else _not_in(got, context))
+                if isinstance(shipped, CheckedEntries) and self._no_rows(txn, ns_id, lo, hi):
+                    received.extend(
+                        self._insert_checked(
+                            writer, ns_id, namespace, tname, ctx, lo, hi, shipped, context
+                        )
+                    )
+                else:
+                    value = shipped.value() if isinstance(shipped, CheckedEntries) else shipped
+                    self._check_drift(value)  # raising here aborts the whole transaction
+                    got = self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, value)
+                    received.extend(got if context is None else _not_in(got, context))
                 if len(writer.events) >= EVENTS_PER_JOURNAL_ROW:
                     # A bootstrap changes every key: journal its events as it goes rather
                     # than hold them (and the keys and values they name) to the end.
@@ -952,9 +959,71 @@ class LMDBReplica:
                 writer, ns_id, namespace, stamped, key, ctx, entry, their_ctx, None, ekey, khash
             )
         # Keys we hold no row for (all of them, in a bootstrap).
-        new = ((key, ekey, khash, entry) for ekey, (key, entry, khash) in theirs.items())
+        new = (
+            (key, ekey, khash, _stored(entry, stamped))
+            for ekey, (key, entry, khash) in theirs.items()
+        )
         _insert_rows(writer, ns_id, namespace, stamped, new, ctx, None)
         return received
+
+    def _no_rows(self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int) -> bool:
+        return next(self._scan(txn, ns_id, lo, hi), None) is None
+
+    def _insert_checked(
+        self,
+        writer: RowWriter,
+        ns_id: int,
+        namespace: str,
+        tname: str,
+        ctx: CausalContext,
+        lo: int,
+        hi: int,
+        shipped: CheckedEntries,
+        context: CausalContext | None,
+    ) -> list[Dot]:
+        """``_join_range`` of entries kept encoded into a range where we hold no row (a
+        bootstrap's): their dots go from the wire's lists into rows, with no Dot objects
+        or entry maps in between (a 1,000,000-entry bootstrap applies 900,000 this way).
+        Returns the dots received that ``context`` does not hold."""
+        stamped = tname == LWW
+        items = []
+        for key, dots in shipped.items:
+            ekey = layout.pack_key(key)
+            khash = layout.hash_encoded_key(ekey)
+            if not lo <= khash < hi:
+                self.stats["range_key_outside"] += 1
+                raise InvalidValue(f"shipped key {key!r} lies outside [{lo}, {hi})")
+            items.append((key, ekey, khash, dots))
+        bvv, bcloud = shipped.base.vv, shipped.base.cloud
+        if not all(
+            d[1] <= bvv.get(d[0], 0) or (d[0], d[1]) in bcloud for it in items for d in it[3]
+        ):
+            items = [
+                (
+                    key,
+                    ekey,
+                    khash,
+                    [d for d in dots if d[1] <= bvv.get(d[0], 0) or (d[0], d[1]) in bcloud],
+                )
+                for key, ekey, khash, dots in items
+            ]
+        if stamped:
+            newest = max((d[2] for it in items for d in it[3]), default=0)
+            try:
+                check_drift(newest, self.now_ms(), self.settings.max_clock_drift_ms)
+            except ClockDriftError:
+                self.stats["rejected_clock_drift"] += 1
+                raise
+        _insert_rows(writer, ns_id, namespace, stamped, items, ctx, None)
+        if context is None:
+            return [Dot(d[0], d[1]) for it in items for d in it[3]]
+        cvv, ccloud = context.vv, context.cloud
+        return [
+            Dot(d[0], d[1])
+            for it in items
+            for d in it[3]
+            if d[1] > cvv.get(d[0], 0) and (d[0], d[1]) not in ccloud
+        ]
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:
         self._check()
@@ -1116,49 +1185,48 @@ def _lww_order(d: list[Any]) -> tuple[int, str]:
     return d[2], d[0]
 
 
+def _stored(entry: Mapping[Dot, Any], stamped: bool) -> list[list[Any]]:
+    """An entry's dots in a row's form: ``[replica, seq(, timestamp, value)]``."""
+    if stamped:
+        return [[d[0], d[1], *p] for d, p in entry.items()]
+    return [[d[0], d[1]] for d in entry]
+
+
 def _insert_rows(
     writer: RowWriter,
     ns_id: int,
     namespace: str,
     stamped: bool,
-    items: Iterable[tuple[Any, bytes, int, Mapping[Dot, Any]]],
+    items: Iterable[tuple[Any, bytes, int, list[list[Any]]]],
     my_ctx: CausalContext,
     origin: str | None,
 ) -> None:
-    """``_join_key`` of keys ``(key, encoded key, key hash, their dots)`` that have no row
-    here: the join keeps the dots our context has not seen, and the row is written
-    straight. The same result as the generic join (the differential tests compare both
-    with the pure values), without its per-dot objects: this runs once per key of a
-    bootstrap and of every batch of new keys, so the loop's lookups are hoisted."""
+    """``_join_key`` of keys ``(key, encoded key, key hash, their dots in a row's form)``
+    that have no row here: the join keeps the dots our context has not seen, and the row
+    is written straight. The same result as the generic join (the differential tests
+    compare both with the pure values), without its per-dot objects: this runs once per
+    key of a bootstrap and of every batch of new keys, so the loop's lookups are hoisted.
+    A dot in a row's form is what the wire carries too: entries kept encoded come here
+    as msgpack decoded them."""
     vv, cloud = my_ctx.vv, my_ctx.cloud
     put, state, buckets, events = writer.txn.put, writer.state, writer.buckets, writer.events
     prefix, shift = layout.ns_prefix(ns_id), layout.BUCKET_SHIFT
     pack = layout.pack
     fresh = not vv and not cloud  # we have seen nothing (a bootstrap): every dot is new
-    for key, ekey, khash, theirs in items:
-        dots = (
-            list(theirs)
-            if fresh
-            else [d for d in theirs if d[1] > vv.get(d[0], 0) and d not in cloud]
-        )
+    for key, ekey, khash, dots in items:
+        if not fresh:
+            dots = [d for d in dots if d[1] > vv.get(d[0], 0) and (d[0], d[1]) not in cloud]
         if not dots:
             continue
         if len(dots) > 1:
-            dots.sort()
+            dots = sorted(dots, key=_dot_order)
         edig = layout.entry_digest(ekey, dots)
         if stamped:
-            row = [[d[0], d[1], *theirs[d]] for d in dots]
-            won = (
-                (dots[0], theirs[dots[0]])
-                if len(dots) == 1
-                else winner({d: theirs[d] for d in dots})
-            )
-            assert won is not None
-            events.append((namespace, key, None, won[1][1], origin or won[0].replica))
+            won = dots[0] if len(dots) == 1 else max(dots, key=_lww_order)
+            events.append((namespace, key, None, won[3], origin or won[0]))
         else:
-            row = [[d[0], d[1]] for d in dots]
             events.append((namespace, key, False, True, origin))
-        put(prefix + khash.to_bytes(8, "big") + ekey, edig + pack(row), db=state)
+        put(prefix + khash.to_bytes(8, "big") + ekey, edig + pack(dots), db=state)
         bkey = (ns_id, khash >> shift)
         acc = buckets.get(bkey)
         if acc is None:

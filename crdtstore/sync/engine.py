@@ -76,6 +76,7 @@ from crdtstore.sync.messages import (
     RANGE_ENTRIES,
     RANGE_EQUAL,
     RANGE_SPLIT,
+    CheckedEntries,
     DeltaBatch,
     Digest,
     LogGap,
@@ -141,11 +142,9 @@ class _Session:
     pending: list[tuple[int, int]] = field(default_factory=list)  # unresolved, not asked
     asked: list[tuple[int, int]] = field(default_factory=list)  # in the current query
     query: bytes = b""
-    # Shipped ranges, filtered to the base context, applied only when the session completes:
-    # decoded up to ``range_stage_max_entries``, then as replies kept in their wire form
-    # with the bounds of the ranges staged from them.
-    staged: list[tuple[int, int, DotMap[Any]]] = field(default_factory=list)
-    staged_entries: int = 0
+    # Shipped ranges, applied only when the session completes: the replies that shipped
+    # them, kept in their wire form (a tenth of their decoded size), with the bounds of the
+    # ranges staged from each.
     kept: list[tuple[bytes, frozenset[tuple[int, int]]]] = field(default_factory=list)
     deadline: int = 0
     retries: int = 0
@@ -807,18 +806,14 @@ class SyncEngine:
                 self.stats["ranges_equal"] += 1
             else:
                 differing.append((answer.lo, answer.hi))
-        keep = session.staged_entries >= self.settings.range_stage_max_entries
         kept: set[tuple[int, int]] = set()
         for answer in msg.answers:
             if answer.kind == RANGE_EQUAL:
                 pass
             elif answer.kind == RANGE_ENTRIES and answer.shipped is not None:
-                if keep:
-                    kept.add((answer.lo, answer.hi))
-                else:
-                    staged = _restrict_to(answer.shipped, base)
-                    session.staged.append((answer.lo, answer.hi, staged))
-                    session.staged_entries += len(staged.entries)
+                # Checked, and dropped: the decoded entries take ten times the memory of
+                # the reply's bytes, and a replica writes rows from those more cheaply.
+                kept.add((answer.lo, answer.hi))
                 self.stats["ranges_staged"] += 1
             elif answer.kind == RANGE_SPLIT:
                 bounds = [(p.lo, p.hi) for p in answer.parts]
@@ -837,9 +832,8 @@ class SyncEngine:
             return self._send_query(session, now_ms)
         # Every range resolved: now, and only now, the staged ranges are applied and the
         # first reply's context joins ours (one engine step: nothing interleaves).
-        ranges = _StagedRanges(session.staged, session.kept, base)
-        self.replica.apply_ranges(ns, ranges, base)
-        self.stats["ranges_applied"] += len(session.staged) + sum(len(k) for _, k in session.kept)
+        self.replica.apply_ranges(ns, _StagedRanges(session.kept, base), base)
+        self.stats["ranges_applied"] += sum(len(bounds) for _, bounds in session.kept)
         del self._sessions[ns]
         self.stats["range_sessions_completed"] += 1
         self._drain(ns)
@@ -903,44 +897,20 @@ def _causally_ready(batch: DeltaBatch, ctx: CausalContext) -> bool:
 
 
 class _StagedRanges:
-    """A session's staged ranges for ``Replica.apply_ranges``: the decoded ones, then those
-    of the replies kept encoded, decoded again one reply at a time as they are iterated
-    (so they are never all in memory at once). Iterable more than once (a replica retries
-    a transaction after growing its map)."""
+    """A session's staged ranges for ``Replica.apply_ranges``, as :class:`CheckedEntries`
+    read again from the kept replies one reply at a time as they are iterated (so they
+    are never all unpacked at once). Iterable more than once (a replica retries a
+    transaction after growing its map)."""
 
     def __init__(
-        self,
-        staged: list[tuple[int, int, DotMap[Any]]],
-        kept: list[tuple[bytes, frozenset[tuple[int, int]]]],
-        base: CausalContext,
+        self, kept: list[tuple[bytes, frozenset[tuple[int, int]]]], base: CausalContext
     ) -> None:
-        self._staged, self._kept, self._base = staged, kept, base
+        self._kept, self._base = kept, base
 
-    def __iter__(self) -> Iterator[tuple[int, int, DotMap[Any]]]:
-        yield from self._staged
+    def __iter__(self) -> Iterator[tuple[int, int, CheckedEntries]]:
         for data, bounds in self._kept:
-            # Our own copy of a reply that passed every check when it arrived: rebuilt,
-            # not checked again.
-            for lo, hi, shipped in reread_shipped(data, bounds, self._base):
-                yield lo, hi, _restrict_to(shipped, self._base)
-
-
-def _restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:
-    """The shipped entries' dots that ``base`` holds, judged by ``base``.
-
-    Dots the sender gained after the base snapshot are left for the delta path: their
-    deltas' context (what they replaced) is not in ``base``, so taking them here would
-    mark them seen without what they depend on.
-    """
-    vv, cloud = base.vv, base.cloud  # ``d in base``, inlined: this runs once per shipped dot
-    if all(d[1] <= vv.get(d[0], 0) or d in cloud for e in shipped.entries.values() for d in e):
-        # Usually nothing goes: share the entries rather than copy a bootstrap's millions.
-        return type(shipped)(shipped.entries, base, is_delta=True)
-    entries = {
-        k: {d: p for d, p in e.items() if d[1] <= vv.get(d[0], 0) or d in cloud}
-        for k, e in shipped.entries.items()
-    }
-    return type(shipped)(entries, base, is_delta=True)
+            # Our own copy of a reply that passed every check when it arrived.
+            yield from reread_shipped(data, bounds, self._base)
 
 
 def _spans(ctx: CausalContext, origin: str, top: int) -> list[tuple[int, int]]:

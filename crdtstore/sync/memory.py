@@ -24,7 +24,7 @@ from crdtstore.codec import encode_value, pack
 from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, Key, join_entry
 from crdtstore.errors import InvalidValue, TypeMismatch
 from crdtstore.sync.fingerprint import entry_hash, key_hash
-from crdtstore.sync.messages import DeltaBatch, PackedRange, encode_message
+from crdtstore.sync.messages import CheckedEntries, DeltaBatch, PackedRange, encode_message
 
 Entries = dict[Key, Mapping[Dot, Any]]
 
@@ -243,12 +243,13 @@ class MemoryReplica:
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
         context: CausalContext,
     ) -> None:
         # In memory nothing can crash between the steps, so the plain loop is atomic.
         for lo, hi, shipped in ranges:
-            self.apply_range(namespace, lo, hi, shipped)
+            value = shipped.value() if isinstance(shipped, CheckedEntries) else shipped
+            self.apply_range(namespace, lo, hi, value)
         self.merge_context(namespace, context)
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:

@@ -459,11 +459,32 @@ class RangeReply:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class CheckedEntries:
+    """A shipped range's entries as msgpack decoded them, ``[[key, [dot, ...]], ...]``
+    with each dot ``[replica, seq(, timestamp, value)]`` (a stored row's form), from our
+    own copy of a reply :func:`decode_value` accepted when it arrived; ``base`` is the
+    session's base context, which the dots are still to be restricted to.
+
+    What a reconciliation applies for the replies it kept encoded: a replica may write
+    these straight into rows, and :meth:`value` gives the :class:`DotMap` the engine
+    would otherwise have staged."""
+
+    type_name: str
+    items: list[Any]
+    base: CausalContext
+
+    def value(self) -> DotMap[Any]:
+        """The entries as a delta with the base context, restricted to it."""
+        shipped = rebuild_value([self.type_name, True, None, self.items], self.base)
+        return restrict_to(shipped, self.base)
+
+
 def reread_shipped(
-    data: bytes, bounds: frozenset[tuple[int, int]], context: CausalContext
-) -> Iterator[tuple[int, int, DotMap[Any]]]:
-    """``(lo, hi, shipped)`` of the answers of an encoded :class:`RangeReply` whose
-    bounds are in ``bounds``, each shipped value with ``context`` (see ``rebuild_value``).
+    data: bytes, bounds: frozenset[tuple[int, int]], base: CausalContext
+) -> Iterator[tuple[int, int, CheckedEntries]]:
+    """``(lo, hi, entries)`` of the answers of an encoded :class:`RangeReply` whose
+    bounds are in ``bounds``.
 
     ``data`` must be our own copy of a reply :func:`decode_message` accepted: nothing is
     checked again."""
@@ -471,7 +492,26 @@ def reread_shipped(
     for answer in answers:
         lo, hi = answer[0], answer[1] + 1
         if answer[2] == RANGE_ENTRIES and (lo, hi) in bounds:
-            yield lo, hi, rebuild_value(answer[3], context)
+            value = answer[3]
+            yield lo, hi, CheckedEntries(value[0], value[3], base)
+
+
+def restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:
+    """The shipped entries' dots that ``base`` holds, judged by ``base``.
+
+    Dots the sender gained after the base snapshot are left for the delta path: their
+    deltas' context (what they replaced) is not in ``base``, so taking them here would
+    mark them seen without what they depend on.
+    """
+    vv, cloud = base.vv, base.cloud  # ``d in base``, inlined: this runs once per shipped dot
+    if all(d[1] <= vv.get(d[0], 0) or d in cloud for e in shipped.entries.values() for d in e):
+        # Usually nothing goes: share the entries rather than copy a bootstrap's millions.
+        return type(shipped)(shipped.entries, base, is_delta=True)
+    entries = {
+        k: {d: p for d, p in e.items() if d[1] <= vv.get(d[0], 0) or d in cloud}
+        for k, e in shipped.entries.items()
+    }
+    return type(shipped)(entries, base, is_delta=True)
 
 
 VALUE_CARRIERS: frozenset[type] = frozenset({DeltaBatch, RangeReply})

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from crdtstore.crdt import CausalContext, DotMap
-from crdtstore.sync.messages import DeltaBatch, PackedRange
+from crdtstore.sync.messages import CheckedEntries, DeltaBatch, PackedRange
 
 
 class Replica(Protocol):
@@ -89,13 +89,14 @@ class Replica(Protocol):
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any]]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
         context: CausalContext,
     ) -> None:
         """``apply_range`` of each (disjoint) range, then ``merge_context(context)``, as one
         atomic step: a crash leaves all of it or none. ``ranges`` may be a lazy iterable
         (each iteration yields the same ranges); an implementation may iterate it again to
-        retry, and should not hold every range at once."""
+        retry, and should not hold every range at once. A range given as
+        :class:`CheckedEntries` is applied as ``apply_range`` of its ``value()``."""
         ...
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:

@@ -66,12 +66,6 @@ class SyncSettings:
     4,096 entries of a megabyte would pass any message limit). A range over it is split,
     or left for the next round; one that cannot be split is shipped alone."""
 
-    range_stage_max_entries: int = 100_000
-    """Most shipped entries a reconciliation session keeps decoded until it completes
-    (about 1 KB of memory each); the replies after that are kept as the bytes they
-    arrived in (~50 B per entry) and decoded again when the session applies them. So a
-    new node's bootstrap needs memory for its largest namespace's bytes, not its objects."""
-
     range_session_timeout_ms: int = 3000
     """A reconciliation round unanswered for this long is asked again."""
 

@@ -38,6 +38,7 @@ from crdtstore.sync.messages import (
     decode_message,
     encode_message,
     reread_shipped,
+    restrict_to,
 )
 
 replica_ids = st.text(min_size=1, max_size=128).filter(lambda s: bool(s))
@@ -186,8 +187,8 @@ def test_a_kept_reply_is_reread_as_it_was_decoded(
     n_answers: int,
     data: st.DataObject,
 ) -> None:
-    """reread_shipped gives, for the asked bounds only, the shipped values decode_message
-    gave (with the context it is handed: the engine's base)."""
+    """reread_shipped gives, for the asked bounds only, the entries decode_message gave,
+    and their value() is the shipped value restricted to the base, as the engine stages."""
     produced, _ = make_simulation(kind, rnd, n_ops)
     state = produced[-1] if produced else kind()
     ranges = split_range(0, HASH_SPACE, n_answers)
@@ -199,11 +200,18 @@ def test_a_kept_reply_is_reread_as_it_was_decoded(
     wire = encode_message(RangeReply(1, 0, "ns", None, tuple(answers)))
     decoded = decode_message(wire)
     wanted = frozenset(data.draw(st.sets(st.sampled_from(ranges))))
-    base = CausalContext({"elsewhere": 3})
+    # The base covers every dot, or only some of them.
+    dots = sorted(state.context)
+    base = CausalContext.from_dots(data.draw(st.sets(st.sampled_from(dots))) if dots else [])
+    if data.draw(st.booleans()):
+        base = state.context
     reread = list(reread_shipped(wire, wanted, base))
     assert [(lo, hi) for lo, hi, _ in reread] == [r for r in ranges if r in wanted]
-    for lo, hi, shipped in reread:
+    for lo, hi, entries in reread:
         [answer] = [a for a in decoded.answers if (a.lo, a.hi) == (lo, hi)]
-        assert type(shipped) is kind
-        assert shipped.entries == answer.shipped.entries
-        assert shipped.is_delta and shipped.context == base
+        assert answer.shipped is not None
+        assert entries.type_name == kind.type_name and entries.base == base
+        value = entries.value()
+        want = restrict_to(answer.shipped, base)
+        assert type(value) is kind and value.is_delta
+        assert value.entries == want.entries and value.context == base

@@ -14,7 +14,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from crdtstore import inspect
-from crdtstore.codec import decode_value, unpack
+from crdtstore.codec import decode_value, encode_value, pack, unpack
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
 from crdtstore.crdt.lwwmap import winner
 from crdtstore.errors import (
@@ -29,7 +29,13 @@ from crdtstore.storage import LMDBReplica, layout
 from crdtstore.storage import replica as replica_module
 from crdtstore.storage.replica import wall_ms
 from crdtstore.sync.fingerprint import HASH_SPACE, entry_hash, fingerprint, key_hash, split_range
-from crdtstore.sync.messages import DeltaBatch, decode_message, encode_message
+from crdtstore.sync.messages import (
+    CheckedEntries,
+    DeltaBatch,
+    decode_message,
+    encode_message,
+    restrict_to,
+)
 
 Make = Callable[..., LMDBReplica]
 ALL = (0, HASH_SPACE)
@@ -338,7 +344,7 @@ OPS = st.one_of(
     st.tuples(st.just("pull")),
     st.tuples(st.just("range"), st.integers(0, 15), st.integers(1, 16)),
     st.tuples(st.just("merge")),
-    st.tuples(st.just("ranges"), st.integers(1, 15), st.booleans()),
+    st.tuples(st.just("ranges"), st.integers(1, 15), st.booleans(), st.integers(0, 2)),
 )
 
 
@@ -498,7 +504,16 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
                     shipped = peer[ns].restrict(
                         [k for k in peer[ns].entries if lo <= key_hash(k) < hi]
                     )
-                    staged.append((lo, hi, shipped))
+                    if op[3]:
+                        # As a session applies a reply it kept encoded: the wire's lists,
+                        # restricted to the session's base (all of the sender's context,
+                        # or part of it), then written as rows where we hold none.
+                        base = shipped.context if op[3] == 1 else CausalContext({"b": op[1]})
+                        items = unpack(pack(encode_value(shipped)))[3]
+                        staged.append((lo, hi, CheckedEntries(shipped.type_name, items, base)))
+                        shipped = restrict_to(shipped, base)
+                    else:
+                        staged.append((lo, hi, shipped))
                     mine[ns] = mirror_range(mine[ns], lo, hi, shipped)
                 replica.apply_ranges(ns, staged, context)
                 mine[ns] = type(mine[ns])(mine[ns].entries, mine[ns].context.join(context))
@@ -560,3 +575,34 @@ def test_a_large_range_apply_journals_its_events_in_rows_of_one_commit(
     assert sorted(c.key for c in events) == sorted(f"k{i}" for i in range(50))
     assert {(c.old, c.origin) for c in events} == {(None, "b")}
     assert state_of(a, "m") == state_of(b, "m")
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["decoded", "kept-encoded"])
+@pytest.mark.parametrize(
+    ("stamps", "base_holds"),
+    [((5, 7), "xy"), ((7, 5), "xy"), ((6, 6), "xy"), ((5, 7), "x"), ((5, 7), "")],
+)
+def test_a_range_of_concurrent_writes_shows_its_winner(
+    make_replica: Make, checked: bool, stamps: tuple[int, int], base_holds: str
+) -> None:
+    """A shipped key holding two concurrent writes becomes one row with both (of those the
+    session's base holds), and its change event names the LWW winner: greatest timestamp,
+    then greatest writer. Two writers the receiver has never heard of, as only ranges from
+    a third node can bring."""
+    ts = make_timestamp(wall_ms())
+    x = LWWMap().put("x", "k", "from-x", ts + stamps[0])
+    y = LWWMap().put("y", "k", "from-y", ts + stamps[1])
+    both = x.join(y)
+    base = CausalContext({r: 1 for r in base_holds})
+    items = unpack(pack(encode_value(both)))[3]
+    shipped: Any = CheckedEntries("lww_map", items, base) if checked else restrict_to(both, base)
+    a = make_replica("a")
+    before = a.journal_last()
+    a.apply_ranges("m", [(0, HASH_SPACE, shipped)], base)
+    want = restrict_to(both, base)
+    assert state_of(a, "m") == live(want)
+    assert a.context("m") == base
+    won = winner(want.entries["k"])
+    _, rows = a.journal_after(before, 10)
+    events = [(c.key, c.old, c.new) for _, changes in rows for c in changes]
+    assert events == ([] if won is None else [("k", None, won[1][1])])
