@@ -146,6 +146,8 @@ class _Session:
     # them, kept in their wire form (a tenth of their decoded size), with the bounds of the
     # ranges staged from each.
     kept: list[tuple[bytes, frozenset[tuple[int, int]]]] = field(default_factory=list)
+    shipped: int = 0  # entries in the kept replies
+    started: int = 0  # ms
     deadline: int = 0
     retries: int = 0
 
@@ -300,6 +302,9 @@ class SyncEngine:
             if session.retries >= self.settings.range_session_retries:
                 del self._sessions[ns]
                 self.stats["range_sessions_abandoned"] += 1
+                log.warning(
+                    "sync %s: gave up reconciling %s with %s", self.node_id, ns, session.peer
+                )
                 self._drain(ns)
                 continue
             session.retries += 1
@@ -685,9 +690,11 @@ class SyncEngine:
     # -- range reconciliation ------------------------------------------------------------------
 
     def _start_session(self, peer: str, ns: str, now_ms: int) -> list[Outgoing]:
-        session = _Session(self._new_id(), peer, ns, pending=[(0, HASH_SPACE)])
+        session = _Session(self._new_id(), peer, ns, pending=[(0, HASH_SPACE)], started=now_ms)
         self._sessions[ns] = session
         self.stats["range_sessions_started"] += 1
+        # Rare (a bootstrap, or a peer's log trimmed past what we miss) and worth seeing.
+        log.info("sync %s: reconciling %s with %s", self.node_id, ns, peer)
         return self._send_query(session, now_ms)
 
     def _send_query(self, session: _Session, now_ms: int) -> list[Outgoing]:
@@ -814,6 +821,7 @@ class SyncEngine:
                 # Checked, and dropped: the decoded entries take ten times the memory of
                 # the reply's bytes, and a replica writes rows from those more cheaply.
                 kept.add((answer.lo, answer.hi))
+                session.shipped += len(answer.shipped.entries)
                 self.stats["ranges_staged"] += 1
             elif answer.kind == RANGE_SPLIT:
                 bounds = [(p.lo, p.hi) for p in answer.parts]
@@ -836,6 +844,15 @@ class SyncEngine:
         self.stats["ranges_applied"] += sum(len(bounds) for _, bounds in session.kept)
         del self._sessions[ns]
         self.stats["range_sessions_completed"] += 1
+        log.info(
+            "sync %s: %s reconciled with %s: %d rounds, %d entries received in %.1f s, applied",
+            self.node_id,
+            ns,
+            session.peer,
+            session.round,
+            session.shipped,
+            (now_ms - session.started) / 1000,
+        )
         self._drain(ns)
         return []
 
