@@ -284,7 +284,7 @@ def rebuild_value(obj: Any, context: CausalContext) -> DotMap[Any]:
     """The value :func:`decode_value` returned for ``obj`` before, with ``context`` (the
     decoded one, or one that covers it) and without checking anything again.
 
-    Only for our own copy of bytes ``decode_value`` accepted: a reconciliation keeps most
+    Only for our own copy of bytes ``decode_value`` accepted: a reconciliation keeps its
     replies encoded until it applies them (to bound its memory), and checking them twice
     cost a 1,000,000-entry bootstrap as much as applying them. The checks are what the
     two functions do not share; the result is the same (tests/codec compares both)."""

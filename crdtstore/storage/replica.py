@@ -499,9 +499,13 @@ class LMDBReplica:
         if value.type_name != LWW:
             return
         # The newest timestamp is the one that can be too far ahead.
-        newest = max((ts for e in value.entries.values() for ts, _ in e.values()), default=0)
+        self._check_newest(
+            max((ts for e in value.entries.values() for ts, _ in e.values()), default=0)
+        )
+
+    def _check_newest(self, timestamp: int) -> None:
         try:
-            check_drift(newest, self.now_ms(), self.settings.max_clock_drift_ms)
+            check_drift(timestamp, self.now_ms(), self.settings.max_clock_drift_ms)
         except ClockDriftError:
             self.stats["rejected_clock_drift"] += 1
             raise
@@ -939,11 +943,7 @@ class LMDBReplica:
         theirs: dict[bytes, tuple[Any, Mapping[Dot, Any], int]] = {}
         received: list[Dot] = []
         for key, entry in shipped.entries.items():
-            ekey = layout.pack_key(key)
-            khash = layout.hash_encoded_key(ekey)
-            if not lo <= khash < hi:
-                self.stats["range_key_outside"] += 1
-                raise InvalidValue(f"shipped key {key!r} lies outside [{lo}, {hi})")
+            ekey, khash = self._shipped_key(key, lo, hi)
             theirs[ekey] = (key, entry, khash)
             received.extend(entry)
         mine = [
@@ -965,6 +965,15 @@ class LMDBReplica:
         )
         _insert_rows(writer, ns_id, namespace, stamped, new, ctx, None)
         return received
+
+    def _shipped_key(self, key: Any, lo: int, hi: int) -> tuple[bytes, int]:
+        """A shipped key's encoding and hash; InvalidValue if it is not in its range."""
+        ekey = layout.pack_key(key)
+        khash = layout.hash_encoded_key(ekey)
+        if not lo <= khash < hi:
+            self.stats["range_key_outside"] += 1
+            raise InvalidValue(f"shipped key {key!r} lies outside [{lo}, {hi})")
+        return ekey, khash
 
     def _no_rows(self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int) -> bool:
         return next(self._scan(txn, ns_id, lo, hi), None) is None
@@ -988,11 +997,7 @@ class LMDBReplica:
         stamped = tname == LWW
         items = []
         for key, dots in shipped.items:
-            ekey = layout.pack_key(key)
-            khash = layout.hash_encoded_key(ekey)
-            if not lo <= khash < hi:
-                self.stats["range_key_outside"] += 1
-                raise InvalidValue(f"shipped key {key!r} lies outside [{lo}, {hi})")
+            ekey, khash = self._shipped_key(key, lo, hi)
             items.append((key, ekey, khash, dots))
         bvv, bcloud = shipped.base.vv, shipped.base.cloud
         if not all(
@@ -1008,12 +1013,7 @@ class LMDBReplica:
                 for key, ekey, khash, dots in items
             ]
         if stamped:
-            newest = max((d[2] for it in items for d in it[3]), default=0)
-            try:
-                check_drift(newest, self.now_ms(), self.settings.max_clock_drift_ms)
-            except ClockDriftError:
-                self.stats["rejected_clock_drift"] += 1
-                raise
+            self._check_newest(max((d[2] for it in items for d in it[3]), default=0))
         _insert_rows(writer, ns_id, namespace, stamped, items, ctx, None)
         if context is None:
             return [Dot(d[0], d[1]) for it in items for d in it[3]]

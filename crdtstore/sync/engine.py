@@ -143,8 +143,8 @@ class _Session:
     asked: list[tuple[int, int]] = field(default_factory=list)  # in the current query
     query: bytes = b""
     # Shipped ranges, applied only when the session completes: the replies that shipped
-    # them, kept in their wire form (a tenth of their decoded size), with the bounds of the
-    # ranges staged from each.
+    # them, kept in their wire form (~50 B per entry; decoded, ~1 KB), with the bounds of
+    # the ranges staged from each.
     kept: list[tuple[bytes, frozenset[tuple[int, int]]]] = field(default_factory=list)
     shipped: int = 0  # entries in the kept replies
     started: int = 0  # ms

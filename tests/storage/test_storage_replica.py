@@ -292,6 +292,28 @@ def test_remote_timestamp_too_far_ahead_is_rejected(make_replica: Make) -> None:
     assert a.namespaces() == {}
 
 
+def kept(value: DotMap[Any]) -> CheckedEntries:
+    """``value`` as a session hands over a range of a reply it kept encoded."""
+    return CheckedEntries(value.type_name, unpack(pack(encode_value(value)))[3], value.context)
+
+
+def test_a_kept_range_is_checked_as_a_decoded_one(make_replica: Make) -> None:
+    """Entries kept encoded were checked on arrival, but not against this range or our
+    clock: a key outside its range, or a timestamp too far ahead, refuses the whole
+    session's apply, writing nothing."""
+    a, b = make_replica("a", max_clock_drift_ms=1000), make_replica("b")
+    local(b, ("add", "s", "x"))
+    shipped = b.read_range("s", *ALL)
+    with pytest.raises(InvalidValue):
+        a.apply_ranges("s", [(key_hash("x") + 1, HASH_SPACE, kept(shipped))], shipped.context)
+    assert a.stats["range_key_outside"] == 1
+    future = LWWMap().put("b", "k", "v", make_timestamp(wall_ms() + 10_000))
+    with pytest.raises(ClockDriftError):
+        a.apply_ranges("m", [(*ALL, kept(future))], future.context)
+    assert a.stats["rejected_clock_drift"] == 1
+    assert a.namespaces() == {}
+
+
 def test_type_mismatch_and_identity_and_format_are_checked(tmp_path: Path) -> None:
     with LMDBReplica(tmp_path / "d", "a") as r:
         r.ensure_namespace("m", "lww_map")
