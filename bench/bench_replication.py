@@ -18,6 +18,7 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,9 +227,23 @@ def idle(root: Path, seconds: float) -> float:
 # -- bootstrap -----------------------------------------------------------------------------------
 
 
-def bootstrap(root: Path, n: int) -> tuple[float, float]:
-    """Entries/s of an empty node's bootstrap from a seed holding ``n``, and the newcomer's
-    peak RSS in MiB (it holds what a session stages until the session ends)."""
+def session_seconds(log: Path) -> float | None:
+    """Time from the start to the end of a node's first reconciliation session, from the
+    timestamps of the lines the sync engine logs for them (None if either is missing)."""
+    stamps = {}
+    for line in log.read_text().splitlines():
+        for mark in ("reconciling", "reconciled"):
+            if f" {mark} " in line:
+                stamps.setdefault(mark, datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f"))
+    if len(stamps) < 2:
+        return None
+    return (stamps["reconciled"] - stamps["reconciling"]).total_seconds()
+
+
+def bootstrap(root: Path, n: int) -> tuple[float, float, float, float | None]:
+    """Entries/s of an empty node's bootstrap from a seed holding ``n``, the newcomer's
+    peak RSS in MiB (it holds what a session stages until the session ends), its seconds
+    from start to READY, and its reconciliation session's seconds (from its log)."""
     root.mkdir(parents=True, exist_ok=True)
     seed_node = ServeNode(root, "seed", [])
     with crdtstore.open(seed_node.data, node_id="seed") as node:
@@ -243,6 +258,7 @@ def bootstrap(root: Path, n: int) -> tuple[float, float]:
     STARTED.append(newcomer)
     start = time.perf_counter()
     newcomer.start()
+    ready = time.perf_counter() - start
     with Progress(
         TextColumn(f"bootstrap {n:,}"),
         BarColumn(),
@@ -258,7 +274,7 @@ def bootstrap(root: Path, n: int) -> tuple[float, float]:
     assert newcomer.proc is not None
     peak = status_kib("VmHWM", newcomer.proc.pid) / 1024
     stop_all([seed_node, newcomer])
-    return n / elapsed, peak
+    return n / elapsed, peak, ready, session_seconds(newcomer.log)
 
 
 def main() -> int:
@@ -308,11 +324,14 @@ def run(root: Path, quick: bool, table: Table, parts: set[str]) -> None:
         table.add_row("idle loopback bytes/s per node (3 nodes)", f"{idle_rate:,.0f} B/s", "", "")
     sizes = (100_000,) if quick else (100_000, 1_000_000)
     for n in sizes if "bootstrap" in parts else ():
-        rate, peak = bootstrap(root / f"boot{n}", n)
+        rate, peak, ready, session = bootstrap(root / f"boot{n}", n)
+        # Where the time went: starting the process, then the session (rounds of queries
+        # and replies, then one commit), and the rest (joining, the seed's greeting).
+        during = "" if session is None else f", session {session:.1f} s"
         table.add_row(
             f"bootstrap of a new node from {n:,} entries",
-            f"{rate:,.0f} entries/s",
-            f"newcomer peak RSS {peak:,.0f} MiB",
+            f"{rate:,.0f} entries/s ({n / rate:.1f} s)",
+            f"newcomer peak RSS {peak:,.0f} MiB; READY after {ready:.2f} s{during}",
             f"{rate / 100_000:.2f}x goal (100,000/s)",
         )
 

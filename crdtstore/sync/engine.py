@@ -840,7 +840,8 @@ class SyncEngine:
             return self._send_query(session, now_ms)
         # Every range resolved: now, and only now, the staged ranges are applied and the
         # first reply's context joins ours (one engine step: nothing interleaves).
-        self.replica.apply_ranges(ns, _StagedRanges(session.kept, base), base)
+        size = sum(len(data) for data, _ in session.kept)
+        self.replica.apply_ranges(ns, _StagedRanges(session.kept, base), base, size)
         self.stats["ranges_applied"] += sum(len(bounds) for _, bounds in session.kept)
         del self._sessions[ns]
         self.stats["range_sessions_completed"] += 1

@@ -245,6 +245,7 @@ class MemoryReplica:
         namespace: str,
         ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
         context: CausalContext,
+        size_hint: int = 0,
     ) -> None:
         # In memory nothing can crash between the steps, so the plain loop is atomic.
         for lo, hi, shipped in ranges:

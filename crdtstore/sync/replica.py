@@ -91,12 +91,14 @@ class Replica(Protocol):
         namespace: str,
         ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
         context: CausalContext,
+        size_hint: int = 0,
     ) -> None:
         """``apply_range`` of each (disjoint) range, then ``merge_context(context)``, as one
         atomic step: a crash leaves all of it or none. ``ranges`` may be a lazy iterable
         (each iteration yields the same ranges); an implementation may iterate it again to
         retry, and should not hold every range at once. A range given as
-        :class:`CheckedEntries` is applied as ``apply_range`` of its ``value()``."""
+        :class:`CheckedEntries` is applied as ``apply_range`` of its ``value()``.
+        ``size_hint``: about how many bytes the ranges took on the wire (0: unknown)."""
         ...
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import crdtstore
+from crdtstore.codec import encode_value, pack
 from crdtstore.errors import StorageError
+from crdtstore.storage import LMDBReplica
+from crdtstore.sync.fingerprint import HASH_SPACE
 
 
 def test_tiny_map_grows_transparently(tmp_path: Path) -> None:
@@ -85,3 +89,35 @@ def test_async_durability_flushes_and_close_flushes(tmp_path: Path) -> None:
             m[i] = i
     with crdtstore.open(tmp_path / "n") as node:
         assert len(node.lww_map("m")) == 50
+
+
+class _CountedRanges:
+    """Ranges for ``apply_ranges`` that count how often the replica iterates them."""
+
+    def __init__(self, ranges: list[Any]) -> None:
+        self.ranges, self.passes = ranges, 0
+
+    def __iter__(self) -> Any:
+        self.passes += 1
+        return iter(self.ranges)
+
+
+@pytest.mark.parametrize("hinted", [False, True])
+def test_a_size_hint_makes_room_before_a_large_apply(
+    make_replica: Callable[..., LMDBReplica], hinted: bool
+) -> None:
+    """A bootstrap's one transaction that fills the map is run again after every doubling;
+    told the ranges' wire size, the replica grows the map first and runs it once."""
+    b = make_replica("b")
+    local = b.begin_local()
+    for i in range(3000):
+        local.put("m", f"key-{i}", "v" * 100)
+    local.commit()
+    shipped = b.read_range("m", 0, HASH_SPACE)
+    wire = len(pack(encode_value(shipped)))
+    a = make_replica("a", map_size=256 * 1024)
+    ranges = _CountedRanges([(0, HASH_SPACE, shipped)])
+    a.apply_ranges("m", ranges, shipped.context, wire if hinted else 0)
+    assert len(a.read_range("m", 0, HASH_SPACE).entries) == 3000
+    assert a.stats["map_grown"] >= 1
+    assert (ranges.passes == 1) is hinted, ranges.passes
