@@ -191,6 +191,8 @@ class Replicator:
             curve=curve,
         )
         self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
+        self.engine.keepalive = self._keepalive
+        self._last_beat = 0
         self.detector = FailureDetector(
             suspect_after_ms=settings.suspect_after_ms,
             dead_after_ms=settings.dead_after_ms,
@@ -476,11 +478,23 @@ class Replicator:
 
     def _membership_tick(self, now: int) -> None:
         self._apply_partition_file()
-        if self._own is not None:
-            beat = Heartbeat(self.node_id, self._own.incarnation, self.detector.suspected())
-            self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
+        self._heartbeat(now)
         self._refresh_records(now)
         self._status_changes(self.detector.tick(now))
+
+    def _heartbeat(self, now: int) -> None:
+        if self._own is not None:
+            self._last_beat = now
+            beat = Heartbeat(self.node_id, self._own.incarnation, self.detector.suspected())
+            self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
+
+    def _keepalive(self) -> None:
+        """The engine's hook during a long step (a bootstrap's apply): heartbeat when one
+        is due, and nothing else (this thread is inside a write transaction)."""
+        now = now_ms()
+        if now - self._last_beat >= self._settings.heartbeat_interval_ms:
+            self.stats["heartbeats_during_apply"] += 1
+            self._heartbeat(now)
 
     def _refresh_records(self, now: int) -> None:
         records, rejected = parse_records(self._read_records())

@@ -65,7 +65,7 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +180,11 @@ class SyncEngine:
         # Inside on_messages: ready batches not applied yet, and each namespace's context
         # as they will leave it (what the checks of the batches after them must see).
         self._group: list[tuple[DeltaBatch, bytes]] | None = None
+        self.keepalive: Callable[[], None] | None = None
+        """Called between the kept replies while a session applies them: a bootstrap's
+        one transaction of a million entries holds the caller's thread for many seconds,
+        and a node that heartbeats from that thread must go on doing so meanwhile (or
+        its peers declare it dead). It must not touch the replica or this engine."""
         self._group_ctx: dict[str, CausalContext] = {}
         self._next_id = 1
         self._next_digest = 0
@@ -841,7 +846,8 @@ class SyncEngine:
         # Every range resolved: now, and only now, the staged ranges are applied and the
         # first reply's context joins ours (one engine step: nothing interleaves).
         size = sum(len(data) for data, _ in session.kept)
-        self.replica.apply_ranges(ns, _StagedRanges(session.kept, base), base, size)
+        ranges = _StagedRanges(session.kept, base, self.keepalive)
+        self.replica.apply_ranges(ns, ranges, base, size)
         self.stats["ranges_applied"] += sum(len(bounds) for _, bounds in session.kept)
         del self._sessions[ns]
         self.stats["range_sessions_completed"] += 1
@@ -921,14 +927,19 @@ class _StagedRanges:
     transaction after growing its map)."""
 
     def __init__(
-        self, kept: list[tuple[bytes, frozenset[tuple[int, int]]]], base: CausalContext
+        self,
+        kept: list[tuple[bytes, frozenset[tuple[int, int]]]],
+        base: CausalContext,
+        keepalive: Callable[[], None] | None,
     ) -> None:
-        self._kept, self._base = kept, base
+        self._kept, self._base, self._keepalive = kept, base, keepalive
 
     def __iter__(self) -> Iterator[tuple[int, int, CheckedEntries]]:
         for data, bounds in self._kept:
             # Our own copy of a reply that passed every check when it arrived.
             yield from reread_shipped(data, bounds, self._base)
+            if self._keepalive is not None:
+                self._keepalive()
 
 
 def _spans(ctx: CausalContext, origin: str, top: int) -> list[tuple[int, int]]:

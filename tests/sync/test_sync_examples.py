@@ -309,7 +309,9 @@ def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
     assert asker.value("set") == sender.value("set")
 
 
-def _bootstrap_into(asker: Any) -> tuple[MemoryReplica, Any]:
+def _bootstrap_into(
+    asker: Any, keepalive: Callable[[], None] | None = None
+) -> tuple[MemoryReplica, Any]:
     """An empty ``asker`` reconciles 600 keys (with removals) from a sender, in replies of
     at most 64 entries; returns the sender and the asker engine's stats."""
     cfg = settings(range_max_reply_entries=64)
@@ -319,6 +321,7 @@ def _bootstrap_into(asker: Any) -> tuple[MemoryReplica, Any]:
     for i in range(0, 600, 7):
         sender.mutate("m", "lww_map", lambda st, i=i: st.delete("s", f"k{i}"))  # type: ignore[attr-defined]
     s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    a_engine.keepalive = keepalive
     s_engine.add_peer("a")
     a_engine.add_peer("s")
     queue = [("a", o) for o in a_engine.on_message("", s_engine.greet("a")[0].data, 0)]
@@ -338,8 +341,11 @@ def test_a_session_applies_the_replies_it_kept_encoded(
     """Every reply that shipped entries is kept as its bytes until the session ends, then
     applied: by the LMDB replica straight into rows, by the memory replica as values."""
     asker = make_replica("a", node_id="a") if where == "lmdb" else MemoryReplica("a")
-    sender, stats = _bootstrap_into(asker)
+    calls: list[int] = []
+    sender, stats = _bootstrap_into(asker, lambda: calls.append(1))
     assert stats["range_replies_kept_encoded"] >= 600 // 64, stats
+    # Between the kept replies as they are applied: a long apply keeps its node alive.
+    assert len(calls) == stats["range_replies_kept_encoded"]
     want = {k: dict(e) for k, e in sender.value("m").entries.items() if e}
     got = {k: dict(e) for k, e in asker.read_range("m", 0, HASH_SPACE).entries.items()}
     assert got == want and len(got) == 600 - len(range(0, 600, 7))
