@@ -25,6 +25,7 @@ the refusal and the peer's sockets are re-created ``reconnect_ivl_max_ms`` later
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import threading
@@ -70,6 +71,17 @@ MONITORED_EVENTS = (
     | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
+
+
+_monitor_ids = itertools.count()
+
+
+def monitor_socket(sock: Socket, events: int) -> Socket:
+    """``sock.get_monitor_socket(events)`` on an endpoint of its own. pyzmq's default
+    endpoint is named after the socket's file descriptor, which a socket opened right
+    after another closed reuses while libzmq may still hold the old monitor's endpoint:
+    re-addressing a peer then failed with "Address already in use" (seen under load)."""
+    return sock.get_monitor_socket(events, addr=f"inproc://transport-monitor-{next(_monitor_ids)}")
 
 
 def configure_network_socket(sock: Socket, settings: TransportSettings) -> None:
@@ -195,7 +207,7 @@ class IOThread(threading.Thread):
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
             sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
-        monitor = sock.get_monitor_socket(MONITORED_EVENTS)
+        monitor = monitor_socket(sock, MONITORED_EVENTS)
         monitor.setsockopt(zmq.LINGER, 0)
         self._owned.append(monitor)
         self._register(monitor, self._on_monitor_ready)
@@ -507,7 +519,7 @@ class IOThread(threading.Thread):
     def _add_peer_socket(
         self, peer: bytes, state: _Peer, sock: Socket, handler: Callable[[Socket], None]
     ) -> None:
-        monitor = sock.get_monitor_socket(HANDSHAKE_FAILED)
+        monitor = monitor_socket(sock, HANDSHAKE_FAILED)
         monitor.setsockopt(zmq.LINGER, 0)
         state.monitors.append(monitor)
         for owned, on_ready in ((sock, handler), (monitor, self._on_peer_monitor_ready)):

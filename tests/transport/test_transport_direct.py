@@ -83,6 +83,10 @@ def test_drop_rule_partitions_a_peer_both_ways_and_heals(make_transport: Make) -
 
     a.set_drop_rule(b"b", True)
     a.send(b"b", b"out")  # to b: dropped at a
+    # The rule takes effect when a's I/O thread reads it, after what it is handling now
+    # (it may still be draining b's warm-up publications): frames from b sent before that
+    # would be delivered. a's commands run in order, so the first drop shows it is in force.
+    wait_until(lambda: a.stats()["partition_dropped"] >= 1, what="the rule in force")
     b.send(b"a", b"in")  # from b: dropped at a
     b.publish(b"t", b"pub")  # from b's PUB to a's SUB: dropped at a
     wait_until(lambda: a.stats()["partition_dropped"] >= 3, what="three frames cut")
@@ -100,10 +104,26 @@ def test_drop_rule_applies_to_peers_reaching_us_through_router(make_transport: M
     a, b = make_transport(b"a"), make_transport(b"b")
     connect(b, a, pub=False)  # b reaches a only through a's ROUTER
     a.set_drop_rule(b"b", True)
+    a.send(b"b", b"probe")  # dropped by the rule: once counted, the rule is in force
+    wait_until(lambda: a.stats()["partition_dropped"] == 1, what="the rule in force")
     b.send(b"a", b"x")
-    wait_until(lambda: a.stats()["partition_dropped"] == 1)
+    wait_until(lambda: a.stats()["partition_dropped"] == 2)
     assert a.stats()["received_direct"] == 0
 
 
 def is_publish_from_b(payload: bytes) -> Callable[[Delivery], bool]:
     return lambda d: d.kind == "publish" and d.payload == payload
+
+
+def test_readdressing_a_peer_again_and_again_keeps_it_reachable(make_transport: Make) -> None:
+    """Each re-address closes the peer's sockets and opens new ones, which the OS gives
+    the file descriptors just freed: their monitors must not collide with the old ones'
+    (pyzmq names a monitor's endpoint after the descriptor; libzmq frees it later)."""
+    a, b, c = make_transport(b"a"), make_transport(b"b"), make_transport(b"c")
+    for i in range(60):
+        target = (b, c)[i % 2]
+        assert target.bound_router is not None
+        a.connect_peer(b"x", target.bound_router, target.bound_pub)
+    a.send(b"x", b"last")
+    recv_matching(c, is_direct(b"a", b"last"))  # the last address is c's
+    assert a.stats()["send_dropped"] == 0
