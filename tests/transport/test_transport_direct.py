@@ -113,17 +113,3 @@ def test_drop_rule_applies_to_peers_reaching_us_through_router(make_transport: M
 
 def is_publish_from_b(payload: bytes) -> Callable[[Delivery], bool]:
     return lambda d: d.kind == "publish" and d.payload == payload
-
-
-def test_readdressing_a_peer_again_and_again_keeps_it_reachable(make_transport: Make) -> None:
-    """Each re-address closes the peer's sockets and opens new ones, which the OS gives
-    the file descriptors just freed: their monitors must not collide with the old ones'
-    (pyzmq names a monitor's endpoint after the descriptor; libzmq frees it later)."""
-    a, b, c = make_transport(b"a"), make_transport(b"b"), make_transport(b"c")
-    for i in range(60):
-        target = (b, c)[i % 2]
-        assert target.bound_router is not None
-        a.connect_peer(b"x", target.bound_router, target.bound_pub)
-    a.send(b"x", b"last")
-    recv_matching(c, is_direct(b"a", b"last"))  # the last address is c's
-    assert a.stats()["send_dropped"] == 0
