@@ -4,9 +4,10 @@
 contention for the 2 cores included, so its figure moves with the machine's load. This
 one runs the seed's and the newcomer's sync engines in one process over real LMDB
 directories, passes their frames by hand, and times only the newcomer's steps (process
-CPU time): the replies' arrival (each checked, then kept as bytes) and the session's
-apply (one transaction). Beside it, the machine's own limit: raw LMDB writing the rows
-the newcomer ends with, in one transaction, measured in the same run.
+CPU time): the replies' arrival (their entries kept as the bytes they came in) and the
+session's apply (one transaction, checking each entry as it writes its row). Beside it,
+the machine's own limit: raw LMDB writing the rows the newcomer ends with, in one
+transaction, measured in the same run.
 
     .venv/bin/python bench/bench_bootstrap.py            # 100,000 and 1,000,000 (~2 min)
     .venv/bin/python bench/bench_bootstrap.py --quick    # 100,000 only

@@ -278,21 +278,3 @@ def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
             raise DecodeError(f"state (not delta) has an empty entry for {key!r}")
         entries[key] = entry
     return cls(entries, ctx, is_delta=is_delta)
-
-
-def rebuild_value(obj: Any, context: CausalContext) -> DotMap[Any]:
-    """The value :func:`decode_value` returned for ``obj`` before, with ``context`` (the
-    decoded one, or one that covers it) and without checking anything again.
-
-    Only for our own copy of bytes ``decode_value`` accepted: a reconciliation keeps its
-    replies encoded until it applies them (to bound its memory), and checking them twice
-    cost a 1,000,000-entry bootstrap as much as applying them. The checks are what the
-    two functions do not share; the result is the same (tests/codec compares both)."""
-    type_name, is_delta, _, items = obj
-    cls = CRDT_TYPES[type_name]
-    entries: dict[Any, dict[Dot, Any]]
-    if cls is LWWMap:
-        entries = {key: {Dot(d[0], d[1]): (d[2], d[3]) for d in dots} for key, dots in items}
-    else:
-        entries = {key: dict.fromkeys([Dot(d[0], d[1]) for d in dots]) for key, dots in items}
-    return cls(entries, context, is_delta=is_delta)

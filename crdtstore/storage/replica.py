@@ -62,7 +62,8 @@ from crdtstore.settings import NodeSettings
 from crdtstore.storage import journal, layout
 from crdtstore.storage.gate import Gate
 from crdtstore.storage.rows import RowWriter, entry_from_row
-from crdtstore.sync.messages import MAX_NAMESPACE_LEN, CheckedEntries, DeltaBatch, PackedRange
+from crdtstore.sync.messages import MAX_NAMESPACE_LEN, DeltaBatch, PackedRange
+from crdtstore.sync.shipped import CheckedEntry, ShippedEntries
 
 if TYPE_CHECKING:
     from crdtstore.storage.local import LocalWrite
@@ -551,14 +552,15 @@ class LMDBReplica:
                     changed.append(False)  # this batch's deltas were applied
                     continue
                 stamped, their_ctx = tname == LWW, delta.context
-                fresh = []
+                fresh: list[tuple[Any, bytes, bytes, list[list[Any]], bytes | None]] = []
                 for key, theirs in delta.entries.items():
                     ekey = layout.pack_key(key)
                     khash = layout.hash_encoded_key(ekey)
                     if not self._join_key(
                         writer, ns_id, ns, stamped, key, ctx, theirs, their_ctx, origin, ekey, khash
                     ):
-                        fresh.append((key, ekey, khash, _stored(theirs, stamped)))
+                        position = khash.to_bytes(8, "big") + ekey
+                        fresh.append((key, ekey, position, _stored(theirs, stamped), None))
                 _insert_rows(writer, ns_id, ns, stamped, fresh, ctx, origin)
                 held.ctx = ctx.join(their_ctx)
                 held.changed = True
@@ -833,24 +835,19 @@ class LMDBReplica:
     def read_range_packed(
         self, namespace: str, lo: int, hi: int, max_bytes: int | None
     ) -> PackedRange | None:
-        """``read_range``, encoded straight from the rows: an entry on the wire is
-        ``[key, dots]``, and a row holds the encoded key (in its row key) and the encoded
-        dots (after its entry hash), so shipping a range decodes and re-encodes nothing.
-        (A bootstrap's seed spent ~10 us per entry building and encoding values.)"""
+        """``read_range``'s entries, encoded straight from the rows: an entry on the wire
+        is ``[key, dots]``, and a row holds the encoded key (in its row key) and the
+        encoded dots (after its entry hash), in reconciliation order, so shipping a range
+        decodes and re-encodes nothing. (A bootstrap's seed spent ~10 us per entry
+        building and encoding values.)"""
 
         def read(txn: lmdb.Transaction) -> PackedRange | None:
             found = self._lookup_ns(txn, namespace)
             if found is None:
                 raise InvalidValue(f"namespace {namespace!r} does not exist here")
             ns_id, tname = found
-            ctx = txn.get(layout.context_key(ns_id), db=self._orderdb)
             packer = msgpack.Packer(use_bin_type=True)
-            # The stored context row is pack(encode_context(ctx)), the wire form too.
-            ctx_data = packer.pack(encode_context(CausalContext())) if ctx is None else bytes(ctx)
-            head = b"".join(
-                (packer.pack_array_header(4), packer.pack(tname), packer.pack(True), ctx_data)
-            )
-            room = None if max_bytes is None else max_bytes - len(head)
+            room = None if max_bytes is None else max_bytes - 1  # the array's header
             pair = packer.pack_array_header(2)
             entries = []
             size = 0
@@ -860,7 +857,7 @@ class LMDBReplica:
                 if room is not None and size > room:
                     return None  # stop scanning as soon as the budget is passed
                 entries.append(entry)
-            packed = b"".join((head, packer.pack_array_header(len(entries)), *entries))
+            packed = packer.pack_array_header(len(entries)) + b"".join(entries)
             if max_bytes is not None and len(packed) > max_bytes:
                 return None
             return PackedRange(tname, len(entries), packed)
@@ -873,7 +870,7 @@ class LMDBReplica:
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | ShippedEntries]],
         context: CausalContext,
         size_hint: int = 0,
     ) -> None:
@@ -892,7 +889,7 @@ class LMDBReplica:
     def _apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | ShippedEntries]],
         context: CausalContext | None,
     ) -> None:
         self._check()
@@ -913,16 +910,22 @@ class LMDBReplica:
                     raise InvalidValue(
                         f"namespace {namespace!r} is a {tname}, the range holds {shipped.type_name}"
                     )
-                # Dots ``context`` holds would join with it anyway: a bootstrap keeps none.
-                if isinstance(shipped, CheckedEntries) and self._no_rows(txn, ns_id, lo, hi):
-                    received.extend(
-                        self._insert_checked(
-                            writer, ns_id, namespace, tname, ctx, lo, hi, shipped, context
-                        )
-                    )
+                if isinstance(shipped, ShippedEntries) and self._no_rows(txn, ns_id, lo, hi):
+                    # A bootstrap's: every entry is checked in the loop that writes it.
+                    entries: Iterable[CheckedEntry] = shipped.checked(lo, hi)
+                    if context is None or context.join(shipped.base) != context:
+                        # Some dots may be ones ``context`` will not bring: collect them.
+                        # (A session's context is its base, which holds every dot taken.)
+                        entries = list(entries)
+                        got = [Dot(d[0], d[1]) for it in entries for d in it[3]]
+                        received.extend(got if context is None else _not_in(got, context))
+                    _insert_rows(writer, ns_id, namespace, tname == LWW, entries, ctx, None)
                 else:
-                    value = shipped.value() if isinstance(shipped, CheckedEntries) else shipped
-                    self._check_drift(value)  # raising here aborts the whole transaction
+                    if isinstance(shipped, ShippedEntries):
+                        value = shipped.value(lo, hi)
+                    else:
+                        value = shipped
+                        self._check_drift(value)  # raising here aborts the whole transaction
                     got = self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, value)
                     received.extend(got if context is None else _not_in(got, context))
                 if len(writer.events) >= EVENTS_PER_JOURNAL_ROW:
@@ -979,7 +982,7 @@ class LMDBReplica:
             )
         # Keys we hold no row for (all of them, in a bootstrap).
         new = (
-            (key, ekey, khash, _stored(entry, stamped))
+            (key, ekey, khash.to_bytes(8, "big") + ekey, _stored(entry, stamped), None)
             for ekey, (key, entry, khash) in theirs.items()
         )
         _insert_rows(writer, ns_id, namespace, stamped, new, ctx, None)
@@ -996,53 +999,6 @@ class LMDBReplica:
 
     def _no_rows(self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int) -> bool:
         return next(self._scan(txn, ns_id, lo, hi), None) is None
-
-    def _insert_checked(
-        self,
-        writer: RowWriter,
-        ns_id: int,
-        namespace: str,
-        tname: str,
-        ctx: CausalContext,
-        lo: int,
-        hi: int,
-        shipped: CheckedEntries,
-        context: CausalContext | None,
-    ) -> list[Dot]:
-        """``_join_range`` of entries kept encoded into a range where we hold no row (a
-        bootstrap's): their dots go from the wire's lists into rows, with no Dot objects
-        or entry maps in between (a 1,000,000-entry bootstrap applies 900,000 this way).
-        Returns the dots received that ``context`` does not hold."""
-        stamped = tname == LWW
-        items = []
-        for key, dots in shipped.items:
-            ekey, khash = self._shipped_key(key, lo, hi)
-            items.append((key, ekey, khash, dots))
-        bvv, bcloud = shipped.base.vv, shipped.base.cloud
-        if not all(
-            d[1] <= bvv.get(d[0], 0) or (d[0], d[1]) in bcloud for it in items for d in it[3]
-        ):
-            items = [
-                (
-                    key,
-                    ekey,
-                    khash,
-                    [d for d in dots if d[1] <= bvv.get(d[0], 0) or (d[0], d[1]) in bcloud],
-                )
-                for key, ekey, khash, dots in items
-            ]
-        if stamped:
-            self._check_newest(max((d[2] for it in items for d in it[3]), default=0))
-        _insert_rows(writer, ns_id, namespace, stamped, items, ctx, None)
-        if context is None:
-            return [Dot(d[0], d[1]) for it in items for d in it[3]]
-        cvv, ccloud = context.vv, context.cloud
-        return [
-            Dot(d[0], d[1])
-            for it in items
-            for d in it[3]
-            if d[1] > cvv.get(d[0], 0) and (d[0], d[1]) not in ccloud
-        ]
 
     def merge_context(self, namespace: str, context: CausalContext) -> None:
         self._check()
@@ -1222,37 +1178,43 @@ def _insert_rows(
     ns_id: int,
     namespace: str,
     stamped: bool,
-    items: Iterable[tuple[Any, bytes, int, list[list[Any]]]],
+    items: Iterable[tuple[Any, bytes, bytes, list[list[Any]], bytes | None]],
     my_ctx: CausalContext,
     origin: str | None,
 ) -> None:
-    """``_join_key`` of keys ``(key, encoded key, key hash, their dots in a row's form)``
-    that have no row here: the join keeps the dots our context has not seen, and the row
-    is written straight. The same result as the generic join (the differential tests
-    compare both with the pure values), without its per-dot objects: this runs once per
-    key of a bootstrap and of every batch of new keys, so the loop's lookups are hoisted.
-    A dot in a row's form is what the wire carries too: entries kept encoded come here
-    as msgpack decoded them."""
+    """``_join_key`` of keys that have no row here, each ``(key, encoded key, position,
+    their dots in a row's form, their entry hash or None)`` (``position``: the row key
+    after its namespace, key hash then encoded key): the join keeps the dots our context
+    has not seen, and the row is written straight. The same result as the generic join
+    (the differential tests compare both with the pure values), without its per-dot
+    objects: this runs once per key of a bootstrap and of every batch of new keys, so the
+    loop's lookups are hoisted. A dot in a row's form is what the wire carries too:
+    ``ShippedEntries.checked`` yields entries in this shape (hash included), checked as
+    this loop takes them."""
     vv, cloud = my_ctx.vv, my_ctx.cloud
     put, state, buckets, events = writer.txn.put, writer.state, writer.buckets, writer.events
-    prefix, shift = layout.ns_prefix(ns_id), layout.BUCKET_SHIFT
+    prefix = layout.ns_prefix(ns_id)
     pack = layout.pack
     fresh = not vv and not cloud  # we have seen nothing (a bootstrap): every dot is new
-    for key, ekey, khash, dots in items:
+    for key, ekey, position, dots, edig in items:
         if not fresh:
+            seen = len(dots)
             dots = [d for d in dots if d[1] > vv.get(d[0], 0) and (d[0], d[1]) not in cloud]
+            if len(dots) != seen:
+                edig = None
         if not dots:
             continue
-        if len(dots) > 1:
-            dots = sorted(dots, key=_dot_order)
-        edig = layout.entry_digest(ekey, dots)
+        if edig is None:
+            if len(dots) > 1:
+                dots = sorted(dots, key=_dot_order)
+            edig = layout.entry_digest(ekey, dots)
         if stamped:
             won = dots[0] if len(dots) == 1 else max(dots, key=_lww_order)
             events.append((namespace, key, None, won[3], origin or won[0]))
         else:
             events.append((namespace, key, False, True, origin))
-        put(prefix + khash.to_bytes(8, "big") + ekey, edig + pack(dots), db=state)
-        bkey = (ns_id, khash >> shift)
+        put(prefix + position, edig + pack(dots), db=state)
+        bkey = (ns_id, position[0])  # the key hash's first byte (layout.BUCKET_BITS = 8)
         acc = buckets.get(bkey)
         if acc is None:
             acc = buckets[bkey] = [0, 0]

@@ -43,7 +43,10 @@ nothing below needs ordered or exactly-once delivery.
    entries applied) does the asker join the sender's context, and only the one from the
    session's *first* reply, a snapshot the sender took before reading any range: every
    range was read at or after it, so each dot it holds is, on its key, either live in
-   what we now hold or removed by what we applied. A later snapshot may hold dots added
+   what we now hold or removed by what we applied. Shipped entries are kept as the bytes
+   they came in and checked only when the session applies them
+   (:mod:`crdtstore.sync.shipped`); one that breaks a rule fails the whole apply, which
+   then changes nothing, and the session is given up. A later snapshot may hold dots added
    to ranges already resolved, and a session interrupted midway has unresolved ranges;
    merging in either case would lose adds. An abandoned session therefore merges
    nothing; what it applied stays (every apply was a safe join) and a later gap starts a
@@ -56,7 +59,8 @@ Rejected, and counted in ``stats`` (never raised): undecodable bytes; batches wh
 origin is this node (nobody else may speak for it); namespaces outside ``topics`` (we
 hold only those, and never request, serve or accept others); LWW batches with a
 timestamp more than ``max_clock_drift_ms`` ahead (deferred: repair fetches them again
-once local time has caught up); namespace type conflicts; replies that break the
+once local time has caught up; in a session's ranges, the session is given up and
+started again later); namespace type conflicts; replies that break the
 protocol. At most one reconciliation session runs per namespace.
 """
 
@@ -76,10 +80,10 @@ from crdtstore.sync.messages import (
     RANGE_ENTRIES,
     RANGE_EQUAL,
     RANGE_SPLIT,
-    CheckedEntries,
     DeltaBatch,
     Digest,
     LogGap,
+    PackedRange,
     RangeAnswer,
     RangeQuery,
     RangeReply,
@@ -88,10 +92,10 @@ from crdtstore.sync.messages import (
     RepairRequest,
     decode_message,
     encode_message,
-    reread_shipped,
 )
 from crdtstore.sync.replica import Replica
 from crdtstore.sync.settings import SyncSettings
+from crdtstore.sync.shipped import ShippedEntries
 
 log = logging.getLogger(__name__)
 
@@ -142,11 +146,11 @@ class _Session:
     pending: list[tuple[int, int]] = field(default_factory=list)  # unresolved, not asked
     asked: list[tuple[int, int]] = field(default_factory=list)  # in the current query
     query: bytes = b""
-    # Shipped ranges, applied only when the session completes: the replies that shipped
-    # them, kept in their wire form (~50 B per entry; decoded, ~1 KB), with the bounds of
-    # the ranges staged from each.
-    kept: list[tuple[bytes, frozenset[tuple[int, int]]]] = field(default_factory=list)
-    shipped: int = 0  # entries in the kept replies
+    # Shipped ranges, applied only when the session completes, as the bytes they came in
+    # (~50 B per entry; decoded, ~1 KB): checked only then (see crdtstore.sync.shipped).
+    kept: list[tuple[int, int, PackedRange]] = field(default_factory=list)
+    shipped: int = 0  # entries in the kept ranges
+    kept_bytes: int = 0
     started: int = 0  # ms
     deadline: int = 0
     retries: int = 0
@@ -175,13 +179,14 @@ class SyncEngine:
         self._attempts: Counter[tuple[str, str]] = Counter()
         self._not_before: dict[tuple[str, str], int] = {}
         self._sessions: dict[str, _Session] = {}  # namespace -> its one session
+        self._session_not_before: dict[str, int] = {}  # after a session's apply failed
         # Batches received before the deltas their context names: ns -> id -> batch.
         self._waiting: dict[str, dict[tuple[str, int, int], tuple[DeltaBatch, bytes]]] = {}
         # Inside on_messages: ready batches not applied yet, and each namespace's context
         # as they will leave it (what the checks of the batches after them must see).
         self._group: list[tuple[DeltaBatch, bytes]] | None = None
         self.keepalive: Callable[[], None] | None = None
-        """Called between the kept replies while a session applies them: a bootstrap's
+        """Called between the kept ranges while a session applies them: a bootstrap's
         one transaction of a million entries holds the caller's thread for many seconds,
         and a node that heartbeats from that thread must go on doing so meanwhile (or
         its peers declare it dead). It must not touch the replica or this engine."""
@@ -433,7 +438,7 @@ class SyncEngine:
         if isinstance(msg, RangeQuery):
             return self._serve_range_query(peer, msg)
         if isinstance(msg, RangeReply):
-            return self._on_range_reply(peer, msg, data, now_ms)
+            return self._on_range_reply(peer, msg, now_ms)
         self._reject("rejected_invalid", now_ms, f"unexpected {type(msg).__name__}")
         return []
 
@@ -570,7 +575,12 @@ class SyncEngine:
             for origin, top in vv.items():
                 if origin != self.node_id:
                     self._observe(ns, origin, top, now_ms)
-            if not self.replica.context(ns) and any(vv.values()) and ns not in self._sessions:
+            if (
+                not self.replica.context(ns)
+                and any(vv.values())
+                and ns not in self._sessions
+                and now_ms >= self._session_not_before.get(ns, 0)
+            ):
                 # Bootstrap: we hold nothing here; reconciling ranges costs O(state),
                 # replaying the log would cost O(history).
                 out.extend(self._start_session(msg.sender, ns, now_ms))
@@ -688,7 +698,11 @@ class SyncEngine:
             self.stats["log_gaps_unexpected"] += 1
             return []
         self.stats["log_gaps"] += 1
-        if msg.namespace in self._sessions or peer not in self._peers:
+        if (
+            msg.namespace in self._sessions
+            or peer not in self._peers
+            or now_ms < self._session_not_before.get(msg.namespace, 0)
+        ):
             return []
         return self._start_session(peer, msg.namespace, now_ms)
 
@@ -778,9 +792,7 @@ class SyncEngine:
         reply = RangeReply(msg.session, msg.round, ns, context, tuple(answers))
         return [Send(peer, encode_message(reply))]
 
-    def _on_range_reply(
-        self, peer: str, msg: RangeReply, data: bytes, now_ms: int
-    ) -> list[Outgoing]:
+    def _on_range_reply(self, peer: str, msg: RangeReply, now_ms: int) -> list[Outgoing]:
         session = self._sessions.get(msg.namespace)
         if (
             session is None
@@ -799,14 +811,11 @@ class SyncEngine:
             base is None
             or len(set(answered)) != len(answered)
             or not asked.issuperset(answered)
-            or any(a.shipped is not None and a.shipped.type_name != type_name for a in msg.answers)
+            or any(a.packed is not None and a.packed.type_name != type_name for a in msg.answers)
         ):
             # Validate everything before applying anything: a bad reply changes nothing.
             self._reject("rejected_range_invalid", now_ms, f"{ns} reply from {peer!r}")
             return []
-        for answer in msg.answers:
-            if answer.shipped is not None and not self._timestamps_ok(answer.shipped, now_ms):
-                return []  # deferred: the round times out and is asked again later
         session.base = base
         differing: list[tuple[int, int]] = []
         equal = [a for a in msg.answers if a.kind == RANGE_EQUAL]
@@ -818,15 +827,12 @@ class SyncEngine:
                 self.stats["ranges_equal"] += 1
             else:
                 differing.append((answer.lo, answer.hi))
-        kept: set[tuple[int, int]] = set()
         for answer in msg.answers:
-            if answer.kind == RANGE_EQUAL:
-                pass
-            elif answer.kind == RANGE_ENTRIES and answer.shipped is not None:
-                # Checked, and dropped: the decoded entries take ten times the memory of
-                # the reply's bytes, and a replica writes rows from those more cheaply.
-                kept.add((answer.lo, answer.hi))
-                session.shipped += len(answer.shipped.entries)
+            if answer.kind == RANGE_ENTRIES and answer.packed is not None:
+                # Kept as it came, checked when the session applies it.
+                session.kept.append((answer.lo, answer.hi, answer.packed))
+                session.shipped += answer.packed.count
+                session.kept_bytes += len(answer.packed.data)
                 self.stats["ranges_staged"] += 1
             elif answer.kind == RANGE_SPLIT:
                 bounds = [(p.lo, p.hi) for p in answer.parts]
@@ -834,9 +840,6 @@ class SyncEngine:
                 for part, own in zip(answer.parts, mine, strict=True):
                     if own != (part.fingerprint, part.count):
                         differing.append((part.lo, part.hi))
-        if kept:
-            session.kept.append((data, frozenset(kept)))
-            self.stats["range_replies_kept_encoded"] += 1
         unanswered = [r for r in session.asked if r not in set(answered)]
         session.pending = unanswered + differing + session.pending
         session.asked = []
@@ -845,11 +848,26 @@ class SyncEngine:
             return self._send_query(session, now_ms)
         # Every range resolved: now, and only now, the staged ranges are applied and the
         # first reply's context joins ours (one engine step: nothing interleaves).
-        size = sum(len(data) for data, _ in session.kept)
-        ranges = _StagedRanges(session.kept, base, self.keepalive)
-        self.replica.apply_ranges(ns, ranges, base, size)
-        self.stats["ranges_applied"] += sum(len(bounds) for _, bounds in session.kept)
         del self._sessions[ns]
+        ranges = _StagedRanges(
+            session.kept, base, now_ms, self.settings.max_clock_drift_ms, self.keepalive
+        )
+        try:
+            self.replica.apply_ranges(ns, ranges, base, session.kept_bytes)
+        except Error as exc:
+            # A shipped entry broke a rule (checked only now): nothing was applied. Not
+            # restarted at once, so a peer that keeps sending it costs little.
+            reason = (
+                "rejected_clock_drift"
+                if isinstance(exc, ClockDriftError)
+                else "rejected_range_invalid"
+            )
+            self._reject(reason, now_ms, f"{ns} ranges from {peer!r}: {exc}")
+            self.stats["range_sessions_abandoned"] += 1
+            self._session_not_before[ns] = now_ms + self.settings.range_session_timeout_ms
+            self._drain(ns)
+            return []
+        self.stats["ranges_applied"] += len(session.kept)
         self.stats["range_sessions_completed"] += 1
         log.info(
             "sync %s: %s reconciled with %s: %d rounds, %d entries received in %.1f s, applied",
@@ -921,23 +939,23 @@ def _causally_ready(batch: DeltaBatch, ctx: CausalContext) -> bool:
 
 
 class _StagedRanges:
-    """A session's staged ranges for ``Replica.apply_ranges``, as :class:`CheckedEntries`
-    read again from the kept replies one reply at a time as they are iterated (so they
-    are never all unpacked at once). Iterable more than once (a replica retries a
-    transaction after growing its map)."""
+    """A session's kept ranges for ``Replica.apply_ranges``, as :class:`ShippedEntries`;
+    iterable more than once (a replica retries a transaction after growing its map)."""
 
     def __init__(
         self,
-        kept: list[tuple[bytes, frozenset[tuple[int, int]]]],
+        kept: list[tuple[int, int, PackedRange]],
         base: CausalContext,
+        now_ms: int,
+        max_drift_ms: int,
         keepalive: Callable[[], None] | None,
     ) -> None:
         self._kept, self._base, self._keepalive = kept, base, keepalive
+        self._now_ms, self._max_drift_ms = now_ms, max_drift_ms
 
-    def __iter__(self) -> Iterator[tuple[int, int, CheckedEntries]]:
-        for data, bounds in self._kept:
-            # Our own copy of a reply that passed every check when it arrived.
-            yield from reread_shipped(data, bounds, self._base)
+    def __iter__(self) -> Iterator[tuple[int, int, ShippedEntries]]:
+        for lo, hi, packed in self._kept:
+            yield lo, hi, ShippedEntries(packed, self._base, self._now_ms, self._max_drift_ms)
             if self._keepalive is not None:
                 self._keepalive()
 

@@ -20,11 +20,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdtstore.codec import encode_value, pack
 from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, Key, join_entry
 from crdtstore.errors import InvalidValue, TypeMismatch
 from crdtstore.sync.fingerprint import entry_hash, key_hash
-from crdtstore.sync.messages import CheckedEntries, DeltaBatch, PackedRange, encode_message
+from crdtstore.sync.messages import DeltaBatch, PackedRange, encode_message
+from crdtstore.sync.shipped import ShippedEntries
 
 Entries = dict[Key, Mapping[Dot, Any]]
 
@@ -220,11 +220,10 @@ class MemoryReplica:
     def read_range_packed(
         self, namespace: str, lo: int, hi: int, max_bytes: int | None
     ) -> PackedRange | None:
-        shipped = self.read_range(namespace, lo, hi)
-        data = pack(encode_value(shipped))
-        if max_bytes is not None and len(data) > max_bytes:
+        packed = PackedRange.of(self.read_range(namespace, lo, hi))
+        if max_bytes is not None and len(packed.data) > max_bytes:
             return None
-        return PackedRange(shipped.type_name, len(shipped.entries), data)
+        return packed
 
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
         ns = self._held(namespace, shipped.type_name)
@@ -243,13 +242,16 @@ class MemoryReplica:
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | ShippedEntries]],
         context: CausalContext,
         size_hint: int = 0,
     ) -> None:
-        # In memory nothing can crash between the steps, so the plain loop is atomic.
-        for lo, hi, shipped in ranges:
-            value = shipped.value() if isinstance(shipped, CheckedEntries) else shipped
+        # Every range is checked before any is applied: a bad one changes nothing.
+        values = [
+            (lo, hi, shipped.value(lo, hi) if isinstance(shipped, ShippedEntries) else shipped)
+            for lo, hi, shipped in ranges
+        ]
+        for lo, hi, value in values:
             self.apply_range(namespace, lo, hi, value)
         self.merge_context(namespace, context)
 

@@ -7,7 +7,6 @@ raises :class:`~crdtstore.errors.DecodeError` (and nothing else).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -27,12 +26,11 @@ from crdtstore.codec import (
     expect_list,
     expect_replica,
     pack,
-    rebuild_value,
     unpack,
 )
-from crdtstore.crdt import CausalContext, Dot, DotMap
+from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap
 from crdtstore.errors import DecodeError
-from crdtstore.sync.fingerprint import key_hash, split_range
+from crdtstore.sync.fingerprint import encode_key, key_hash, split_range
 
 MAX_NAMESPACE_LEN = 255
 
@@ -126,6 +124,7 @@ def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
 
 HASH_MAX = (1 << 64) - 1
 MAX_RANGE_ITEMS = 65_536
+MAX_SHIPPED_ENTRIES = DEFAULT_LIMITS.max_container_len
 
 
 def expect_range(lo_obj: Any, last_obj: Any) -> tuple[int, int]:
@@ -322,29 +321,47 @@ RANGE_EQUAL, RANGE_ENTRIES, RANGE_SPLIT = 0, 1, 2
 
 @dataclass(frozen=True, slots=True)
 class PackedRange:
-    """The entries of a range as they go on the wire: ``pack(encode_value(delta))``.
+    """The entries of a range as they go on the wire: the msgpack array of its
+    ``[key, [dot, ...]]`` in reconciliation order (key hash, then encoded key), each dot
+    ``[replica, seq(, timestamp, value)]``.
 
-    A replica builds it straight from its stored rows (which hold a key's dots in their
-    wire form), so serving a range costs the sender no decoding and no re-encoding."""
+    A sender's replica builds it straight from its stored rows (which hold a key's dots in
+    their wire form), so serving a range decodes and re-encodes nothing. A receiver gets
+    it unchecked: the message carries it as one binary field, and only
+    :class:`crdtstore.sync.shipped.ShippedEntries` reads it, when the range is applied."""
 
     type_name: str
     count: int
     data: bytes
+
+    @classmethod
+    def of(cls, value: DotMap[Any]) -> PackedRange:
+        """The entries of ``value`` (its live and empty ones alike), packed."""
+        entries = encode_value(value)[3]
+        entries.sort(key=lambda e: (key_hash(e[0]), encode_key(e[0])))
+        return cls(value.type_name, len(entries), pack(entries))
+
+
+def _bin_header(size: int) -> bytes:
+    """msgpack's header of a binary field of ``size`` bytes (Packer has no such method)."""
+    if size < 1 << 8:
+        return b"\xc4" + size.to_bytes(1, "big")
+    if size < 1 << 16:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
 
 
 @dataclass(frozen=True, slots=True)
 class RangeAnswer:
     """The sender's answer for one range: equal (with the sender's summary, which the
     asker compares with its own state *when it reads the reply*, as it may have changed
-    since it asked), its entries (a delta carrying the sender's context), or its split
-    into sub-range summaries."""
+    since it asked), its entries (``packed``; judged by the session's base context when
+    they are applied), or its split into sub-range summaries."""
 
     lo: int
     hi: int
     kind: int
-    shipped: DotMap[Any] | None = None
     packed: PackedRange | None = None
-    """The sender's entries, already encoded by its replica (instead of ``shipped``)."""
     parts: tuple[RangeSummary, ...] = ()
     fingerprint: int = 0  # of an equal range: the asker checks it again when it applies
     count: int = 0
@@ -352,18 +369,18 @@ class RangeAnswer:
     def encode(self, packer: msgpack.Packer) -> bytes:
         if self.packed is not None:
             # msgpack is concatenative: an array's header, then its items' encodings.
-            head = [packer.pack_array_header(4)]
-            head.extend(packer.pack(x) for x in (self.lo, self.hi - 1, self.kind))
-            return b"".join(head) + self.packed.data
+            p = self.packed
+            head = [packer.pack_array_header(6)]
+            head.extend(packer.pack(x) for x in (self.lo, self.hi - 1, self.kind, p.type_name))
+            head.extend((packer.pack(p.count), _bin_header(len(p.data))))
+            return b"".join(head) + p.data
         return pack(self.to_wire())
 
     def to_wire(self) -> list[Any]:
         head: list[Any] = [self.lo, self.hi - 1, self.kind]
         if self.kind == RANGE_ENTRIES:
-            if self.packed is not None:
-                return [*head, unpack(self.packed.data, nesting=False)]
-            assert self.shipped is not None
-            return [*head, encode_value(self.shipped)]
+            assert self.packed is not None
+            return [*head, self.packed.type_name, self.packed.count, self.packed.data]
         if self.kind == RANGE_SPLIT:
             # Part bounds are implied: split_range(lo, hi, number of parts).
             return [*head, [[p.fingerprint, p.count] for p in self.parts]]
@@ -385,15 +402,20 @@ class RangeAnswer:
                 fingerprint=expect_int(fp, "fingerprint", 0, HASH_MAX),
                 count=expect_int(count, "count"),
             )
-        expect_list(items, "range answer", 4)
         if kind == RANGE_ENTRIES:
-            shipped = decode_value(items[3])
-            if not shipped.is_delta:
-                raise DecodeError("shipped range must be a delta")
-            for key in shipped.entries:
-                if not lo <= key_hash(key) < hi:
-                    raise DecodeError(f"shipped key {key!r} lies outside its range")
-            return cls(lo, hi, kind, shipped=shipped)
+            # The entries stay bytes until the range is applied (ShippedEntries checks
+            # them there, in the loop that writes them): a bootstrap receives millions.
+            _, _, _, type_obj, count, data = expect_list(items, "shipped range", 6)
+            type_name: str = expect(type_obj, str, "crdt type")
+            if type_name not in CRDT_TYPES:
+                raise DecodeError(f"unknown crdt type {type_name!r}")
+            packed = PackedRange(
+                type_name,
+                expect_int(count, "entry count", 0, MAX_SHIPPED_ENTRIES),
+                expect(data, bytes, "shipped entries"),
+            )
+            return cls(lo, hi, kind, packed=packed)
+        expect_list(items, "range answer", 4)
         sums = expect_list(items[3], "parts")
         bounds = split_range(lo, hi, len(sums))
         if not sums or len(bounds) != len(sums):
@@ -459,62 +481,7 @@ class RangeReply:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class CheckedEntries:
-    """A shipped range's entries as msgpack decoded them, ``[[key, [dot, ...]], ...]``
-    with each dot ``[replica, seq(, timestamp, value)]`` (a stored row's form), from our
-    own copy of a reply :func:`decode_value` accepted when it arrived; ``base`` is the
-    session's base context, which the dots are still to be restricted to.
-
-    What a reconciliation applies for the replies it kept encoded: a replica may write
-    these straight into rows, and :meth:`value` gives the :class:`DotMap` the engine
-    would otherwise have staged."""
-
-    type_name: str
-    items: list[Any]
-    base: CausalContext
-
-    def value(self) -> DotMap[Any]:
-        """The entries as a delta with the base context, restricted to it."""
-        shipped = rebuild_value([self.type_name, True, None, self.items], self.base)
-        return restrict_to(shipped, self.base)
-
-
-def reread_shipped(
-    data: bytes, bounds: frozenset[tuple[int, int]], base: CausalContext
-) -> Iterator[tuple[int, int, CheckedEntries]]:
-    """``(lo, hi, entries)`` of the answers of an encoded :class:`RangeReply` whose
-    bounds are in ``bounds``.
-
-    ``data`` must be our own copy of a reply :func:`decode_message` accepted: nothing is
-    checked again."""
-    answers = unpack(data, nesting=False)[6]
-    for answer in answers:
-        lo, hi = answer[0], answer[1] + 1
-        if answer[2] == RANGE_ENTRIES and (lo, hi) in bounds:
-            value = answer[3]
-            yield lo, hi, CheckedEntries(value[0], value[3], base)
-
-
-def restrict_to(shipped: DotMap[Any], base: CausalContext) -> DotMap[Any]:
-    """The shipped entries' dots that ``base`` holds, judged by ``base``.
-
-    Dots the sender gained after the base snapshot are left for the delta path: their
-    deltas' context (what they replaced) is not in ``base``, so taking them here would
-    mark them seen without what they depend on.
-    """
-    vv, cloud = base.vv, base.cloud  # ``d in base``, inlined: this runs once per shipped dot
-    if all(d[1] <= vv.get(d[0], 0) or d in cloud for e in shipped.entries.values() for d in e):
-        # Usually nothing goes: share the entries rather than copy a bootstrap's millions.
-        return type(shipped)(shipped.entries, base, is_delta=True)
-    entries = {
-        k: {d: p for d, p in e.items() if d[1] <= vv.get(d[0], 0) or d in cloud}
-        for k, e in shipped.entries.items()
-    }
-    return type(shipped)(entries, base, is_delta=True)
-
-
 VALUE_CARRIERS: frozenset[type] = frozenset({DeltaBatch, RangeReply})
 """Messages whose every field a typed reader checks, but the stored values they carry,
-which :func:`crdtstore.codec.decode_value` depth-checks: decode_message skips the walk
-of the whole message for them."""
+which :func:`crdtstore.codec.decode_value` (or, for a range's entries, ShippedEntries)
+depth-checks: decode_message skips the walk of the whole message for them."""

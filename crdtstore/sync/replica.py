@@ -22,7 +22,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 from crdtstore.crdt import CausalContext, DotMap
-from crdtstore.sync.messages import CheckedEntries, DeltaBatch, PackedRange
+from crdtstore.sync.messages import DeltaBatch, PackedRange
+from crdtstore.sync.shipped import ShippedEntries
 
 
 class Replica(Protocol):
@@ -78,8 +79,9 @@ class Replica(Protocol):
     def read_range_packed(
         self, namespace: str, lo: int, hi: int, max_bytes: int | None
     ) -> PackedRange | None:
-        """``read_range`` already encoded for a range reply (``pack(encode_value(...))``),
-        or None when that would take more than ``max_bytes`` (None: no bound)."""
+        """The entries of ``read_range`` already encoded for a range reply (see
+        :class:`PackedRange`: in reconciliation order), or None when they would take more
+        than ``max_bytes`` (None: no bound)."""
         ...
 
     def apply_range(self, namespace: str, lo: int, hi: int, shipped: DotMap[Any]) -> None:
@@ -89,7 +91,7 @@ class Replica(Protocol):
     def apply_ranges(
         self,
         namespace: str,
-        ranges: Iterable[tuple[int, int, DotMap[Any] | CheckedEntries]],
+        ranges: Iterable[tuple[int, int, DotMap[Any] | ShippedEntries]],
         context: CausalContext,
         size_hint: int = 0,
     ) -> None:
@@ -97,7 +99,8 @@ class Replica(Protocol):
         atomic step: a crash leaves all of it or none. ``ranges`` may be a lazy iterable
         (each iteration yields the same ranges); an implementation may iterate it again to
         retry, and should not hold every range at once. A range given as
-        :class:`CheckedEntries` is applied as ``apply_range`` of its ``value()``.
+        :class:`ShippedEntries` is applied as ``apply_range`` of its ``value(lo, hi)``
+        (which checks it: an error raised there leaves everything unchanged).
         ``size_hint``: about how many bytes the ranges took on the wire (0: unknown)."""
         ...
 

@@ -67,11 +67,12 @@ class SyncSettings:
     or left for the next round; one that cannot be split is shipped alone."""
 
     range_session_timeout_ms: int = 3000
-    """A reconciliation round unanswered for this long is asked again."""
+    """A reconciliation round unanswered for this long is asked again; and a session whose
+    shipped entries failed their checks is not started again for this long."""
 
     range_session_retries: int = 3
-    """Unanswered re-asks after which a reconciliation session is abandoned (without
-    merging the sender's context; what was applied stays, and a later gap starts anew)."""
+    """Unanswered re-asks after which a reconciliation session is abandoned (its ranges
+    are applied only when it completes, so nothing of it is; a later gap starts anew)."""
 
     max_log_batches: int = 100_000
     """Bound of each namespace's delta log. Batches every known peer has applied are

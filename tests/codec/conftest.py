@@ -15,7 +15,7 @@ import pytest
 
 from crdtstore.codec import encode_value, pack
 from crdtstore.crdt import DotMap, HybridClock, LWWMap, ORSet
-from crdtstore.sync.messages import DeltaBatch, encode_message
+from crdtstore.sync.messages import DeltaBatch, PackedRange, encode_message
 
 REPLICAS = ("a", "b", "c")
 KEYS: tuple[Any, ...] = ("x", "y", b"\x00bin", 0, -5, (1 << 63) - 1, "ключ")
@@ -89,7 +89,8 @@ def make_batches() -> Callable[[dict[str, list[DotMap[Any]]], random.Random], li
 
 @pytest.fixture(scope="session")
 def valid_encodings() -> list[bytes]:
-    """Valid messages and values (both types, states and deltas), as bytes on the wire."""
+    """Valid messages, values (both types, states and deltas) and a shipped range's
+    entries, as bytes on the wire."""
     rnd = random.Random(20240601)
     out: list[bytes] = []
     for kind in (ORSet, LWWMap):
@@ -97,4 +98,5 @@ def valid_encodings() -> list[bytes]:
             values, own = simulate(kind, rnd, n_ops)
             out.extend(pack(encode_value(v)) for v in values[-4:])
             out.extend(encode_message(b) for b in delta_batches(own, rnd))
+            out.extend(PackedRange.of(v).data for v in values[-2:])  # a range's entries
     return out

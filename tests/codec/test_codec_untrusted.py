@@ -11,6 +11,7 @@ keys, a dot at two keys, bools where ints are expected). Valid encodings still d
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,9 +26,10 @@ from crdtstore.codec import (
     pack,
     unpack,
 )
-from crdtstore.crdt import Dot, DotMap, check_key
+from crdtstore.crdt import CausalContext, Dot, DotMap, check_key
 from crdtstore.errors import DecodeError
-from crdtstore.sync.messages import DeltaBatch, decode_message
+from crdtstore.sync.messages import DeltaBatch, PackedRange, RangeReply, decode_message
+from crdtstore.sync.shipped import ShippedEntries
 
 MANY = settings(max_examples=400)
 
@@ -42,6 +44,21 @@ def assert_sound(value: DotMap[Any]) -> None:
             assert owner.setdefault(dot, key) == key, f"dot {dot} live at two keys"
 
 
+def check_shipped(packed: PackedRange, lo: int, hi: int) -> None:
+    """Check a shipped range as a session applies it; only DecodeError may escape, and
+    what it yields must be sound (every base holds every dot here: nothing is dropped)."""
+    shipped = ShippedEntries(packed, CausalContext(), now_ms=0, max_drift_ms=1 << 62)
+    try:
+        value = shipped.value(lo, hi)
+    except DecodeError:
+        return
+    assert_sound(type(value)(value.entries, _covering(value), is_delta=True))
+
+
+def _covering(value: DotMap[Any]) -> CausalContext:
+    return CausalContext.from_dots(d for e in value.entries.values() for d in e)
+
+
 def decode_all_ways(data: bytes) -> None:
     """Feed ``data`` to every decoder; only DecodeError may escape, results must be sound."""
     try:
@@ -51,12 +68,24 @@ def decode_all_ways(data: bytes) -> None:
     else:
         if isinstance(msg, DeltaBatch):
             assert_sound(msg.delta)
+        if isinstance(msg, RangeReply):
+            for answer in msg.answers:
+                if answer.packed is not None:
+                    check_shipped(answer.packed, answer.lo, answer.hi)
     try:
         value = decode_value(unpack(data))
     except DecodeError:
         pass
     else:
         assert_sound(value)
+    # As a shipped range's entries (of either type, holding as many as it seems to).
+    try:
+        items = unpack(data)
+    except DecodeError:
+        items = []
+    count = len(items) if isinstance(items, list) else 0
+    for type_name in ("or_set", "lww_map"):
+        check_shipped(PackedRange(type_name, count, data), 0, 1 << 64)
 
 
 # -- byte-level attacks -------------------------------------------------------------------
@@ -162,15 +191,24 @@ def test_structurally_mutated_encodings_raise_only_decode_error(
 
 
 def test_valid_encodings_still_decode(valid_encodings: list[bytes]) -> None:
-    decoded_messages = 0
+    decoded_messages = ranges = 0
     for wire in valid_encodings:
         obj = unpack(wire)
-        if obj[0] == FORMAT_VERSION:
+        if not obj or isinstance(obj[0], list):  # a shipped range's entries
+            for type_name in ("or_set", "lww_map"):
+                packed = PackedRange(type_name, len(obj), wire)
+                try:
+                    ShippedEntries(packed, CausalContext(), 0, 1 << 62).value(0, 1 << 64)
+                except DecodeError:
+                    continue  # of the other type
+                ranges += 1
+        elif obj[0] == FORMAT_VERSION:
             assert_sound(decode_message(wire).delta)
             decoded_messages += 1
         else:
             assert_sound(decode_value(obj))
     assert decoded_messages > 0
+    assert ranges >= 16  # each read as its own type (an empty one as either)
 
 
 # -- limits -------------------------------------------------------------------------------
@@ -351,39 +389,36 @@ def _nested(levels: int) -> Any:
     return value
 
 
-def _carriers(payload: Any) -> list[bytes]:
-    """A delta batch and a range reply, each carrying one LWW key with ``payload``."""
-    from crdtstore.crdt import CausalContext, Dot, LWWMap
+def _carriers(payload: Any) -> list[Callable[[], Any]]:
+    """Decoding a delta batch, and checking a range reply's entries as a session applies
+    them, each carrying one LWW key with ``payload``."""
+    from crdtstore.crdt import LWWMap
     from crdtstore.sync.fingerprint import HASH_SPACE
-    from crdtstore.sync.messages import (
-        RANGE_ENTRIES,
-        DeltaBatch,
-        RangeAnswer,
-        RangeReply,
-        encode_message,
-    )
+    from crdtstore.sync.messages import RANGE_ENTRIES, RangeAnswer, encode_message
 
     ctx = CausalContext({"a": 1})
     value = LWWMap({"k": {Dot("a", 1): (5, payload)}}, ctx, is_delta=True)
-    answer = RangeAnswer(0, HASH_SPACE, RANGE_ENTRIES, shipped=value)
-    return [
-        encode_message(DeltaBatch("m", "a", 1, 1, value)),
-        encode_message(RangeReply(1, 0, "m", ctx, (answer,))),
-    ]
+    answer = RangeAnswer(0, HASH_SPACE, RANGE_ENTRIES, packed=PackedRange.of(value))
+    reply = encode_message(RangeReply(1, 0, "m", ctx, (answer,)))
+
+    def apply_range() -> Any:
+        [got] = decode_message(reply).answers
+        return ShippedEntries(got.packed, ctx, 0, 1 << 62).value(0, HASH_SPACE)
+
+    return [lambda: decode_message(encode_message(DeltaBatch("m", "a", 1, 1, value))), apply_range]
 
 
 def test_values_are_held_to_the_same_depth_in_every_message() -> None:
     from crdtstore.codec import MAX_VALUE_DEPTH
-    from crdtstore.sync.messages import decode_message
 
     # The deepest value allowed arrives whole in a batch and in a range reply alike (they
     # hold it at different depths), one level more is refused in both.
-    for data in _carriers(_nested(MAX_VALUE_DEPTH)):
-        decode_message(data)
-    for data in _carriers(_nested(MAX_VALUE_DEPTH + 1)):
+    for receive in _carriers(_nested(MAX_VALUE_DEPTH)):
+        receive()
+    for receive in _carriers(_nested(MAX_VALUE_DEPTH + 1)):
         with pytest.raises(DecodeError, match="nesting deeper"):
-            decode_message(data)
+            receive()
     # A map payload with a container as a key (a tuple packs as an array) is refused too.
-    for data in _carriers({"a": [{(1, 2): 3}]}):
+    for receive in _carriers({"a": [{(1, 2): 3}]}):
         with pytest.raises(DecodeError):
-            decode_message(data)
+            receive()

@@ -14,11 +14,12 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from crdtstore import inspect
-from crdtstore.codec import decode_value, encode_value, pack, unpack
+from crdtstore.codec import unpack
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet, join_entry, make_timestamp
 from crdtstore.crdt.lwwmap import winner
 from crdtstore.errors import (
     ClockDriftError,
+    DecodeError,
     IdentityMismatch,
     InvalidValue,
     StorageError,
@@ -29,16 +30,24 @@ from crdtstore.storage import LMDBReplica, layout
 from crdtstore.storage import replica as replica_module
 from crdtstore.storage.replica import wall_ms
 from crdtstore.sync.fingerprint import HASH_SPACE, entry_hash, fingerprint, key_hash, split_range
-from crdtstore.sync.messages import (
-    CheckedEntries,
-    DeltaBatch,
-    decode_message,
-    encode_message,
-    restrict_to,
-)
+from crdtstore.sync.messages import DeltaBatch, PackedRange, decode_message, encode_message
+from crdtstore.sync.shipped import ShippedEntries
 
 Make = Callable[..., LMDBReplica]
 ALL = (0, HASH_SPACE)
+
+
+def received(value: DotMap[Any], base: CausalContext, max_drift_ms: int = 60_000) -> ShippedEntries:
+    """``value``'s entries as a session hands them over: packed by the sender, unchecked,
+    to be judged by the session's ``base``."""
+    return ShippedEntries(PackedRange.of(value), base, wall_ms(), max_drift_ms)
+
+
+def restricted(value: DotMap[Any], base: CausalContext) -> DotMap[Any]:
+    """The pure meaning of a shipped range: its entries, with only the dots ``base``
+    holds, as a delta carrying ``base``."""
+    entries = {k: {d: p for d, p in e.items() if d in base} for k, e in value.entries.items()}
+    return type(value)(entries, base, is_delta=True)
 
 
 def batch_of(ns: str, origin: str, delta: DotMap[Any]) -> tuple[DeltaBatch, bytes]:
@@ -259,17 +268,17 @@ def test_a_packed_range_is_the_encoded_read_range_and_stops_past_its_budget(
             packed = a.read_range_packed(ns, lo, hi, None)
             assert packed is not None
             expected = a.read_range(ns, lo, hi)
-            decoded = decode_value(unpack(packed.data))
             assert (packed.type_name, packed.count) == (expected.type_name, len(expected.entries))
-            assert live(decoded) == live(expected) and decoded.context == expected.context
-            assert decoded.is_delta
+            # What a receiver checks it against: order, range, types (checked() raises).
+            got = ShippedEntries(packed, expected.context, wall_ms(), 1000).value(lo, hi)
+            assert live(got) == live(expected)
+            assert packed == PackedRange.of(expected)  # as the in-memory replica packs it
             assert a.read_range_packed(ns, lo, hi, len(packed.data)) == packed
     whole = a.read_range_packed("m", *ALL, None)
     assert whole is not None and len(whole.data) > 20 * 100
     assert a.read_range_packed("m", *ALL, len(whole.data) - 1) is None
     empty = a.read_range_packed("m", 0, 1, 10**9)  # a range holding nothing
-    assert empty is not None and empty.count == 0
-    assert decode_value(unpack(empty.data)).context == a.context("m")
+    assert empty is not None and empty.count == 0 and unpack(empty.data) == []
 
 
 def test_apply_range_rejects_a_key_outside_the_range(make_replica: Make) -> None:
@@ -292,25 +301,22 @@ def test_remote_timestamp_too_far_ahead_is_rejected(make_replica: Make) -> None:
     assert a.namespaces() == {}
 
 
-def kept(value: DotMap[Any]) -> CheckedEntries:
-    """``value`` as a session hands over a range of a reply it kept encoded."""
-    return CheckedEntries(value.type_name, unpack(pack(encode_value(value)))[3], value.context)
-
-
-def test_a_kept_range_is_checked_as_a_decoded_one(make_replica: Make) -> None:
-    """Entries kept encoded were checked on arrival, but not against this range or our
-    clock: a key outside its range, or a timestamp too far ahead, refuses the whole
-    session's apply, writing nothing."""
-    a, b = make_replica("a", max_clock_drift_ms=1000), make_replica("b")
+def test_a_received_range_is_checked_where_it_is_applied(make_replica: Make) -> None:
+    """A range's entries are checked only when the session applies them: a key outside
+    its range, or a timestamp too far ahead, refuses the whole session's apply, writing
+    nothing (not even the namespace)."""
+    a, b = make_replica("a"), make_replica("b")
     local(b, ("add", "s", "x"))
     shipped = b.read_range("s", *ALL)
-    with pytest.raises(InvalidValue):
-        a.apply_ranges("s", [(key_hash("x") + 1, HASH_SPACE, kept(shipped))], shipped.context)
-    assert a.stats["range_key_outside"] == 1
+    with pytest.raises(DecodeError, match="outside its range"):
+        a.apply_ranges(
+            "s",
+            [(key_hash("x") + 1, HASH_SPACE, received(shipped, shipped.context))],
+            shipped.context,
+        )
     future = LWWMap().put("b", "k", "v", make_timestamp(wall_ms() + 10_000))
     with pytest.raises(ClockDriftError):
-        a.apply_ranges("m", [(*ALL, kept(future))], future.context)
-    assert a.stats["rejected_clock_drift"] == 1
+        a.apply_ranges("m", [(*ALL, received(future, future.context, 1000))], future.context)
     assert a.namespaces() == {}
 
 
@@ -396,6 +402,9 @@ def mirror_range(state: DotMap[Any], lo: int, hi: int, shipped: DotMap[Any]) -> 
 @example(ops=[("peer", ("add", 0)), ("deliver", 0), ("peer", ("remove", 0)), ("deliver", 1)])
 @example(ops=[("local", [("put", 0, 1)]), ("pull",), ("peer", ("put", 0, 2)), ("deliver", 0)])
 @example(ops=[("peer", ("add", 0)), ("peer", ("remove", 0)), ("deliver_many", [0, 1, 0])])
+# Ranges received into empty ranges, then a context that does not hold their base: the
+# dots taken must join our context all the same.
+@example(ops=[("peer", ("add", 0)), ("ranges", 1, False, 1)])
 # One commit, two batches: the second's context (it names the first put) joins the first's.
 @example(
     ops=[
@@ -527,13 +536,13 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
                         [k for k in peer[ns].entries if lo <= key_hash(k) < hi]
                     )
                     if op[3]:
-                        # As a session applies a reply it kept encoded: the wire's lists,
-                        # restricted to the session's base (all of the sender's context,
-                        # or part of it), then written as rows where we hold none.
+                        # As a session applies a range it received: the sender's packed
+                        # entries, checked as they are written (as rows where we hold
+                        # none), restricted to the session's base (all of the sender's
+                        # context, or part of it).
                         base = shipped.context if op[3] == 1 else CausalContext({"b": op[1]})
-                        items = unpack(pack(encode_value(shipped)))[3]
-                        staged.append((lo, hi, CheckedEntries(shipped.type_name, items, base)))
-                        shipped = restrict_to(shipped, base)
+                        staged.append((lo, hi, received(shipped, base)))
+                        shipped = restricted(shipped, base)
                     else:
                         staged.append((lo, hi, shipped))
                     mine[ns] = mirror_range(mine[ns], lo, hi, shipped)
@@ -599,7 +608,7 @@ def test_a_large_range_apply_journals_its_events_in_rows_of_one_commit(
     assert state_of(a, "m") == state_of(b, "m")
 
 
-@pytest.mark.parametrize("checked", [False, True], ids=["decoded", "kept-encoded"])
+@pytest.mark.parametrize("checked", [False, True], ids=["decoded", "as-received"])
 @pytest.mark.parametrize(
     ("stamps", "base_holds"),
     [((5, 7), "xy"), ((7, 5), "xy"), ((6, 6), "xy"), ((5, 7), "x"), ((5, 7), "")],
@@ -616,12 +625,11 @@ def test_a_range_of_concurrent_writes_shows_its_winner(
     y = LWWMap().put("y", "k", "from-y", ts + stamps[1])
     both = x.join(y)
     base = CausalContext({r: 1 for r in base_holds})
-    items = unpack(pack(encode_value(both)))[3]
-    shipped: Any = CheckedEntries("lww_map", items, base) if checked else restrict_to(both, base)
+    shipped: Any = received(both, base) if checked else restricted(both, base)
     a = make_replica("a")
     before = a.journal_last()
     a.apply_ranges("m", [(0, HASH_SPACE, shipped)], base)
-    want = restrict_to(both, base)
+    want = restricted(both, base)
     assert state_of(a, "m") == live(want)
     assert a.context("m") == base
     won = winner(want.entries["k"])

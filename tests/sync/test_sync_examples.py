@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from crdtstore.codec import pack, unpack
 from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
 from crdtstore.errors import InvalidValue
 from crdtstore.sync.engine import Publish, Send, SyncEngine
@@ -15,6 +16,7 @@ from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import (
     DeltaBatch,
     Digest,
+    PackedRange,
     RepairRequest,
     decode_message,
     encode_message,
@@ -335,17 +337,17 @@ def _bootstrap_into(
 
 
 @pytest.mark.parametrize("where", ["lmdb", "memory"])
-def test_a_session_applies_the_replies_it_kept_encoded(
+def test_a_session_applies_the_ranges_it_received_when_it_ends(
     make_replica: Callable[..., Any], where: str
 ) -> None:
-    """Every reply that shipped entries is kept as its bytes until the session ends, then
+    """Every shipped range is kept as its bytes until the session ends, then checked and
     applied: by the LMDB replica straight into rows, by the memory replica as values."""
     asker = make_replica("a", node_id="a") if where == "lmdb" else MemoryReplica("a")
     calls: list[int] = []
     sender, stats = _bootstrap_into(asker, lambda: calls.append(1))
-    assert stats["range_replies_kept_encoded"] >= 600 // 64, stats
-    # Between the kept replies as they are applied: a long apply keeps its node alive.
-    assert len(calls) == stats["range_replies_kept_encoded"]
+    assert stats["ranges_staged"] >= 600 // 64, stats
+    # Between the ranges as they are applied: a long apply keeps its node alive.
+    assert len(calls) == stats["ranges_staged"] == stats["ranges_applied"]
     want = {k: dict(e) for k, e in sender.value("m").entries.items() if e}
     got = {k: dict(e) for k, e in asker.read_range("m", 0, HASH_SPACE).entries.items()}
     assert got == want and len(got) == 600 - len(range(0, 600, 7))
@@ -408,3 +410,51 @@ def test_a_batch_that_cannot_be_applied_keeps_only_itself_and_what_follows_it_ou
     engine.on_messages([("", frames[1], "w")], 0)  # its repair, say
     assert elements(r.value("s")) == {0, 2}
     assert r.context("s") == CausalContext({"w": 4})  # the remove was applied too
+
+
+class _BadRangeSender(MemoryReplica):
+    """Ships its first ``bad`` ranges with two entries swapped (out of reconciliation
+    order), as a buggy or hostile sender might: only the apply at a session's end sees it."""
+
+    def __init__(self, node_id: str, bad: int) -> None:
+        super().__init__(node_id)
+        self.bad = bad
+
+    def read_range_packed(self, namespace: str, lo: int, hi: int, max_bytes: int | None) -> Any:
+        packed = super().read_range_packed(namespace, lo, hi, max_bytes)
+        if packed is None or packed.count < 2 or self.bad == 0:
+            return packed
+        self.bad -= 1
+        entries = unpack(packed.data)
+        entries[0], entries[1] = entries[1], entries[0]
+        return PackedRange(packed.type_name, packed.count, pack(entries))
+
+
+def test_a_session_whose_entries_break_a_rule_changes_nothing_and_is_retried_later() -> None:
+    cfg = settings(range_max_reply_entries=64)
+    sender, asker = _BadRangeSender("s", bad=1), MemoryReplica("a")
+    for i in range(300):
+        sender.mutate("m", "lww_map", lambda st, i=i: st.put("s", f"k{i}", i, i + 1))  # type: ignore[attr-defined]
+    sender.bound_log("m", 0)  # so that only a session can bring the keys, not repair
+    s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
+    s_engine.add_peer("a")
+    a_engine.add_peer("s")
+    greeting = s_engine.greet("a")[0].data
+
+    def bootstrap(now: int) -> None:
+        queue = [("a", o) for o in a_engine.on_message("", greeting, now)]
+        while queue:
+            src, o = queue.pop(0)
+            dst = a_engine if o.peer == "a" else s_engine
+            queue.extend((dst.node_id, x) for x in dst.on_message(src, o.data, now))
+
+    bootstrap(0)
+    assert a_engine.stats["range_sessions_abandoned"] == 1, a_engine.stats
+    assert a_engine.stats["rejected_range_invalid"] == 1
+    assert a_engine.stats["range_sessions_completed"] == 0
+    assert "m" not in asker.namespaces() or not asker.context("m")  # nothing applied
+    bootstrap(cfg.range_session_timeout_ms - 1)  # too soon: not started again
+    assert a_engine.stats["range_sessions_started"] == 1
+    bootstrap(cfg.range_session_timeout_ms)  # the sender now ships good ranges
+    assert a_engine.stats["range_sessions_completed"] == 1, a_engine.stats
+    assert asker.value("m") == sender.value("m")
