@@ -9,8 +9,10 @@ live dot is in its value's context, no dot is live at two keys, keys are valid k
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from hashlib import blake2b
 from typing import Any, TypeVar
 
 import msgpack
@@ -217,7 +219,141 @@ def encode_value(value: DotMap[Any]) -> list[Any]:
     return [value.type_name, value.is_delta, encode_context(value.context), entries]
 
 
-def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
+Row = tuple[Any, bytes, bytes, list[list[Any]], bytes]
+"""One checked entry in the form a replica stores it: ``(key, encoded key, position,
+dots, entry hash)``. ``position`` is the key's place in reconciliation order, its
+``key_hash`` as 8 big-endian bytes then the encoded key (a state row's key after its
+namespace); ``dots`` are sorted by (replica, seq), each ``[replica, seq(, timestamp,
+value)]`` as msgpack gave them (a stored row's dots); the entry hash is
+``fingerprint.entry_hash`` of the key with those dots, as 8 bytes (zeros for none).
+(The hashes are :mod:`crdtstore.sync.fingerprint`'s; tests/codec holds them equal.)"""
+
+_NO_ENTRY = bytes(8)
+_END = b"\xff" * 9  # after every 8-byte key hash
+_local = threading.local()
+
+
+def encode_key(key: Any) -> bytes:
+    """The canonical bytes of a key: its msgpack encoding (with a reused per-thread
+    packer: ``packb`` builds one per call, two thirds of the cost of a short key)."""
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack(key)  # type: ignore[no-any-return]
+
+
+def _dot_order(d: list[Any]) -> tuple[str, int]:
+    return d[0], d[1]
+
+
+def check_entries(
+    items: Any,
+    stamped: bool,
+    *,
+    context: CausalContext | None = None,
+    base: CausalContext | None = None,
+    bounds: tuple[int, int] | None = None,
+    newest: list[int] | None = None,
+) -> Iterator[Row]:
+    """Each entry ``[key, [dot, ...]]`` of ``items`` (msgpack's lists), checked, as a
+    :data:`Row`; raises DecodeError at the first one that breaks a rule.
+
+    Rules: valid keys, each once; dots well formed, none live at two keys; timestamps in
+    bounds; values no deeper than :data:`MAX_VALUE_DEPTH`. Then either every dot is in
+    ``context`` (a value's own), or only the dots ``base`` holds are kept (a shipped
+    range, whose sender gained the others after its snapshot). With ``bounds`` ``(lo,
+    hi)``: every key hashes into ``[lo, hi)`` and the keys come in reconciliation order.
+    ``newest``, if given, gets the latest timestamp appended once every entry is read.
+
+    A generator, so a replica can check each entry in the loop that writes it."""
+    width = 4 if stamped else 2
+    cvv, ccloud = (context.vv, context.cloud) if context is not None else ({}, frozenset())
+    bvv, bcloud = (base.vv, base.cloud) if base is not None else ({}, frozenset())
+    restrict = base is not None
+    if bounds is None:
+        lo_b, hi_b, seen = b"", _END, set()
+    else:
+        lo_b = bounds[0].to_bytes(8, "big")
+        hi_b = bounds[1].to_bytes(8, "big") if bounds[1] < 1 << 64 else _END
+    owner: set[tuple[str, int]] = set()
+    previous = b""
+    latest = 0
+    # Once per entry (a bootstrap checks millions): each check is inline on the exact
+    # types msgpack produces; anything unusual goes through the expect_* readers, which
+    # raise the precise error.
+    for item in expect_list(items, "entries"):
+        if type(item) is list and len(item) == 2:
+            key, dots = item
+        else:
+            key, dots = expect_list(item, "entry", 2)
+        kt = type(key)
+        if not (kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key <= MAX_INT_KEY)):
+            key = expect_key(key)
+        ekey = encode_key(key)
+        h = blake2b(ekey, digest_size=8)
+        kdig = h.digest()  # fingerprint.key_hash, as bytes
+        position = kdig + ekey
+        if bounds is None:
+            if position in seen:
+                raise DecodeError(f"key {key!r} appears twice")
+            seen.add(position)
+        else:
+            if position <= previous:
+                raise DecodeError(f"shipped key {key!r} is out of order or repeated")
+            previous = position
+            if kdig < lo_b or kdig >= hi_b:
+                raise DecodeError(f"shipped key {key!r} lies outside its range")
+        kept = []
+        for raw in dots if type(dots) is list else expect_list(dots, "entry dots"):
+            if type(raw) is not list or len(raw) != width:
+                raw = expect_list(raw, "stamped dot" if stamped else "dot", width)
+            replica, seq = raw[0], raw[1]
+            if not (
+                type(replica) is str
+                and 0 < len(replica) <= MAX_REPLICA_ID_LEN
+                and type(seq) is int
+                and 1 <= seq <= MAX_SEQ
+            ):
+                replica, seq = decode_dot(raw[:2])  # raises with the reason
+            dot = (replica, seq)
+            if dot in owner:
+                raise DecodeError(f"dot {Dot(replica, seq)} is live at two keys")
+            owner.add(dot)
+            if stamped:
+                ts, payload = raw[2], raw[3]
+                if type(ts) is not int or not 0 <= ts <= MAX_SEQ:
+                    expect_int(ts, "timestamp")  # raises
+                pt = type(payload)
+                if pt is dict or pt is list:
+                    # check_depth, after a look for the common flat record or list.
+                    for child in payload.values() if pt is dict else payload:
+                        if type(child) is list or type(child) is dict:
+                            check_depth(payload, MAX_VALUE_DEPTH)
+                            break
+                if ts > latest:
+                    latest = ts
+            if restrict:
+                if seq <= bvv.get(replica, 0) or dot in bcloud:
+                    kept.append(raw)
+            elif seq <= cvv.get(replica, 0) or dot in ccloud:
+                kept.append(raw)
+            else:
+                raise DecodeError(f"live dot {Dot(replica, seq)} is not in the value's context")
+        if len(kept) > 1:
+            kept.sort(key=_dot_order)
+        # fingerprint.entry_hash of the kept dots, continuing the key's hash.
+        for d in kept:
+            h.update(d[0].encode() + b"\0" + d[1].to_bytes(8, "big"))
+        yield key, ekey, position, kept, h.digest() if kept else _NO_ENTRY
+    if newest is not None:
+        newest.append(latest)
+
+
+def decode_value_head(
+    obj: Any, expected_type: str | None = None
+) -> tuple[type[DotMap[Any]], bool, CausalContext, Any]:
+    """``(type, is_delta, context, entries unchecked)`` of an encoded value."""
     type_obj, delta_obj, ctx_obj, entries_obj = expect_list(obj, "crdt value", 4)
     cls = CRDT_TYPES.get(type_obj) if isinstance(type_obj, str) else None
     if cls is None:
@@ -225,56 +361,28 @@ def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
     if expected_type is not None and type_obj != expected_type:
         raise DecodeError(f"expected a {expected_type} value, got {type_obj}")
     is_delta: bool = expect(delta_obj, bool, "is_delta")
-    ctx = decode_context(ctx_obj)
-    stamped = cls is LWWMap
+    return cls, is_delta, decode_context(ctx_obj), entries_obj
+
+
+def decode_value(obj: Any, expected_type: str | None = None) -> DotMap[Any]:
+    cls, is_delta, ctx, entries = decode_value_head(obj, expected_type)
+    rows = check_entries(entries, cls is LWWMap, context=ctx)
+    return value_of_rows(cls, rows, ctx, is_delta)
+
+
+def value_of_rows(
+    cls: type[DotMap[Any]], rows: Iterable[Row], context: CausalContext, is_delta: bool
+) -> DotMap[Any]:
+    """The CRDT value of checked rows (a state refuses an empty entry)."""
     entries: dict[Any, dict[Dot, Any]] = {}
-    owner: set[Dot] = set()
-    width = 4 if stamped else 2
-    vv, cloud = ctx.vv, ctx.cloud
-    # The loop below runs once per shipped dot (a bootstrap decodes millions): each check is
-    # done inline on the exact types msgpack produces, and anything unusual goes through the
-    # expect_* readers, which raise the precise error.
-    for item in expect_list(entries_obj, "entries"):
-        if type(item) is list and len(item) == 2:
-            key_obj, dots_obj = item
-        else:
-            key_obj, dots_obj = expect_list(item, "entry", 2)
-        kt = type(key_obj)
-        if kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key_obj <= MAX_INT_KEY):
-            key = key_obj
-        else:
-            key = expect_key(key_obj)
-        if key in entries:
-            raise DecodeError(f"key {key!r} appears twice")
-        entry: dict[Dot, Any] = {}
-        for raw in dots_obj if type(dots_obj) is list else expect_list(dots_obj, "entry dots"):
-            if type(raw) is not list or len(raw) != width:
-                raw = expect_list(raw, "stamped dot" if stamped else "dot", width)
-            replica, seq = raw[0], raw[1]
-            if (
-                type(replica) is str
-                and 0 < len(replica) <= MAX_REPLICA_ID_LEN
-                and type(seq) is int
-                and 1 <= seq <= MAX_SEQ
-            ):
-                dot = Dot(replica, seq)
-            else:
-                dot = decode_dot(raw[:2])
-            if dot in owner:
-                raise DecodeError(f"dot {dot} is live at two keys")
-            if seq > vv.get(replica, 0) and dot not in cloud:
-                raise DecodeError(f"live dot {dot} is not in the value's context")
-            owner.add(dot)
-            if stamped:
-                ts, payload = raw[2], raw[3]
-                if type(ts) is not int or not 0 <= ts <= MAX_SEQ:
-                    ts = expect_int(ts, "timestamp")
-                if type(payload) is list or type(payload) is dict:
-                    check_depth(payload, MAX_VALUE_DEPTH)
-                entry[dot] = (ts, payload)
-            else:
-                entry[dot] = None
-        if not entry and not is_delta:
-            raise DecodeError(f"state (not delta) has an empty entry for {key!r}")
-        entries[key] = entry
-    return cls(entries, ctx, is_delta=is_delta)
+    if cls is LWWMap:
+        for key, _, _, dots, _ in rows:
+            if not dots and not is_delta:
+                raise DecodeError(f"state (not delta) has an empty entry for {key!r}")
+            entries[key] = {Dot(d[0], d[1]): (d[2], d[3]) for d in dots}
+    else:
+        for key, _, _, dots, _ in rows:
+            if not dots and not is_delta:
+                raise DecodeError(f"state (not delta) has an empty entry for {key!r}")
+            entries[key] = dict.fromkeys([Dot(d[0], d[1]) for d in dots])
+    return cls(entries, context, is_delta=is_delta)

@@ -73,7 +73,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, check_drift
+from crdtstore.crdt import CausalContext, Dot, DotMap, check_drift
 from crdtstore.errors import ClockDriftError, DecodeError, Error
 from crdtstore.sync.fingerprint import HASH_SPACE, split_range
 from crdtstore.sync.messages import (
@@ -453,13 +453,13 @@ class SyncEngine:
         if not self.holds(ns):
             self._reject("rejected_topic", now_ms, f"batch for {ns}")
             return False
-        if batch.delta.context.max_seq(batch.origin) != batch.last:
+        if batch.context.max_seq(batch.origin) != batch.last:
             # The origin cannot have observed its own seqs beyond the batch's last one.
             self._reject("rejected_invalid", now_ms, f"{ns}: context beyond its range")
             return False
-        if not self._timestamps_ok(batch.delta, now_ms):
+        if not self._timestamps_ok(batch, now_ms):
             return False
-        if not self._ensure_namespace(ns, batch.delta.type_name, now_ms):
+        if not self._ensure_namespace(ns, batch.type_name, now_ms):
             return False
         ctx = self._context(ns)
         if all(Dot(batch.origin, s) in ctx for s in range(batch.first, batch.last + 1)):
@@ -486,14 +486,12 @@ class SyncEngine:
         waiting[(batch.origin, batch.first, batch.last)] = (batch, data)
         self.stats["batches_waiting"] += 1
 
-    def _timestamps_ok(self, value: DotMap[Any], now_ms: int) -> bool:
-        """False (counted) if an LWW value carries a timestamp too far in the future."""
-        if not isinstance(value, LWWMap):
+    def _timestamps_ok(self, batch: DeltaBatch, now_ms: int) -> bool:
+        """False (counted) if an LWW batch carries a timestamp too far in the future."""
+        if not batch.newest:
             return True
-        # The newest timestamp is the one that can be too far ahead.
-        newest = max((ts for e in value.entries.values() for ts, _ in e.values()), default=0)
         try:
-            check_drift(newest, now_ms, self.settings.max_clock_drift_ms)
+            check_drift(batch.newest, now_ms, self.settings.max_clock_drift_ms)
         except ClockDriftError as exc:
             self._reject("rejected_clock_drift", now_ms, str(exc))
             return False
@@ -503,7 +501,7 @@ class SyncEngine:
         if self._group is not None:  # on_messages applies it with the others of the group
             self._group.append((batch, data))
             ns = batch.namespace
-            self._group_ctx[ns] = self._context(ns).join(batch.delta.context)
+            self._group_ctx[ns] = self._context(ns).join(batch.context)
             return
         if self.replica.apply_batch(batch, data):
             self.stats["batches_applied"] += 1
@@ -929,7 +927,7 @@ class SyncEngine:
 def _causally_ready(batch: DeltaBatch, ctx: CausalContext) -> bool:
     """Every dot the batch's context names, beyond its own seqs, is in ``ctx``."""
     own, lo, hi = batch.origin, batch.first, batch.last
-    theirs = batch.delta.context
+    theirs = batch.context
     for replica, top in theirs.vv.items():
         have = ctx.vv.get(replica, 0)
         for seq in range(have + 1, top + 1):

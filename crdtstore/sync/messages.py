@@ -16,9 +16,11 @@ from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
     DecodeLimits,
+    Row,
     check_depth,
+    check_entries,
     decode_context,
-    decode_value,
+    decode_value_head,
     encode_context,
     encode_value,
     expect,
@@ -27,8 +29,9 @@ from crdtstore.codec import (
     expect_replica,
     pack,
     unpack,
+    value_of_rows,
 )
-from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap
+from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap
 from crdtstore.errors import DecodeError
 from crdtstore.sync.fingerprint import encode_key, key_hash, split_range
 
@@ -48,16 +51,88 @@ class Message(Protocol):
     def to_wire(self) -> list[Any]: ...
 
 
-@dataclass(frozen=True, slots=True)
 class DeltaBatch:
-    """Deltas ``first..last`` (inclusive) of ``origin`` in ``namespace``, joined into one."""
+    """Deltas ``first..last`` (inclusive) of ``origin`` in ``namespace``, joined into one.
+
+    One value in two forms: ``delta``, the pure :class:`DotMap`, and ``rows``, its entries
+    checked into the form a replica stores (:data:`crdtstore.codec.Row`). A batch decoded
+    from the wire is checked once, into its rows, and builds ``delta`` only when asked
+    (the in-memory replica, coalescing); one made from a delta builds its rows only when
+    asked (an LMDB replica applying it). A receiver used to build Dot objects and entry
+    maps for every update, which the LMDB replica turned straight back into lists.
+    Immutable: every field is set once."""
 
     KIND: ClassVar[str] = "delta"
-    namespace: str
-    origin: str
-    first: int
-    last: int
-    delta: DotMap[Any]
+    __slots__ = (
+        "_delta",
+        "_newest",
+        "_rows",
+        "context",
+        "first",
+        "last",
+        "namespace",
+        "origin",
+        "type_name",
+    )
+
+    def __init__(
+        self, namespace: str, origin: str, first: int, last: int, delta: DotMap[Any]
+    ) -> None:
+        self.namespace, self.origin, self.first, self.last = namespace, origin, first, last
+        self.type_name: str = delta.type_name
+        self.context: CausalContext = delta.context
+        self._delta: DotMap[Any] | None = delta
+        self._rows: list[Row] | None = None
+        self._newest: int | None = None
+
+    @property
+    def delta(self) -> DotMap[Any]:
+        if self._delta is None:
+            cls = CRDT_TYPES[self.type_name]
+            self._delta = value_of_rows(cls, self.rows, self.context, is_delta=True)
+        return self._delta
+
+    @property
+    def rows(self) -> list[Row]:
+        if self._rows is None:
+            self._check_rows(encode_value(self.delta)[3])
+        assert self._rows is not None
+        return self._rows
+
+    @property
+    def newest(self) -> int:
+        """The latest LWW timestamp the batch carries (0 for none): the one that can be
+        too far ahead."""
+        if self._newest is None:
+            self._check_rows(encode_value(self.delta)[3])
+        assert self._newest is not None
+        return self._newest
+
+    def _check_rows(self, entries: Any) -> None:
+        newest: list[int] = []
+        stamped = CRDT_TYPES[self.type_name] is LWWMap
+        self._rows = list(check_entries(entries, stamped, context=self.context, newest=newest))
+        self._newest = newest[0]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DeltaBatch):
+            return NotImplemented
+        return (self.namespace, self.origin, self.first, self.last, self.delta) == (
+            other.namespace,
+            other.origin,
+            other.first,
+            other.last,
+            other.delta,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.namespace, self.origin, self.first, self.last))
+
+    def __repr__(self) -> str:
+        return (
+            f"DeltaBatch({self.namespace!r}, {self.origin!r}, {self.first}, {self.last}, "
+            f"{self.delta!r})"
+        )
 
     def to_wire(self) -> list[Any]:
         return [self.namespace, self.origin, self.first, self.last, encode_value(self.delta)]
@@ -65,20 +140,20 @@ class DeltaBatch:
     @classmethod
     def from_wire(cls, fields: list[Any]) -> DeltaBatch:
         ns, origin, first, last, value = expect_list(fields, "delta batch", 5)
-        batch = cls(
-            expect_namespace(ns),
-            expect_replica(origin, "origin"),
-            expect_int(first, "first seq", 1),
-            expect_int(last, "last seq", 1),
-            decode_value(value),
-        )
+        type_cls, is_delta, context, entries = decode_value_head(value)
+        if not is_delta:
+            raise DecodeError("a delta batch must carry a delta, not a full state")
+        batch = cls.__new__(cls)
+        batch.namespace = expect_namespace(ns)
+        batch.origin = expect_replica(origin, "origin")
+        batch.first = expect_int(first, "first seq", 1)
+        batch.last = expect_int(last, "last seq", 1)
+        batch.type_name, batch.context, batch._delta = type_cls.type_name, context, None
         if batch.first > batch.last:
             raise DecodeError(f"delta batch range {batch.first}..{batch.last} is empty")
-        if not batch.delta.is_delta:
-            raise DecodeError("a delta batch must carry a delta, not a full state")
-        ctx = batch.delta.context
-        if not all(Dot(batch.origin, s) in ctx for s in (batch.first, batch.last)):
+        if not all(Dot(batch.origin, s) in context for s in (batch.first, batch.last)):
             raise DecodeError("delta batch context does not cover its own sequence range")
+        batch._check_rows(entries)
         return batch
 
 

@@ -118,6 +118,16 @@ def test_delta_batches_round_trip(
         decoded = decode_message(wire)
         assert decoded == batch
         assert encode_message(decoded) == wire  # the encoding is canonical
+        # Its two forms: the rows checked on arrival, and those of the delta it came from.
+        assert decoded.rows == batch.rows and decoded.newest == batch.newest
+        assert (decoded.type_name, decoded.context) == (batch.type_name, batch.delta.context)
+        stamps = [p[0] for e in batch.delta.entries.values() for p in e.values() if p]
+        assert batch.newest == max(stamps, default=0)
+        for key, ekey, position, dots, edig in batch.rows:
+            assert ekey == encode_key(key)
+            assert position == key_hash(key).to_bytes(8, "big") + ekey
+            assert {Dot(d[0], d[1]) for d in dots} == set(batch.delta.entries[key])
+            assert int.from_bytes(edig, "big") == entry_hash(key, batch.delta.entries[key])
 
 
 @given(
