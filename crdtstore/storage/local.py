@@ -176,8 +176,9 @@ class _NsWrite:
     ctx: CausalContext
     first: int
     next_seq: int
-    delta: dict[bytes, list[Any]]
-    """Encoded key -> ``[key, final dots]``: the wire form of the batch's entries."""
+    delta: dict[bytes, bytes]
+    """Encoded key -> the encoded entry ``[key, final dots]``: the batch's entries as the
+    wire carries them (a row's dots are their wire form too)."""
     observed: list[tuple[str, int]]
     prefix: bytes
 
@@ -198,7 +199,8 @@ class LocalWrite:
         self.settings = replica.settings
         self.me = replica.node_id
         self._me_tag = self.me.encode() + b"\0"
-        self._pack = msgpack.Packer(use_bin_type=True).pack  # this thread's alone
+        self._packer = msgpack.Packer(use_bin_type=True)  # this thread's alone
+        self._pack = self._packer.pack
         self._max_key = self.settings.max_key_bytes
         self._max_value = self.settings.max_value_bytes
         self._now_ms = replica.now_ms
@@ -337,9 +339,18 @@ class LocalWrite:
             # encode_message(DeltaBatch(...)) built straight from the rows, which already
             # hold each dot as [replica, seq(, timestamp, value)]: one pack per commit.
             ctx_wire = encode_dots(me, first, last, nsw.observed)
-            wire = [nsw.type_name, True, ctx_wire, list(nsw.delta.values())]
-            encoded = layout.pack(
-                [FORMAT_VERSION, DeltaBatch.KIND, nsw.name, me, first, last, wire]
+            head = [FORMAT_VERSION, DeltaBatch.KIND, nsw.name, me, first, last]
+            value_head = [nsw.type_name, True, ctx_wire]
+            # msgpack is concatenative: [*head, [*value_head, [entry, ...]]].
+            encoded = b"".join(
+                (
+                    b"\x97",
+                    *map(self._pack, head),
+                    b"\x94",
+                    *map(self._pack, value_head),
+                    self._packer.pack_array_header(len(nsw.delta)),
+                    *nsw.delta.values(),
+                )
             )
             r.log_put(txn, nsw.ns_id, me, first, last, encoded)
         r._finish(self._writer)
@@ -446,7 +457,8 @@ class LocalWrite:
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != LWW:
             nsw = self._ns_write(namespace, LWW)
-        kdig = blake2b(ekey, digest_size=8).digest()  # key_hash, as 8 big-endian bytes
+        h = blake2b(ekey, digest_size=8)
+        kdig = h.digest()  # key_hash, as 8 big-endian bytes
         rkey = nsw.prefix + kdig + ekey
         txn, state = self.txn, self._statedb
         old = txn.get(rkey, db=state)
@@ -473,11 +485,13 @@ class LocalWrite:
         r._clock_last = ts
         seq = nsw.next_seq
         nsw.next_seq = seq + 1
-        tag = self._me_tag + seq.to_bytes(8, "big")
-        edig = blake2b(ekey + tag, digest_size=8).digest()  # entry_hash of {(me, seq)}
+        h.update(self._me_tag + seq.to_bytes(8, "big"))
+        edig = h.digest()  # entry_hash of {(me, seq)}, continuing the key's hash
         # The row, built without re-encoding the value: hash + [[me, seq, ts, value]].
-        row = (edig, self._row_head, self._pack(seq), b"\xcf", ts.to_bytes(8, "big"), pvalue)
-        txn.put(rkey, b"".join(row), db=state)
+        row_dots = b"".join(
+            (self._row_head, self._pack(seq), b"\xcf", ts.to_bytes(8, "big"), pvalue)
+        )
+        txn.put(rkey, edig + row_dots, db=state)
         bkey = (nsw.ns_id, kdig[0])
         acc = self._buckets.get(bkey)
         if acc is None:
@@ -485,7 +499,7 @@ class LocalWrite:
         acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
         if old is None:
             acc[1] += 1
-        nsw.delta[ekey] = [key, [[self.me, seq, ts, value]]]
+        nsw.delta[ekey] = b"\x92" + ekey + row_dots
         self._events.append((namespace, key, before, value, self.me))
         return ts
 
@@ -494,7 +508,8 @@ class LocalWrite:
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != ORSET:
             nsw = self._ns_write(namespace, ORSET)
-        kdig = blake2b(ekey, digest_size=8).digest()
+        h = blake2b(ekey, digest_size=8)
+        kdig = h.digest()
         rkey = nsw.prefix + kdig + ekey
         txn, state = self.txn, self._statedb
         old = txn.get(rkey, db=state)
@@ -506,14 +521,16 @@ class LocalWrite:
             old_hash = 0
         seq = nsw.next_seq
         nsw.next_seq = seq + 1
-        edig = blake2b(ekey + self._me_tag + seq.to_bytes(8, "big"), digest_size=8).digest()
-        txn.put(rkey, b"".join((edig, self._set_row_head, self._pack(seq))), db=state)
+        h.update(self._me_tag + seq.to_bytes(8, "big"))
+        edig = h.digest()
+        row_dots = self._set_row_head + self._pack(seq)
+        txn.put(rkey, edig + row_dots, db=state)
         bkey = (nsw.ns_id, kdig[0])
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]
         acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
-        nsw.delta[ekey] = [element, [[self.me, seq]]]
+        nsw.delta[ekey] = b"\x92" + ekey + row_dots
         if old is None:
             acc[1] += 1
             self._events.append((namespace, element, False, True, self.me))
@@ -531,7 +548,7 @@ class LocalWrite:
         khash, rkey, old, dots = self._locate(nsw, ekey)
         nsw.next_seq += 1
         self._writer.put_row(nsw.ns_id, khash, rkey, old, None)
-        nsw.delta[ekey] = [key, []]
+        nsw.delta[ekey] = b"\x92" + ekey + b"\x90"  # [key, []]
         if dots:
             before = winning_value(dots) if type_name == LWW else True
             after = None if type_name == LWW else False
