@@ -266,9 +266,11 @@ def bootstrap(root: Path, n: int) -> tuple[float, float, float, float | None]:
         TimeElapsedColumn(), console=console,
     ) as progress:
         task = progress.add_task("copy", total=n)
+        # Polled every 20 ms (a poll costs ~1 ms of CPU): the end of a 1 s bootstrap is
+        # seen within 2% of it (a 0.2 s poll added up to a fifth to the 100,000 row).
         while (have := entries(newcomer.data, "inventory")) < n:
             progress.update(task, completed=have)
-            time.sleep(0.2)  # progress display refresh
+            time.sleep(0.02)
         progress.update(task, completed=n)
     elapsed = time.perf_counter() - start
     assert newcomer.proc is not None

@@ -233,14 +233,19 @@ _END = b"\xff" * 9  # after every 8-byte key hash
 _local = threading.local()
 
 
-def encode_key(key: Any) -> bytes:
-    """The canonical bytes of a key: its msgpack encoding (with a reused per-thread
-    packer: ``packb`` builds one per call, two thirds of the cost of a short key)."""
+def key_packer() -> Callable[[Any], bytes]:
+    """This thread's packer of keys (``packb`` builds one per call, two thirds of the cost
+    of a short key; a packer is not safe to share between threads)."""
     try:
-        packer = _local.packer
+        pack: Callable[[Any], bytes] = _local.pack
     except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(key)  # type: ignore[no-any-return]
+        pack = _local.pack = msgpack.Packer(use_bin_type=True).pack
+    return pack
+
+
+def encode_key(key: Any) -> bytes:
+    """The canonical bytes of a key: its msgpack encoding."""
+    return key_packer()(key)
 
 
 def _dot_order(d: list[Any]) -> tuple[str, int]:
@@ -279,6 +284,8 @@ def check_entries(
     owner: set[tuple[str, int]] = set()
     previous = b""
     latest = 0
+    pack = key_packer()
+    tags: dict[str, bytes] = {}  # replica -> its bytes in an entry hash
     # Once per entry (a bootstrap checks millions): each check is inline on the exact
     # types msgpack produces; anything unusual goes through the expect_* readers, which
     # raise the precise error.
@@ -290,7 +297,7 @@ def check_entries(
         kt = type(key)
         if not (kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key <= MAX_INT_KEY)):
             key = expect_key(key)
-        ekey = encode_key(key)
+        ekey = pack(key)
         h = blake2b(ekey, digest_size=8)
         kdig = h.digest()  # fingerprint.key_hash, as bytes
         position = kdig + ekey
@@ -344,7 +351,10 @@ def check_entries(
             kept.sort(key=_dot_order)
         # fingerprint.entry_hash of the kept dots, continuing the key's hash.
         for d in kept:
-            h.update(d[0].encode() + b"\0" + d[1].to_bytes(8, "big"))
+            tag = tags.get(d[0])
+            if tag is None:
+                tag = tags[d[0]] = d[0].encode() + b"\0"
+            h.update(tag + d[1].to_bytes(8, "big"))
         yield key, ekey, position, kept, h.digest() if kept else _NO_ENTRY
     if newest is not None:
         newest.append(latest)

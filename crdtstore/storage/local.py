@@ -460,8 +460,8 @@ class LocalWrite:
         h = blake2b(ekey, digest_size=8)
         kdig = h.digest()  # key_hash, as 8 big-endian bytes
         rkey = nsw.prefix + kdig + ekey
-        txn, state = self.txn, self._statedb
-        old = txn.get(rkey, db=state)
+        txn = self.txn
+        old = txn.get(rkey)  # the transaction's default database: state
         if old is not None:
             dots = layout.unpack_row(old)[1]
             nsw.observed.extend([(d[0], d[1]) for d in dots])
@@ -491,7 +491,7 @@ class LocalWrite:
         row_dots = b"".join(
             (self._row_head, self._pack(seq), b"\xcf", ts.to_bytes(8, "big"), pvalue)
         )
-        txn.put(rkey, edig + row_dots, db=state)
+        txn.put(rkey, edig + row_dots)
         bkey = (nsw.ns_id, kdig[0])
         acc = self._buckets.get(bkey)
         if acc is None:
@@ -511,8 +511,8 @@ class LocalWrite:
         h = blake2b(ekey, digest_size=8)
         kdig = h.digest()
         rkey = nsw.prefix + kdig + ekey
-        txn, state = self.txn, self._statedb
-        old = txn.get(rkey, db=state)
+        txn = self.txn
+        old = txn.get(rkey)  # the transaction's default database: state
         if old is not None:
             dots = layout.unpack_row(old)[1]
             nsw.observed.extend([(d[0], d[1]) for d in dots])
@@ -524,7 +524,7 @@ class LocalWrite:
         h.update(self._me_tag + seq.to_bytes(8, "big"))
         edig = h.digest()
         row_dots = self._set_row_head + self._pack(seq)
-        txn.put(rkey, edig + row_dots, db=state)
+        txn.put(rkey, edig + row_dots)
         bkey = (nsw.ns_id, kdig[0])
         acc = self._buckets.get(bkey)
         if acc is None:

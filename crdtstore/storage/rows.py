@@ -4,6 +4,8 @@ Invariant kept by :class:`RowWriter`: a row exists exactly when its entry has a 
 its stored entry hash is ``entry_hash(key, dots)``, and the bucket row of its namespace
 and key-hash prefix holds the XOR and count of the live rows under it. Bucket changes are
 summed in memory and written once by :meth:`RowWriter.flush`, inside the same transaction.
+Its transaction's default database is the state table (``LMDBReplica._begin_write``), so
+row gets and puts name none.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ class RowWriter:
         self.events: list[Event] = []
 
     def get(self, rkey: bytes) -> bytes | None:
-        data = self.txn.get(rkey, db=self.state)
+        data = self.txn.get(rkey)  # a replica's transactions default to the state table
         return data  # type: ignore[return-value]  # bytes: buffers=False
 
     def put_row(
@@ -54,9 +56,9 @@ class RowWriter:
         old_hash = layout.row_hash(old) if old else 0
         new_hash = layout.row_hash(new) if new else 0
         if new is not None:
-            self.txn.put(rkey, new, db=self.state)
+            self.txn.put(rkey, new)
         elif old is not None:
-            self.txn.delete(rkey, db=self.state)
+            self.txn.delete(rkey)
         if old_hash != new_hash:
             acc = self.buckets.setdefault((ns_id, khash >> layout.BUCKET_SHIFT), [0, 0])
             acc[0] ^= old_hash ^ new_hash

@@ -57,7 +57,7 @@ class SyncSettings:
     range_max_query_ranges: int = 256
     """Most ranges one reconciliation query asks about (the rest wait for the next round)."""
 
-    range_max_reply_entries: int = 4096
+    range_max_reply_entries: int = 16384
     """Most entries one reconciliation reply ships; ranges beyond it are left unanswered
     and asked again (bounds the reply's size)."""
 
