@@ -260,6 +260,7 @@ def check_entries(
     base: CausalContext | None = None,
     bounds: tuple[int, int] | None = None,
     newest: list[int] | None = None,
+    run: tuple[str, int, int] | None = None,
 ) -> Iterator[Row]:
     """Each entry ``[key, [dot, ...]]`` of ``items`` (msgpack's lists), checked, as a
     :data:`Row`; raises DecodeError at the first one that breaks a rule.
@@ -270,12 +271,15 @@ def check_entries(
     range, whose sender gained the others after its snapshot). With ``bounds`` ``(lo,
     hi)``: every key hashes into ``[lo, hi)`` and the keys come in reconciliation order.
     ``newest``, if given, gets the latest timestamp appended once every entry is read.
+    ``run`` ``(replica, first, last)``: dots ``context`` holds besides its own (a delta
+    batch's own dots, which its wire form leaves implied).
 
     A generator, so a replica can check each entry in the loop that writes it."""
     width = 4 if stamped else 2
     cvv, ccloud = (context.vv, context.cloud) if context is not None else ({}, frozenset())
     bvv, bcloud = (base.vv, base.cloud) if base is not None else ({}, frozenset())
     restrict = base is not None
+    run_replica, run_first, run_last = run if run is not None else (None, 0, -1)
     if bounds is None:
         lo_b, hi_b, seen = b"", _END, set()
     else:
@@ -343,7 +347,11 @@ def check_entries(
             if restrict:
                 if seq <= bvv.get(replica, 0) or dot in bcloud:
                     kept.append(raw)
-            elif seq <= cvv.get(replica, 0) or dot in ccloud:
+            elif (
+                (replica == run_replica and run_first <= seq <= run_last)
+                or seq <= cvv.get(replica, 0)
+                or dot in ccloud
+            ):
                 kept.append(raw)
             else:
                 raise DecodeError(f"live dot {Dot(replica, seq)} is not in the value's context")

@@ -120,6 +120,35 @@ class CausalContext:
                 vv[replica] = top
         return CausalContext(vv, self._cloud | other._cloud)
 
+    def with_run(self, replica: str, first: int, last: int) -> CausalContext:
+        """This context plus the dots ``(replica, first..last)``.
+
+        A delta batch's own dots are such a run, thousands long; when it extends the
+        replica's contiguous part (the usual case: batches arrive in order) this costs
+        O(cloud), not O(run), and builds no Dot for it."""
+        if last < first:
+            return self
+        top = self._vv.get(replica, 0)
+        if top >= first - 1:
+            if last <= top:
+                return self
+            vv = dict(self._vv)
+            vv[replica] = last
+            return CausalContext(vv, self._cloud)  # folds the cloud dots the run reaches
+        return CausalContext(
+            self._vv, self._cloud | {Dot(replica, s) for s in range(first, last + 1)}
+        )
+
+    def without_run(self, replica: str, first: int, last: int) -> CausalContext:
+        """This context minus the dots ``(replica, first..last)``."""
+        top = self._vv.get(replica, 0)
+        vv = dict(self._vv)
+        cloud = {d for d in self._cloud if not (d.replica == replica and first <= d.seq <= last)}
+        if top >= first:
+            vv[replica] = first - 1
+            cloud.update(Dot(replica, s) for s in range(last + 1, top + 1))
+        return CausalContext(vv, cloud)
+
     def missing_from(self, other: CausalContext) -> dict[str, list[tuple[int, int]]]:
         """Per replica, the inclusive seq ranges ``other`` has seen and ``self`` has not.
 

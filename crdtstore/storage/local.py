@@ -148,11 +148,13 @@ def scan_chunk(
 
 
 def encode_dots(me: str, first: int, last: int, observed: list[tuple[str, int]]) -> list[Any]:
-    """``encode_context(CausalContext.from_dots(own + observed))`` without building Dots,
-    where own is ``(me, first..last)``: the context of a commit's delta batch."""
-    seqs: dict[str, set[int]] = {me: set(range(first, last + 1))}
+    """``encode_context(CausalContext.from_dots(observed))`` without building Dots, less the
+    own run ``(me, first..last)``: the context of a commit's delta batch as the wire
+    carries it (``DeltaBatch.rest``; the run is implied by first..last)."""
+    seqs: dict[str, set[int]] = {}
     for replica, seq in observed:
-        seqs.setdefault(replica, set()).add(seq)
+        if not (replica == me and first <= seq <= last):
+            seqs.setdefault(replica, set()).add(seq)
     vv: dict[str, int] = {}
     cloud: list[list[Any]] = []
     for replica in sorted(seqs):

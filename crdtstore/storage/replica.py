@@ -556,16 +556,17 @@ class LMDBReplica:
                 if all(Dot(origin, s) in ctx for s in range(batch.first, batch.last + 1)):
                     changed.append(False)  # this batch's deltas were applied
                     continue
-                stamped, their_ctx = tname == LWW, batch.context
+                stamped, their_ctx = tname == LWW, batch.rest
+                run = (origin, batch.first, batch.last)
                 prefix = layout.ns_prefix(ns_id)
                 fresh: list[_Received] = []
                 for row in batch.rows:  # checked when the batch was decoded
                     if not self._join_key(
-                        writer, ns_id, prefix, ns, stamped, ctx, row, their_ctx, origin
+                        writer, ns_id, prefix, ns, stamped, ctx, row, their_ctx, run, origin
                     ):
                         fresh.append(row)
                 _insert_rows(writer, ns_id, ns, stamped, fresh, ctx, origin)
-                held.ctx = ctx.join(their_ctx)
+                held.ctx = ctx.join(their_ctx).with_run(*run)
                 held.changed = True
                 self.log_put(txn, ns_id, origin, batch.first, batch.last, encoded)
                 changed.append(True)
@@ -593,6 +594,7 @@ class LMDBReplica:
         my_ctx: CausalContext,
         theirs: _Received,
         their_ctx: CausalContext,
+        run: tuple[str, int, int] | None,
         origin: str | None,
     ) -> bool:
         """Join one key's received dots (a checked row, :data:`crdtstore.codec.Row`) into
@@ -600,8 +602,9 @@ class LMDBReplica:
         those for :func:`_insert_rows`, one loop for all.
 
         ``join_entry``, and ``lwwmap.winner`` for the change event, on the dots as stored
-        and as received, without building an entry of Dot objects. The differential tests
-        compare the result, events included, with the pure values."""
+        and as received, without building an entry of Dot objects. Their context is
+        ``their_ctx`` plus ``run`` (a batch's own dots, ``(origin, first, last)``). The
+        differential tests compare the result, events included, with the pure values."""
         key, ekey, position, their_dots, _ = theirs
         rkey = prefix + position
         old = writer.get(rkey)
@@ -609,11 +612,17 @@ class LMDBReplica:
             return False
         dots = layout.row_dots(old)
         tvv, tcloud = their_ctx.vv, their_ctx.cloud
+        rr, r_first, r_last = run if run is not None else ("", 0, -1)
         live = {(d[0], d[1]) for d in their_dots}
         kept = [
             d
             for d in dots
-            if (d[0], d[1]) in live or (d[1] > tvv.get(d[0], 0) and (d[0], d[1]) not in tcloud)
+            if (d[0], d[1]) in live
+            or (
+                d[1] > tvv.get(d[0], 0)
+                and (d[0], d[1]) not in tcloud
+                and not (d[0] == rr and r_first <= d[1] <= r_last)
+            )
         ]
         held = {(d[0], d[1]) for d in dots}
         vv, cloud = my_ctx.vv, my_ctx.cloud
@@ -984,7 +993,9 @@ class LMDBReplica:
         their_ctx, prefix = shipped.context, layout.ns_prefix(ns_id)
         for key, ekey, position in mine:  # each has a row: _join_key joins it
             row = theirs.pop(ekey, None) or (key, ekey, position, [], None)
-            self._join_key(writer, ns_id, prefix, namespace, stamped, ctx, row, their_ctx, None)
+            self._join_key(
+                writer, ns_id, prefix, namespace, stamped, ctx, row, their_ctx, None, None
+            )
         # Keys we hold no row for (all of them, in a bootstrap).
         _insert_rows(writer, ns_id, namespace, stamped, theirs.values(), ctx, None)
         return received

@@ -453,10 +453,6 @@ class SyncEngine:
         if not self.holds(ns):
             self._reject("rejected_topic", now_ms, f"batch for {ns}")
             return False
-        if batch.context.max_seq(batch.origin) != batch.last:
-            # The origin cannot have observed its own seqs beyond the batch's last one.
-            self._reject("rejected_invalid", now_ms, f"{ns}: context beyond its range")
-            return False
         if not self._timestamps_ok(batch, now_ms):
             return False
         if not self._ensure_namespace(ns, batch.type_name, now_ms):
@@ -501,7 +497,8 @@ class SyncEngine:
         if self._group is not None:  # on_messages applies it with the others of the group
             self._group.append((batch, data))
             ns = batch.namespace
-            self._group_ctx[ns] = self._context(ns).join(batch.context)
+            joined = self._context(ns).join(batch.rest)
+            self._group_ctx[ns] = joined.with_run(batch.origin, batch.first, batch.last)
             return
         if self.replica.apply_batch(batch, data):
             self.stats["batches_applied"] += 1
@@ -927,7 +924,7 @@ class SyncEngine:
 def _causally_ready(batch: DeltaBatch, ctx: CausalContext) -> bool:
     """Every dot the batch's context names, beyond its own seqs, is in ``ctx``."""
     own, lo, hi = batch.origin, batch.first, batch.last
-    theirs = batch.context
+    theirs = batch.rest  # the batch's own run needs nothing here
     for replica, top in theirs.vv.items():
         have = ctx.vv.get(replica, 0)
         for seq in range(have + 1, top + 1):

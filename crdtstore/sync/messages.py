@@ -31,7 +31,7 @@ from crdtstore.codec import (
     unpack,
     value_of_rows,
 )
-from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap
+from crdtstore.crdt import CRDT_TYPES, CausalContext, DotMap, LWWMap
 from crdtstore.errors import DecodeError
 from crdtstore.sync.fingerprint import encode_key, key_hash, split_range
 
@@ -60,14 +60,20 @@ class DeltaBatch:
     (the in-memory replica, coalescing); one made from a delta builds its rows only when
     asked (an LMDB replica applying it). A receiver used to build Dot objects and entry
     maps for every update, which the LMDB replica turned straight back into lists.
+
+    Its context is ``rest`` (what the deltas observed) plus its own run ``(origin,
+    first..last)``, which the wire leaves implied: a batch of n updates would otherwise
+    carry, decode and join n cloud dots (a batch's first seq is rarely 1), a quarter of a
+    receiver's time and a fifth of the bytes. ``context`` builds the whole one on demand.
     Immutable: every field is set once."""
 
     KIND: ClassVar[str] = "delta"
     __slots__ = (
+        "_context",
         "_delta",
         "_newest",
+        "_rest",
         "_rows",
-        "context",
         "first",
         "last",
         "namespace",
@@ -80,10 +86,25 @@ class DeltaBatch:
     ) -> None:
         self.namespace, self.origin, self.first, self.last = namespace, origin, first, last
         self.type_name: str = delta.type_name
-        self.context: CausalContext = delta.context
+        self._context: CausalContext | None = delta.context
+        self._rest: CausalContext | None = None
         self._delta: DotMap[Any] | None = delta
         self._rows: list[Row] | None = None
         self._newest: int | None = None
+
+    @property
+    def rest(self) -> CausalContext:
+        """The batch's context without its own run: the dots its deltas observed."""
+        if self._rest is None:
+            assert self._context is not None
+            self._rest = self._context.without_run(self.origin, self.first, self.last)
+        return self._rest
+
+    @property
+    def context(self) -> CausalContext:
+        if self._context is None:
+            self._context = self.rest.with_run(self.origin, self.first, self.last)
+        return self._context
 
     @property
     def delta(self) -> DotMap[Any]:
@@ -111,7 +132,9 @@ class DeltaBatch:
     def _check_rows(self, entries: Any) -> None:
         newest: list[int] = []
         stamped = CRDT_TYPES[self.type_name] is LWWMap
-        self._rows = list(check_entries(entries, stamped, context=self.context, newest=newest))
+        run = (self.origin, self.first, self.last)
+        rows = check_entries(entries, stamped, context=self.rest, run=run, newest=newest)
+        self._rows = list(rows)
         self._newest = newest[0]
 
     def __eq__(self, other: object) -> bool:
@@ -135,12 +158,14 @@ class DeltaBatch:
         )
 
     def to_wire(self) -> list[Any]:
-        return [self.namespace, self.origin, self.first, self.last, encode_value(self.delta)]
+        value = encode_value(self.delta)
+        value[2] = encode_context(self.rest)  # the own run is implied by first..last
+        return [self.namespace, self.origin, self.first, self.last, value]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> DeltaBatch:
         ns, origin, first, last, value = expect_list(fields, "delta batch", 5)
-        type_cls, is_delta, context, entries = decode_value_head(value)
+        type_cls, is_delta, rest, entries = decode_value_head(value)
         if not is_delta:
             raise DecodeError("a delta batch must carry a delta, not a full state")
         batch = cls.__new__(cls)
@@ -148,11 +173,17 @@ class DeltaBatch:
         batch.origin = expect_replica(origin, "origin")
         batch.first = expect_int(first, "first seq", 1)
         batch.last = expect_int(last, "last seq", 1)
-        batch.type_name, batch.context, batch._delta = type_cls.type_name, context, None
         if batch.first > batch.last:
             raise DecodeError(f"delta batch range {batch.first}..{batch.last} is empty")
-        if not all(Dot(batch.origin, s) in context for s in (batch.first, batch.last)):
-            raise DecodeError("delta batch context does not cover its own sequence range")
+        if rest.max_seq(batch.origin) > batch.last:
+            # The origin cannot have observed its own seqs beyond the batch's last one.
+            raise DecodeError("delta batch context goes beyond its own range")
+        batch.type_name, batch._rest, batch._context, batch._delta = (
+            type_cls.type_name,
+            rest,
+            None,
+            None,
+        )
         batch._check_rows(entries)
         return batch
 

@@ -345,7 +345,11 @@ BAD_MESSAGES = {
     "empty replica id": batch(lww([{"": 1}, []], [])),
     "replica id too long": batch(lww([{"r" * 129: 1}, []], [])),
     "state in a delta batch": batch(lww(GOOD_CTX, [["k", [["a", 1, 5, "v"]]]], delta=False)),
-    "batch range not in context": batch(GOOD, 1, 3),
+    # The origin cannot have observed its own seqs beyond its batch's last one (its own
+    # first..last, implied, are all a batch's context must name of it).
+    "context beyond the batch's range": batch(
+        lww([{"a": 3}, []], [["k", [["a", 1, 5, "v"]]]]), 1, 2
+    ),
     "empty batch range": batch(GOOD, 2, 1),
     "unknown crdt type": batch(["g_counter", True, GOOD_CTX, []]),
     "unhashable crdt type": batch([["or_set"], True, GOOD_CTX, []]),

@@ -144,3 +144,21 @@ def test_missing_from_matches_brute_force_difference(a: CausalContext, b: Causal
                 filled = filled.add(Dot(replica, s))
     assert filled.missing_from(b) == {}
     assert a.join(b).missing_from(b) == {}
+
+
+runs = st.tuples(st.sampled_from([*REPLICAS, "d"]), st.integers(1, MAX_SEQ + 2), st.integers(0, 6))
+
+
+@given(contexts(), runs)
+def test_with_run_and_without_run_add_and_remove_exactly_the_run(
+    ctx: CausalContext, run: tuple[str, int, int]
+) -> None:
+    replica, first, length = run
+    last = first + length - 1  # length 0: an empty run
+    dots_of_run = {Dot(replica, s) for s in range(first, last + 1)}
+    added = ctx.with_run(replica, first, last)
+    assert set(added) == set(ctx) | dots_of_run
+    assert added == CausalContext.from_dots(set(ctx) | dots_of_run)  # compact as ever
+    removed = ctx.without_run(replica, first, last)
+    assert set(removed) == set(ctx) - dots_of_run
+    assert removed == CausalContext.from_dots(set(ctx) - dots_of_run)

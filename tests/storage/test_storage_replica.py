@@ -580,11 +580,14 @@ def test_commit_context_encoding_equals_the_codec(first: int, n: int, observed: 
     from crdtstore.codec import encode_context
     from crdtstore.storage.local import encode_dots
 
-    own = [Dot("a", s) for s in range(first, first + n)]
-    want = encode_context(CausalContext.from_dots([*own, *(Dot(r, s) for r, s in observed)]))
-    got = encode_dots("a", first, first + n - 1, observed)
+    # A commit's batch context: what it observed, less its own run (implied on the wire).
+    last = first + n - 1
+    whole = CausalContext.from_dots([Dot(r, s) for r, s in observed]).with_run("a", first, last)
+    want = encode_context(whole.without_run("a", first, last))
+    got = encode_dots("a", first, last, observed)
     assert decode_context_of(got) == decode_context_of(want) and got[0] == want[0]
     assert sorted(map(tuple, got[1])) == sorted(map(tuple, want[1]))
+    assert decode_context_of(got).with_run("a", first, last) == whole
 
 
 def decode_context_of(obj: Any) -> CausalContext:
