@@ -17,7 +17,6 @@ from dataclasses import dataclass
 import zmq
 import zmq.auth
 import zmq.utils.z85
-from zmq.auth.thread import ThreadAuthenticator
 
 from transport.errors import TransportError
 
@@ -88,6 +87,10 @@ class KeyAllowList:
     """
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], keys_dir: str) -> None:
+        # Imported here: zmq.auth.thread imports asyncio, a third of a node's start-up
+        # imports, and only a node with CURVE keys needs it.
+        from zmq.auth.thread import ThreadAuthenticator
+
         self._keys_dir = keys_dir
         self._auth = ThreadAuthenticator(context)
 
