@@ -11,29 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import threading
 from collections.abc import Iterable
 
-import msgpack
-
+# A key's canonical bytes (its msgpack encoding) are the codec's; re-exported here, where
+# the order they define is used.
+from crdtstore.codec import encode_key as encode_key
 from crdtstore.crdt import Dot, Key
 
 HASH_SPACE = 1 << 64
-
-
-_local = threading.local()
-
-
-def encode_key(key: Key) -> bytes:
-    """The canonical bytes of a key: its msgpack encoding.
-
-    With a reused per-thread packer: ``packb`` builds one per call, two thirds of the cost
-    of a key (a newcomer checks the key hash of every entry it is shipped)."""
-    try:
-        packer = _local.packer
-    except AttributeError:
-        packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(key)  # type: ignore[no-any-return]
 
 
 def key_hash(key: Key) -> int:
