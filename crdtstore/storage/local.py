@@ -234,8 +234,7 @@ class LocalWrite:
         self._active = True
         self._ns: dict[str, _NsWrite] = {}
         self._created: dict[str, tuple[int, str]] = {}
-        self._writer = RowWriter(self.txn, r._state, r._bucketdb)
-        self._statedb = r._state
+        self._writer = RowWriter(self.txn, r._bucketdb)
         self._buckets = self._writer.buckets
         self._events = self._writer.events
 

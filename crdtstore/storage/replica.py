@@ -543,7 +543,7 @@ class LMDBReplica:
                 self._check_newest(batch.newest)
 
         def apply(txn: lmdb.Transaction) -> tuple[list[bool], dict[str, _NsApplied]]:
-            writer = RowWriter(txn, self._state, self._bucketdb)
+            writer = RowWriter(txn, self._bucketdb)
             done: dict[str, _NsApplied] = {}
             changed = []
             for batch, encoded in batches:
@@ -909,7 +909,7 @@ class LMDBReplica:
         def apply(txn: lmdb.Transaction) -> tuple[int, str, CausalContext, bytes]:
             found = self._lookup_ns(txn, namespace)
             ctx = CausalContext() if found is None else self.load_ctx(txn, found[0])
-            writer = RowWriter(txn, self._state, self._bucketdb)
+            writer = RowWriter(txn, self._bucketdb)
             received: list[Dot] = []
             # Ranges are disjoint, so each is judged against our context from before the
             # session; only the dots received join it (the sender's context also covers

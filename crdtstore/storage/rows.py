@@ -38,9 +38,8 @@ def winning_value(dots: list[list[Any]]) -> Any:
 class RowWriter:
     """Writes entries of several namespaces in one transaction, tracking buckets and events."""
 
-    def __init__(self, txn: lmdb.Transaction, state: Any, buckets: Any) -> None:
-        self.txn = txn
-        self.state = state
+    def __init__(self, txn: lmdb.Transaction, buckets: Any) -> None:
+        self.txn = txn  # its default database is the state table
         self.buckets_db = buckets
         self.buckets: dict[tuple[int, int], list[int]] = {}
         self.events: list[Event] = []
