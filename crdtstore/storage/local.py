@@ -30,8 +30,7 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import msgpack
 
-from crdtstore.codec import FORMAT_VERSION
-from crdtstore.crdt import CausalContext, Dot, check_key
+from crdtstore.crdt import CausalContext, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
 from crdtstore.errors import (
@@ -43,7 +42,7 @@ from crdtstore.errors import (
 )
 from crdtstore.storage import layout
 from crdtstore.storage.rows import RowWriter, winning_value
-from crdtstore.sync.messages import DeltaBatch
+from crdtstore.sync.messages import encode_delta_batch
 
 if TYPE_CHECKING:
     from crdtstore.settings import NodeSettings
@@ -201,8 +200,7 @@ class LocalWrite:
         self.settings = replica.settings
         self.me = replica.node_id
         self._me_tag = self.me.encode() + b"\0"
-        self._packer = msgpack.Packer(use_bin_type=True)  # this thread's alone
-        self._pack = self._packer.pack
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # this thread's alone
         self._max_key = self.settings.max_key_bytes
         self._max_value = self.settings.max_value_bytes
         self._now_ms = replica.now_ms
@@ -331,27 +329,13 @@ class LocalWrite:
             if nsw.next_seq == nsw.first:
                 continue
             first, last = nsw.first, nsw.next_seq - 1
-            if nsw.ctx.vv.get(me, 0) == first - 1:
-                new_ctx = nsw.ctx.join(CausalContext({me: last}))
-            else:
-                own = [Dot(me, s) for s in range(first, last + 1)]
-                new_ctx = nsw.ctx.join(CausalContext.from_dots(own))
+            new_ctx = nsw.ctx.with_run(me, first, last)
             post.append((nsw.ns_id, r.store_ctx(txn, nsw.ns_id, new_ctx), new_ctx))
-            # encode_message(DeltaBatch(...)) built straight from the rows, which already
-            # hold each dot as [replica, seq(, timestamp, value)]: one pack per commit.
+            # The batch built straight from the rows, which already hold each dot as
+            # [replica, seq(, timestamp, value)]: nothing packed per key at commit.
             ctx_wire = encode_dots(me, first, last, nsw.observed)
-            head = [FORMAT_VERSION, DeltaBatch.KIND, nsw.name, me, first, last]
-            value_head = [nsw.type_name, True, ctx_wire]
-            # msgpack is concatenative: [*head, [*value_head, [entry, ...]]].
-            encoded = b"".join(
-                (
-                    b"\x97",
-                    *map(self._pack, head),
-                    b"\x94",
-                    *map(self._pack, value_head),
-                    self._packer.pack_array_header(len(nsw.delta)),
-                    *nsw.delta.values(),
-                )
+            encoded = encode_delta_batch(
+                nsw.name, me, first, last, nsw.type_name, ctx_wire, list(nsw.delta.values())
             )
             r.log_put(txn, nsw.ns_id, me, first, last, encoded)
         r._finish(self._writer)

@@ -7,6 +7,7 @@ raises :class:`~crdtstore.errors.DecodeError` (and nothing else).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -186,6 +187,32 @@ class DeltaBatch:
         )
         batch._check_rows(entries)
         return batch
+
+
+def encode_delta_batch(
+    namespace: str,
+    origin: str,
+    first: int,
+    last: int,
+    type_name: str,
+    rest: list[Any],
+    entries: Sequence[bytes],
+) -> bytes:
+    """``encode_message`` of a :class:`DeltaBatch` whose entries are already encoded (each
+    ``[key, dots]``) and whose context without its run is ``rest`` (``encode_context``'s
+    form): how a writer's commit logs its batch straight from the rows it wrote, which
+    hold each key's dots in their wire form. msgpack is concatenative."""
+    pack = msgpack.Packer(use_bin_type=True).pack
+    return b"".join(
+        (
+            b"\x97",  # [version, kind, ns, origin, first, last, value]
+            *map(pack, (FORMAT_VERSION, DeltaBatch.KIND, namespace, origin, first, last)),
+            b"\x94",  # value: [type, is_delta, context, entries]
+            *map(pack, (type_name, True, rest)),
+            msgpack.Packer().pack_array_header(len(entries)),
+            *entries,
+        )
+    )
 
 
 MESSAGE_TYPES: dict[str, Any] = {DeltaBatch.KIND: DeltaBatch}

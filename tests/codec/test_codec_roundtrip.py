@@ -35,6 +35,7 @@ from crdtstore.sync.messages import (
     RangeReply,
     RangeSummary,
     decode_message,
+    encode_delta_batch,
     encode_message,
 )
 from crdtstore.sync.shipped import ShippedEntries
@@ -235,3 +236,23 @@ def test_a_shipped_range_reads_as_the_state_in_it_restricted_to_the_base(
         for key, _, _, row, edig in checked:
             assert row == sorted(row, key=lambda d: (d[0], d[1]))
             assert int.from_bytes(edig, "big") == entry_hash(key, [Dot(d[0], d[1]) for d in row])
+
+
+@given(st.sampled_from([ORSet, LWWMap]), st.randoms(use_true_random=False), st.integers(1, 40))
+def test_a_batch_encoded_from_its_entries_bytes_is_the_batch(
+    make_simulation: Callable[..., tuple[Any, dict[str, list[DotMap[Any]]]]],
+    make_batches: Callable[[Any, random.Random], list[DeltaBatch]],
+    kind: type[DotMap[Any]],
+    rnd: random.Random,
+    n_ops: int,
+) -> None:
+    """How a commit logs its batch (encode_delta_batch, from its rows' bytes) gives the
+    bytes encode_message gives for the same batch."""
+    _, own = make_simulation(kind, rnd, n_ops)
+    for batch in make_batches(own, rnd):
+        entries = [pack(e) for e in encode_value(batch.delta)[3]]
+        rest = encode_context(batch.rest)
+        got = encode_delta_batch(
+            batch.namespace, batch.origin, batch.first, batch.last, batch.type_name, rest, entries
+        )
+        assert got == encode_message(batch)
