@@ -221,10 +221,11 @@ def encode_value(value: DotMap[Any]) -> list[Any]:
 
 Row = tuple[Any, bytes, bytes, list[list[Any]], bytes]
 """One checked entry in the form a replica stores it: ``(key, encoded key, position,
-dots, entry hash)``. ``position`` is the key's place in reconciliation order, its
-``key_hash`` as 8 big-endian bytes then the encoded key (a state row's key after its
-namespace); ``dots`` are sorted by (replica, seq), each ``[replica, seq(, timestamp,
-value)]`` as msgpack gave them (a stored row's dots); the entry hash is
+dots, entry hash)``. ``position`` is the key's place in reconciliation order
+(``fingerprint.encoded_position``: the first byte of its ``key_hash``, then the encoded
+key; a state row's key after its namespace); ``dots`` are sorted by (replica, seq), each
+``[replica, seq(, timestamp, value)]`` as msgpack gave them (a stored row's dots); the
+entry hash is
 ``fingerprint.entry_hash`` of the key with those dots, as 8 bytes (zeros for none).
 (The hashes are :mod:`crdtstore.sync.fingerprint`'s; tests/codec holds them equal.)"""
 
@@ -304,7 +305,7 @@ def check_entries(
         ekey = pack(key)
         h = blake2b(ekey, digest_size=8)
         kdig = h.digest()  # fingerprint.key_hash, as bytes
-        position = kdig + ekey
+        position = kdig[:1] + ekey  # fingerprint.encoded_position (ORDER_BITS: 8)
         if bounds is None:
             if position in seen:
                 raise DecodeError(f"key {key!r} appears twice")

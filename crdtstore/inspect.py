@@ -87,7 +87,7 @@ class Snapshot:
             while ok and cur.key()[:4] == prefix:
                 rkey, data = cur.key(), cur.value()
                 yield (
-                    layout.unpack_stored(rkey[12:]),
+                    layout.unpack_stored(layout.row_ekey(rkey)),
                     layout.unpack_row(data)[1],
                     len(rkey) + len(data),
                 )

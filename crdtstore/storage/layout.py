@@ -2,9 +2,12 @@
 
 Invariants this module keeps (and ``crdt-inspect`` relies on):
 
-- A state row's key is ``ns_id (4 bytes BE) + key_hash(key) (8 bytes BE) + encoded key``,
-  so the rows of one namespace sorted by LMDB are in reconciliation order and a key-hash
-  range ``[lo, hi)`` is one cursor range scan.
+- A state row's key is ``ns_id (4 bytes BE) + key_hash(key)'s first byte + encoded key``
+  (``fingerprint.encoded_position``), so the rows of one namespace sorted by LMDB are in
+  reconciliation order, a bucket is one cursor range scan, and keys that sort together
+  share pages (a batch of neighbouring keys dirties a page per bucket, not per key). A
+  key-hash range ``[lo, hi)`` is a scan of the buckets it touches; in a bucket it only
+  cuts, each row's key hash is tested (:func:`range_scan`).
 - A state row's value is ``entry_hash (8 bytes BE) + msgpack([[replica, seq], ...])``
   for an OR-Set element, ``[[replica, seq, timestamp, value], ...]`` for an LWW-map key.
   A row exists only while it has a live dot; removals live in the context alone.
@@ -37,10 +40,12 @@ import msgpack
 
 from crdtstore.crdt import Dot
 from crdtstore.errors import DecodeError
+from crdtstore.sync.fingerprint import ORDER_BITS, encoded_position
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 """2: the log's counts moved from ``meta`` into ``logorder``; 3: so did the causal contexts
-(they had a table of their own). Older directories are migrated when opened."""
+(they had a table of their own); 4: state rows are keyed by the key hash's first byte,
+not all eight, then the key. Older directories are migrated when opened."""
 
 Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
 
@@ -48,6 +53,7 @@ HASH_SPACE = 1 << 64
 BUCKET_BITS = 8
 BUCKETS = 1 << BUCKET_BITS
 BUCKET_SHIFT = 64 - BUCKET_BITS  # a bucket is the key hash's first byte (local.py relies on it)
+assert BUCKET_BITS == ORDER_BITS, "a bucket's rows are contiguous in reconciliation order"
 
 TABLES = ("meta", "namespaces", "state", "buckets", "log", "logorder", "journal")
 V2_CONTEXT_TABLE = b"context"  # format 2 only: ns id -> causal context (migrated away on open)
@@ -128,25 +134,36 @@ def entry_digest(ekey: bytes, ordered: Iterable[Sequence[Any]]) -> bytes:
     return h.digest()
 
 
+ROW_EKEY = 5
+"""Where the encoded key starts in a state row key (after namespace and bucket)."""
+
+
 def row_key(ns_id: int, khash: int, ekey: bytes) -> bytes:
-    return _U32.pack(ns_id) + _U64.pack(khash) + ekey
+    return _U32.pack(ns_id) + bytes((khash >> BUCKET_SHIFT,)) + ekey
 
 
 def row_key_suffix(ekey: bytes) -> bytes:
-    """A state row's key after its namespace prefix: the key's hash, then the key."""
-    return hashlib.blake2b(ekey, digest_size=8).digest() + ekey
+    """A state row's key after its namespace prefix: the key's bucket, then the key."""
+    return encoded_position(ekey)
 
 
-def range_bounds(ns_id: int, lo: int, hi: int) -> tuple[bytes, bytes]:
-    """Row-key bounds ``[start, end)`` of the key-hash range ``[lo, hi)``."""
-    start = _U32.pack(ns_id) + _U64.pack(lo)
-    end = _U32.pack(ns_id) + _U64.pack(hi) if hi < HASH_SPACE else ns_end(ns_id)
-    return start, end
+def row_ekey(rkey: Buf) -> Buf:
+    """The encoded key of a state row key."""
+    return rkey[ROW_EKEY:]
 
 
-def split_row_key(rkey: Buf) -> tuple[int, Buf]:
-    """``(key_hash, encoded key)`` of a state row key."""
-    return read_u64(rkey, 4), rkey[12:]
+def range_scan(ns_id: int, lo: int, hi: int) -> tuple[bytes, bytes, int, int]:
+    """How to read the rows of key-hash range ``[lo, hi)``: ``(start, end, first_cut,
+    last_cut)``. Scan row keys in ``[start, end)``, the buckets the range touches; in
+    bucket ``first_cut`` or ``last_cut`` (-1: none), which the range only cuts, keep a row
+    only if its key hash is in the range."""
+    first, last = lo >> BUCKET_SHIFT, (hi - 1) >> BUCKET_SHIFT
+    start = _U32.pack(ns_id) + bytes((first,))
+    end = _U32.pack(ns_id) + bytes((last + 1,)) if last + 1 < BUCKETS else ns_end(ns_id)
+    width = 1 << BUCKET_SHIFT
+    first_cut = first if lo % width else -1
+    last_cut = last if hi % width else -1
+    return start, end, first_cut, last_cut
 
 
 def bucket_key(ns_id: int, bucket: int) -> bytes:

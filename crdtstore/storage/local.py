@@ -141,7 +141,13 @@ def scan_chunk(
             rkey = cur.key()
             if rkey[:4] != prefix:
                 break
-            out.append((rkey, layout.unpack_stored(rkey[12:]), layout.unpack_row(cur.value())[1]))
+            out.append(
+                (
+                    rkey,
+                    layout.unpack_stored(layout.row_ekey(rkey)),
+                    layout.unpack_row(cur.value())[1],
+                )
+            )
             ok = cur.next()
     return out
 
@@ -444,7 +450,7 @@ class LocalWrite:
             nsw = self._ns_write(namespace, LWW)
         h = blake2b(ekey, digest_size=8)
         kdig = h.digest()  # key_hash, as 8 big-endian bytes
-        rkey = nsw.prefix + kdig + ekey
+        rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
         txn = self.txn
         old = txn.get(rkey)  # the transaction's default database: state
         if old is not None:
@@ -495,7 +501,7 @@ class LocalWrite:
             nsw = self._ns_write(namespace, ORSET)
         h = blake2b(ekey, digest_size=8)
         kdig = h.digest()
-        rkey = nsw.prefix + kdig + ekey
+        rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
         txn = self.txn
         old = txn.get(rkey)  # the transaction's default database: state
         if old is not None:
@@ -532,7 +538,7 @@ class LocalWrite:
             return False
         khash, rkey, old, dots = self._locate(nsw, ekey)
         nsw.next_seq += 1
-        self._writer.put_row(nsw.ns_id, khash, rkey, old, None)
+        self._writer.put_row(nsw.ns_id, khash >> layout.BUCKET_SHIFT, rkey, old, None)
         nsw.delta[ekey] = b"\x92" + ekey + b"\x90"  # [key, []]
         if dots:
             before = winning_value(dots) if type_name == LWW else True

@@ -26,6 +26,8 @@ Rules of use:
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import secrets
@@ -181,10 +183,12 @@ class LMDBReplica:
         if version is None:
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             txn.put(layout.META_NEXT_NS, layout.u64(1), db=meta)
-        elif version in (1, 2):
+        elif version in (1, 2, 3):
             if version == 1:
                 _migrate_from_format_1(txn, self.dbs)
-            _migrate_from_format_2(self._env, txn, self.dbs)
+            if version <= 2:
+                _migrate_from_format_2(self._env, txn, self.dbs)
+            _migrate_from_format_3(self._env, txn, self.dbs)
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             log.info("storage format migrated from %d to %d", version, layout.FORMAT_VERSION)
         elif version != layout.FORMAT_VERSION:
@@ -638,7 +642,7 @@ class LMDBReplica:
         if row:
             row.sort(key=_dot_order)
             new = layout.entry_digest(ekey, row) + layout.pack(row)
-        writer.put_row(ns_id, int.from_bytes(position[:8], "big"), rkey, old, new)
+        writer.put_row(ns_id, position[0], rkey, old, new)
         if stamped:
             was = max(dots, key=_lww_order)
             now = max(row, key=_lww_order) if row else None
@@ -783,7 +787,10 @@ class LMDBReplica:
     def _scan(
         self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int
     ) -> Iterator[tuple[bytes, bytes]]:
-        start, end = layout.range_bounds(ns_id, lo, hi)
+        if lo >= hi:
+            return
+        start, end, first_cut, last_cut = layout.range_scan(ns_id, lo, hi)
+        hash_of = layout.hash_encoded_key
         with txn.cursor(db=self._state) as cur:
             if not cur.set_range(start):
                 return
@@ -791,6 +798,11 @@ class LMDBReplica:
                 assert isinstance(rkey, bytes) and isinstance(data, bytes)  # buffers=False
                 if rkey >= end:
                     return
+                bucket = rkey[4]
+                if bucket in (first_cut, last_cut) and not (
+                    lo <= hash_of(rkey[layout.ROW_EKEY :]) < hi
+                ):
+                    continue  # in a bucket the range cuts, and outside the range
                 yield rkey, data
 
     def fingerprints(
@@ -800,34 +812,59 @@ class LMDBReplica:
             found = self._lookup_ns(txn, namespace)
             if found is None:
                 return [(0, 0) for _ in ranges]
-            return [self._fingerprint(txn, found[0], lo, hi) for lo, hi in ranges]
+            return self._fingerprints(txn, found[0], ranges)
 
         return self._read(read)
 
-    def _fingerprint(self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int) -> tuple[int, int]:
+    def _fingerprints(
+        self, txn: lmdb.Transaction, ns_id: int, ranges: Sequence[tuple[int, int]]
+    ) -> list[tuple[int, int]]:
+        """Whole buckets from their bucket rows; the parts of buckets a range only cuts
+        from the rows, whose key hashes must be computed there (a bucket's rows are in key
+        order): each such bucket is read once for all the ranges of the call (a split's
+        16 parts of one bucket cost one scan of it, not 16)."""
         width = 1 << layout.BUCKET_SHIFT
-        b_lo, b_hi = -(-lo // width), hi // width  # whole buckets b_lo .. b_hi - 1
-        fp = count = 0
-        if b_lo < b_hi:
-            spans = [(lo, b_lo * width), (b_hi * width, hi)]
-            with txn.cursor(db=self._bucketdb) as cur:
-                ok = cur.set_range(layout.bucket_key(ns_id, b_lo))
-                while ok:
-                    bkey = cur.key()
-                    if bkey[:4] != layout.ns_prefix(ns_id) or bkey[4] >= b_hi:
-                        break
-                    bfp, bcount = layout.unpack_bucket(cur.value())
-                    fp ^= bfp
-                    count += bcount
-                    ok = cur.next()
-        else:
-            spans = [(lo, hi)]
-        for a, b in spans:
-            if a < b:
-                for _, data in self._scan(txn, ns_id, a, b):
-                    fp ^= layout.row_hash(data)
-                    count += 1
-        return fp, count
+        found: list[list[int]] = []
+        spans: list[tuple[int, int, int]] = []  # (lo, hi, index of its range): cut buckets
+        for i, (lo, hi) in enumerate(ranges):
+            b_lo, b_hi = -(-lo // width), hi // width  # whole buckets b_lo .. b_hi - 1
+            fp = count = 0
+            if b_lo < b_hi:
+                spans.extend(((lo, b_lo * width, i), (b_hi * width, hi, i)))
+                with txn.cursor(db=self._bucketdb) as cur:
+                    ok = cur.set_range(layout.bucket_key(ns_id, b_lo))
+                    while ok:
+                        bkey = cur.key()
+                        if bkey[:4] != layout.ns_prefix(ns_id) or bkey[4] >= b_hi:
+                            break
+                        bfp, bcount = layout.unpack_bucket(cur.value())
+                        fp ^= bfp
+                        count += bcount
+                        ok = cur.next()
+            else:
+                spans.append((lo, hi, i))
+            found.append([fp, count])
+        spans = sorted(span for span in spans if span[0] < span[1])
+        if any(a[1] > b[0] for a, b in itertools.pairwise(spans)):
+            for lo, hi, i in spans:  # overlapping ranges (no engine asks that): one by one
+                for _, data in self._scan(txn, ns_id, lo, hi):
+                    found[i][0] ^= layout.row_hash(data)
+                    found[i][1] += 1
+        elif spans:
+            starts = [lo for lo, _, _ in spans]
+            hash_of, ekey_at = layout.hash_encoded_key, layout.ROW_EKEY
+            shift = layout.BUCKET_SHIFT
+            buckets = sorted({b for lo, hi, _ in spans for b in (lo >> shift, (hi - 1) >> shift)})
+            for bucket in buckets:
+                lo, hi = bucket * width, (bucket + 1) * width
+                for rkey, data in self._scan(txn, ns_id, lo, hi):
+                    h = hash_of(rkey[ekey_at:])
+                    j = bisect.bisect_right(starts, h) - 1
+                    if j >= 0 and h < spans[j][1]:
+                        acc = found[spans[j][2]]
+                        acc[0] ^= layout.row_hash(data)
+                        acc[1] += 1
+        return [(fp, count) for fp, count in found]
 
     def read_range(self, namespace: str, lo: int, hi: int) -> DotMap[Any]:
         def read(txn: lmdb.Transaction) -> DotMap[Any]:
@@ -838,7 +875,7 @@ class LMDBReplica:
             stamped = tname == LWW
             entries = {}
             for rkey, data in self._scan(txn, ns_id, lo, hi):
-                key = layout.unpack_stored(layout.split_row_key(rkey)[1])
+                key = layout.unpack_stored(layout.row_ekey(rkey))
                 entries[key] = entry_from_row(layout.unpack_row(data)[1], stamped)
             return CRDT_TYPES[tname](entries, self.load_ctx(txn, ns_id), is_delta=True)
 
@@ -863,8 +900,9 @@ class LMDBReplica:
             pair = packer.pack_array_header(2)
             entries = []
             size = 0
+            ekey_at = layout.ROW_EKEY
             for rkey, data in self._scan(txn, ns_id, lo, hi):
-                entry = pair + rkey[12:] + data[8:]  # [encoded key, encoded dots]
+                entry = pair + rkey[ekey_at:] + data[8:]  # [encoded key, encoded dots]
                 size += len(entry)
                 if room is not None and size > room:
                     return None  # stop scanning as soon as the budget is passed
@@ -981,14 +1019,16 @@ class LMDBReplica:
             theirs[ekey] = (
                 key,
                 ekey,
-                khash.to_bytes(8, "big") + ekey,
+                bytes((khash >> layout.BUCKET_SHIFT,)) + ekey,
                 _stored(entry, stamped),
                 None,
             )
             received.extend(entry)
         mine = [
             (layout.unpack_stored(ekey), bytes(ekey), bytes(rkey[4:]))
-            for rkey, ekey in ((rkey, rkey[12:]) for rkey, _ in self._scan(txn, ns_id, lo, hi))
+            for rkey, ekey in (
+                (rkey, layout.row_ekey(rkey)) for rkey, _ in self._scan(txn, ns_id, lo, hi)
+            )
         ]
         their_ctx, prefix = shipped.context, layout.ns_prefix(ns_id)
         for key, ekey, position in mine:  # each has a row: _join_key joins it
@@ -1146,6 +1186,23 @@ def _migrate_from_format_2(
     txn.drop(old, delete=True)
 
 
+def _migrate_from_format_3(
+    env: lmdb.Environment, txn: lmdb.Transaction, dbs: Mapping[str, Any]
+) -> None:
+    """Format 3 keyed a state row ``ns_id + key_hash (8) + key``, which scatters
+    neighbouring keys over the table; format 4 keys it ``ns_id + key_hash's first byte +
+    key``. Bucket rows are unchanged (a bucket was and is the first byte). The rows move
+    through a scratch table, so no new key can land on an old row not yet moved."""
+    state = dbs["state"]
+    scratch = env.open_db(b"v3-state", txn=txn)
+    for rkey, data in txn.cursor(db=state):
+        txn.put(rkey, data, db=scratch, append=True)
+    txn.drop(state, delete=False)
+    for rkey, data in txn.cursor(db=scratch):
+        txn.put(bytes(rkey[:5]) + bytes(rkey[12:]), data, db=state)
+    txn.drop(scratch, delete=True)
+
+
 MAP_BYTES_PER_WIRE_BYTE = 3
 """Map space a reconciliation's ranges take per byte they took on the wire: rows (key
 hash, entry hash, key and dots again), journal, B-tree pages. Measured 2.5-2.7 for
@@ -1201,7 +1258,7 @@ def _insert_rows(
 ) -> None:
     """``_join_key`` of keys that have no row here, each ``(key, encoded key, position,
     their dots in a row's form, their entry hash or None)`` (``position``: the row key
-    after its namespace, key hash then encoded key): the join keeps the dots our context
+    after its namespace, the key's bucket then the key): the join keeps the dots our context
     has not seen, and the row is written straight. The same result as the generic join
     (the differential tests compare both with the pure values), without its per-dot
     objects: this runs once per key of a bootstrap and of every batch of new keys, so the

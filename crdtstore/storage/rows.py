@@ -49,9 +49,10 @@ class RowWriter:
         return data  # type: ignore[return-value]  # bytes: buffers=False
 
     def put_row(
-        self, ns_id: int, khash: int, rkey: bytes, old: bytes | None, new: bytes | None
+        self, ns_id: int, bucket: int, rkey: bytes, old: bytes | None, new: bytes | None
     ) -> None:
-        """Replace row ``rkey`` (currently ``old``) by ``new`` (None deletes it)."""
+        """Replace row ``rkey`` (currently ``old``; its key hash's first byte is
+        ``bucket``) by ``new`` (None deletes it)."""
         old_hash = layout.row_hash(old) if old else 0
         new_hash = layout.row_hash(new) if new else 0
         if new is not None:
@@ -59,7 +60,7 @@ class RowWriter:
         elif old is not None:
             self.txn.delete(rkey)
         if old_hash != new_hash:
-            acc = self.buckets.setdefault((ns_id, khash >> layout.BUCKET_SHIFT), [0, 0])
+            acc = self.buckets.setdefault((ns_id, bucket), [0, 0])
             acc[0] ^= old_hash ^ new_hash
             acc[1] += (new is not None) - (old is not None)
 

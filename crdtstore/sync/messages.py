@@ -34,7 +34,7 @@ from crdtstore.codec import (
 )
 from crdtstore.crdt import CRDT_TYPES, CausalContext, DotMap, LWWMap
 from crdtstore.errors import DecodeError
-from crdtstore.sync.fingerprint import encode_key, key_hash, split_range
+from crdtstore.sync.fingerprint import key_position, split_range
 
 MAX_NAMESPACE_LEN = 255
 
@@ -455,7 +455,7 @@ RANGE_EQUAL, RANGE_ENTRIES, RANGE_SPLIT = 0, 1, 2
 @dataclass(frozen=True, slots=True)
 class PackedRange:
     """The entries of a range as they go on the wire: the msgpack array of its
-    ``[key, [dot, ...]]`` in reconciliation order (key hash, then encoded key), each dot
+    ``[key, [dot, ...]]`` in reconciliation order (``fingerprint.key_position``), each dot
     ``[replica, seq(, timestamp, value)]``.
 
     A sender's replica builds it straight from its stored rows (which hold a key's dots in
@@ -471,7 +471,7 @@ class PackedRange:
     def of(cls, value: DotMap[Any]) -> PackedRange:
         """The entries of ``value`` (its live and empty ones alike), packed."""
         entries = encode_value(value)[3]
-        entries.sort(key=lambda e: (key_hash(e[0]), encode_key(e[0])))
+        entries.sort(key=lambda e: key_position(e[0]))
         return cls(value.type_name, len(entries), pack(entries))
 
 

@@ -5,8 +5,8 @@ Rule: nothing of a range reply's entries reaches a replica's state but through
 to (:func:`crdtstore.codec.check_entries`: types and bounds of keys, dots, timestamps;
 value depth; a dot live at one key only) and to those of a shipped range:
 
-- each key hashes into the range, and the keys come in reconciliation order (key hash,
-  then encoded key), each once;
+- each key hashes into the range, and the keys come in reconciliation order
+  (``fingerprint.key_position``), each once;
 - only the dots the session's base context holds are taken (the sender gained the others
   after its snapshot; their deltas, which carry what they replaced, bring them later);
 - no LWW timestamp is further ahead of local time than ``max_drift_ms``.

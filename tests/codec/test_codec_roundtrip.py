@@ -24,7 +24,14 @@ from crdtstore.codec import (
 )
 from crdtstore.crdt import CausalContext, Dot, DotMap, LWWMap, ORSet
 from crdtstore.errors import DecodeError
-from crdtstore.sync.fingerprint import HASH_SPACE, encode_key, entry_hash, key_hash, split_range
+from crdtstore.sync.fingerprint import (
+    HASH_SPACE,
+    encode_key,
+    entry_hash,
+    key_hash,
+    key_position,
+    split_range,
+)
 from crdtstore.sync.messages import (
     RANGE_ENTRIES,
     RANGE_EQUAL,
@@ -126,7 +133,7 @@ def test_delta_batches_round_trip(
         assert batch.newest == max(stamps, default=0)
         for key, ekey, position, dots, edig in batch.rows:
             assert ekey == encode_key(key)
-            assert position == key_hash(key).to_bytes(8, "big") + ekey
+            assert position == key_position(key)
             assert {Dot(d[0], d[1]) for d in dots} == set(batch.delta.entries[key])
             assert int.from_bytes(edig, "big") == entry_hash(key, batch.delta.entries[key])
         # Batches leave their own run (origin, first..last) out of the context they carry;
@@ -231,7 +238,7 @@ def test_a_shipped_range_reads_as_the_state_in_it_restricted_to_the_base(
         }
         checked = list(shipped.checked(lo, hi))
         assert [position for _, _, position, _, _ in checked] == sorted(
-            key_hash(k).to_bytes(8, "big") + encode_key(k) for k in inside
+            key_position(k) for k in inside
         )
         for key, _, _, row, edig in checked:
             assert row == sorted(row, key=lambda d: (d[0], d[1]))

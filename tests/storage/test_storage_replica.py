@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,14 @@ from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, layout
 from crdtstore.storage import replica as replica_module
 from crdtstore.storage.replica import wall_ms
-from crdtstore.sync.fingerprint import HASH_SPACE, entry_hash, fingerprint, key_hash, split_range
+from crdtstore.sync.fingerprint import (
+    HASH_SPACE,
+    entry_hash,
+    fingerprint,
+    key_hash,
+    key_position,
+    split_range,
+)
 from crdtstore.sync.messages import DeltaBatch, PackedRange, decode_message, encode_message
 from crdtstore.sync.shipped import ShippedEntries
 
@@ -78,6 +85,10 @@ def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
     for key in ["a", b"a", 0, -5, 2**40, "ключ"]:
         ekey = layout.pack_key(key)
         assert layout.hash_encoded_key(ekey) == key_hash(key)
+        # Reconciliation order: the hash's first byte, then the key (a row key's suffix).
+        position = key_hash(key).to_bytes(8, "big")[:1] + ekey
+        assert layout.row_key(7, key_hash(key), ekey) == layout.ns_prefix(7) + position
+        assert layout.row_key_suffix(ekey) == key_position(key) == position
         dots = [Dot("b", 3), Dot("a", 1)]
         assert layout.entry_hash_encoded(ekey, dots) == entry_hash(key, dots)
 
@@ -153,10 +164,21 @@ def test_bound_log_drops_oldest_in_append_order(make_replica: Make) -> None:
 
 
 def _downgrade(path: Path, to: int) -> None:
-    """Rewrite a directory the way format ``to`` (2 or 1) stored it: the contexts in a table
-    of their own; for 1, the log counts in meta as well."""
+    """Rewrite a directory the way format ``to`` (3, 2 or 1) stored it: state rows keyed by
+    the whole key hash; for 2, the contexts in a table of their own; for 1, the log counts
+    in meta as well."""
     env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 2)
-    meta, order = env.open_db(b"meta"), env.open_db(b"logorder")
+    meta, order, state = env.open_db(b"meta"), env.open_db(b"logorder"), env.open_db(b"state")
+    with env.begin(write=True) as txn:
+        rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=state)]
+        txn.drop(state, delete=False)
+        for key, value in rows:
+            ekey = key[layout.ROW_EKEY :]
+            txn.put(key[:4] + layout.u64(layout.hash_encoded_key(ekey)) + ekey, value, db=state)
+        txn.put(layout.META_FORMAT, layout.u64(to), db=meta)
+    if to == 3:
+        env.close()
+        return
     contexts = env.open_db(layout.V2_CONTEXT_TABLE)
     with env.begin(write=True) as txn:
         rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=order)]
@@ -174,18 +196,25 @@ def _downgrade(path: Path, to: int) -> None:
     env.close()
 
 
-@pytest.mark.parametrize("old_format", [1, 2])
+@pytest.mark.parametrize("old_format", [1, 2, 3])
 def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int) -> None:
     path = tmp_path / "old"
     a = LMDBReplica(path, "a")
     b = LMDBReplica(tmp_path / "b", "b")
     local(a, ("add", "s", 1))
     local(a, ("put", "m", "k", 1))
+    w = a.begin_local()
+    for i in range(100, 400):  # rows enough to fill pages, and int and str keys
+        w.add("t", i) if i % 2 else w.put("n", f"key{i}", [i])
+    w.commit()
     local(b, ("add", "s", 2))
     (raw,) = b.log_batches("s", "b", 1, 1) or []
     a.apply_batch(decode_message(raw), raw)
     contexts = {ns: a.context(ns) for ns in ("s", "m")}
     assert contexts["s"] == CausalContext({"a": 1, "b": 1})
+    names = ("s", "m", "t", "n")
+    states = {ns: state_of(a, ns) for ns in names}
+    fingerprints = {ns: a.fingerprints(ns, split_range(*ALL, 16)) for ns in names}
     a.close()
     _downgrade(path, old_format)
     with pytest.raises(SystemExit, match=f"storage format {old_format}"):
@@ -197,6 +226,10 @@ def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int)
         assert txn.get(layout.META_V1_LOG_SERIAL, db=meta) is None
         assert txn.get(layout.V2_CONTEXT_TABLE) is None  # the old table is gone
     assert {ns: a.context(ns) for ns in ("s", "m")} == contexts
+    assert {ns: state_of(a, ns) for ns in names} == states
+    assert {ns: a.fingerprints(ns, split_range(*ALL, 16)) for ns in names} == fingerprints
+    suffix = layout.row_key_suffix(layout.pack_key("key102"))
+    assert a.get_row(layout.ns_prefix(a.namespace_id("n", "lww_map")) + suffix) is not None
     local(a, ("add", "s", 3))  # logged after the migrated rows, in append order
     assert a.context("s") == CausalContext({"a": 2, "b": 1})
     assert a.bound_log("m", 1) == 0 and a.bound_log("s", 2) == 1
@@ -236,6 +269,52 @@ def test_fingerprints_match_the_pure_definition(bounds: list[int]) -> None:
                 assert r.fingerprints(ns, ranges) == want
         finally:
             r.close()
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LMDBReplica]:
+    """A replica with about 6 rows in every bucket of each namespace (built once)."""
+    r = LMDBReplica(tmp_path_factory.mktemp("crowded") / "a", "a", NodeSettings(durability="async"))
+    w = r.begin_local()
+    for i in range(3000):
+        w.add("s", i) if i % 2 else w.put("m", f"k{i}", i)
+    w.commit()
+    yield r
+    r.close()
+
+
+BUCKET_WIDTH = HASH_SPACE >> 8
+
+
+@given(
+    bucket=st.integers(0, 254),
+    offsets=st.lists(st.integers(0, 2 * BUCKET_WIDTH - 1), min_size=2, max_size=6, unique=True),
+    gaps=st.booleans(),
+)
+def test_ranges_that_cut_buckets_read_and_apply_only_their_keys(
+    crowded: LMDBReplica, bucket: int, offsets: list[int], gaps: bool
+) -> None:
+    # A bucket's rows are in key order, so a range that cuts it picks its keys by hash.
+    ranges = list(itertools.pairwise(sorted(bucket * BUCKET_WIDTH + o for o in offsets)))
+    ranges = ranges[::2] if gaps else ranges
+    with tempfile.TemporaryDirectory() as tmp:
+        target = LMDBReplica(Path(tmp) / "b", "b", NodeSettings(durability="async"))
+        try:
+            for ns in ("s", "m"):
+                entries = state_of(crowded, ns)
+                inside = [
+                    {k: e for k, e in entries.items() if lo <= key_hash(k) < hi}
+                    for lo, hi in ranges
+                ]
+                assert crowded.fingerprints(ns, ranges) == [fingerprint(i.items()) for i in inside]
+                for (lo, hi), want in zip(ranges, inside, strict=True):
+                    shipped = crowded.read_range(ns, lo, hi)
+                    assert live(shipped) == want
+                    assert crowded.read_range_packed(ns, lo, hi, None) == PackedRange.of(shipped)
+                    target.apply_range(ns, lo, hi, shipped)
+                assert state_of(target, ns) == {k: e for i in inside for k, e in i.items()}
+        finally:
+            target.close()
 
 
 def test_apply_range_tells_removed_there_from_not_yet_seen(make_replica: Make) -> None:
@@ -371,6 +450,8 @@ OPS = st.one_of(
     st.tuples(st.just("deliver_many"), st.lists(st.integers(0, 50), min_size=1, max_size=4)),
     st.tuples(st.just("pull")),
     st.tuples(st.just("range"), st.integers(0, 15), st.integers(1, 16)),
+    # A range that cuts a bucket just at a key (below, at or above its hash).
+    st.tuples(st.just("range_at"), KEYS, st.integers(-1, 1), st.integers(1, HASH_SPACE >> 6)),
     st.tuples(st.just("merge")),
     st.tuples(st.just("ranges"), st.integers(1, 15), st.booleans(), st.integers(0, 2)),
 )
@@ -518,9 +599,13 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
             assert replica.apply_batches(picks) == fresh
         elif op[0] == "pull":
             peer = {ns: peer[ns].join(mine[ns]) for ns in peer}
-        elif op[0] == "range":
-            lo, hi = sorted((op[1], op[2]))
-            lo, hi = lo * HASH_SPACE // 16, max(hi, lo + 1) * HASH_SPACE // 16
+        elif op[0] in ("range", "range_at"):
+            if op[0] == "range":
+                lo, hi = sorted((op[1], op[2]))
+                lo, hi = lo * HASH_SPACE // 16, max(hi, lo + 1) * HASH_SPACE // 16
+            else:
+                lo = min(max(key_hash(op[1]) + op[2], 0), HASH_SPACE - 1)
+                hi = min(lo + op[3], HASH_SPACE)
             for ns in ("m", "s"):
                 keys = [k for k in peer[ns].entries if lo <= key_hash(k) < hi]
                 shipped = peer[ns].restrict(keys)
@@ -569,6 +654,13 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
                 assert replica.context(ns) == mine[ns].context
                 want = fingerprint(live(mine[ns]).items())
                 assert replica.fingerprints(ns, [ALL]) == [want]
+                # Ranges cut at every key held, most of them inside a bucket, asked at once.
+                cuts = sorted({0, HASH_SPACE, *(key_hash(k) for k in mine[ns].entries)})
+                ranges = list(itertools.pairwise(cuts))
+                assert replica.fingerprints(ns, ranges) == [
+                    fingerprint((k, e) for k, e in live(mine[ns]).items() if lo <= key_hash(k) < hi)
+                    for lo, hi in ranges
+                ]
 
 
 @given(
