@@ -65,15 +65,25 @@ class RowWriter:
             acc[1] += (new is not None) - (old is not None)
 
     def flush(self) -> None:
-        for (ns_id, bucket), (xor, delta) in self.buckets.items():
-            if not xor and not delta:
-                continue
-            bkey = layout.bucket_key(ns_id, bucket)
-            data = self.txn.get(bkey, db=self.buckets_db)
-            fp, count = layout.unpack_bucket(data) if data else (0, 0)
-            fp, count = fp ^ xor, count + delta
-            if count:
-                self.txn.put(bkey, layout.pack_bucket(fp, count), db=self.buckets_db)
-            elif data is not None:
-                self.txn.delete(bkey, db=self.buckets_db)
+        # A commit of 1,000 keys changes most of a namespace's 256 bucket rows: read them
+        # and write them in one call each (getmulti / putmulti) rather than two per bucket.
+        changed = sorted(
+            (layout.bucket_key(ns_id, bucket), xor, delta)
+            for (ns_id, bucket), (xor, delta) in self.buckets.items()
+            if xor or delta
+        )
         self.buckets.clear()
+        if not changed:
+            return
+        with self.txn.cursor(db=self.buckets_db) as cur:
+            stored = dict(cur.getmulti([bkey for bkey, _, _ in changed]))
+            puts = []
+            for bkey, xor, delta in changed:
+                data = stored.get(bkey)
+                fp, count = layout.unpack_bucket(data) if data else (0, 0)
+                fp, count = fp ^ xor, count + delta
+                if count:
+                    puts.append((bkey, layout.pack_bucket(fp, count)))
+                elif data is not None:
+                    self.txn.delete(bkey, db=self.buckets_db)
+            cur.putmulti(puts)

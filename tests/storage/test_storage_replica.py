@@ -399,6 +399,46 @@ def test_a_received_range_is_checked_where_it_is_applied(make_replica: Make) -> 
     assert a.namespaces() == {}
 
 
+@pytest.mark.parametrize(
+    ("op", "garbage"),
+    [
+        ("put", b"\xc1"),  # not msgpack
+        ("put", layout.pack({"a": 1})),  # not a list of dots
+        ("put", layout.pack([])),  # no dot
+        ("put", layout.pack([["a"]])),  # a dot without its seq, stamp and value
+        ("put", layout.pack([["a", 1, "noon", 1]])),  # a stamp that is not a number
+        ("add", b"\xc1"),
+        ("add", layout.pack([["a"]])),
+    ],
+)
+def test_a_write_over_a_corrupt_row_fails_and_leaves_it_as_it_was(
+    make_replica: Make, op: str, garbage: bytes
+) -> None:
+    # The write replaces the row and reads the old one in one step: on a corrupt old row
+    # it must put it back, so the transaction can go on as if the write never happened.
+    r = make_replica("a")
+    ns, tname = ("m", "lww_map") if op == "put" else ("s", "or_set")
+    args: tuple[Any, ...] = (1,) if op == "put" else ()
+    local(r, (op, ns, "k", *args))
+    rkey = layout.ns_prefix(r.namespace_id(ns, tname)) + layout.row_key_suffix(layout.pack_key("k"))
+    with r.env.begin(write=True, db=r.dbs["state"]) as txn:
+        corrupt = bytes(txn.get(rkey))[:8] + garbage
+        txn.put(rkey, corrupt)
+    bucket = key_hash("k") >> 56 << 56
+    here = [(bucket, bucket + (1 << 56))]
+    before = r.fingerprints(ns, here)
+    other = next(j for j in range(100) if key_hash(j) >> 56 != key_hash("k") >> 56)
+    w = r.begin_local()
+    with pytest.raises(DecodeError):
+        getattr(w, op)(ns, "k", *args)
+    getattr(w, op)(ns, other, *args)
+    w.commit()
+    assert r.get_row(rkey) == corrupt
+    assert r.fingerprints(ns, here) == before
+    (raw,) = r.log_batches(ns, "a", 2, 2) or []
+    assert list(decode_message(raw).delta.entries) == [other]
+
+
 def test_type_mismatch_and_identity_and_format_are_checked(tmp_path: Path) -> None:
     with LMDBReplica(tmp_path / "d", "a") as r:
         r.ensure_namespace("m", "lww_map")
@@ -676,7 +716,10 @@ def test_commit_context_encoding_equals_the_codec(first: int, n: int, observed: 
     last = first + n - 1
     whole = CausalContext.from_dots([Dot(r, s) for r, s in observed]).with_run("a", first, last)
     want = encode_context(whole.without_run("a", first, last))
-    got = encode_dots("a", first, last, observed)
+    by_replica: dict[str, list[int]] = {}
+    for r, s in observed:
+        by_replica.setdefault(r, []).append(s)
+    got = encode_dots("a", first, last, by_replica)
     assert decode_context_of(got) == decode_context_of(want) and got[0] == want[0]
     assert sorted(map(tuple, got[1])) == sorted(map(tuple, want[1]))
     assert decode_context_of(got).with_run("a", first, last) == whole
