@@ -68,7 +68,8 @@ META_V1_LOG_COUNT = b"log_count:"  # format 1 only: + ns id -> logged batches
 
 _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
-_BUCKET = struct.Struct(">QQ")
+BUCKET_ROW = struct.Struct(">QQ")
+"""A bucket row's value: the XOR of its entry hashes, its count of live rows."""
 _LOG_HEAD = struct.Struct(">QQH")
 
 
@@ -167,15 +168,17 @@ def range_scan(ns_id: int, lo: int, hi: int) -> tuple[bytes, bytes, int, int]:
 
 
 def bucket_key(ns_id: int, bucket: int) -> bytes:
+    """A bucket row's key; equal to ``(ns_id << 8 | bucket).to_bytes(5, "big")``, which
+    ``RowWriter.flush`` builds instead."""
     return _U32.pack(ns_id) + bytes((bucket,))
 
 
 def pack_bucket(fp: int, count: int) -> bytes:
-    return _BUCKET.pack(fp, count)
+    return BUCKET_ROW.pack(fp, count)
 
 
 def unpack_bucket(data: Buf) -> tuple[int, int]:
-    fp, count = _BUCKET.unpack(data)
+    fp, count = BUCKET_ROW.unpack(data)
     return int(fp), int(count)
 
 

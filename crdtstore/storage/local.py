@@ -397,7 +397,8 @@ class LocalWrite:
 
     # encode_key / encode_value for the common exact types, with this transaction's packer
     # (a batch of 1,000 puts spends a fifth of its time here otherwise); anything unusual,
-    # invalid or too large takes the general path, which raises the right error.
+    # invalid or too large takes the general path, which raises the right error. (_put
+    # has both inlined.)
 
     def _key(self, key: Any) -> bytes:
         kt = type(key)
@@ -410,27 +411,17 @@ class LocalWrite:
                 return ekey
         return encode_key(key, self.settings)
 
-    def _value(self, value: Any) -> bytes:
-        if type(value) in _SCALARS:
-            try:
-                data: bytes = self._pack(value)
-            except (TypeError, ValueError, OverflowError):
-                return encode_value(value, self.settings)
-            if len(data) <= self._max_value:
-                return data
-        return encode_value(value, self.settings)
-
     def put(self, namespace: str, key: Any, value: Any) -> int:
         """LWW put; returns the timestamp written."""
-        # _run, inlined: a frame less on the hot path of batched writes.
+        # _run, inlined: a frame less on the hot path of batched writes. The replay (after
+        # the map grew) calls _put again, which encodes again.
         if not self._active:
             raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
-        args = (namespace, key, self._key(key), value, self._value(value))
         try:
-            ts: int = self._put(*args)
+            ts: int = self._put(namespace, key, value)
         except lmdb.Error as exc:
-            ts = self._recover(exc, self._put, args)
-        self._ops.append((self._put, args))
+            ts = self._recover(exc, self._put, (namespace, key, value))
+        self._ops.append((self._put, (namespace, key, value)))
         return ts
 
     def delete(self, namespace: str, key: Any, *, only_if_present: bool = True) -> bool:
@@ -443,12 +434,11 @@ class LocalWrite:
         """OR-Set add; True if the element was absent."""
         if not self._active:  # _run, inlined as in put
             raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
-        args = (namespace, element, self._key(element))
         try:
-            done: bool = self._add(*args)
+            done: bool = self._add(namespace, element)
         except lmdb.Error as exc:
-            done = self._recover(exc, self._add, args)
-        self._ops.append((self._add, args))
+            done = self._recover(exc, self._add, (namespace, element))
+        self._ops.append((self._add, (namespace, element)))
         return done
 
     def remove(self, namespace: str, element: Any, *, only_if_present: bool = True) -> bool:
@@ -465,10 +455,28 @@ class LocalWrite:
         observe(nsw.observed, dots)
         return khash, rkey, old, dots
 
-    def _put(self, namespace: str, key: Any, ekey: bytes, value: Any, pvalue: bytes) -> int:
-        # The hot path of batched writes: RowWriter.put_row, layout's hashes and the
-        # replica's stamp, inlined (same row layout, bucket bookkeeping and clock rule; the
-        # differential tests cover both).
+    def _put(self, namespace: str, key: Any, value: Any) -> int:
+        # The hot path of batched writes: _key, _value, RowWriter.put_row, layout's hashes
+        # and the replica's stamp, inlined (same encodings, row layout, bucket bookkeeping
+        # and clock rule; the differential tests cover both). A replay after the map grew
+        # encodes again.
+        pack = self._pack
+        ekey = pvalue = None
+        kt = type(key)
+        if kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key <= MAX_INT_KEY):
+            try:
+                ekey = pack(key)
+            except (TypeError, ValueError, OverflowError):
+                ekey = None  # encode_key below raises the precise error
+        if ekey is None or len(ekey) > self._max_key:
+            ekey = encode_key(key, self.settings)  # raises the precise error
+        if type(value) in _SCALARS:
+            try:
+                pvalue = pack(value)
+            except (TypeError, ValueError, OverflowError):
+                pvalue = None
+        if pvalue is None or len(pvalue) > self._max_value:
+            pvalue = encode_value(value, self.settings)  # raises the precise error
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != LWW:
             nsw = self._ns_write(namespace, LWW)
@@ -488,7 +496,7 @@ class LocalWrite:
         h.update(self._me_tag + seq.to_bytes(8, "big"))
         edig = h.digest()  # entry_hash of {(me, seq)}, continuing the key's hash
         # The row, built without re-encoding the value: hash + [[me, seq, ts, value]].
-        head = self._row_head + self._pack(seq) + b"\xcf"
+        head = self._row_head + pack(seq) + b"\xcf"
         row_dots = head + ts.to_bytes(8, "big") + pvalue
         txn = self.txn
         # One lookup for the old row and the write (LMDB's replace), a third of the cost
@@ -533,15 +541,18 @@ class LocalWrite:
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]
-        acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
         if old is None:
+            acc[0] ^= int.from_bytes(edig, "big")
             acc[1] += 1
+        else:
+            acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
         nsw.delta[ekey] = b"\x92" + ekey + row_dots
         self._events.append((namespace, key, before, value, self.me))
         return ts
 
-    def _add(self, namespace: str, element: Any, ekey: bytes) -> bool:
+    def _add(self, namespace: str, element: Any) -> bool:
         # Inlined like _put: _locate + RowWriter.put_row + the entry hash of one dot.
+        ekey = self._key(element)
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != ORSET:
             nsw = self._ns_write(namespace, ORSET)

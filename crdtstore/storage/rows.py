@@ -66,24 +66,31 @@ class RowWriter:
 
     def flush(self) -> None:
         # A commit of 1,000 keys changes most of a namespace's 256 bucket rows: read them
-        # and write them in one call each (getmulti / putmulti) rather than two per bucket.
-        changed = sorted(
-            (layout.bucket_key(ns_id, bucket), xor, delta)
-            for (ns_id, bucket), (xor, delta) in self.buckets.items()
-            if xor or delta
-        )
+        # and write them in one call each (getmulti / putmulti) rather than two per bucket,
+        # in key order. A bucket row's key, ns_id (4 bytes) + bucket (1), is the int
+        # ns_id << 8 | bucket in 5 big-endian bytes: ints sort and encode fastest (sorting
+        # the (ns_id, bucket) tuples took a third of this).
+        changed = {
+            ns_id << 8 | bucket: acc
+            for (ns_id, bucket), acc in self.buckets.items()
+            if acc[0] or acc[1]
+        }
         self.buckets.clear()
         if not changed:
             return
+        codes = sorted(changed)
+        keys = [code.to_bytes(5, "big") for code in codes]
+        unpack, pack = layout.BUCKET_ROW.unpack, layout.BUCKET_ROW.pack
         with self.txn.cursor(db=self.buckets_db) as cur:
-            stored = dict(cur.getmulti([bkey for bkey, _, _ in changed]))
+            stored = dict(cur.getmulti(keys))
             puts = []
-            for bkey, xor, delta in changed:
+            for bkey, code in zip(keys, codes, strict=True):
+                xor, delta = changed[code]
                 data = stored.get(bkey)
-                fp, count = layout.unpack_bucket(data) if data else (0, 0)
-                fp, count = fp ^ xor, count + delta
+                fp, count = unpack(data) if data else (0, 0)
+                count += delta
                 if count:
-                    puts.append((bkey, layout.pack_bucket(fp, count)))
+                    puts.append((bkey, pack(fp ^ xor, count)))
                 elif data is not None:
                     self.txn.delete(bkey, db=self.buckets_db)
             cur.putmulti(puts)
