@@ -865,7 +865,8 @@ class LMDBReplica:
         read transaction of its own, so without it the bucket would be read and its keys
         hashed 16 times. A snapshot's id names one committed state of the directory,
         whichever process wrote it, so an entry is valid exactly while the id is the
-        same."""
+        same. (Read transactions only: a write transaction's id is the next commit's,
+        which an abort leaves to another.)"""
         snapshot = txn.id()
         found = self._bucket_indexes.get((ns_id, bucket))
         if found is not None and found[0] == snapshot:
