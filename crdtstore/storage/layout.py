@@ -173,10 +173,6 @@ def bucket_key(ns_id: int, bucket: int) -> bytes:
     return _U32.pack(ns_id) + bytes((bucket,))
 
 
-def pack_bucket(fp: int, count: int) -> bytes:
-    return BUCKET_ROW.pack(fp, count)
-
-
 def unpack_bucket(data: Buf) -> tuple[int, int]:
     fp, count = BUCKET_ROW.unpack(data)
     return int(fp), int(count)

@@ -30,7 +30,6 @@ from crdtstore.crdt import Dot, Key
 HASH_SPACE = 1 << 64
 ORDER_BITS = 8
 """How many leading bits of the key hash come before the key in reconciliation order."""
-ORDER_SHIFT = 64 - ORDER_BITS
 
 
 def key_hash(key: Key) -> int:
