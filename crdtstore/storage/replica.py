@@ -841,11 +841,12 @@ class LMDBReplica:
                         ok = cur.next()
             else:
                 spans = [(lo, hi)]
+            shift = layout.BUCKET_SHIFT
             for a, b in spans:
+                if a >= b:
+                    continue
                 # A span lies in one bucket, or (a range that holds no whole bucket) two.
-                for bucket in range(a >> layout.BUCKET_SHIFT, ((b - 1) >> layout.BUCKET_SHIFT) + 1):
-                    if a >= b:
-                        break
+                for bucket in range(a >> shift, ((b - 1) >> shift) + 1):
                     hashes, xors = self._bucket_index(txn, ns_id, bucket)
                     i = bisect.bisect_left(hashes, max(a, bucket * width))
                     j = bisect.bisect_left(hashes, min(b, (bucket + 1) * width))
