@@ -413,15 +413,7 @@ class LocalWrite:
 
     def put(self, namespace: str, key: Any, value: Any) -> int:
         """LWW put; returns the timestamp written."""
-        # _run, inlined: a frame less on the hot path of batched writes. The replay (after
-        # the map grew) calls _put again, which encodes again.
-        if not self._active:
-            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
-        try:
-            ts: int = self._put(namespace, key, value)
-        except lmdb.Error as exc:
-            ts = self._recover(exc, self._put, (namespace, key, value))
-        self._ops.append((self._put, (namespace, key, value)))
+        ts: int = self._run(self._put, namespace, key, value)
         return ts
 
     def delete(self, namespace: str, key: Any, *, only_if_present: bool = True) -> bool:
@@ -432,13 +424,7 @@ class LocalWrite:
 
     def add(self, namespace: str, element: Any) -> bool:
         """OR-Set add; True if the element was absent."""
-        if not self._active:  # _run, inlined as in put
-            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
-        try:
-            done: bool = self._add(namespace, element)
-        except lmdb.Error as exc:
-            done = self._recover(exc, self._add, (namespace, element))
-        self._ops.append((self._add, (namespace, element)))
+        done: bool = self._run(self._add, namespace, element)
         return done
 
     def remove(self, namespace: str, element: Any, *, only_if_present: bool = True) -> bool:
