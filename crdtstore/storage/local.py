@@ -201,6 +201,8 @@ class _NsWrite:
     observed: dict[str, list[int]]
     """Replica -> seqs of the dots the transaction's mutations replaced (see observe)."""
     prefix: bytes
+    bucket_base: int
+    """ns_id << 8: with a key hash's first byte, the code of its bucket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +380,9 @@ class LocalWrite:
             self._created[name] = (ns_id, tname)
         ctx = self.replica.load_ctx(self.txn, ns_id)
         seq = ctx.max_seq(self.me) + 1
-        nsw = _NsWrite(ns_id, name, tname, ctx, seq, seq, {}, {}, layout.ns_prefix(ns_id))
+        nsw = _NsWrite(
+            ns_id, name, tname, ctx, seq, seq, {}, {}, layout.ns_prefix(ns_id), ns_id << 8
+        )
         self._ns[name] = nsw
         return nsw
 
@@ -542,7 +546,7 @@ class LocalWrite:
             before = None
         r._clock_last = ts
         nsw.next_seq = seq + 1
-        bkey = (nsw.ns_id, kdig[0])
+        bkey = nsw.bucket_base | kdig[0]  # the bucket's code (RowWriter.buckets)
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]
@@ -583,7 +587,7 @@ class LocalWrite:
         else:
             old_hash = 0
         nsw.next_seq = seq + 1
-        bkey = (nsw.ns_id, kdig[0])
+        bkey = nsw.bucket_base | kdig[0]  # the bucket's code (RowWriter.buckets)
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]

@@ -1318,6 +1318,6 @@ def _insert_rows(
         put(prefix + position, edig + pack(dots))  # the transaction's default: state
         if position[0] != bucket:  # the key hash's first byte (layout.BUCKET_BITS = 8)
             bucket = position[0]
-            acc = buckets.setdefault((ns_id, bucket), [0, 0])
+            acc = buckets.setdefault(ns_id << 8 | bucket, [0, 0])
         acc[0] ^= int.from_bytes(edig, "big")
         acc[1] += 1

@@ -41,7 +41,9 @@ class RowWriter:
     def __init__(self, txn: lmdb.Transaction, buckets: Any) -> None:
         self.txn = txn  # its default database is the state table
         self.buckets_db = buckets
-        self.buckets: dict[tuple[int, int], list[int]] = {}
+        self.buckets: dict[int, list[int]] = {}
+        """Bucket code, ``ns_id << 8 | bucket``, -> [XOR of entry hashes, change of count]
+        (writers hold this dict: flush clears it, never replaces it)."""
         self.events: list[Event] = []
 
     def get(self, rkey: bytes) -> bytes | None:
@@ -60,25 +62,21 @@ class RowWriter:
         elif old is not None:
             self.txn.delete(rkey)
         if old_hash != new_hash:
-            acc = self.buckets.setdefault((ns_id, bucket), [0, 0])
+            acc = self.buckets.setdefault(ns_id << 8 | bucket, [0, 0])
             acc[0] ^= old_hash ^ new_hash
             acc[1] += (new is not None) - (old is not None)
 
     def flush(self) -> None:
         # A commit of 1,000 keys changes most of a namespace's 256 bucket rows: read them
         # and write them in one call each (getmulti / putmulti) rather than two per bucket,
-        # in key order. A bucket row's key, ns_id (4 bytes) + bucket (1), is the int
-        # ns_id << 8 | bucket in 5 big-endian bytes: ints sort and encode fastest (sorting
-        # the (ns_id, bucket) tuples took a third of this).
-        changed = {
-            ns_id << 8 | bucket: acc
-            for (ns_id, bucket), acc in self.buckets.items()
-            if acc[0] or acc[1]
-        }
-        self.buckets.clear()
-        if not changed:
+        # in key order. A bucket row's key, ns_id (4 bytes) + bucket (1), is its code in 5
+        # big-endian bytes: ints sort and encode fastest (sorting (ns_id, bucket) tuples
+        # took a third of this).
+        changed = self.buckets
+        codes = sorted(code for code, acc in changed.items() if acc[0] or acc[1])
+        if not codes:
+            changed.clear()
             return
-        codes = sorted(changed)
         keys = [code.to_bytes(5, "big") for code in codes]
         unpack, pack = layout.BUCKET_ROW.unpack, layout.BUCKET_ROW.pack
         with self.txn.cursor(db=self.buckets_db) as cur:
@@ -94,3 +92,4 @@ class RowWriter:
                 elif data is not None:
                     self.txn.delete(bkey, db=self.buckets_db)
             cur.putmulti(puts)
+        changed.clear()
