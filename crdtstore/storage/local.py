@@ -22,6 +22,7 @@ the replay are not re-validated; growth is rare and doubles the map each time).
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from hashlib import blake2b
@@ -163,7 +164,7 @@ def encode_dots(me: str, first: int, last: int, observed: dict[str, list[int]]) 
     for replica in sorted(observed):
         seqs = sorted(set(observed[replica]))  # ints: C's work, even for 1,000 of them
         if replica == me:
-            seqs = [seq for seq in seqs if not first <= seq <= last]
+            del seqs[bisect_left(seqs, first) : bisect_right(seqs, last)]
         top = 0
         for seq in seqs:
             if seq != top + 1:
