@@ -120,14 +120,17 @@ def redis_server(workdir: Path, *extra: str) -> Iterator[Any]:
         proc.wait(timeout=10)
 
 
-def batched(node: crdtstore.Node, write: Callable[[int, int], Any], first: int, n: int) -> float:
-    """Ops/s of ``n`` transactions of 1,000 writes of keys from ``first * 1000`` on."""
-    start = time.perf_counter()
-    for r_ in range(first, first + n):
-        with node.transaction():
-            for i in range(r_ * 1000, r_ * 1000 + 1000):
-                write(i, i)
-    return n * 1000 / (time.perf_counter() - start)
+def one_batch(
+    node: crdtstore.Node, write: Callable[[int, int], Any], r_: int
+) -> tuple[float, float]:
+    """Seconds of wall clock and of this thread's CPU (user and system: the commit's
+    writes and fsyncs are made by this thread) for one transaction of 1,000 writes, of
+    keys ``r_ * 1000`` on."""
+    start, cpu = time.perf_counter(), time.thread_time()
+    with node.transaction():
+        for i in range(r_ * 1000, r_ * 1000 + 1000):
+            write(i, i)
+    return time.perf_counter() - start, time.thread_time() - cpu
 
 
 def scattered(i: int) -> int:
@@ -136,32 +139,27 @@ def scattered(i: int) -> int:
     return (i * 0x9E3779B97F4A7C15) % (1 << 62)
 
 
-def raw_batches(
-    path: Path, rounds: int, *, hash_bytes: int, key: Callable[[int], int] = int
-) -> tuple[float, float]:
+class RawTable:
     """Bare LMDB doing what the store's batch benchmark does (sync, 1,000 puts per
-    transaction, 50,000 rows filled first): puts/s of new keys, then of existing keys. Rows
-    are keyed ``ns + blake2b(key)[:hash_bytes] + key``: 1 as the store keys them (storage
-    format 4), 8 as format 3 did (neighbouring keys scattered over the table), 0 in plain
-    key order. Keys are ``key(i)``. Values are 40 bytes, about a stored row's."""
+    transaction): this disk's limit for the pattern. Rows are keyed ``ns +
+    blake2b(key)[:hash_bytes] + key``: 1 as the store keys them (storage format 4), 8 as
+    format 3 did (neighbouring keys scattered over the table). Keys are ``key(i)``.
+    Values are 40 bytes, about a stored row's."""
 
-    def put_rounds(txn_rounds: range) -> float:
-        start = time.perf_counter()
-        for r_ in txn_rounds:
-            with env.begin(write=True) as txn:
-                for i in range(r_ * 1000, r_ * 1000 + 1000):
-                    ekey = msgpack.packb(key(i))
-                    h = hashlib.blake2b(ekey, digest_size=8).digest()[:hash_bytes]
-                    txn.put(b"\0\0\0\1" + h + ekey, value)
-        return len(txn_rounds) * 1000 / (time.perf_counter() - start)
+    def __init__(self, path: Path, *, hash_bytes: int, key: Callable[[int], int] = int) -> None:
+        self.env = lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)
+        self.hash_bytes, self.key = hash_bytes, key
+        self.value = os.urandom(40)
 
-    env = lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)
-    try:
-        value = os.urandom(40)
-        put_rounds(range(50))
-        return put_rounds(range(50, 50 + rounds)), put_rounds(range(rounds))
-    finally:
-        env.close()
+    def batch(self, r_: int) -> tuple[float, float]:
+        """As :func:`one_batch`."""
+        start, cpu = time.perf_counter(), time.thread_time()
+        with self.env.begin(write=True) as txn:
+            for i in range(r_ * 1000, r_ * 1000 + 1000):
+                ekey = msgpack.packb(self.key(i))
+                h = hashlib.blake2b(ekey, digest_size=8).digest()[: self.hash_bytes]
+                txn.put(b"\0\0\0\1" + h + ekey, self.value)
+        return time.perf_counter() - start, time.thread_time() - cpu
 
 
 OPEN_PROBE = """
@@ -299,50 +297,87 @@ def main() -> None:
                 )
 
         # -- batched transactions --------------------------------------------------------------
-        # A namespace of 50,000 keys (filled untimed), then timed rounds of 1,000 per
-        # transaction: new keys (the namespace grows), then existing keys (replaced). Keys
-        # are neighbours (i, i+1, ...): rows are in key order inside each of 256 hash
-        # buckets, so a batch dirties about a page per bucket, and its fsync writes them.
-        # Raw LMDB doing the same on rows keyed like the store's is this disk's limit for
-        # that pattern; beside it, keys with no locality (scattered), and the limit for
-        # rows keyed by the whole hash, as storage format 3 had them.
+        # Namespaces of 50,000 keys (filled untimed), then transactions of 1,000: new keys
+        # (the namespace grows) and existing keys (replaced). Keys are neighbours (i, i+1,
+        # ...): rows are in key order inside each of 256 hash buckets, so a batch dirties
+        # about a page per bucket, and its fsync writes them. Raw LMDB doing the same on
+        # rows keyed like the store's is this disk's limit for that pattern; beside it, keys
+        # with no locality (scattered), and the limit for rows keyed by the whole hash, as
+        # storage format 3 had them. Each round runs one transaction of every workload in
+        # turn, so all see the same machine (its speed drifts by 2x within minutes); a
+        # figure is the median of its rounds, a ratio the median of the rounds' ratios.
         rounds = int(30 * scale) + 3
-        with crdtstore.open(tmp / "batch", node_id="bench") as node:
+        with (
+            crdtstore.open(tmp / "batch", node_id="bench") as node,
+            crdtstore.open(tmp / "batch-scattered", node_id="bench") as far_node,
+        ):
             m, s = node.lww_map("m"), node.or_set("s")
-            batched(node, m.__setitem__, 0, 50)
-            batched(node, lambda k, v: s.add(k), 0, 50)
-            put_new = batched(node, m.__setitem__, 50, rounds)
-            put_old = batched(node, m.__setitem__, 0, rounds)
-            add_new = batched(node, lambda k, v: s.add(k), 50 + rounds, rounds)
-            add_old = batched(node, lambda k, v: s.add(k), 0, rounds)
-        with crdtstore.open(tmp / "batch-scattered", node_id="bench") as node:
-            m = node.lww_map("m")
-            batched(node, lambda k, v: m.__setitem__(scattered(k), v), 0, 50)
-            put_far = batched(node, lambda k, v: m.__setitem__(scattered(k), v), 50, rounds)
-        raw_new, raw_old = raw_batches(tmp / "rawbatch", rounds, hash_bytes=1)
-        far_new, _ = raw_batches(tmp / "rawbatch-far", rounds, hash_bytes=1, key=scattered)
-        v3_new, v3_old = raw_batches(tmp / "rawbatch-v3", rounds, hash_bytes=8)
-        for what, ours, raw in (
-            ("puts, new keys", put_new, raw_new),
-            ("puts, existing keys", put_old, raw_old),
-            ("adds, new elements", add_new, raw_new),
-            ("adds, existing elements", add_old, raw_old),
-            ("puts, new scattered keys", put_far, far_new),
+            far = far_node.lww_map("m")
+            raw = RawTable(tmp / "rawbatch", hash_bytes=1)
+            raw_far = RawTable(tmp / "rawbatch-far", hash_bytes=1, key=scattered)
+            raw_v3 = RawTable(tmp / "rawbatch-v3", hash_bytes=8)
+            put, add = m.__setitem__, (lambda k, v: s.add(k))
+            put_far = lambda k, v: far.__setitem__(scattered(k), v)  # noqa: E731
+            for r_ in range(50):
+                one_batch(node, put, r_)
+                one_batch(node, add, r_)
+                one_batch(far_node, put_far, r_)
+                for table in (raw, raw_far, raw_v3):
+                    table.batch(r_)
+            workloads: dict[str, Callable[[int], tuple[float, float]]] = {
+                "put new": lambda r_: one_batch(node, put, 50 + r_),
+                "put old": lambda r_: one_batch(node, put, r_),
+                "add new": lambda r_: one_batch(node, add, 50 + r_),
+                "add old": lambda r_: one_batch(node, add, r_),
+                "put far": lambda r_: one_batch(far_node, put_far, 50 + r_),
+                "raw new": lambda r_: raw.batch(50 + r_),
+                "raw old": lambda r_: raw.batch(r_),
+                "raw far": lambda r_: raw_far.batch(50 + r_),
+                "v3 new": lambda r_: raw_v3.batch(50 + r_),
+                "v3 old": lambda r_: raw_v3.batch(r_),
+            }
+            took: dict[str, list[float]] = {name: [] for name in workloads}
+            cpu: dict[str, list[float]] = {name: [] for name in workloads}
+            for r_ in range(rounds):
+                for name, run in workloads.items():
+                    wall, used = run(r_)
+                    took[name].append(wall)
+                    cpu[name].append(used)
+            for table in (raw, raw_far, raw_v3):
+                table.env.close()
+
+        def rate(name: str) -> float:
+            return 1000 / statistics.median(took[name])
+
+        def cpu_us(name: str) -> float:
+            return statistics.median(cpu[name]) * 1000  # seconds per 1,000 = us per op
+
+        def ratio(name: str, reference: str) -> float:
+            pairs = zip(took[name], took[reference], strict=True)
+            return statistics.median(theirs / ours for ours, theirs in pairs)
+
+        for what, ours, limit in (
+            ("puts, new keys", "put new", "raw new"),
+            ("puts, existing keys", "put old", "raw old"),
+            ("adds, new elements", "add new", "raw new"),
+            ("adds, existing elements", "add old", "raw old"),
+            ("puts, new scattered keys", "put far", "raw far"),
         ):
             rows.append(
                 (
                     f"transaction() of 1,000 {what}",
-                    f"{ours:,.0f} ops/s",
-                    f"raw LMDB, same rows: {raw:,.0f}/s",
-                    f"{ours / raw:.2f}x of raw (goal 100,000/s)",
+                    f"{rate(ours):,.0f} ops/s, CPU {cpu_us(ours):.1f} us/op",
+                    f"raw LMDB, same rows: {rate(limit):,.0f}/s, CPU {cpu_us(limit):.1f} us",
+                    f"{ratio(ours, limit):.2f}x of raw (goal 100,000/s)",
                 )
             )
         rows.append(
             (
                 "  raw, rows keyed by the whole hash (format 3)",
                 "",
-                f"raw LMDB: {v3_new:,.0f} / {v3_old:,.0f}/s",
-                f"{raw_new / v3_new:.1f}x / {raw_old / v3_old:.1f}x slower than format 4",
+                f"raw LMDB: {rate('v3 new'):,.0f} / {rate('v3 old'):,.0f}/s",
+                f"{1 / ratio('v3 new', 'raw new'):.1f}x / {1 / ratio('v3 old', 'raw old'):.1f}x "
+                "slower than format 4",
             )
         )
 
