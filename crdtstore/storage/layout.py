@@ -219,6 +219,27 @@ def row_dots(data: Buf) -> list[list[Any]]:
     return dots
 
 
+def checked_dots(dots: list[Any], stamped: bool) -> list[list[Any]]:
+    """``dots`` (a row's, from :func:`row_dots`) if every one is ``[replica: str, seq: int]``,
+    plus ``timestamp: int, value`` when ``stamped``, and there is one at least; else
+    DecodeError. A write that replaces a row takes its dots into the batch's context, its
+    stamps into the clock and its value into the change event: a corrupt one must fail
+    the write, not the commit, nor reach a peer."""
+    width = 4 if stamped else 2
+    for d in dots:
+        if not (
+            type(d) is list
+            and len(d) == width
+            and type(d[0]) is str
+            and type(d[1]) is int
+            and (not stamped or type(d[2]) is int)
+        ):
+            raise DecodeError(f"corrupt state row: {d!r:.80} is not a dot")
+    if not dots:
+        raise DecodeError("corrupt state row: it holds no dot")
+    return dots
+
+
 def row_hash(data: Buf) -> int:
     return read_u64(data)
 

@@ -461,7 +461,7 @@ class LocalWrite:
         khash = layout.hash_encoded_key(ekey)
         rkey = layout.row_key(nsw.ns_id, khash, ekey)
         old = self._writer.get(rkey)
-        dots = layout.unpack_row(old)[1] if old else []
+        dots = layout.checked_dots(layout.row_dots(old), nsw.type_name == LWW) if old else []
         observe(nsw.observed, dots)
         return khash, rkey, old, dots
 
@@ -518,12 +518,19 @@ class LocalWrite:
             try:
                 dots = layout.row_dots(old)
                 single = dots[0] if len(dots) == 1 else None  # the usual row: one dot
+                if not (
+                    type(single) is list
+                    and len(single) == 4
+                    and type(single[0]) is str
+                    and type(single[1]) is int
+                    and type(single[2]) is int
+                ):
+                    single = None
+                    layout.checked_dots(dots, stamped=True)
                 floor = (single[2] if single else max([d[2] for d in dots])) + 1
-            except Exception as exc:
+            except DecodeError as exc:
                 txn.put(rkey, old)  # a corrupt row stays as it was, and the put fails
-                if isinstance(exc, DecodeError):
-                    raise
-                raise DecodeError(f"corrupt state row of key {key!r}: {exc!r}") from exc
+                raise DecodeError(f"state row of key {key!r:.60}: {exc}") from exc
             if ts < floor:
                 if floor > MAX_TIMESTAMP:
                     txn.put(rkey, old)  # as it was: the put fails, changing nothing
@@ -578,12 +585,11 @@ class LocalWrite:
         old = txn.replace(rkey, edig + row_dots)  # the transaction's default: state
         if old is not None:
             try:
-                observe(nsw.observed, layout.row_dots(old))
-            except Exception as exc:
+                dots = layout.checked_dots(layout.row_dots(old), stamped=False)
+            except DecodeError as exc:
                 txn.put(rkey, old)  # a corrupt row stays as it was, and the add fails
-                if isinstance(exc, DecodeError):
-                    raise
-                raise DecodeError(f"corrupt state row of element {element!r}: {exc!r}") from exc
+                raise DecodeError(f"state row of element {element!r:.60}: {exc}") from exc
+            observe(nsw.observed, dots)
             old_hash = int.from_bytes(old[:8], "big")
         else:
             old_hash = 0

@@ -614,7 +614,7 @@ class LMDBReplica:
         old = writer.get(rkey)
         if old is None:
             return False
-        dots = layout.row_dots(old)
+        dots = layout.checked_dots(layout.row_dots(old), stamped)  # a corrupt row: DecodeError
         tvv, tcloud = their_ctx.vv, their_ctx.cloud
         rr, r_first, r_last = run if run is not None else ("", 0, -1)
         live = {(d[0], d[1]) for d in their_dots}

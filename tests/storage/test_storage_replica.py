@@ -408,8 +408,15 @@ def test_a_received_range_is_checked_where_it_is_applied(make_replica: Make) -> 
         ("put", layout.pack([])),  # no dot
         ("put", layout.pack([["a"]])),  # a dot without its seq, stamp and value
         ("put", layout.pack([["a", 1, "noon", 1]])),  # a stamp that is not a number
+        ("put", layout.pack([[["a"], 1, 5, 1]])),  # a replica that is not a string
+        ("put", layout.pack([["a", "one", 5, 1]])),  # a seq that is not a number
+        ("put", layout.pack([["a", 1, 5, 1], 7])),  # a good dot, then one that is no list
         ("add", b"\xc1"),
         ("add", layout.pack([["a"]])),
+        ("add", layout.pack([["a", 1], [{"b": 1}, 2]])),  # a good dot, then a bad replica
+        ("add", layout.pack([["a", None]])),  # a seq that is not a number
+        ("delete", layout.pack([["a", "one", 5, 1]])),
+        ("remove", layout.pack([[["a"], 1]])),
     ],
 )
 def test_a_write_over_a_corrupt_row_fails_and_leaves_it_as_it_was(
@@ -418,9 +425,11 @@ def test_a_write_over_a_corrupt_row_fails_and_leaves_it_as_it_was(
     # The write replaces the row and reads the old one in one step: on a corrupt old row
     # it must put it back, so the transaction can go on as if the write never happened.
     r = make_replica("a")
-    ns, tname = ("m", "lww_map") if op == "put" else ("s", "or_set")
+    ns, tname = ("m", "lww_map") if op in ("put", "delete") else ("s", "or_set")
     args: tuple[Any, ...] = (1,) if op == "put" else ()
-    local(r, (op, ns, "k", *args))
+    other = next(j for j in range(100) if key_hash(j) >> 56 != key_hash("k") >> 56)
+    for key in ("k", other):  # a delete or remove needs something to take away
+        local(r, ("put", ns, key, 1) if tname == "lww_map" else ("add", ns, key))
     rkey = layout.ns_prefix(r.namespace_id(ns, tname)) + layout.row_key_suffix(layout.pack_key("k"))
     with r.env.begin(write=True, db=r.dbs["state"]) as txn:
         corrupt = bytes(txn.get(rkey))[:8] + garbage
@@ -428,7 +437,6 @@ def test_a_write_over_a_corrupt_row_fails_and_leaves_it_as_it_was(
     bucket = key_hash("k") >> 56 << 56
     here = [(bucket, bucket + (1 << 56))]
     before = r.fingerprints(ns, here)
-    other = next(j for j in range(100) if key_hash(j) >> 56 != key_hash("k") >> 56)
     w = r.begin_local()
     with pytest.raises(DecodeError):
         getattr(w, op)(ns, "k", *args)
@@ -436,8 +444,41 @@ def test_a_write_over_a_corrupt_row_fails_and_leaves_it_as_it_was(
     w.commit()
     assert r.get_row(rkey) == corrupt
     assert r.fingerprints(ns, here) == before
-    (raw,) = r.log_batches(ns, "a", 2, 2) or []
+    (raw,) = r.log_batches(ns, "a", 3, 3) or []
     assert list(decode_message(raw).delta.entries) == [other]
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        layout.pack([["b", "one", 5, 1]]),  # a seq that is not a number
+        layout.pack([[["b"], 1, 5, 1]]),  # a replica that is not a string
+        layout.pack([5]),  # a dot that is no list
+        layout.pack([["b", 1, "noon", 1]]),  # a stamp that is not a number
+    ],
+)
+def test_a_received_key_over_a_corrupt_row_fails_and_changes_nothing(
+    make_replica: Make, garbage: bytes
+) -> None:
+    # A DecodeError, not whatever the join tripped on: the engine then applies the other
+    # batches of a group one by one.
+    a, b = make_replica("a"), make_replica("b")
+    local(a, ("put", "m", "k", 1))
+    local(b, ("put", "m", "k", 2))
+    rkey = layout.ns_prefix(b.namespace_id("m", "lww_map")) + layout.row_key_suffix(
+        layout.pack_key("k")
+    )
+    with b.env.begin(write=True, db=b.dbs["state"]) as txn:
+        corrupt = bytes(txn.get(rkey))[:8] + garbage
+        txn.put(rkey, corrupt)
+    (raw,) = a.log_batches("m", "a", 1, 1) or []
+    shipped = a.read_range("m", *ALL)
+    with pytest.raises(DecodeError):
+        b.apply_batches([(decode_message(raw), raw)])
+    with pytest.raises(DecodeError):
+        b.apply_ranges("m", [(*ALL, received(shipped, shipped.context))], shipped.context)
+    assert b.get_row(rkey) == corrupt
+    assert b.context("m") == CausalContext({"b": 1})
 
 
 def test_a_finished_write_is_freed_without_the_cyclic_collector(make_replica: Make) -> None:
