@@ -22,6 +22,7 @@ the replay are not re-validated; growth is rare and doubles the map each time).
 
 from __future__ import annotations
 
+import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,6 +53,7 @@ if TYPE_CHECKING:
 
 LWW = "lww_map"
 ORSET = "or_set"
+_read_hash = struct.Struct(">Q").unpack_from  # a row's entry hash: its first 8 bytes
 
 
 # -- input checks (before anything is written) ----------------------------------------------
@@ -548,7 +550,7 @@ class LocalWrite:
             else:
                 observe(nsw.observed, dots)
                 before = winning_value(dots)
-            old_hash = int.from_bytes(old[:8], "big")
+            old_hash = _read_hash(old)[0]
         else:
             old_hash = 0
             before = None
@@ -590,7 +592,7 @@ class LocalWrite:
                 txn.put(rkey, old)  # a corrupt row stays as it was, and the add fails
                 raise DecodeError(f"state row of element {element!r:.60}: {exc}") from exc
             observe(nsw.observed, dots)
-            old_hash = int.from_bytes(old[:8], "big")
+            old_hash = _read_hash(old)[0]
         else:
             old_hash = 0
         nsw.next_seq = seq + 1
