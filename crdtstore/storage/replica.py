@@ -126,7 +126,9 @@ class LMDBReplica:
         self._gate = Gate()
         self._ns_cache: dict[str, tuple[int, str]] = {}
         self._ctx_cache: dict[int, tuple[bytes, CausalContext]] = {}
-        self._bucket_indexes: dict[tuple[int, int], tuple[int, list[int], list[int]]] = {}
+        self._bucket_indexes: dict[
+            tuple[int, int], tuple[int, list[int], list[int], list[bytes]]
+        ] = {}
         self._clock_last = 0
         self._closed = False
         if node_id is not None:
@@ -805,6 +807,44 @@ class LMDBReplica:
                     continue  # in a bucket the range cuts, and outside the range
                 yield rkey, data
 
+    def _read_scan(
+        self, txn: lmdb.Transaction, ns_id: int, lo: int, hi: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """:meth:`_scan` in a read transaction: the rows of a bucket the range only cuts
+        are picked out by the bucket's index (:meth:`_bucket_index`) and read one by one,
+        instead of reading the bucket and hashing every key. A peer repairing a split
+        bucket asks for the parts that differ one at a time, as it asked for their
+        fingerprints, which built the index."""
+        if lo >= hi:
+            return
+        width, shift = 1 << layout.BUCKET_SHIFT, layout.BUCKET_SHIFT
+        first, last = lo >> shift, (hi - 1) >> shift
+        whole_lo = first + 1 if lo % width else first  # whole buckets: whole_lo..whole_hi-1
+        whole_hi = last if hi % width else last + 1
+        if whole_lo > first:
+            yield from self._cut_rows(txn, ns_id, first, lo, hi)
+        if whole_lo < whole_hi:
+            yield from self._scan(txn, ns_id, whole_lo * width, whole_hi * width)
+        if whole_hi <= last and last != first:
+            yield from self._cut_rows(txn, ns_id, last, lo, hi)
+
+    def _cut_rows(
+        self, txn: lmdb.Transaction, ns_id: int, bucket: int, lo: int, hi: int
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """The rows of ``bucket`` whose key hash is in ``[lo, hi)``, in row order."""
+        width = 1 << layout.BUCKET_SHIFT
+        hashes, _, ekeys = self._bucket_index(txn, ns_id, bucket)
+        i = bisect.bisect_left(hashes, max(lo, bucket * width))
+        j = bisect.bisect_left(hashes, min(hi, (bucket + 1) * width))
+        head = layout.bucket_key(ns_id, bucket)  # a row key's namespace and bucket
+        get = txn.get
+        for ekey in sorted(ekeys[i:j]):  # a bucket's rows are in encoded-key order
+            rkey = head + ekey
+            data = get(rkey)
+            if not isinstance(data, bytes):  # None: the index is of this very snapshot
+                raise StorageError(f"{self.path}: bucket index out of date at {rkey!r}")
+            yield rkey, data
+
     def fingerprints(
         self, namespace: str, ranges: Sequence[tuple[int, int]]
     ) -> list[tuple[int, int]]:
@@ -847,7 +887,7 @@ class LMDBReplica:
                     continue
                 # A span lies in one bucket, or (a range that holds no whole bucket) two.
                 for bucket in range(a >> shift, ((b - 1) >> shift) + 1):
-                    hashes, xors = self._bucket_index(txn, ns_id, bucket)
+                    hashes, xors, _ = self._bucket_index(txn, ns_id, bucket)
                     i = bisect.bisect_left(hashes, max(a, bucket * width))
                     j = bisect.bisect_left(hashes, min(b, (bucket + 1) * width))
                     fp ^= xors[i] ^ xors[j]
@@ -857,9 +897,10 @@ class LMDBReplica:
 
     def _bucket_index(
         self, txn: lmdb.Transaction, ns_id: int, bucket: int
-    ) -> tuple[list[int], list[int]]:
-        """The key hashes of a bucket's rows, sorted, and the prefix XORs of their entry
-        hashes (``xors[i]``: of the first i), as of ``txn``'s snapshot.
+    ) -> tuple[list[int], list[int], list[bytes]]:
+        """The key hashes of a bucket's rows, sorted, the prefix XORs of their entry
+        hashes (``xors[i]``: of the first i) and their encoded keys, in the same order, as
+        of ``txn``'s snapshot.
 
         Kept for a few buckets, by snapshot: a reconciliation splits a differing bucket
         into 16 parts, and the peer asks for each part's fingerprint in turn, each in a
@@ -871,21 +912,25 @@ class LMDBReplica:
         snapshot = txn.id()
         found = self._bucket_indexes.get((ns_id, bucket))
         if found is not None and found[0] == snapshot:
-            return found[1], found[2]
+            return found[1], found[2], found[3]
         hash_of, ekey_at = layout.hash_encoded_key, layout.ROW_EKEY
         width = 1 << layout.BUCKET_SHIFT
         rows = sorted(
-            (hash_of(rkey[ekey_at:]), layout.row_hash(data))
-            for rkey, data in self._scan(txn, ns_id, bucket * width, (bucket + 1) * width)
+            (hash_of(ekey), layout.row_hash(data), ekey)
+            for ekey, data in (
+                (rkey[ekey_at:], data)
+                for rkey, data in self._scan(txn, ns_id, bucket * width, (bucket + 1) * width)
+            )
         )
         xors = [0]
-        for _, ehash in rows:
+        for _, ehash, _ in rows:
             xors.append(xors[-1] ^ ehash)
-        hashes = [h for h, _ in rows]
+        hashes = [h for h, _, _ in rows]
+        ekeys = [ekey for _, _, ekey in rows]
         if len(self._bucket_indexes) >= BUCKET_INDEXES_KEPT:
             self._bucket_indexes.clear()
-        self._bucket_indexes[(ns_id, bucket)] = (snapshot, hashes, xors)
-        return hashes, xors
+        self._bucket_indexes[(ns_id, bucket)] = (snapshot, hashes, xors, ekeys)
+        return hashes, xors, ekeys
 
     def read_range(self, namespace: str, lo: int, hi: int) -> DotMap[Any]:
         def read(txn: lmdb.Transaction) -> DotMap[Any]:
@@ -895,7 +940,7 @@ class LMDBReplica:
             ns_id, tname = found
             stamped = tname == LWW
             entries = {}
-            for rkey, data in self._scan(txn, ns_id, lo, hi):
+            for rkey, data in self._read_scan(txn, ns_id, lo, hi):
                 key = layout.unpack_stored(layout.row_ekey(rkey))
                 entries[key] = entry_from_row(layout.unpack_row(data)[1], stamped)
             return CRDT_TYPES[tname](entries, self.load_ctx(txn, ns_id), is_delta=True)
@@ -922,7 +967,7 @@ class LMDBReplica:
             entries = []
             size = 0
             ekey_at = layout.ROW_EKEY
-            for rkey, data in self._scan(txn, ns_id, lo, hi):
+            for rkey, data in self._read_scan(txn, ns_id, lo, hi):
                 entry = pair + rkey[ekey_at:] + data[8:]  # [encoded key, encoded dots]
                 size += len(entry)
                 if room is not None and size > room:
