@@ -21,6 +21,7 @@ bytecode: $(STAMP)
 
 test: bytecode
 	$(VPY) -m ruff check .
+	$(VPY) -m ruff format --check .
 	$(VPY) -m mypy crdtstore transport bindings
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VPY) -m pytest -q tests
 

@@ -81,9 +81,9 @@ def detection(root: Path, heartbeat_ms: int, kills: int) -> dict[str, float]:
         suspect_times.append(suspected or dead_times[-1])
         victim.start()
         wait_until(lambda: all_alive(nodes, 5), f"5 alive again after kill {k}", 60)
-    false_positives = sum(
-        n.counter("replicator", "members_became_suspect") for n in nodes[:-1]
-    ) - kills * 4
+    false_positives = (
+        sum(n.counter("replicator", "members_became_suspect") for n in nodes[:-1]) - kills * 4
+    )
     for n in nodes:
         n.stop()
     return {
@@ -127,14 +127,27 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
         root = Path(tmp)
         det = Table(title="failure detection, 5 nodes (suspect after 4, dead after 8 more beats)")
-        for col in ("heartbeat", "suspected p50", "dead p50", "dead max", "configured bound",
-                    "dead p50 / bound", "false suspicions"):
+        for col in (
+            "heartbeat",
+            "suspected p50",
+            "dead p50",
+            "dead max",
+            "configured bound",
+            "dead p50 / bound",
+            "false suspicions",
+        ):
             det.add_column(col)
         for hb in (100, 250, 500):
             r = detection(root / f"hb{hb}", hb, kills)
-            det.add_row(f"{hb} ms", f"{r['suspect_p50']:.0f} ms", f"{r['dead_p50']:.0f} ms",
-                        f"{r['dead_max']:.0f} ms", f"{r['configured']:.0f} ms",
-                        f"{r['dead_p50'] / r['configured']:.2f}", str(int(r["false_positives"])))
+            det.add_row(
+                f"{hb} ms",
+                f"{r['suspect_p50']:.0f} ms",
+                f"{r['dead_p50']:.0f} ms",
+                f"{r['dead_max']:.0f} ms",
+                f"{r['configured']:.0f} ms",
+                f"{r['dead_p50'] / r['configured']:.2f}",
+                str(int(r["false_positives"])),
+            )
         console.print(det)
         s = scale(root / "scale", size, 10)
         t = Table(title=f"{size} nodes, separate processes, on {os.cpu_count()} cores")

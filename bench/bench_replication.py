@@ -153,8 +153,11 @@ def throughput(root: Path, updates: int, batch: int) -> dict[str, float]:
 def _paced_writer(data: str, bind: str, seeds: list[str], rate: int, seconds: float) -> None:
     """The role holder writes ``rate`` stamped updates/s, committing every millisecond."""
     with crdtstore.open(data, bind=bind, seeds=seeds) as node:
-        wait_until(lambda: len(node.members()) >= 3 and all(
-            m.status == "alive" for m in node.members()), "the writer joined", 60)
+        wait_until(
+            lambda: len(node.members()) >= 3 and all(m.status == "alive" for m in node.members()),
+            "the writer joined",
+            60,
+        )
         m = node.lww_map("lat")
         start = time.perf_counter()
         sent = 0
@@ -263,7 +266,8 @@ def bootstrap(root: Path, n: int) -> tuple[float, float, float, float | None]:
         TextColumn(f"bootstrap {n:,}"),
         BarColumn(),
         TextColumn("{task.completed:,}/{task.total:,}"),
-        TimeElapsedColumn(), console=console,
+        TimeElapsedColumn(),
+        console=console,
     ) as progress:
         task = progress.add_task("copy", total=n)
         # Polled every 20 ms (a poll costs ~1 ms of CPU): the end of a 1 s bootstrap is
@@ -317,14 +321,19 @@ def run(root: Path, quick: bool, table: Table, parts: set[str]) -> None:
             f"raw PUB/SUB {raw:,.0f} msg/s",
             f"{r['replicated_per_s'] / raw:.2f}x raw; goal >= 50,000/s",
         )
-        table.add_row(f"loopback bytes per update per peer ({label})",
-                      f"{r['wire_bytes_per_update']:,.0f} B", "", "")
+        table.add_row(
+            f"loopback bytes per update per peer ({label})",
+            f"{r['wire_bytes_per_update']:,.0f} B",
+            "",
+            "",
+        )
     for rate in (1_000, 5_000) if "latency" in parts else ():
         lat = latency(root / f"lat{rate}", rate, 5 if quick else 10)
         table.add_row(
             f"propagation latency at {rate:,} upd/s",
             f"p50 {lat['p50']:.1f} ms, p99 {lat['p99']:.1f} ms ({lat['n']:,} samples)",
-            "", "goal p99 < 50 ms at 5,000/s",
+            "",
+            "goal p99 < 50 ms at 5,000/s",
         )
     if "idle" in parts:
         idle_rate = idle(root / "idle", 5 if quick else 10)

@@ -49,9 +49,21 @@ def redis_server(root: Path) -> Iterator[tuple[str, Callable[[], None]] | None]:
         return
     port = free_port()
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(root)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(root),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: port_open(port), "redis-server listens", 30)
@@ -69,13 +81,25 @@ def etcd_server(root: Path) -> Iterator[tuple[str, Callable[[], None]] | None]:
         return
     client, peer = free_port(), free_port()
     proc = subprocess.Popen(
-        [binary, "--data-dir", str(root / "etcd"), "--name", "bench",
-         "--listen-client-urls", f"http://127.0.0.1:{client}",
-         "--advertise-client-urls", f"http://127.0.0.1:{client}",
-         "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-         "--initial-cluster", f"bench=http://127.0.0.1:{peer}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            binary,
+            "--data-dir",
+            str(root / "etcd"),
+            "--name",
+            "bench",
+            "--listen-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--advertise-client-urls",
+            f"http://127.0.0.1:{client}",
+            "--listen-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-advertise-peer-urls",
+            f"http://127.0.0.1:{peer}",
+            "--initial-cluster",
+            f"bench=http://127.0.0.1:{peer}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         wait_until(lambda: port_open(client), "etcd listens", 30)
@@ -154,14 +178,26 @@ def main() -> int:
     crdt = results["crdt:// (2 nodes)"]
     load = os.getloadavg()[0]
     table = Table(title=f"tooz latency, median of {count} calls (ms); load {load:.2f}")
-    for col in ("backend", "join_group", "heartbeat", "get_members",
-                "get_members vs crdt://", "readable when cut off"):
+    for col in (
+        "backend",
+        "join_group",
+        "heartbeat",
+        "get_members",
+        "get_members vs crdt://",
+        "readable when cut off",
+    ):
         table.add_column(col)
     for name, r in results.items():
         ratio = float(r["get_members"]) / float(crdt["get_members"])  # type: ignore[arg-type]
         versus = "1x (goal: others >= 10x)" if r is crdt else f"{ratio:.1f}x slower"
-        table.add_row(name, f"{r['join']:.3f}", f"{r['heartbeat']:.3f}",
-                      f"{r['get_members']:.3f}", versus, str(r["readable"]))
+        table.add_row(
+            name,
+            f"{r['join']:.3f}",
+            f"{r['heartbeat']:.3f}",
+            f"{r['get_members']:.3f}",
+            versus,
+            str(r["readable"]),
+        )
     console.print(table)
     return 0
 

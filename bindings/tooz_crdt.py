@@ -242,6 +242,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
 
     def create_group(self, group_id: bytes) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
+
         def create() -> None:
             groups = self._map(GROUPS)
             if group_id in groups:
@@ -255,6 +256,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
 
     def delete_group(self, group_id: bytes) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
+
         def delete() -> None:
             if self._members(group_id):
                 raise coordination.GroupNotEmpty(group_id)
@@ -266,6 +268,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         self, group_id: bytes, capabilities: Any = b""
     ) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
+
         def join() -> None:
             if self._member_id in self._members(group_id):
                 raise coordination.MemberAlreadyExist(group_id, self._member_id)
@@ -281,6 +284,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
 
     def leave_group(self, group_id: bytes) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
+
         def leave() -> None:
             if group_id not in self._map(GROUPS):
                 raise coordination.GroupNotCreated(group_id)
@@ -326,6 +330,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         self, group_id: bytes, capabilities: Any
     ) -> coordination.CoordAsyncResult[None]:
         group_id = _as_bytes(group_id)
+
         def update() -> None:
             record = dict(self._member(group_id, self._member_id))
             record.update(capabilities=capabilities, updated_at=_now_iso())

@@ -21,11 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", type=Path, help="TOML file of node settings")
     serve.add_argument("--data", type=Path, help="the node's data directory")
     serve.add_argument("--bind", help="ROUTER address, e.g. tcp://127.0.0.1:7101")
-    serve.add_argument("--seed", action="append", default=None,
-                       help="a seed's ROUTER address (KEYNAME@ADDR with CURVE keys)")
+    serve.add_argument(
+        "--seed",
+        action="append",
+        default=None,
+        help="a seed's ROUTER address (KEYNAME@ADDR with CURVE keys)",
+    )
     serve.add_argument("--node-id", help="this node's id (default: persisted or generated)")
-    serve.add_argument("--topic", action="append", default=None,
-                       help="replicate only this namespace (repeatable; default: all)")
+    serve.add_argument(
+        "--topic",
+        action="append",
+        default=None,
+        help="replicate only this namespace (repeatable; default: all)",
+    )
     serve.add_argument("--secret-key", type=Path, help="this node's CurveZMQ secret key file")
     serve.add_argument("--keys-dir", type=Path, help="directory of allowed peers' public keys")
     serve.add_argument("--log-level", default="INFO")
@@ -102,6 +110,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     reload = threading.Event()
+
     # SIGHUP re-reads the keys directory (the ZAP allow-list): admit or revoke members
     # without a restart. Done on the main thread, not inside the signal handler.
     def on_hup(_signum: int, _frame: Any) -> None:

@@ -85,27 +85,36 @@ def run_demo(keep: bool = False) -> int:
         for node in nodes:
             node.start()
             console.print(f"  started {node.name} on {node.bind}")
-        wait_for("every node knows all 3 members",
-                 lambda: all(n.snapshot()[2] == 3 for n in nodes))
+        wait_for("every node knows all 3 members", lambda: all(n.snapshot()[2] == 3 for n in nodes))
 
         console.print("\n[bold]2. Write on every node[/] (each write is local and durable at once)")
-        write(nodes[0], lambda h: h.lww_map("config").update({"region": "eu-west"}),
-              "config['region'] = 'eu-west'")
+        write(
+            nodes[0],
+            lambda h: h.lww_map("config").update({"region": "eu-west"}),
+            "config['region'] = 'eu-west'",
+        )
         write(nodes[1], lambda h: h.or_set("hosts").add("compute-1"), "hosts.add('compute-1')")
         write(nodes[2], lambda h: h.or_set("hosts").add("compute-2"), "hosts.add('compute-2')")
-        write(nodes[2], lambda h: h.lww_map("config").update({"replicas": 3}),
-              "config['replicas'] = 3")
+        write(
+            nodes[2],
+            lambda h: h.lww_map("config").update({"replicas": 3}),
+            "config['replicas'] = 3",
+        )
         wait_for("all three nodes hold the same state", lambda: converged(nodes))
         show(nodes, "after replication")
 
         console.print("\n[bold]3. SIGKILL n3, keep writing on n1 and n2[/]")
         nodes[2].kill()
         console.print("  [red]n3 killed[/]")
-        write(nodes[0], lambda h: h.or_set("hosts").discard("compute-1"),
-              "hosts.discard('compute-1')")
+        write(
+            nodes[0], lambda h: h.or_set("hosts").discard("compute-1"), "hosts.discard('compute-1')"
+        )
         write(nodes[1], lambda h: h.or_set("hosts").add("compute-3"), "hosts.add('compute-3')")
-        write(nodes[1], lambda h: h.lww_map("config").update({"region": "eu-central"}),
-              "config['region'] = 'eu-central'")
+        write(
+            nodes[1],
+            lambda h: h.lww_map("config").update({"region": "eu-central"}),
+            "config['region'] = 'eu-central'",
+        )
         wait_for("n1 and n2 agree", lambda: converged(nodes[:2]))
         show(nodes, "while n3 is down (n3 shows what it had when killed)")
 

@@ -98,8 +98,20 @@ class ServeNode:
         self.proc: subprocess.Popen[str] | None = None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "crdtstore.cli", "serve", "--data", str(self.data),
-               "--bind", self.bind, "--node-id", self.name, "--log-level", self.log_level]
+        cmd = [
+            sys.executable,
+            "-m",
+            "crdtstore.cli",
+            "serve",
+            "--data",
+            str(self.data),
+            "--bind",
+            self.bind,
+            "--node-id",
+            self.name,
+            "--log-level",
+            self.log_level,
+        ]
         for seed in self.seeds:
             cmd += ["--seed", seed]
         if self.config:

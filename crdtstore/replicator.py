@@ -431,8 +431,13 @@ class Replicator:
                 return
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
             if not msg.reply and self._own is not None:
-                hello = Hello(self._own.node_id, self._own.router, self._own.pub,
-                              self._own.public_key, reply=True)
+                hello = Hello(
+                    self._own.node_id,
+                    self._own.router,
+                    self._own.pub,
+                    self._own.public_key,
+                    reply=True,
+                )
                 self.transport.send(msg.node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
                 self._emit(self.engine.greet(msg.node_id))
         else:
@@ -529,8 +534,13 @@ class Replicator:
 
     def _status_changes(self, changes: list[StatusChange]) -> None:
         for change in changes:
-            log.info("member %s: %s -> %s (incarnation %d)", change.node_id,
-                     change.old.value if change.old else "-", change.new.value, change.incarnation)
+            log.info(
+                "member %s: %s -> %s (incarnation %d)",
+                change.node_id,
+                change.old.value if change.old else "-",
+                change.new.value,
+                change.incarnation,
+            )
             self.stats[f"members_became_{change.new.value}"] += 1
             if change.new is MemberStatus.ALIVE:
                 self._engine_add(change.node_id)
@@ -551,15 +561,21 @@ class Replicator:
     ) -> None:
         if self._connected.get(node_id) == (router, pub):
             return
-        self.transport.connect_peer(node_id.encode(), router, pub,
-                                    None if key is None else key.encode())
+        self.transport.connect_peer(
+            node_id.encode(), router, pub, None if key is None else key.encode()
+        )
         self._connected[node_id] = (router, pub)
         self._engine_add(node_id)
         if greet and self._own is not None:
             # A restarted node has a new PUB port its peers cannot learn from the record
             # they hold (they would need our PUB to receive the new one): tell them.
-            hello = Hello(self._own.node_id, self._own.router, self._own.pub,
-                          self._own.public_key, reply=False)
+            hello = Hello(
+                self._own.node_id,
+                self._own.router,
+                self._own.pub,
+                self._own.public_key,
+                reply=False,
+            )
             self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _disconnect(self, node_id: str) -> None:

@@ -23,7 +23,10 @@ def pair(tmp_path: Path) -> Iterator[tuple[crdtstore.Node, crdtstore.Node]]:
     a_addr = f"tcp://127.0.0.1:{free_port()}"
     a = crdtstore.open(tmp_path / "a", node_id="a", bind=a_addr, **FAST)
     b = crdtstore.open(
-        tmp_path / "b", node_id="b", bind=f"tcp://127.0.0.1:{free_port()}", seeds=[a_addr],
+        tmp_path / "b",
+        node_id="b",
+        bind=f"tcp://127.0.0.1:{free_port()}",
+        seeds=[a_addr],
         **FAST,
     )
     try:
@@ -54,8 +57,13 @@ def test_watch_members_reports_join_then_leave(tmp_path: Path) -> None:
     with crdtstore.open(tmp_path / "a", node_id="a", bind=a_addr, **FAST) as a:
         events: queue.Queue[StatusChange] = queue.Queue()
         a.watch_members(events.put)
-        b = crdtstore.open(tmp_path / "b", node_id="b", bind=f"tcp://127.0.0.1:{free_port()}",
-                           seeds=[a_addr], **FAST)
+        b = crdtstore.open(
+            tmp_path / "b",
+            node_id="b",
+            bind=f"tcp://127.0.0.1:{free_port()}",
+            seeds=[a_addr],
+            **FAST,
+        )
         first = events.get(timeout=30)
         assert (first.node_id, first.new) == ("b", MemberStatus.ALIVE)
         b.leave()
@@ -66,9 +74,15 @@ def test_watch_members_reports_join_then_leave(tmp_path: Path) -> None:
 
 def test_local_node_reads_members_from_the_replicated_records(tmp_path: Path) -> None:
     a_addr = f"tcp://127.0.0.1:{free_port()}"
-    with crdtstore.open(tmp_path / "a", node_id="a", bind=a_addr, **FAST) as a, crdtstore.open(
-        tmp_path / "b", node_id="b", bind=f"tcp://127.0.0.1:{free_port()}", seeds=[a_addr],
-        **FAST,
+    with (
+        crdtstore.open(tmp_path / "a", node_id="a", bind=a_addr, **FAST) as a,
+        crdtstore.open(
+            tmp_path / "b",
+            node_id="b",
+            bind=f"tcp://127.0.0.1:{free_port()}",
+            seeds=[a_addr],
+            **FAST,
+        ),
     ):
         wait_until(lambda: len(a.members()) == 2, "a knows b")
     # Without the network role (here: after the daemon stopped) the records still answer.

@@ -87,7 +87,8 @@ def test_changes_from_another_process_arrive_as_an_async_iterator(tmp_path: Path
             waiter = asyncio.ensure_future(feed.__anext__())
             await asyncio.sleep(0)  # the watch is registered once the generator starts
             writer = await asyncio.create_subprocess_exec(
-                sys.executable, "-c",
+                sys.executable,
+                "-c",
                 "import crdtstore, sys\n"
                 "with crdtstore.open(sys.argv[1]) as n:\n"
                 "    n.lww_map('cfg')['k1'] = 'v1'\n"

@@ -34,7 +34,9 @@ def test_joins_capabilities_partitions_and_leaves_cross_hosts(tmp_path: Path) ->
         partitioner = coord.join_partitioned_group(b"workers")
         proc = subprocess.Popen(
             [sys.executable, str(MEMBER), url_b, "beta", "workers"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert proc.stdout is not None and proc.stdout.readline().strip() == "JOINED"
 

@@ -25,10 +25,21 @@ def test_tooz_coordination_and_partitioner_suites_pass(tmp_path: Path) -> None:
     env = dict(os.environ, TOOZ_TEST_URL=f"crdt://{tmp_path / 'host'}")
     proc = subprocess.run(
         [
-            sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider",
-            str(TOOZ_TESTS / "test_coordination.py"), str(TOOZ_TESTS / "test_partitioner.py"),
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rs",
+            "-p",
+            "no:cacheprovider",
+            str(TOOZ_TESTS / "test_coordination.py"),
+            str(TOOZ_TESTS / "test_partitioner.py"),
         ],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     tail = proc.stdout[-3000:]
     assert proc.returncode == 0, tail

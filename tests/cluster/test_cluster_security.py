@@ -23,7 +23,9 @@ import crdtstore
 def keygen(directory: Path, name: str) -> tuple[Path, Path]:
     out = subprocess.run(
         [str(BIN / "crdtstore"), "keygen", str(directory), name],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert "public key" in out.stdout
     return directory / f"{name}.key", directory / f"{name}.key_secret"
@@ -44,10 +46,14 @@ def secure_cluster(cluster: Cluster, root: Path) -> tuple[ServeNode, ServeNode, 
             shutil.copy(public, allowed)
         shutil.copy(public, rogue_allowed)
     n1 = cluster.add("n1", seeds=[], **curve_config(secrets / "n1.key_secret", allowed))
-    n2 = cluster.add("n2", seeds=[f"n1@{n1.bind}"],
-                     **curve_config(secrets / "n2.key_secret", allowed))
-    rogue = cluster.add("rogue", seeds=[f"n1@{n1.bind}"],
-                        **curve_config(secrets / "rogue.key_secret", rogue_allowed))
+    n2 = cluster.add(
+        "n2", seeds=[f"n1@{n1.bind}"], **curve_config(secrets / "n2.key_secret", allowed)
+    )
+    rogue = cluster.add(
+        "rogue",
+        seeds=[f"n1@{n1.bind}"],
+        **curve_config(secrets / "rogue.key_secret", rogue_allowed),
+    )
     return n1, n2, rogue
 
 

@@ -39,7 +39,9 @@ def test_unknown_setting_in_the_config_file_is_refused(tmp_path: Path) -> None:
     config.write_text(f'data = "{tmp_path / "d"}"\nbind = "tcp://127.0.0.1:1"\nheartbeat = 5\n')
     proc = subprocess.run(
         [sys.executable, "-m", "crdtstore.cli", "serve", "--config", str(config)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 2 and "unknown setting" in proc.stderr
 

@@ -47,7 +47,10 @@ def test_crdt_inspect_status_shows_members_lag_and_counters(cluster: Cluster) ->
     def status() -> dict[str, object]:
         out = subprocess.run(
             [str(BIN / "crdt-inspect"), str(n1.data), "status", "--json"],
-            capture_output=True, text=True, check=True, timeout=60,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
         )
         result: dict[str, object] = json.loads(out.stdout)
         return result
@@ -64,8 +67,11 @@ def test_crdt_inspect_status_shows_members_lag_and_counters(cluster: Cluster) ->
     assert s["sync"]["batches_applied"] >= 1
     assert "received_publish" in s["transport"]
     human = subprocess.run(
-        [str(BIN / "crdt-inspect"), str(n1.data), "status"], capture_output=True, text=True,
-        check=True, timeout=60,
+        [str(BIN / "crdt-inspect"), str(n1.data), "status"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     assert "n2" in human and "alive" in human
 
