@@ -302,7 +302,7 @@ class LocalWrite:
             op[0](self, *op[1:])
 
     def _recover(self, exc: lmdb.Error, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-        """After ``fn(*args)`` raised ``exc``: if the map is full, grow it and replay every
+        """After ``fn(self, *args)`` raised ``exc``: if the map is full, grow it and replay every
         mutation so far in a new transaction; any other LMDB error ends the transaction."""
         try:
             if not isinstance(exc, lmdb.MapFullError):
