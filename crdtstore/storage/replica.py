@@ -819,13 +819,13 @@ class LMDBReplica:
             return
         width, shift = 1 << layout.BUCKET_SHIFT, layout.BUCKET_SHIFT
         first, last = lo >> shift, (hi - 1) >> shift
-        whole_lo = first + 1 if lo % width else first  # whole buckets: whole_lo..whole_hi-1
-        whole_hi = last if hi % width else last + 1
-        if whole_lo > first:
+        first_cut, last_cut = lo % width != 0, hi % width != 0
+        if first_cut:
             yield from self._cut_rows(txn, ns_id, first, lo, hi)
+        whole_lo, whole_hi = first + first_cut, last + 1 - last_cut  # whole buckets
         if whole_lo < whole_hi:
             yield from self._scan(txn, ns_id, whole_lo * width, whole_hi * width)
-        if whole_hi <= last and last != first:
+        if last_cut and not (first_cut and last == first):  # not the bucket cut above
             yield from self._cut_rows(txn, ns_id, last, lo, hi)
 
     def _cut_rows(

@@ -292,6 +292,9 @@ BUCKET_WIDTH = HASH_SPACE >> 8
     offsets=st.lists(st.integers(0, 2 * BUCKET_WIDTH - 1), min_size=2, max_size=6, unique=True),
     gaps=st.booleans(),
 )
+@example(bucket=0, offsets=[0, BUCKET_WIDTH // 3], gaps=False)  # from a bucket's start
+@example(bucket=7, offsets=[BUCKET_WIDTH // 3, BUCKET_WIDTH], gaps=False)  # to its end
+@example(bucket=7, offsets=[5, 9], gaps=False)  # inside it
 def test_ranges_that_cut_buckets_read_and_apply_only_their_keys(
     crowded: LMDBReplica, bucket: int, offsets: list[int], gaps: bool
 ) -> None:
