@@ -38,6 +38,7 @@ from typing import Any
 
 import msgpack
 
+from crdtstore.codec import new_hash
 from crdtstore.crdt import Dot
 from crdtstore.errors import DecodeError
 from crdtstore.sync.fingerprint import ORDER_BITS, encoded_position
@@ -117,7 +118,9 @@ def pack_key(key: Any) -> bytes:
 
 def hash_encoded_key(ekey: bytes) -> int:
     """``fingerprint.key_hash`` of the key whose encoding is ``ekey``."""
-    return int.from_bytes(hashlib.blake2b(ekey, digest_size=8).digest(), "big")
+    h = new_hash()
+    h.update(ekey)
+    return int.from_bytes(h.digest(), "big")
 
 
 def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, int]]) -> int:
@@ -129,7 +132,8 @@ def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, in
 def entry_digest(ekey: bytes, ordered: Iterable[Sequence[Any]]) -> bytes:
     """The entry hash as a row stores it (8 bytes), of dots already in (replica, seq)
     order, each ``(replica, seq, ...)``: a stored dot or a Dot."""
-    h = hashlib.blake2b(ekey, digest_size=8)
+    h = new_hash()
+    h.update(ekey)
     for d in ordered:
         h.update(d[0].encode() + b"\0" + d[1].to_bytes(8, "big"))
     return h.digest()

@@ -26,12 +26,12 @@ import struct
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
-from hashlib import blake2b
 from typing import TYPE_CHECKING, Any
 
 import lmdb
 import msgpack
 
+from crdtstore.codec import new_hash
 from crdtstore.crdt import CausalContext, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
@@ -492,7 +492,8 @@ class LocalWrite:
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != LWW:
             nsw = self._ns_write(namespace, LWW)
-        h = blake2b(ekey, digest_size=8)
+        h = new_hash()
+        h.update(ekey)
         kdig = h.digest()  # key_hash, as 8 big-endian bytes
         rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
         # The HLC stamp: greater than the wall clock, than every timestamp issued here and
@@ -575,7 +576,8 @@ class LocalWrite:
         nsw = self._ns.get(namespace)
         if nsw is None or nsw.type_name != ORSET:
             nsw = self._ns_write(namespace, ORSET)
-        h = blake2b(ekey, digest_size=8)
+        h = new_hash()
+        h.update(ekey)
         kdig = h.digest()
         rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
         seq = nsw.next_seq
