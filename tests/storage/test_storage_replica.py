@@ -295,6 +295,8 @@ BUCKET_WIDTH = HASH_SPACE >> 8
 @example(bucket=0, offsets=[0, BUCKET_WIDTH // 3], gaps=False)  # from a bucket's start
 @example(bucket=7, offsets=[BUCKET_WIDTH // 3, BUCKET_WIDTH], gaps=False)  # to its end
 @example(bucket=7, offsets=[5, 9], gaps=False)  # inside it
+@example(bucket=3, offsets=[0, BUCKET_WIDTH * 3 // 2], gaps=False)  # a whole bucket, half one
+@example(bucket=3, offsets=[BUCKET_WIDTH // 2, BUCKET_WIDTH * 2], gaps=False)  # the mirror
 def test_ranges_that_cut_buckets_read_and_apply_only_their_keys(
     crowded: LMDBReplica, bucket: int, offsets: list[int], gaps: bool
 ) -> None:
