@@ -431,14 +431,7 @@ class Replicator:
                 return
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
             if not msg.reply and self._own is not None:
-                hello = Hello(
-                    self._own.node_id,
-                    self._own.router,
-                    self._own.pub,
-                    self._own.public_key,
-                    reply=True,
-                )
-                self.transport.send(msg.node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+                self._send_hello(msg.node_id, reply=True)
                 self._emit(self.engine.greet(msg.node_id))
         else:
             self.stats["rejected_membership"] += 1
@@ -569,14 +562,14 @@ class Replicator:
         if greet and self._own is not None:
             # A restarted node has a new PUB port its peers cannot learn from the record
             # they hold (they would need our PUB to receive the new one): tell them.
-            hello = Hello(
-                self._own.node_id,
-                self._own.router,
-                self._own.pub,
-                self._own.public_key,
-                reply=False,
-            )
-            self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+            self._send_hello(node_id, reply=False)
+
+    def _send_hello(self, node_id: str, *, reply: bool) -> None:
+        """Our addresses and key, to ``node_id`` (``reply``: an answer to its Hello)."""
+        own = self._own
+        assert own is not None  # callers check: a node without a record has no addresses
+        hello = Hello(own.node_id, own.router, own.pub, own.public_key, reply=reply)
+        self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _disconnect(self, node_id: str) -> None:
         self._record_addrs.pop(node_id, None)
