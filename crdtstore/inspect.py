@@ -9,6 +9,10 @@ Commands: ``crdt-inspect DIR`` (summary), ``crdt-inspect DIR dump NS``,
 ``crdt-inspect DIR show NS KEY``, ``crdt-inspect DIR status`` (live: members, lag and
 counters of the running node, from the ``status.json`` it refreshes) and
 ``crdt-inspect diff DIR_A DIR_B``.
+
+A damaged directory is what the inspector is for: ``dump`` and ``show`` list a corrupt row
+by its encoded key and what is wrong with it, and go on; anything else corrupt ends the
+command with one line saying what and where (exit status 2), not a traceback.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import lmdb
 from crdtstore.codec import decode_context
 from crdtstore.crdt import CausalContext, Dot
 from crdtstore.crdt.hlc import logical, physical_ms
+from crdtstore.errors import DecodeError, Error
 from crdtstore.storage import layout
 from crdtstore.storage.local import count_live
 from crdtstore.storage.rows import winning_value
@@ -79,19 +84,19 @@ class Snapshot:
         data = self.txn.get(layout.context_key(ns_id), db=self.dbs["logorder"])
         return CausalContext() if data is None else decode_context(layout.unpack_stored(data))
 
-    def rows(self, ns_id: int) -> Iterator[tuple[Any, list[list[Any]], int]]:
-        """``(key, dots, stored bytes)`` of every live row."""
+    def raw_rows(self, ns_id: int) -> Iterator[tuple[bytes, bytes]]:
+        """``(row key, row)`` of every live row, undecoded."""
         prefix = layout.ns_prefix(ns_id)
         with self.txn.cursor(db=self.dbs["state"]) as cur:
             ok = cur.set_range(prefix)
             while ok and cur.key()[:4] == prefix:
-                rkey, data = cur.key(), cur.value()
-                yield (
-                    layout.unpack_stored(layout.row_ekey(rkey)),
-                    layout.unpack_row(data)[1],
-                    len(rkey) + len(data),
-                )
+                yield bytes(cur.key()), bytes(cur.value())
                 ok = cur.next()
+
+    def rows(self, ns_id: int, stamped: bool) -> Iterator[tuple[Any, list[list[Any]]]]:
+        """``(key, dots)`` of every live row; DecodeError at a corrupt one."""
+        for rkey, data in self.raw_rows(ns_id):
+            yield read_row(rkey, data, stamped)
 
     def log(self, ns_id: int) -> dict[str, dict[str, int]]:
         prefix = layout.ns_prefix(ns_id)
@@ -122,6 +127,16 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def read_row(rkey: bytes, data: bytes, stamped: bool) -> tuple[Any, list[list[Any]]]:
+    """The key and dots of a state row; DecodeError, naming the row, if it is corrupt."""
+    ekey = layout.row_ekey(rkey)
+    try:
+        key = layout.unpack_stored(ekey)
+        return key, layout.checked_dots(layout.row_dots(data), stamped)
+    except DecodeError as exc:
+        raise DecodeError(f"row of encoded key {bytes(ekey).hex()}: {exc}") from exc
+
+
 def context_json(ctx: CausalContext) -> dict[str, Any]:
     return {"vv": dict(sorted(ctx.vv.items())), "cloud": [list(d) for d in sorted(ctx.cloud)]}
 
@@ -148,7 +163,7 @@ def summary(snap: Snapshot) -> dict[str, Any]:
     used = (info["last_pgno"] + 1) * stat["psize"]
     namespaces = {}
     for name, (ns_id, type_name) in sorted(snap.namespaces().items()):
-        size = sum(n for _, _, n in snap.rows(ns_id))
+        size = sum(len(rkey) + len(data) for rkey, data in snap.raw_rows(ns_id))
         namespaces[name] = {
             "type": type_name,
             "entries": count_live(snap.txn, snap.dbs["buckets"], ns_id),
@@ -180,11 +195,19 @@ def namespace(snap: Snapshot, name: str) -> tuple[int, str]:
 
 
 def dump(snap: Snapshot, name: str) -> dict[str, Any]:
+    """Every entry; a corrupt row is listed by its encoded key and what is wrong with it
+    (``{"key": {"bytes": hex}, "error": ...}``), and the dump goes on."""
     ns_id, type_name = namespace(snap, name)
+    stamped = type_name == "lww_map"
     entries = []
-    for key, dots, _ in snap.rows(ns_id):
+    for rkey, data in snap.raw_rows(ns_id):
+        try:
+            key, dots = read_row(rkey, data, stamped)
+        except DecodeError as exc:
+            entries.append({"key": to_json(bytes(layout.row_ekey(rkey))), "error": str(exc)})
+            continue
         item: dict[str, Any] = {"key": to_json(key), "dots": dots_json(dots)}
-        if type_name == "lww_map":
+        if stamped:
             item["value"] = to_json(winning_value(dots))
         entries.append(item)
     return {"namespace": name, "type": type_name, "entries": entries}
@@ -193,18 +216,17 @@ def dump(snap: Snapshot, name: str) -> dict[str, Any]:
 def show(snap: Snapshot, name: str, key: Any) -> dict[str, Any]:
     ns_id, type_name = namespace(snap, name)
     ekey = layout.pack_key(key)
-    data = snap.txn.get(
-        layout.row_key(ns_id, layout.hash_encoded_key(ekey), ekey), db=snap.dbs["state"]
-    )
-    dots = layout.unpack_row(data)[1] if data else []
-    out: dict[str, Any] = {
-        "namespace": name,
-        "type": type_name,
-        "key": to_json(key),
-        "present": bool(dots),
-        "dots": dots_json(dots),
-    }
-    if type_name == "lww_map":
+    rkey = layout.row_key(ns_id, layout.hash_encoded_key(ekey), ekey)
+    data = snap.txn.get(rkey, db=snap.dbs["state"])
+    out: dict[str, Any] = {"namespace": name, "type": type_name, "key": to_json(key)}
+    stamped = type_name == "lww_map"
+    try:
+        dots = read_row(rkey, bytes(data), stamped)[1] if data is not None else []
+    except DecodeError as exc:
+        out.update(present=True, error=str(exc))
+        return out
+    out.update(present=bool(dots), dots=dots_json(dots))
+    if stamped:
         out["value"] = to_json(winning_value(dots)) if dots else None
     return out
 
@@ -220,7 +242,10 @@ def diff(a: Snapshot, b: Snapshot) -> dict[str, Any]:
             rows = (
                 {}
                 if found is None
-                else {layout.pack_key(k): (k, d) for k, d, _ in snap.rows(found[0])}
+                else {
+                    layout.pack_key(k): (k, d)
+                    for k, d in snap.rows(found[0], found[1] == "lww_map")
+                }
             )
             ctx = CausalContext() if found is None else snap.context(found[0])
             sides.append((rows, ctx))
@@ -302,6 +327,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     argv = [a for a in argv if a != "--json"]
+    try:
+        return run(argv, as_json)
+    except Error as exc:  # a corrupt directory: what and where, not a traceback
+        print(f"crdt-inspect: {exc}", file=sys.stderr)
+        return 2
+
+
+def run(argv: list[str], as_json: bool) -> int:
     if argv and argv[0] == "diff":
         dparser = argparse.ArgumentParser(prog="crdt-inspect diff")
         dparser.add_argument("dir_a")
@@ -368,6 +401,9 @@ def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
     elif kind == "dump":
         table = Table("key", "value", "dots", title=f"{result['namespace']} ({result['type']})")
         for e in result["entries"]:
+            if "error" in e:
+                table.add_row(json.dumps(e["key"]), "[red]corrupt row[/]", e["error"])
+                continue
             dots = ", ".join(
                 f"{d['replica']}:{d['seq']}" + (f"@{d['timestamp']}" if "timestamp" in d else "")
                 for d in e["dots"]

@@ -514,9 +514,9 @@ class LWWMapView(_NamespaceView, MutableMapping[Any, Any]):
 
     def __getitem__(self, key: Any) -> Any:
         dots = self._node._row(self, key)
-        if not dots:
+        if dots is None:
             raise KeyError(key)
-        return winning_value(dots)
+        return winning_value(dots)  # a row holds a dot at least: none is DecodeError
 
     def __contains__(self, key: object) -> bool:
         return bool(self._lookup(key))

@@ -15,6 +15,7 @@ from typing import Any
 import lmdb
 
 from crdtstore.crdt import Dot
+from crdtstore.errors import DecodeError
 from crdtstore.storage import layout
 from crdtstore.storage.journal import Event
 
@@ -22,17 +23,22 @@ Entry = dict[Dot, Any]
 
 
 def entry_from_row(dots: list[list[Any]], stamped: bool) -> Entry:
+    layout.checked_dots(dots, stamped)  # a corrupt row: DecodeError, not a bad Dot
     if stamped:
         return {Dot(d[0], d[1]): (d[2], d[3]) for d in dots}
     return {Dot(d[0], d[1]): None for d in dots}
 
 
 def winning_value(dots: list[list[Any]]) -> Any:
-    """The value a reader sees in an LWW row (``dots`` non-empty)."""
-    if len(dots) == 1:
-        return dots[0][3]
-    best = max(dots, key=lambda d: (d[2], d[0]))
-    return best[3]
+    """The value a reader sees in an LWW row (``dots`` non-empty, a row's); DecodeError if
+    they are not dots (a corrupt row: readers get the project's error, not a TypeError)."""
+    try:
+        if len(dots) == 1:
+            return dots[0][3]
+        best = max(dots, key=lambda d: (d[2], d[0]))
+        return best[3]
+    except (TypeError, ValueError, IndexError, KeyError) as exc:
+        raise DecodeError(f"corrupt state row: {dots!r:.80} are not dots ({exc})") from exc
 
 
 class RowWriter:

@@ -12,7 +12,9 @@ import pytest
 
 import crdtstore
 from crdtstore import InvalidValue, TypeMismatch, ValueTooLarge
+from crdtstore.errors import DecodeError
 from crdtstore.inspect import main as inspect_main
+from crdtstore.storage import layout
 
 
 def snapshot(path: Path) -> dict[str, Any]:
@@ -103,3 +105,29 @@ def test_bad_input_raises_and_changes_nothing(
         with pytest.raises(error), node.transaction():  # inside a transaction, too
             call(node)
     assert snapshot(path) == before
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\xc1", layout.pack([["n1", 1]]), layout.pack([]), layout.pack([5])],
+    ids=["not msgpack", "too short a dot", "no dot", "a dot that is no list"],
+)
+def test_a_corrupt_row_reads_as_a_decode_error(tmp_path: Path, garbage: bytes) -> None:
+    # Bad bytes from disk: the project's error, naming them, not whatever a lookup tripped on.
+    path = tmp_path / "n"
+    with crdtstore.open(path, node_id="n1") as node:
+        node.lww_map("m").update({"good": 1, "bad": 2})
+        replica = node._replica
+        ekey = layout.pack_key("bad")
+        rkey = layout.row_key(
+            replica.namespace_id("m", "lww_map"), layout.hash_encoded_key(ekey), ekey
+        )
+        with replica.env.begin(write=True, db=replica.dbs["state"]) as txn:
+            txn.put(rkey, bytes(txn.get(rkey))[:8] + garbage)
+        m = node.lww_map("m")
+        for read in (lambda: m["bad"], lambda: m.get("bad"), lambda: dict(m.items())):
+            with pytest.raises(DecodeError):
+                read()
+        with pytest.raises(DecodeError):
+            replica.read_range("m", 0, 1 << 64)
+        assert m["good"] == 1

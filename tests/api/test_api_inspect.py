@@ -9,6 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import lmdb
+import pytest
+
 import crdtstore
 from crdtstore.inspect import main
 from crdtstore.storage import layout
@@ -74,3 +77,48 @@ def test_diff_tells_unseen_from_removed(tmp_path: Path) -> None:
     by_key = {d["key"]: d["dots"] for d in diff}
     assert by_key["old"] == [{"live_on": "a", "dot": ["n1", 1], "reason": "removed on b"}]
     assert by_key["new"] == [{"live_on": "b", "dot": ["n1", 3], "reason": "not yet seen by a"}]
+
+
+def corrupt(path: Path, ns: str, key: Any, garbage: bytes) -> None:
+    """Overwrite ``key``'s row in ``ns`` with garbage after its entry hash (node closed)."""
+    env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 1)
+    try:
+        names, state = env.open_db(b"namespaces"), env.open_db(b"state")
+        with env.begin(write=True) as txn:
+            ns_id = layout.unpack_stored(txn.get(ns.encode(), db=names))[0]
+            ekey = layout.pack_key(key)
+            rkey = layout.row_key(ns_id, layout.hash_encoded_key(ekey), ekey)
+            txn.put(rkey, txn.get(rkey, db=state)[:8] + garbage, db=state)
+    finally:
+        env.close()
+
+
+GARBAGE = {
+    "not msgpack": b"\xc1",
+    "too short a dot": layout.pack([["n1", 1]]),
+    "a seq that is no number": layout.pack([["n1", "one", 5, 1]]),
+    "no dot": layout.pack([]),
+}
+
+
+@pytest.mark.parametrize("garbage", GARBAGE.values(), ids=GARBAGE.keys())
+def test_a_corrupt_row_is_shown_and_the_rest_still_read(tmp_path: Path, garbage: bytes) -> None:
+    # The inspector is what an operator reaches for when a directory is damaged.
+    path = tmp_path / "n"
+    with crdtstore.open(path, node_id="n1") as node:
+        node.lww_map("m").update({"good": 1, "bad": 2})
+    corrupt(path, "m", "bad", garbage)
+    by_key = {json.dumps(e["key"]): e for e in run(str(path), "dump", "m")["entries"]}
+    assert by_key['"good"']["value"] == 1
+    bad = by_key[json.dumps({"bytes": layout.pack_key("bad").hex()})]
+    assert "corrupt state row" in bad["error"] and "dots" not in bad
+    shown = run(str(path), "show", "m", "bad")
+    assert shown["present"] and "corrupt state row" in shown["error"]
+    assert run(str(path), "show", "m", "good")["value"] == 1
+    assert run(str(path))["namespaces"]["m"]["entries"] == 2
+    # diff compares dots, which a corrupt row has none of: it stops, saying where.
+    shutil.copytree(path, tmp_path / "copy")
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["diff", str(path), str(tmp_path / "copy"), "--json"]) == 2
+    assert layout.pack_key("bad").hex() in err.getvalue()
