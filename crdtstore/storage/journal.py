@@ -63,13 +63,19 @@ def append(txn: lmdb.Transaction, db: Any, events: list[Event], keep: int) -> in
     return seq
 
 
-def read_after(txn: lmdb.Transaction, db: Any, after: int) -> Iterator[tuple[int, list[Change]]]:
-    """Journal rows with seq > ``after``, oldest first."""
+def read_after(
+    txn: lmdb.Transaction, db: Any, after: int
+) -> Iterator[tuple[int, list[Change] | DecodeError]]:
+    """Journal rows with seq > ``after``, oldest first; a corrupt row comes as the error
+    its events raised, so a reader can pass it and go on to the next."""
     with txn.cursor(db) as cur:
         if not cur.set_range(u64(after + 1)):
             return
         for key, value in cur:
-            yield read_u64(key), decode_events(value)
+            try:
+                yield read_u64(key), decode_events(value)
+            except DecodeError as exc:
+                yield read_u64(key), exc
 
 
 def first_seq(txn: lmdb.Transaction, db: Any) -> int:

@@ -1148,20 +1148,23 @@ class LMDBReplica:
     def journal_after(
         self, after: int, limit: int
     ) -> tuple[int, list[tuple[int, list[journal.Change]]]]:
-        """``(first seq still held, up to ``limit`` journal rows after ``after``)``."""
+        """``(first seq still held, up to ``limit`` journal rows after ``after``)``. A
+        corrupt row comes with no changes (counted in ``journal_rows_corrupt``, logged):
+        its changes are lost to watchers, and those after it still reach them."""
 
         def read(txn: lmdb.Transaction) -> tuple[int, list[tuple[int, list[journal.Change]]]]:
-            rows = []
-            for row in journal.read_after(txn, self._journaldb, after):
-                rows.append(row)
+            rows: list[tuple[int, list[journal.Change]]] = []
+            for seq, changes in journal.read_after(txn, self._journaldb, after):
+                if isinstance(changes, DecodeError):
+                    self.stats["journal_rows_corrupt"] += 1
+                    log.error("%s: journal row %d is corrupt, skipped: %s", self.path, seq, changes)
+                    changes = []
+                rows.append((seq, changes))
                 if len(rows) >= limit:
                     break
             return journal.first_seq(txn, self._journaldb), rows
 
-        try:
-            return self._read(read)
-        except DecodeError as exc:
-            raise StorageError(f"{self.path}: corrupt journal: {exc}") from exc
+        return self._read(read)
 
     def sync(self) -> None:
         """Force everything committed so far to disk (used by the async flusher)."""

@@ -150,6 +150,25 @@ def test_changes_and_watch_see_local_and_remote_changes(node: Any) -> None:
     assert feed.get(timeout=0.01) is None
 
 
+def test_a_corrupt_journal_row_is_passed_and_later_changes_still_arrive(tmp_path: Path) -> None:
+    # Watchers in every process read the journal: one bad row must not stall them all.
+    from crdtstore.storage import journal, layout
+
+    with crdtstore.open(tmp_path / "n", node_id="n1") as node:
+        feed = node.changes("m")
+        m = node.lww_map("m")
+        m["a"] = 1
+        assert feed.get(timeout=10) == Change("m", "a", None, 1, "n1")
+        replica = node.replica
+        with replica.env.begin(write=True) as txn:
+            db = replica.dbs["journal"]
+            txn.put(layout.u64(journal.last_seq(txn, db) + 1), b"\xc1", db=db)
+        m["b"] = 2
+        assert feed.get(timeout=10) == Change("m", "b", None, 2, "n1")
+        assert replica.stats["journal_rows_corrupt"] == 1
+        feed.close()
+
+
 def test_threads_write_concurrently_without_loss(node: Any) -> None:
     s = node.or_set("s")
 
