@@ -30,6 +30,7 @@ from collections.abc import (
     Iterator,
     MutableMapping,
     MutableSet,
+    Set,
     ValuesView,
 )
 from contextlib import contextmanager
@@ -533,6 +534,31 @@ class LWWMapView(_NamespaceView, MutableMapping[Any, Any]):
         if not self._node._write(lambda w: w.delete(self._name, key)):
             raise KeyError(key)
 
+    # MutableMapping's compound methods, each in one transaction: one commit and one delta
+    # batch, all or nothing (a bad value halfway through an update writes none of it), and
+    # no other writer between its read and its write (pop, setdefault).
+
+    def update(self, other: Any = (), /, **kwds: Any) -> None:
+        with self._node.transaction():
+            MutableMapping.update(self, other, **kwds)
+
+    def clear(self) -> None:
+        with self._node.transaction():
+            for key in list(self):
+                del self[key]
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        with self._node.transaction():
+            return MutableMapping.pop(self, key, *default)
+
+    def popitem(self) -> tuple[Any, Any]:
+        with self._node.transaction():
+            return MutableMapping.popitem(self)
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        with self._node.transaction():
+            return MutableMapping.setdefault(self, key, default)
+
     def items(self) -> ItemsView[Any, Any]:
         return _Items(self)
 
@@ -581,6 +607,43 @@ class ORSetView(_NamespaceView, MutableSet[Any]):
     def remove(self, element: Any) -> None:
         if not self._node._write(lambda w: w.remove(self._name, element)):
             raise KeyError(element)
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:
+        """What ``s | t``, ``s & t``, ``s - t`` and ``s ^ t`` return: a plain set, a
+        snapshot (a view is of a namespace, and cannot be built from elements)."""
+        return set(it)
+
+    # MutableSet's compound methods, each in one transaction (see LWWMapView.update).
+
+    def clear(self) -> None:
+        with self._node.transaction():
+            for element in list(self):
+                self.discard(element)
+
+    def pop(self) -> Any:
+        with self._node.transaction():
+            return MutableSet.pop(self)
+
+    def __ior__(self, it: Set[Any]) -> ORSetView:  # type: ignore[misc]  # as typeshed's
+        with self._node.transaction():
+            MutableSet.__ior__(self, it)
+        return self
+
+    def __iand__(self, it: Set[Any]) -> ORSetView:
+        with self._node.transaction():
+            MutableSet.__iand__(self, it)
+        return self
+
+    def __ixor__(self, it: Set[Any]) -> ORSetView:  # type: ignore[misc]  # as typeshed's
+        with self._node.transaction():
+            MutableSet.__ixor__(self, it)
+        return self
+
+    def __isub__(self, it: Set[Any]) -> ORSetView:
+        with self._node.transaction():
+            MutableSet.__isub__(self, it)
+        return self
 
 
 __all__ = ["LWWMapView", "Node", "ORSetView", "open"]

@@ -92,6 +92,41 @@ def test_transaction_is_one_commit_and_one_batch_per_namespace(node: Any) -> Non
     assert len(m) == 9
 
 
+def test_compound_methods_are_one_commit_each_and_all_or_nothing(node: Any) -> None:
+    # update, clear, pop, |= ...: one call, one commit, one delta batch; a bad value
+    # halfway through an update writes nothing.
+    m, s = node.lww_map("m"), node.or_set("s")
+    r = node.replica
+    m.update({i: i for i in range(10)}, extra=-1)
+    assert len(r.log_batches("m", "n1", 1, 11) or []) == 1 and m["extra"] == -1
+    with pytest.raises(crdtstore.InvalidValue):
+        m.update({"fine": 1, "bad": object()})
+    assert "fine" not in m and r.context("m").max_seq("n1") == 11
+    assert m.setdefault("extra", 5) == -1 and m.setdefault("new", 5) == 5
+    assert m.pop(3) == 3 and m.pop(3, "gone") == "gone"
+    key, value = m.popitem()
+    assert key not in m and value is not None
+    m.clear()
+    assert len(m) == 0 and len(r.log_batches("m", "n1", 15, 24) or []) == 1
+    s |= {1, 2, 3, 4}
+    assert len(r.log_batches("s", "n1", 1, 4) or []) == 1
+    s -= {1}
+    s &= {2, 3, 9}
+    s ^= {3, 5}
+    assert set(s) == {2, 5}
+    assert s.pop() in {2, 5} and len(s) == 1
+    s.clear()
+    assert len(s) == 0
+
+
+def test_set_operators_on_a_view_give_plain_sets(node: Any) -> None:
+    s = node.or_set("s")
+    s |= {1, 2, 3}
+    assert s | {4} == {1, 2, 3, 4} and type(s | {4}) is set
+    assert (s - {1}, s & {1, 9}, s ^ {3, 4}) == ({2, 3}, {1}, {1, 2, 4})
+    assert set(s) == {1, 2, 3}  # the view itself is untouched
+
+
 def test_exception_in_transaction_aborts_everything(node: Any) -> None:
     m = node.lww_map("m")
     m["keep"] = 1
