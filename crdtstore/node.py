@@ -626,23 +626,20 @@ class ORSetView(_NamespaceView, MutableSet[Any]):
             return MutableSet.pop(self)
 
     def __ior__(self, it: Set[Any]) -> ORSetView:  # type: ignore[misc]  # as typeshed's
-        with self._node.transaction():
-            MutableSet.__ior__(self, it)
-        return self
+        return self._in_one_transaction(MutableSet.__ior__, it)
 
     def __iand__(self, it: Set[Any]) -> ORSetView:
-        with self._node.transaction():
-            MutableSet.__iand__(self, it)
-        return self
+        return self._in_one_transaction(MutableSet.__iand__, it)
 
     def __ixor__(self, it: Set[Any]) -> ORSetView:  # type: ignore[misc]  # as typeshed's
-        with self._node.transaction():
-            MutableSet.__ixor__(self, it)
-        return self
+        return self._in_one_transaction(MutableSet.__ixor__, it)
 
     def __isub__(self, it: Set[Any]) -> ORSetView:
+        return self._in_one_transaction(MutableSet.__isub__, it)
+
+    def _in_one_transaction(self, op: Callable[[Any, Set[Any]], Any], it: Set[Any]) -> ORSetView:
         with self._node.transaction():
-            MutableSet.__isub__(self, it)
+            op(self, it)
         return self
 
 
