@@ -818,15 +818,15 @@ class LMDBReplica:
         if lo >= hi:
             return
         width, shift = 1 << layout.BUCKET_SHIFT, layout.BUCKET_SHIFT
-        first, last = lo >> shift, (hi - 1) >> shift
-        first_cut, last_cut = lo % width != 0, hi % width != 0
-        if first_cut:
-            yield from self._cut_rows(txn, ns_id, first, lo, hi)
-        whole_lo, whole_hi = first + first_cut, last + 1 - last_cut  # whole buckets
+        _, _, first_cut, last_cut = layout.range_scan(ns_id, lo, hi)  # cut buckets, or -1
+        if first_cut >= 0:
+            yield from self._cut_rows(txn, ns_id, first_cut, lo, hi)
+        whole_lo = (lo >> shift) + (first_cut >= 0)  # whole buckets: whole_lo..whole_hi-1
+        whole_hi = ((hi - 1) >> shift) + 1 - (last_cut >= 0)
         if whole_lo < whole_hi:
             yield from self._scan(txn, ns_id, whole_lo * width, whole_hi * width)
-        if last_cut and not (first_cut and last == first):  # not the bucket cut above
-            yield from self._cut_rows(txn, ns_id, last, lo, hi)
+        if last_cut >= 0 and last_cut != first_cut:  # one bucket cut at both ends: done
+            yield from self._cut_rows(txn, ns_id, last_cut, lo, hi)
 
     def _cut_rows(
         self, txn: lmdb.Transaction, ns_id: int, bucket: int, lo: int, hi: int
