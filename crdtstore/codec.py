@@ -12,7 +12,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from hashlib import blake2b
+from itertools import repeat
 from typing import Any, TypeVar
 
 import msgpack
@@ -21,7 +23,12 @@ from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap, check
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.errors import DecodeError, Error
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""The wire format this node writes. 2: a dot cloud carries a run of consecutive seqs of
+one replica as one item, ``[replica, first, last]`` (see :func:`encode_cloud`)."""
+READ_VERSIONS = (1, 2)
+"""The formats this node reads. A version-1 message is a version-2 one without runs: the
+delta logs of older directories hold them, and serve them to peers as they are."""
 MAX_SEQ = (1 << 63) - 1
 MAX_REPLICA_ID_LEN = 128
 
@@ -52,6 +59,13 @@ class DecodeLimits:
 
 
 DEFAULT_LIMITS = DecodeLimits()
+
+MAX_CLOUD_DOTS = DEFAULT_LIMITS.max_container_len
+"""Most dots a context from the wire may hold in its cloud. A run is three numbers on the
+wire but a Dot each in memory; before runs, the array's own bound gave this one."""
+STORED_MAX_CLOUD_DOTS = 1 << 24
+"""The same for a context read from disk: this node's own, which may have gathered more
+while it repaired a long gap. Past it, the row is corrupt (16M Dots is ~2 GiB)."""
 
 MAX_VALUE_DEPTH = 26
 """Deepest nesting of one stored value (a key's payload), wherever it travels: in a delta
@@ -185,29 +199,79 @@ def decode_list(obj: Any, what: str, item: Callable[[Any], T]) -> list[T]:
 
 
 def encode_context(ctx: CausalContext) -> list[Any]:
-    return [dict(ctx.vv), [[d.replica, d.seq] for d in sorted(ctx.cloud)]]
+    by_replica: dict[str, list[int]] = {}
+    for replica, seq in ctx.cloud:
+        seqs = by_replica.get(replica)
+        if seqs is None:
+            by_replica[replica] = [seq]
+        else:
+            seqs.append(seq)
+    cloud: list[list[Any]] = []
+    for replica in sorted(by_replica):
+        encode_cloud(replica, sorted(by_replica[replica]), cloud)
+    return [dict(ctx.vv), cloud]
 
 
-def decode_context(obj: Any) -> CausalContext:
+def encode_cloud(replica: str, seqs: list[int], out: list[list[Any]]) -> None:
+    """Append to ``out`` the cloud items of ``replica``'s seqs ``seqs`` (ascending,
+    distinct): ``[replica, first, last]`` for each run of consecutive seqs, ``[replica,
+    seq]`` for a seq alone. Runs are the usual shape: a batch that rewrites the keys one
+    earlier batch wrote observed that batch's whole run, and a node that missed a batch
+    holds the ones after it."""
+    if not seqs:
+        return
+    start = prev = seqs[0]
+    if seqs[-1] - start == len(seqs) - 1:  # one run (or one seq): no loop
+        out.append([replica, start] if len(seqs) == 1 else [replica, start, seqs[-1]])
+        return
+    for seq in seqs:
+        if seq > prev + 1:
+            out.append([replica, start] if start == prev else [replica, start, prev])
+            start = seq
+        prev = seq
+    out.append([replica, start] if start == prev else [replica, start, prev])
+
+
+def decode_context(obj: Any, max_dots: int = MAX_CLOUD_DOTS) -> CausalContext:
+    """A context from its wire form; a cloud of more than ``max_dots`` dots, runs counted
+    dot by dot, is refused."""
     vv_obj, cloud_obj = expect_list(obj, "context", 2)
     vv = {
         expect_replica(r): expect_int(s, "version vector seq")
         for r, s in expect(vv_obj, dict, "version vector").items()
     }
-    cloud = [
-        # decode_dot, inlined for the well-formed case: a batch's context lists each of
-        # its own dots here, a thousand in a batch of a thousand updates.
-        Dot(d[0], d[1])
-        if type(d) is list
-        and len(d) == 2
-        and type(d[0]) is str
-        and 0 < len(d[0]) <= MAX_REPLICA_ID_LEN
-        and type(d[1]) is int
-        and 1 <= d[1] <= MAX_SEQ
-        else decode_dot(d)
-        for d in expect_list(cloud_obj, "dot cloud")
-    ]
+    cloud: list[Dot] = []
+    for d in expect_list(cloud_obj, "dot cloud"):
+        # decode_dot, inlined for the well-formed case.
+        if (
+            type(d) is list
+            and len(d) == 2
+            and type(d[0]) is str
+            and 0 < len(d[0]) <= MAX_REPLICA_ID_LEN
+            and type(d[1]) is int
+            and 1 <= d[1] <= MAX_SEQ
+        ):
+            cloud.append(Dot(d[0], d[1]))
+        elif type(d) is list and len(d) == 3:
+            replica = expect_replica(d[0])
+            first = expect_int(d[1], "run's first seq", 1)
+            last = expect_int(d[2], "run's last seq", first + 1)
+            top = vv.get(replica, 0)
+            if first <= top + 1:  # the run extends the contiguous part: no Dot for it
+                vv[replica] = max(top, last)
+                continue
+            if len(cloud) + (last - first + 1) > max_dots:
+                raise DecodeError(f"dot cloud holds more than {max_dots} dots")
+            cloud.extend(map(_new_dot, zip(repeat(replica), range(first, last + 1))))
+        else:
+            cloud.append(decode_dot(d))
+    if len(cloud) > max_dots:
+        raise DecodeError(f"dot cloud holds more than {max_dots} dots")
     return CausalContext(vv, cloud)
+
+
+_new_dot = partial(tuple.__new__, Dot)
+"""``Dot`` from a ``(replica, seq)`` tuple, in C: a third less than ``Dot(replica, seq)``."""
 
 
 def decode_dot(obj: Any) -> Dot:

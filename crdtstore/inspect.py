@@ -27,7 +27,6 @@ from typing import Any
 
 import lmdb
 
-from crdtstore.codec import decode_context
 from crdtstore.crdt import CausalContext, Dot
 from crdtstore.crdt.hlc import logical, physical_ms
 from crdtstore.errors import DecodeError, Error
@@ -82,7 +81,7 @@ class Snapshot:
 
     def context(self, ns_id: int) -> CausalContext:
         data = self.txn.get(layout.context_key(ns_id), db=self.dbs["logorder"])
-        return CausalContext() if data is None else decode_context(layout.unpack_stored(data))
+        return CausalContext() if data is None else layout.unpack_context(data)
 
     def raw_rows(self, ns_id: int) -> Iterator[tuple[bytes, bytes]]:
         """``(row key, row)`` of every live row, undecoded."""

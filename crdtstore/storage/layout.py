@@ -38,15 +38,17 @@ from typing import Any
 
 import msgpack
 
-from crdtstore.codec import new_hash
-from crdtstore.crdt import Dot
+from crdtstore.codec import STORED_MAX_CLOUD_DOTS, decode_context, new_hash
+from crdtstore.crdt import CausalContext, Dot
 from crdtstore.errors import DecodeError
 from crdtstore.sync.fingerprint import ORDER_BITS, encoded_position
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 """2: the log's counts moved from ``meta`` into ``logorder``; 3: so did the causal contexts
 (they had a table of their own); 4: state rows are keyed by the key hash's first byte,
-not all eight, then the key. Older directories are migrated when opened."""
+not all eight, then the key; 5: stored contexts and logged batches may hold runs in
+their dot clouds (wire format 2), which a build for format 4 cannot read. Older
+directories are migrated when opened."""
 
 Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
 
@@ -200,6 +202,11 @@ def unpack_stored(data: Buf) -> Any:
         raise
     except Exception as exc:  # msgpack raises many types on malformed input
         raise DecodeError(f"corrupt stored row: {type(exc).__name__}: {exc}") from exc
+
+
+def unpack_context(data: Buf) -> CausalContext:
+    """A stored causal context (``pack_stored(encode_context(ctx))``); DecodeError if corrupt."""
+    return decode_context(unpack_stored(data), STORED_MAX_CLOUD_DOTS)
 
 
 def pack_stored(obj: Any) -> bytes:

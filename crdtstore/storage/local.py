@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import msgpack
 
-from crdtstore.codec import new_hash
+from crdtstore.codec import encode_cloud, new_hash
 from crdtstore.crdt import CausalContext, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
@@ -174,7 +174,7 @@ def encode_dots(me: str, first: int, last: int, observed: dict[str, list[int]]) 
             top = seq
         if top:
             vv[replica] = top
-        cloud.extend([replica, seq] for seq in seqs[top:])  # seqs[:top] are 1..top
+        encode_cloud(replica, seqs[top:], cloud)  # seqs[:top] are 1..top
     return [vv, cloud]
 
 

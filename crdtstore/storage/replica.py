@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import lmdb
 import msgpack
 
-from crdtstore.codec import MAX_REPLICA_ID_LEN, Row, decode_context, encode_context
+from crdtstore.codec import MAX_REPLICA_ID_LEN, Row, encode_context
 from crdtstore.crdt import (
     CRDT_TYPES,
     CausalContext,
@@ -185,12 +185,16 @@ class LMDBReplica:
         if version is None:
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             txn.put(layout.META_NEXT_NS, layout.u64(1), db=meta)
-        elif version in (1, 2, 3):
+        elif version in (1, 2, 3, 4):
             if version == 1:
                 _migrate_from_format_1(txn, self.dbs)
             if version <= 2:
                 _migrate_from_format_2(self._env, txn, self.dbs)
-            _migrate_from_format_3(self._env, txn, self.dbs)
+            if version <= 3:
+                _migrate_from_format_3(self._env, txn, self.dbs)
+            # 4 -> 5 rewrites nothing: format 5 reads what format 4 wrote (clouds without
+            # runs, batches of wire format 1); it only keeps a build for 4 from reading
+            # what this one writes.
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             log.info("storage format migrated from %d to %d", version, layout.FORMAT_VERSION)
         elif version != layout.FORMAT_VERSION:
@@ -473,7 +477,7 @@ class LMDBReplica:
         if cached is not None and cached[0] == data:
             return cached[1]
         data = bytes(data)
-        ctx = decode_context(layout.unpack_stored(data))
+        ctx = layout.unpack_context(data)
         self._ctx_cache[ns_id] = (data, ctx)
         return ctx
 

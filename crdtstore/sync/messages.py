@@ -16,6 +16,7 @@ import msgpack
 from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
+    READ_VERSIONS,
     DecodeLimits,
     Row,
     check_depth,
@@ -238,9 +239,9 @@ def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     if not isinstance(obj, list) or len(obj) < 2:
         raise DecodeError("a message is [version, kind, *fields]")
     version, kind = obj[0], obj[1]
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in READ_VERSIONS:
         raise DecodeError(
-            f"unsupported format version {version!r} (this node speaks {FORMAT_VERSION})"
+            f"unsupported format version {version!r} (this node reads {READ_VERSIONS})"
         )
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:

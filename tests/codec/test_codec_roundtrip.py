@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -84,6 +85,43 @@ def through_wire(obj: Any) -> Any:
 @given(contexts)
 def test_context_round_trips(ctx: CausalContext) -> None:
     assert decode_context(through_wire(encode_context(ctx))) == ctx
+
+
+@given(
+    st.dictionaries(st.sampled_from("abc"), st.integers(0, 6)),
+    st.lists(st.tuples(st.sampled_from("abc"), st.integers(1, 30)), max_size=40),
+)
+def test_a_cloud_travels_as_its_runs(vv: dict[str, int], dots: list[tuple[str, int]]) -> None:
+    ctx = CausalContext(vv, [Dot(r, s) for r, s in dots])
+    wire = encode_context(ctx)
+    assert decode_context(through_wire(wire)) == ctx
+    # Canonical: one item per maximal run of consecutive seqs, in (replica, seq) order; a
+    # pair for a seq alone, [replica, first, last] with first < last for a longer run.
+    items = wire[1]
+    spans = [(i[0], i[1], i[-1]) for i in items]
+    assert all(len(i) == 2 or (len(i) == 3 and i[1] < i[2]) for i in items)
+    assert spans == sorted(spans)
+    assert all(not (a[0] == b[0] and a[2] + 1 >= b[1]) for a, b in pairwise(spans))
+    assert sum(last - first + 1 for _, first, last in spans) == len(ctx.cloud)
+
+
+def test_a_run_that_reaches_the_version_vector_builds_no_dot() -> None:
+    # A run is folded into the contiguous part it extends, whatever its length; one that
+    # does not reach it is the cloud's dots, one by one.
+    huge = (1 << 62) + 5
+    assert decode_context([{"a": 2}, [["a", 3, huge]]]) == CausalContext({"a": huge})
+    assert decode_context([{"a": 2}, [["a", 1, 9]]]) == CausalContext({"a": 9})
+    assert decode_context([{"a": 9}, [["a", 3, 5]]]) == CausalContext({"a": 9})
+    assert decode_context([{}, [["a", 5, 7], ["a", 2], ["a", 1], ["a", 3, 4]]]) == (
+        CausalContext({"a": 7})
+    )
+    assert decode_context([{"b": 1}, [["a", 4, 6]]]) == CausalContext(
+        {"b": 1}, [Dot("a", 4), Dot("a", 5), Dot("a", 6)]
+    )
+    # A version-1 cloud, dot by dot, reads as the same context.
+    assert decode_context([{}, [["a", 4], ["a", 5], ["a", 6], ["b", 1]]]) == CausalContext(
+        {"b": 1}, [Dot("a", 4), Dot("a", 5), Dot("a", 6)]
+    )
 
 
 @given(

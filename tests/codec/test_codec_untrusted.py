@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
+    MAX_CLOUD_DOTS,
     check_depth,
     decode_value,
     pack,
@@ -320,7 +321,7 @@ def test_the_hand_made_baseline_is_valid() -> None:
 
 
 BAD_MESSAGES = {
-    "wrong version": batch(GOOD, version=2),
+    "wrong version": batch(GOOD, version=FORMAT_VERSION + 1),
     "version as string": batch(GOOD, version="1"),
     "no kind": pack([FORMAT_VERSION]),
     "unknown kind": pack([FORMAT_VERSION, "gossip", "ns"]),
@@ -358,6 +359,22 @@ BAD_MESSAGES = {
     "extra trailing bytes": batch(GOOD, 1, 2) + b"\x00",
     "context not a pair": batch(lww([{"a": 2}], [])),
     "vv not a map": batch(lww([[["a", 2]], []], [])),
+    # Runs of the cloud, [replica, first, last]: first < last, both seqs, a replica id.
+    "run that is one seq": batch(lww([{"a": 2}, [["a", 5, 5]]], []), 6, 6),
+    "run that goes down": batch(lww([{"a": 2}, [["a", 7, 5]]], []), 8, 8),
+    "run beyond the largest seq": batch(lww([{"a": 2}, [["a", 5, 1 << 63]]], []), 6, 6),
+    "bool in a run": batch(lww([{"a": 2}, [["a", True, 5]]], []), 6, 6),
+    "run of an empty replica id": batch(lww([{"a": 2}, [["", 4, 5]]], []), 6, 6),
+    "cloud item of four": batch(lww([{"a": 2}, [["a", 4, 5, 6]]], []), 7, 7),
+    "live dot outside a run": batch(lww([{}, [["a", 3, 5]]], [["k", [["a", 2, 5, "v"]]]]), 6, 6),
+    # A run is three numbers, its dots a Dot each in memory: one too long is refused
+    # before any is built (built, this one would never finish).
+    "run of more dots than a cloud may hold": batch(lww([{}, [["b", 2, 1 << 62]]], []), 1, 1),
+    "runs together of more dots than a cloud may hold": batch(
+        lww([{}, [["b", 2, 1 + MAX_CLOUD_DOTS // 2], ["c", 2, 2 + MAX_CLOUD_DOTS // 2]]], []),
+        1,
+        1,
+    ),
 }
 
 

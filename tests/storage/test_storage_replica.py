@@ -164,12 +164,28 @@ def test_bound_log_drops_oldest_in_append_order(make_replica: Make) -> None:
     assert a.log_batches("s", "b", 1, 1) is None
 
 
+def _as_wire_1(encoded: bytes) -> bytes:
+    """A delta batch of wire format 2 as format 1 wrote it (the same, without runs, which
+    the tests' batches do not have)."""
+    assert encoded[:2] == b"\x97\x02"  # [version, kind, ...]
+    return b"\x97\x01" + encoded[2:]
+
+
 def _downgrade(path: Path, to: int) -> None:
-    """Rewrite a directory the way format ``to`` (3, 2 or 1) stored it: state rows keyed by
-    the whole key hash; for 2, the contexts in a table of their own; for 1, the log counts
-    in meta as well."""
+    """Rewrite a directory the way format ``to`` (4, 3, 2 or 1) stored it: logged batches
+    of wire format 1; for 3, state rows keyed by the whole key hash; for 2, the contexts
+    in a table of their own; for 1, the log counts in meta as well."""
     env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 2)
     meta, order, state = env.open_db(b"meta"), env.open_db(b"logorder"), env.open_db(b"state")
+    logdb = env.open_db(b"log")
+    with env.begin(write=True) as txn:
+        for key, value in [(bytes(k), bytes(v)) for k, v in txn.cursor(db=logdb)]:
+            head = len(value) - len(layout.unpack_log(value)[2])
+            txn.put(key, value[:head] + _as_wire_1(value[head:]), db=logdb)
+        txn.put(layout.META_FORMAT, layout.u64(to), db=meta)
+    if to == 4:
+        env.close()
+        return
     with env.begin(write=True) as txn:
         rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=state)]
         txn.drop(state, delete=False)
@@ -197,7 +213,7 @@ def _downgrade(path: Path, to: int) -> None:
     env.close()
 
 
-@pytest.mark.parametrize("old_format", [1, 2, 3])
+@pytest.mark.parametrize("old_format", [1, 2, 3, 4])
 def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int) -> None:
     path = tmp_path / "old"
     a = LMDBReplica(path, "a")
@@ -235,7 +251,8 @@ def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int)
     assert a.context("s") == CausalContext({"a": 2, "b": 1})
     assert a.bound_log("m", 1) == 0 and a.bound_log("s", 2) == 1
     assert a.log_batches("s", "a", 1, 1) is None  # the oldest went first
-    assert a.log_batches("s", "b", 1, 1) == [raw]
+    assert a.log_batches("s", "b", 1, 1) == [_as_wire_1(raw)]  # served as it was logged,
+    assert decode_message(_as_wire_1(raw)) == decode_message(raw)  # and read as before
     assert a.bound_log("s", 0) == 2 and a.bound_log("m", 0) == 1
     assert a.context("s") == CausalContext({"a": 2, "b": 1})  # bounding the log kept it
     local(a, ("add", "s", 4))
