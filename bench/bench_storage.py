@@ -142,7 +142,7 @@ def scattered(i: int) -> int:
 class RawTable:
     """Bare LMDB doing what the store's batch benchmark does (sync, 1,000 puts per
     transaction): this disk's limit for the pattern. Rows are keyed ``ns +
-    blake2b(key)[:hash_bytes] + key``: 1 as the store keys them (storage format 4), 8 as
+    blake2b(key)[:hash_bytes] + key``: 1 as the store keys them (storage formats 4 and 5), 8 as
     format 3 did (neighbouring keys scattered over the table). Keys are ``key(i)``.
     Values are 40 bytes, about a stored row's."""
 

@@ -75,28 +75,36 @@ def encode_key(key: object, settings: NodeSettings) -> bytes:
 
 
 _SCALARS = (str, int, float, bytes, bool, type(None))
+_EXTENSIONS = (msgpack.ExtType, msgpack.Timestamp)
+"""What msgpack packs as an extension type, which no decoder of a row or of the wire
+accepts: stored, the key could then be neither read nor written again."""
+_CHECKED = (list, tuple, dict, *_EXTENSIONS)
+"""What :func:`check_value` walks into or refuses."""
 
 
 def check_value(value: object, max_depth: int) -> None:
     """Refuse what peers' decoder (:func:`crdtstore.codec.check_depth`) would refuse once
-    ``value`` is packed: nesting beyond ``max_depth``, containers as map keys. msgpack packs
-    tuples and subclasses of list and dict as arrays and maps, so they count too."""
+    ``value`` is packed: nesting beyond ``max_depth``, containers as map keys, extension
+    types. msgpack packs tuples and subclasses of list and dict as arrays and maps, so
+    they count too (an ExtType is a tuple: it is refused before it is walked)."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         item, depth = stack.pop()
+        if isinstance(item, _EXTENSIONS):
+            raise InvalidValue(f"value holds a msgpack {type(item).__name__}: not storable")
         if depth > max_depth:
             raise InvalidValue(f"value nests deeper than max_value_depth={max_depth}")
         if isinstance(item, dict):
-            if any(isinstance(k, list | tuple | dict) for k in item):
-                raise InvalidValue("value has a list, tuple or dict as a map key")
+            if any(isinstance(k, _CHECKED) for k in item):
+                raise InvalidValue("value has a container or an extension type as a map key")
             children: Any = item.values()
         else:
             children = item
-        stack.extend((c, depth + 1) for c in children if isinstance(c, list | tuple | dict))
+        stack.extend((c, depth + 1) for c in children if isinstance(c, _CHECKED))
 
 
 def encode_value(value: object, settings: NodeSettings) -> bytes:
-    if isinstance(value, list | tuple | dict):
+    if isinstance(value, _CHECKED):
         check_value(value, settings.max_value_depth)
     try:
         data: bytes = layout.pack(value)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from msgpack import ExtType, Timestamp
 
 import crdtstore
 from crdtstore import InvalidValue, TypeMismatch, ValueTooLarge
@@ -69,6 +70,25 @@ BAD_CALLS = [
         "list as a nested map key",
         InvalidValue,
         lambda n: n.lww_map("m").__setitem__("k", {"a": [{"b": 1}, {("c",): 2}]}),
+    ),
+    # msgpack packs these as extension types, which no reader accepts: stored, the key
+    # could be neither read nor written again.
+    ("ExtType value", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", ExtType(1, b"x"))),
+    (
+        "ExtType in a list",
+        InvalidValue,
+        lambda n: n.lww_map("m").__setitem__("k", [1, ExtType(1, b"")]),
+    ),
+    (
+        "ExtType in a map",
+        InvalidValue,
+        lambda n: n.lww_map("m").__setitem__("k", {"a": ExtType(2, b"")}),
+    ),
+    ("Timestamp value", InvalidValue, lambda n: n.lww_map("m").__setitem__("k", Timestamp(1))),
+    (
+        "Timestamp as a map key",
+        InvalidValue,
+        lambda n: n.lww_map("m").__setitem__("k", {Timestamp(1): 1}),
     ),
     ("value too large", ValueTooLarge, lambda n: n.lww_map("m").__setitem__("k", "x" * 2_000_000)),
     ("float key", InvalidValue, lambda n: n.lww_map("m").__setitem__(1.5, 1)),
