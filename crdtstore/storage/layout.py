@@ -24,8 +24,8 @@ Invariants this module keeps (and ``crdt-inspect`` relies on):
   (``ns_id + 2**64-2``, ``pack_stored(encode_context(ctx))``) and the count of its logged
   batches (``ns_id + 2**64-1``, once it logged anything). A commit rewrites all three, and
   together they dirty one page.
-- A journal row ``seq (8 BE)`` holds ``msgpack([[namespace, key, old, new, origin], ...])``:
-  the visible changes of one commit.
+- A journal row ``seq (8 BE)`` holds ``msgpack([[namespace, origin, [key, old, new, ...]],
+  ...])``: the visible changes of one commit, grouped (:mod:`crdtstore.storage.journal`).
 """
 
 from __future__ import annotations

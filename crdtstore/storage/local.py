@@ -196,7 +196,7 @@ def observe(observed: dict[str, list[int]], dots: list[list[Any]]) -> None:
             seqs.append(d[1])
 
 
-@dataclass
+@dataclass(slots=True)
 class _NsWrite:
     """What one transaction did to one namespace so far."""
 
@@ -214,6 +214,10 @@ class _NsWrite:
     prefix: bytes
     bucket_base: int
     """ns_id << 8: with a key hash's first byte, the code of its bucket."""
+    events: list[Any]
+    """The namespace's change events, ``key, old, new`` each, flat: its journal group.
+    (A commit's events are journaled by namespace: the changes of one key keep their
+    order, and no other writer's come between.)"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +273,6 @@ class LocalWrite:
         self._created: dict[str, tuple[int, str]] = {}
         self._writer = RowWriter(self.txn, r._bucketdb)
         self._buckets = self._writer.buckets
-        self._events = self._writer.events
 
     def _release(self) -> None:
         if self._active:
@@ -356,7 +359,7 @@ class LocalWrite:
             r._ctx_cache[ns_id] = (data, ctx)
         return Committed(
             tuple(n.name for n in self._ns.values() if n.next_seq > n.first),
-            bool(self._writer.events),
+            self._writer.changed(),
         )
 
     def _finish(self) -> list[tuple[int, bytes, CausalContext]]:
@@ -392,8 +395,9 @@ class LocalWrite:
         ctx = self.replica.load_ctx(self.txn, ns_id)
         seq = ctx.max_seq(self.me) + 1
         nsw = _NsWrite(
-            ns_id, name, tname, ctx, seq, seq, {}, {}, layout.ns_prefix(ns_id), ns_id << 8
+            ns_id, name, tname, ctx, seq, seq, {}, {}, layout.ns_prefix(ns_id), ns_id << 8, []
         )
+        self._writer.groups.append([name, self.me, nsw.events])
         self._ns[name] = nsw
         return nsw
 
@@ -575,7 +579,7 @@ class LocalWrite:
         else:
             acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
         nsw.delta[ekey] = b"\x92" + ekey + row_dots
-        self._events.append((namespace, key, before, value, self.me))
+        nsw.events.extend((key, before, value))
         return ts
 
     def _add(self, namespace: str, element: Any) -> bool:
@@ -614,7 +618,7 @@ class LocalWrite:
         nsw.delta[ekey] = b"\x92" + ekey + row_dots
         if old is None:
             acc[1] += 1
-            self._events.append((namespace, element, False, True, self.me))
+            nsw.events.extend((element, False, True))
             return True
         return False
 
@@ -633,7 +637,7 @@ class LocalWrite:
         if dots:
             before = winning_value(dots) if type_name == LWW else True
             after = None if type_name == LWW else False
-            self._writer.events.append((namespace, key, before, after, self.me))
+            nsw.events.extend((key, before, after))
         return bool(dots)
 
     # -- reads (see this transaction's writes) -------------------------------------------------

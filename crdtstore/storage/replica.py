@@ -77,6 +77,7 @@ EVENTS_PER_JOURNAL_ROW = 16_384
 become visible together)."""
 LWW = "lww_map"
 ORSET = "or_set"
+_NO_GROUP = object()  # an origin no event has (None is one: a repair that revealed a removal)
 
 
 def wall_ms() -> int:
@@ -655,19 +656,16 @@ class LMDBReplica:
             if now is None or (now[0], now[1]) != (was[0], was[1]):
                 if origin is None and now is not None:
                     origin = now[0]
-                writer.events.append(
-                    (namespace, key, was[3], None if now is None else now[3], origin)
-                )
+                writer.event(namespace, key, was[3], None if now is None else now[3], origin)
         elif not row:  # an OR-Set row changes what a reader sees only when it goes
-            writer.events.append((namespace, key, True, False, origin))
+            writer.event(namespace, key, True, False, origin)
         return True
 
     def _finish(self, writer: RowWriter) -> None:
         writer.flush()
-        if writer.events:
-            journal.append(
-                writer.txn, self._journaldb, writer.events, self.settings.journal_max_entries
-            )
+        groups = [g for g in writer.groups if g[2]]
+        if groups:
+            journal.append(writer.txn, self._journaldb, groups, self.settings.journal_max_entries)
 
     def log_batches(self, namespace: str, origin: str, first: int, last: int) -> list[bytes] | None:
         def read(txn: lmdb.Transaction) -> list[bytes] | None:
@@ -1048,13 +1046,12 @@ class LMDBReplica:
                         self._check_drift(value)  # raising here aborts the whole transaction
                     got = self._join_range(txn, writer, ns_id, namespace, tname, ctx, lo, hi, value)
                     received.extend(got if context is None else _not_in(got, context))
-                if len(writer.events) >= EVENTS_PER_JOURNAL_ROW:
+                if sum(len(g[2]) for g in writer.groups) >= 3 * EVENTS_PER_JOURNAL_ROW:
                     # A bootstrap changes every key: journal its events as it goes rather
                     # than hold them (and the keys and values they name) to the end.
-                    journal.append(
-                        txn, self._journaldb, writer.events, self.settings.journal_max_entries
-                    )
-                    writer.events.clear()
+                    groups = [g for g in writer.groups if g[2]]
+                    journal.append(txn, self._journaldb, groups, self.settings.journal_max_entries)
+                    writer.groups.clear()
             if found is None:
                 raise InvalidValue(f"namespace {namespace!r} does not exist here")
             ns_id, tname = found
@@ -1343,7 +1340,9 @@ def _insert_rows(
     ``ShippedEntries.checked`` yields entries in this shape (hash included), checked as
     this loop takes them."""
     vv, cloud = my_ctx.vv, my_ctx.cloud
-    put, buckets, events = writer.txn.put, writer.buckets, writer.events
+    put, buckets = writer.txn.put, writer.buckets
+    events: list[Any] = []  # of the group of origin ``source``
+    source: object = _NO_GROUP
     prefix = layout.ns_prefix(ns_id)
     pack = layout.pack
     fresh = not vv and not cloud  # we have seen nothing (a bootstrap): every dot is new
@@ -1364,9 +1363,14 @@ def _insert_rows(
             edig = layout.entry_digest(ekey, dots)
         if stamped:
             won = dots[0] if len(dots) == 1 else max(dots, key=_lww_order)
-            events.append((namespace, key, None, won[3], origin or won[0]))
+            by = origin or won[0]
+            if by != source:
+                source, events = by, writer.group(namespace, by)
+            events += (key, None, won[3])
         else:
-            events.append((namespace, key, False, True, origin))
+            if origin != source:
+                source, events = origin, writer.group(namespace, origin)
+            events += (key, False, True)
         put(prefix + position, edig + pack(dots))  # the transaction's default: state
         if position[0] != bucket:  # the key hash's first byte (layout.BUCKET_BITS = 8)
             bucket = position[0]

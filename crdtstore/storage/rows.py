@@ -17,7 +17,7 @@ import lmdb
 from crdtstore.crdt import Dot
 from crdtstore.errors import DecodeError
 from crdtstore.storage import layout
-from crdtstore.storage.journal import Event
+from crdtstore.storage.journal import Group
 
 Entry = dict[Dot, Any]
 
@@ -50,7 +50,31 @@ class RowWriter:
         self.buckets: dict[int, list[int]] = {}
         """Bucket code, ``ns_id << 8 | bucket``, -> [XOR of entry hashes, change of count]
         (writers hold this dict: flush clears it, never replaces it)."""
-        self.events: list[Event] = []
+        self.groups: list[Group] = []
+        """The transaction's change events, as the journal holds them (see :meth:`event`);
+        a local write keeps one group per namespace, some maybe empty."""
+
+    def event(self, namespace: str, key: Any, old: Any, new: Any, origin: str | None) -> None:
+        """Record a visible change, after every one recorded before it."""
+        self.group(namespace, origin).extend((key, old, new))
+
+    def group(self, namespace: str, origin: str | None) -> list[Any]:
+        """The list of events that the next change of ``namespace`` by ``origin`` extends
+        by ``key, old, new``: the last group's if it is theirs, else a new group's. (A loop
+        holds it while the origin stays the same: a call less per event.)"""
+        groups = self.groups
+        if groups:
+            last = groups[-1]
+            if last[0] == namespace and last[1] == origin:
+                flat: list[Any] = last[2]
+                return flat
+        flat = []
+        groups.append([namespace, origin, flat])
+        return flat
+
+    def changed(self) -> bool:
+        """Whether any visible change was recorded."""
+        return any(g[2] for g in self.groups)
 
     def get(self, rkey: bytes) -> bytes | None:
         data = self.txn.get(rkey)  # a replica's transactions default to the state table

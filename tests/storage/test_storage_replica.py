@@ -862,3 +862,68 @@ def test_a_range_of_concurrent_writes_shows_its_winner(
     _, rows = a.journal_after(before, 10)
     events = [(c.key, c.old, c.new) for _, changes in rows for c in changes]
     assert events == ([] if won is None else [("k", None, won[1][1])])
+
+
+def test_a_commit_journals_its_events_in_order_grouped(make_replica: Make) -> None:
+    # A received key changed by c, b, then c again in one apply (a group per run of one
+    # origin), a new key, then a local transaction over two namespaces: every change of a
+    # key in the order it happened, each naming its origin.
+    a, b, c = make_replica("a"), make_replica("b"), make_replica("c")
+    local(b, ("put", "m", "k", "b1"), ("put", "m", "nb", 1))
+    (b1,) = b.log_batches("m", "b", 1, 2) or []
+    a.apply_batch(decode_message(b1), b1)
+    c.apply_batch(decode_message(b1), b1)
+    local(c, ("put", "m", "k", "c1"), ("put", "m", "nc", 1))
+    (c1,) = c.log_batches("m", "c", 1, 2) or []
+    b.apply_batch(decode_message(c1), c1)
+    local(b, ("put", "m", "k", "b2"))
+    (b2,) = b.log_batches("m", "b", 3, 3) or []
+    c.apply_batch(decode_message(b2), b2)
+    local(c, ("put", "m", "k", "c2"))
+    (c2,) = c.log_batches("m", "c", 3, 3) or []
+    before = a.journal_last()
+    a.apply_batches([(decode_message(w), w) for w in (c1, b2, c2)])
+    w = a.begin_local()
+    w.put("m", "k", "a1")
+    w.add("s", 1)
+    w.put("m", "k", "a2")
+    w.add("s", 2)
+    w.delete("m", "k")
+    w.commit()
+    _, rows = a.journal_after(before, 10)
+    events = [(c.namespace, c.key, c.old, c.new, c.origin) for _, changes in rows for c in changes]
+    assert events == [
+        ("m", "k", "b1", "c1", "c"),
+        ("m", "nc", None, 1, "c"),
+        ("m", "k", "c1", "b2", "b"),
+        ("m", "k", "b2", "c2", "c"),
+        ("m", "k", "c2", "a1", "a"),
+        ("m", "k", "a1", "a2", "a"),
+        ("m", "k", "a2", None, "a"),
+        ("s", 1, False, True, "a"),
+        ("s", 2, False, True, "a"),
+    ]
+    with a.env.begin() as txn:  # one group per namespace and run of one origin
+        stored = [unpack(bytes(v)) for _, v in txn.cursor(db=a.dbs["journal"])][-2:]
+    assert [[g[:2] for g in row] for row in stored] == [
+        [["m", "c"], ["m", "b"], ["m", "c"]],
+        [["m", "a"], ["s", "a"]],
+    ]
+
+
+def test_a_journal_row_of_format_4_still_reads(make_replica: Make) -> None:
+    # Format 4 wrote one list per event; a directory migrated to 5 may still hold some.
+    from crdtstore.storage import journal
+
+    a = make_replica("a")
+    with a.env.begin(write=True) as txn:
+        db = a.dbs["journal"]
+        txn.put(
+            layout.u64(journal.last_seq(txn, db) + 1), layout.pack([["m", "k", 1, 2, "b"]]), db=db
+        )
+    local(a, ("put", "m", "k", 3))
+    _, rows = a.journal_after(0, 10)
+    assert [(c.key, c.old, c.new, c.origin) for _, changes in rows for c in changes] == [
+        ("k", 1, 2, "b"),
+        ("k", None, 3, "a"),
+    ]
