@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from functools import partial
 from hashlib import blake2b
 from itertools import repeat
 from typing import Any, TypeVar
@@ -21,6 +20,7 @@ import msgpack
 
 from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
+from crdtstore.crdt.dots import new_dot
 from crdtstore.errors import DecodeError, Error
 
 FORMAT_VERSION = 2
@@ -262,16 +262,12 @@ def decode_context(obj: Any, max_dots: int = MAX_CLOUD_DOTS) -> CausalContext:
                 continue
             if len(cloud) + (last - first + 1) > max_dots:
                 raise DecodeError(f"dot cloud holds more than {max_dots} dots")
-            cloud.extend(map(_new_dot, zip(repeat(replica), range(first, last + 1))))
+            cloud.extend(map(new_dot, zip(repeat(replica), range(first, last + 1))))
         else:
             cloud.append(decode_dot(d))
     if len(cloud) > max_dots:
         raise DecodeError(f"dot cloud holds more than {max_dots} dots")
     return CausalContext(vv, cloud)
-
-
-_new_dot = partial(tuple.__new__, Dot)
-"""``Dot`` from a ``(replica, seq)`` tuple, in C: a third less than ``Dot(replica, seq)``."""
 
 
 def decode_dot(obj: Any) -> Dot:

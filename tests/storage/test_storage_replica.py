@@ -927,3 +927,19 @@ def test_a_journal_row_of_format_4_still_reads(make_replica: Make) -> None:
         ("k", 1, 2, "b"),
         ("k", None, 3, "a"),
     ]
+
+
+@given(
+    st.dictionaries(st.sampled_from("ab"), st.integers(0, 8)),
+    st.lists(st.tuples(st.sampled_from("ab"), st.integers(1, 20)), max_size=20),
+    st.sampled_from("ab"),
+    st.integers(1, 20),
+    st.integers(0, 6),
+)
+def test_a_batch_is_known_applied_exactly_when_the_context_holds_its_run(
+    vv: dict[str, int], cloud: list[tuple[str, int]], origin: str, first: int, n: int
+) -> None:
+    ctx = CausalContext(vv, [Dot(r, s) for r, s in cloud])
+    last = first + n
+    want = all(Dot(origin, s) in ctx for s in range(first, last + 1))
+    assert replica_module._holds_run(ctx, origin, first, last) == want
