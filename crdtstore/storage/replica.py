@@ -628,17 +628,17 @@ class LMDBReplica:
             # The usual update: one dot here, which their context covers, replaced by one
             # dot we have not seen. The row becomes theirs as received (its hash came with
             # it), and the one value a reader sees changes.
-            mine, new_dot = dots[0], their_dots[0]
+            mine, got = dots[0], their_dots[0]
             r, s = mine[0], mine[1]
             if (
-                (r != new_dot[0] or s != new_dot[1])
+                (r != got[0] or s != got[1])
                 and (s <= tvv.get(r, 0) or (r == rr and r_first <= s <= r_last) or (r, s) in tcloud)
-                and new_dot[1] > my_ctx.vv.get(new_dot[0], 0)
-                and (new_dot[0], new_dot[1]) not in my_ctx.cloud
+                and got[1] > my_ctx.vv.get(got[0], 0)
+                and (got[0], got[1]) not in my_ctx.cloud
             ):
                 writer.put_row(ns_id, position[0], rkey, old, edig + layout.pack(their_dots))
                 if stamped:
-                    writer.event(namespace, key, mine[3], new_dot[3], origin or new_dot[0])
+                    writer.event(namespace, key, mine[3], got[3], origin or got[0])
                 return True
         live = {(d[0], d[1]) for d in their_dots}
         kept = [
