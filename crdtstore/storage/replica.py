@@ -679,7 +679,11 @@ class LMDBReplica:
 
     def _finish(self, writer: RowWriter) -> None:
         writer.flush()
-        groups = [g for g in writer.groups if g[2]]
+        self._journal(writer)
+
+    def _journal(self, writer: RowWriter) -> None:
+        """Journal the changes ``writer`` recorded, in one row (none if there are none)."""
+        groups = [g for g in writer.groups if g[2]]  # a local write's may be empty
         if groups:
             journal.append(writer.txn, self._journaldb, groups, self.settings.journal_max_entries)
 
@@ -1065,8 +1069,7 @@ class LMDBReplica:
                 if sum(len(g[2]) for g in writer.groups) >= 3 * EVENTS_PER_JOURNAL_ROW:
                     # A bootstrap changes every key: journal its events as it goes rather
                     # than hold them (and the keys and values they name) to the end.
-                    groups = [g for g in writer.groups if g[2]]
-                    journal.append(txn, self._journaldb, groups, self.settings.journal_max_entries)
+                    self._journal(writer)
                     writer.groups.clear()
             if found is None:
                 raise InvalidValue(f"namespace {namespace!r} does not exist here")
@@ -1343,10 +1346,9 @@ def _holds_run(ctx: CausalContext, replica: str, first: int, last: int) -> bool:
     top = ctx.vv.get(replica, 0)
     if last <= top:
         return True
-    held = {
-        d.seq for d in ctx.cloud if d.replica == replica and max(first, top + 1) <= d.seq <= last
-    }
-    return len(held) == last - max(first, top + 1) + 1
+    lo = max(first, top + 1)  # the seqs below are in the vector
+    held = {d.seq for d in ctx.cloud if d.replica == replica and lo <= d.seq <= last}
+    return len(held) == last - lo + 1
 
 
 def _insert_rows(
