@@ -236,10 +236,14 @@ class LocalWrite:
         self.settings = replica.settings
         self.me = replica.node_id
         self._me_tag = self.me.encode() + b"\0"
+        self._me_seq = struct.Struct(f">{len(self._me_tag)}sQ").pack  # tag + 8-byte seq
         self._pack = msgpack.Packer(use_bin_type=True).pack  # this thread's alone
         self._max_key = self.settings.max_key_bytes
         self._max_value = self.settings.max_value_bytes
         self._now_ms = replica.now_ms
+        self._ts = 0
+        # The next stamp to issue (0: none issued yet). The replica's clock (_clock_last)
+        # learns the last one at commit: stamps of an aborted transaction were never stored.
         self._row_head = b"\x91\x94" + layout.pack(self.me)  # [[me, ...
         self._set_row_head = b"\x91\x92" + layout.pack(self.me)
         self._ops: list[tuple[Any, ...]] = []
@@ -348,6 +352,8 @@ class LocalWrite:
                             break
                         except lmdb.MapFullError:
                             continue
+            if self._ts > r._clock_last:  # before the next writer may stamp
+                r._clock_last = self._ts - 1
         except lmdb.Error as exc:
             self._broken = f"LMDB error: {exc}"
             raise StorageError(f"commit to {r.path} failed; nothing was written: {exc}") from exc
@@ -508,17 +514,19 @@ class LocalWrite:
         h.update(ekey)
         kdig = h.digest()  # key_hash, as 8 big-endian bytes
         rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
-        # The HLC stamp: greater than the wall clock, than every timestamp issued here and
-        # than the replaced dots (checked below). No lock: this write transaction is the
-        # process's only writer (LMDB's writer lock), and stamps are issued only inside one.
-        r = self.replica
-        ts = self._now_ms() << LOGICAL_BITS
-        if ts <= r._clock_last:
-            ts = r._clock_last + 1
+        # The HLC stamp: not below the wall clock, greater than every timestamp issued here
+        # and than the replaced dots (checked below). The clock is read at a transaction's
+        # first stamp and every 64th after; between, stamps count up as the HLC's logical
+        # part does within a millisecond (a read cost as much as the rest of the stamp).
+        # No lock: this write transaction is the process's only writer (LMDB's writer lock),
+        # and stamps are issued only inside one.
+        ts = self._ts
+        if not ts & 63:
+            ts = max(ts, self._now_ms() << LOGICAL_BITS, self.replica._clock_last + 1)
         if ts > MAX_TIMESTAMP:
             raise InvalidValue(f"hybrid clock overflow at {ts}")
         seq = nsw.next_seq
-        h.update(self._me_tag + seq.to_bytes(8, "big"))
+        h.update(self._me_seq(self._me_tag, seq))
         edig = h.digest()  # entry_hash of {(me, seq)}, continuing the key's hash
         # The row, built without re-encoding the value: hash + [[me, seq, ts, value]].
         head = self._row_head + pack(seq) + b"\xcf"
@@ -567,17 +575,17 @@ class LocalWrite:
         else:
             old_hash = 0
             before = None
-        r._clock_last = ts
+        self._ts = ts + 1
         nsw.next_seq = seq + 1
         bkey = nsw.bucket_base | kdig[0]  # the bucket's code (RowWriter.buckets)
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]
         if old is None:
-            acc[0] ^= int.from_bytes(edig, "big")
+            acc[0] ^= _read_hash(edig)[0]
             acc[1] += 1
         else:
-            acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
+            acc[0] ^= old_hash ^ _read_hash(edig)[0]
         nsw.delta[ekey] = b"\x92" + ekey + row_dots
         nsw.events.extend((key, before, value))
         return ts
@@ -593,7 +601,7 @@ class LocalWrite:
         kdig = h.digest()
         rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
         seq = nsw.next_seq
-        h.update(self._me_tag + seq.to_bytes(8, "big"))
+        h.update(self._me_seq(self._me_tag, seq))
         edig = h.digest()
         row_dots = self._set_row_head + self._pack(seq)
         # An add's row does not depend on the old one: one lookup for both (see _put).
@@ -614,7 +622,7 @@ class LocalWrite:
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]
-        acc[0] ^= old_hash ^ int.from_bytes(edig, "big")
+        acc[0] ^= old_hash ^ _read_hash(edig)[0]
         nsw.delta[ekey] = b"\x92" + ekey + row_dots
         if old is None:
             acc[1] += 1

@@ -503,6 +503,37 @@ def test_a_received_key_over_a_corrupt_row_fails_and_changes_nothing(
     assert b.context("m") == CausalContext({"b": 1})
 
 
+def test_stamps_increase_and_follow_the_wall_clock_within_a_transaction(tmp_path: Path) -> None:
+    """A transaction reads the clock at its first stamp and every 64th after, counting up
+    between: stamps stay unique and increasing across transactions, are never below the
+    clock read at the start, and a clock that moves on is followed within 64 stamps (a
+    long transaction's writes do not keep its first millisecond)."""
+    now = [1_000_000]
+    replica = LMDBReplica(tmp_path / "n", "n", NodeSettings(), now_ms=lambda: now[0])
+    try:
+        w = replica.begin_local()
+        stamps = []
+        for i in range(200):
+            if i == 10:
+                now[0] += 5_000
+            stamps.append(w.put("m", i, i))
+        w.commit()
+        assert stamps == sorted(set(stamps))
+        assert stamps[0] >= make_timestamp(1_000_000)
+        moved = [i for i, ts in enumerate(stamps) if ts >= make_timestamp(1_005_000)]
+        assert moved and moved[0] <= 10 + 64
+        aborted = replica.begin_local()
+        aborted.put("m", 0, "gone")
+        aborted.abort()
+        w = replica.begin_local()
+        later = w.put("m", 1, "again")  # the clock stands still: counted on from the last
+        w.commit()
+        assert later > stamps[-1]
+        assert replica.clock.last == later
+    finally:
+        replica.close()
+
+
 def test_a_finished_write_is_freed_without_the_cyclic_collector(make_replica: Make) -> None:
     # A batch's transaction holds its ops, events and delta: left in a reference cycle,
     # each one waits for the cyclic collector, which then took a tenth of a batch's time.
