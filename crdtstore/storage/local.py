@@ -53,7 +53,9 @@ if TYPE_CHECKING:
 
 LWW = "lww_map"
 ORSET = "or_set"
-_read_hash = struct.Struct(">Q").unpack_from  # layout.row_hash minus its two calls (hot path)
+_read_hash = struct.Struct(">Q").unpack_from
+"""The first 8 bytes as a big-endian int: a row's entry hash (``layout.row_hash`` minus its
+two calls, for the hot path) or a digest."""
 
 
 # -- input checks (before anything is written) ----------------------------------------------
@@ -241,9 +243,9 @@ class LocalWrite:
         self._max_key = self.settings.max_key_bytes
         self._max_value = self.settings.max_value_bytes
         self._now_ms = replica.now_ms
+        # The next stamp to issue (0: none yet). The replica's clock (_clock_last) learns
+        # the last one at commit: stamps of an aborted transaction were never stored.
         self._ts = 0
-        # The next stamp to issue (0: none issued yet). The replica's clock (_clock_last)
-        # learns the last one at commit: stamps of an aborted transaction were never stored.
         self._row_head = b"\x91\x94" + layout.pack(self.me)  # [[me, ...
         self._set_row_head = b"\x91\x92" + layout.pack(self.me)
         self._ops: list[tuple[Any, ...]] = []
