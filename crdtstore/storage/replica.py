@@ -937,18 +937,16 @@ class LMDBReplica:
             return found[1], found[2], found[3]
         hash_of, ekey_at = layout.hash_encoded_key, layout.ROW_EKEY
         width = 1 << layout.BUCKET_SHIFT
-        rows = sorted(
-            (hash_of(ekey), layout.row_hash(data), ekey)
-            for ekey, data in (
-                (rkey[ekey_at:], data)
-                for rkey, data in self._scan(txn, ns_id, bucket * width, (bucket + 1) * width)
-            )
-        )
-        xors = [0]
-        for _, ehash, _ in rows:
+        rows = []
+        for rkey, data in self._scan(txn, ns_id, bucket * width, (bucket + 1) * width):
+            ekey = rkey[ekey_at:]
+            rows.append((hash_of(ekey), layout.row_hash(data), ekey))
+        rows.sort()
+        hashes, xors, ekeys = [], [0], []
+        for khash, ehash, ekey in rows:
+            hashes.append(khash)
             xors.append(xors[-1] ^ ehash)
-        hashes = [h for h, _, _ in rows]
-        ekeys = [ekey for _, _, ekey in rows]
+            ekeys.append(ekey)
         if len(self._bucket_indexes) >= BUCKET_INDEXES_KEPT:
             self._bucket_indexes.clear()
         self._bucket_indexes[(ns_id, bucket)] = (snapshot, hashes, xors, ekeys)
