@@ -38,37 +38,27 @@ REPO = Path(__file__).resolve().parents[1]
 console = Console()
 
 CHILD = r"""
-import hashlib, sys, tempfile
-import lmdb, msgpack
-import crdtstore
+import sys, tempfile
+from pathlib import Path
+import crdtstore  # the measured tree's (PYTHONPATH), before bench_storage puts this one first
+sys.path.insert(0, sys.argv[4])
+from bench_storage import RawTable, one_batch
 kind, n = sys.argv[1], int(sys.argv[2])
-tmp = tempfile.mkdtemp(prefix="bench-instr-", dir=sys.argv[3])
-def keys(r_, old):
-    base = (r_ % 10) * 1000 if old else 100_000 + r_ * 1000
-    return range(base, base + 1000)
+tmp = Path(tempfile.mkdtemp(prefix="bench-instr-", dir=sys.argv[3]))
 if kind.startswith("raw"):
-    # bench_storage's RawTable: the same rows keyed as the store keys them, sync commits.
-    env = lmdb.open(tmp + "/raw", map_size=1 << 30, sync=True, metasync=True)
-    value = bytes(40)
-    def batch(r_, old):
-        with env.begin(write=True) as txn:
-            for i in keys(r_, old):
-                ekey = msgpack.packb(i)
-                h = hashlib.blake2b(ekey, digest_size=8).digest()[:1]
-                txn.put(b"\0\0\0\1" + h + ekey, value)
+    batch = RawTable(tmp / "raw", hash_bytes=1).batch
 else:
-    node = crdtstore.open(tmp + "/n", node_id="bench")
+    node = crdtstore.open(tmp / "n", node_id="bench")
     m, s = node.lww_map("m"), node.or_set("s")
     write = m.__setitem__ if kind.startswith("put") else (lambda k, v: s.add(k))
-    def batch(r_, old):
-        with node.transaction():
-            for i in keys(r_, old):
-                write(i, i)
+    batch = lambda r_: one_batch(node, write, r_)
 for r_ in range(10):
-    batch(r_, True)
-for r_ in range(n):
-    batch(r_, kind.endswith("old"))
+    batch(r_)
+for r_ in range(n):  # keys r_ * 1000 on: rewrite the first 10,000, or new ones
+    batch(r_ % 10 if kind.endswith("old") else 100 + r_)
 """
+"""One workload in a child of its own, with bench_storage's RawTable and one_batch: 10
+transactions of set-up, then ``n`` of ``kind``."""
 
 WORKLOADS = {
     "put new": "puts, new keys",
@@ -96,6 +86,7 @@ def instructions(valgrind: str, tree: Path, kind: str, n: int, workdir: str) -> 
             kind.replace(" ", "-"),
             str(n),
             workdir,
+            str(Path(__file__).resolve().parent),
         ],
         capture_output=True,
         text=True,
