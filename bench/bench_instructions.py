@@ -46,7 +46,7 @@ from bench_storage import RawTable, one_batch
 kind, n = sys.argv[1], int(sys.argv[2])
 tmp = Path(tempfile.mkdtemp(prefix="bench-instr-", dir=sys.argv[3]))
 if kind.startswith("raw"):
-    batch = RawTable(tmp / "raw", hash_bytes=1).batch
+    batch = RawTable(tmp / "raw").batch
 else:
     node = crdtstore.open(tmp / "n", node_id="bench")
     m, s = node.lww_map("m"), node.or_set("s")

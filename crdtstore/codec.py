@@ -23,12 +23,18 @@ from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.dots import new_dot
 from crdtstore.errors import DecodeError, Error
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 """The wire format this node writes. 2: a dot cloud carries a run of consecutive seqs of
-one replica as one item, ``[replica, first, last]`` (see :func:`encode_cloud`)."""
-READ_VERSIONS = (1, 2)
-"""The formats this node reads. A version-1 message is a version-2 one without runs: the
-delta logs of older directories hold them, and serve them to peers as they are."""
+one replica as one item, ``[replica, first, last]`` (see :func:`encode_cloud`). 3: a key
+hash's first byte hashes the key's encoding less its last byte
+(``fingerprint.key_hash``), which moves keys between key-hash ranges."""
+READ_VERSIONS = (1, 2, 3)
+"""The formats this node reads. A version-1 message is a version-2 one without runs, and
+a version-2 message one of version 3 but for its key-hash ranges: the delta logs of older
+directories hold batches of both, and serve them to peers as they are."""
+KEY_ORDER_VERSION = 3
+"""The first format whose key-hash ranges mean this node's :func:`fingerprint.key_hash`: a
+range message of an older one names other keys, and is refused."""
 MAX_SEQ = (1 << 63) - 1
 MAX_REPLICA_ID_LEN = 128
 
@@ -370,9 +376,10 @@ def check_entries(
             key = expect_key(key)
         ekey = pack(key)
         h = new_hash()
-        h.update(ekey)
-        kdig = h.digest()  # fingerprint.key_hash, as bytes
-        position = kdig[:1] + ekey  # fingerprint.encoded_position (ORDER_BITS: 8)
+        h.update(ekey[:-1])
+        bucket = h.digest()[:1]  # fingerprint.key_hash's first byte
+        h.update(ekey[-1:])  # h: the hash of ekey, which the entry hash continues
+        position = bucket + ekey  # fingerprint.encoded_position (ORDER_BITS: 8)
         if bounds is None:
             if position in seen:
                 raise DecodeError(f"key {key!r} appears twice")
@@ -381,6 +388,7 @@ def check_entries(
             if position <= previous:
                 raise DecodeError(f"shipped key {key!r} is out of order or repeated")
             previous = position
+            kdig = bucket + h.digest()[1:]  # fingerprint.key_hash, as bytes
             if kdig < lo_b or kdig >= hi_b:
                 raise DecodeError(f"shipped key {key!r} lies outside its range")
         kept = []

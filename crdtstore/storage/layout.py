@@ -5,7 +5,8 @@ Invariants this module keeps (and ``crdt-inspect`` relies on):
 - A state row's key is ``ns_id (4 bytes BE) + key_hash(key)'s first byte + encoded key``
   (``fingerprint.encoded_position``), so the rows of one namespace sorted by LMDB are in
   reconciliation order, a bucket is one cursor range scan, and keys that sort together
-  share pages (a batch of neighbouring keys dirties a page per bucket, not per key). A
+  share pages: keys that differ only in their last byte share a bucket, so a batch of
+  neighbouring keys dirties a few pages, not a page per key or per bucket. A
   key-hash range ``[lo, hi)`` is a scan of the buckets it touches; in a bucket it only
   cuts, each row's key hash is tested (:func:`range_scan`).
 - A state row's value is ``entry_hash (8 bytes BE) + msgpack([[replica, seq], ...])``
@@ -43,12 +44,13 @@ from crdtstore.crdt import CausalContext, Dot
 from crdtstore.errors import DecodeError
 from crdtstore.sync.fingerprint import ORDER_BITS, encoded_position
 
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 """2: the log's counts moved from ``meta`` into ``logorder``; 3: so did the causal contexts
 (they had a table of their own); 4: state rows are keyed by the key hash's first byte,
 not all eight, then the key; 5: stored contexts and logged batches may hold runs in
-their dot clouds (wire format 2), which a build for format 4 cannot read. Older
-directories are migrated when opened."""
+their dot clouds (wire format 2), which a build for format 4 cannot read; 6: a key's
+bucket, that first byte, hashes its encoding less the last byte (wire format 3), so its
+rows and bucket rows move. Older directories are migrated when opened."""
 
 Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
 
@@ -118,11 +120,23 @@ def pack_key(key: Any) -> bytes:
     return pack(key)
 
 
+_BELOW_BUCKET = (1 << BUCKET_SHIFT) - 1
+
+
 def hash_encoded_key(ekey: bytes) -> int:
     """``fingerprint.key_hash`` of the key whose encoding is ``ekey``."""
     h = new_hash()
-    h.update(ekey)
-    return int.from_bytes(h.digest(), "big")
+    h.update(ekey[:-1])
+    bucket = h.digest()[0]
+    h.update(ekey[-1:])
+    return bucket << BUCKET_SHIFT | int.from_bytes(h.digest(), "big") & _BELOW_BUCKET
+
+
+def key_bucket(ekey: bytes) -> int:
+    """The bucket of the key whose encoding is ``ekey``: its key hash's first byte."""
+    h = new_hash()
+    h.update(ekey[:-1])
+    return h.digest()[0]
 
 
 def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, int]]) -> int:

@@ -513,9 +513,10 @@ class LocalWrite:
         if nsw is None or nsw.type_name != LWW:
             nsw = self._ns_write(namespace, LWW)
         h = new_hash()
-        h.update(ekey)
-        kdig = h.digest()  # key_hash, as 8 big-endian bytes
-        rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
+        h.update(ekey[:-1])
+        bdig = h.digest()  # its first byte is key_hash's: the key's bucket
+        h.update(ekey[-1:])  # the entry hash continues the hash of the whole key
+        rkey = nsw.prefix + bdig[:1] + ekey  # layout.row_key
         # The HLC stamp: not below the wall clock, greater than every timestamp issued here
         # and than the replaced dots (checked below). The clock is read at a transaction's
         # first stamp and every 64th after; between, stamps count up as the HLC's logical
@@ -579,7 +580,7 @@ class LocalWrite:
             before = None
         self._ts = ts + 1
         nsw.next_seq = seq + 1
-        bkey = nsw.bucket_base | kdig[0]  # the bucket's code (RowWriter.buckets)
+        bkey = nsw.bucket_base | bdig[0]  # the bucket's code (RowWriter.buckets)
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]
@@ -599,9 +600,10 @@ class LocalWrite:
         if nsw is None or nsw.type_name != ORSET:
             nsw = self._ns_write(namespace, ORSET)
         h = new_hash()
-        h.update(ekey)
-        kdig = h.digest()
-        rkey = nsw.prefix + kdig[:1] + ekey  # layout.row_key
+        h.update(ekey[:-1])
+        bdig = h.digest()  # as in _put
+        h.update(ekey[-1:])
+        rkey = nsw.prefix + bdig[:1] + ekey  # layout.row_key
         seq = nsw.next_seq
         h.update(self._me_seq(self._me_tag, seq))
         edig = h.digest()
@@ -620,7 +622,7 @@ class LocalWrite:
         else:
             old_hash = 0
         nsw.next_seq = seq + 1
-        bkey = nsw.bucket_base | kdig[0]  # the bucket's code (RowWriter.buckets)
+        bkey = nsw.bucket_base | bdig[0]  # the bucket's code (RowWriter.buckets)
         acc = self._buckets.get(bkey)
         if acc is None:
             acc = self._buckets[bkey] = [0, 0]

@@ -186,16 +186,15 @@ class LMDBReplica:
         if version is None:
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             txn.put(layout.META_NEXT_NS, layout.u64(1), db=meta)
-        elif version in (1, 2, 3, 4):
+        elif version in (1, 2, 3, 4, 5):
             if version == 1:
                 _migrate_from_format_1(txn, self.dbs)
             if version <= 2:
                 _migrate_from_format_2(self._env, txn, self.dbs)
-            if version <= 3:
-                _migrate_from_format_3(self._env, txn, self.dbs)
-            # 4 -> 5 rewrites nothing: format 5 reads what format 4 wrote (clouds without
-            # runs, batches of wire format 1); it only keeps a build for 4 from reading
-            # what this one writes.
+            # 4 -> 5 rewrote nothing: format 5 reads what format 4 wrote (clouds without
+            # runs, batches of wire format 1); it only kept a build for 4 from reading
+            # what 5 writes. 5 -> 6 moves every key to its new bucket.
+            _rebucket_state(self._env, txn, self.dbs, 12 if version <= 3 else layout.ROW_EKEY)
             txn.put(layout.META_FORMAT, layout.u64(layout.FORMAT_VERSION), db=meta)
             log.info("storage format migrated from %d to %d", version, layout.FORMAT_VERSION)
         elif version != layout.FORMAT_VERSION:
@@ -1273,20 +1272,31 @@ def _migrate_from_format_2(
     txn.drop(old, delete=True)
 
 
-def _migrate_from_format_3(
-    env: lmdb.Environment, txn: lmdb.Transaction, dbs: Mapping[str, Any]
+def _rebucket_state(
+    env: lmdb.Environment, txn: lmdb.Transaction, dbs: Mapping[str, Any], ekey_at: int
 ) -> None:
-    """Format 3 keyed a state row ``ns_id + key_hash (8) + key``, which scatters
-    neighbouring keys over the table; format 4 keys it ``ns_id + key_hash's first byte +
-    key``. Bucket rows are unchanged (a bucket was and is the first byte). The rows move
+    """Key every state row by its bucket (``ns_id + key bucket + key``), and count the
+    buckets again from the rows. Up to format 5 a bucket was the first byte of a hash of
+    the whole key; format 3 keyed a row by all eight bytes of that hash (``ekey_at`` 12,
+    not 5). A row's entry hash, its value's first 8 bytes, did not change. The rows move
     through a scratch table, so no new key can land on an old row not yet moved."""
-    state = dbs["state"]
-    scratch = env.open_db(b"v3-state", txn=txn)
+    state, bucketdb = dbs["state"], dbs["buckets"]
+    scratch = env.open_db(b"v5-state", txn=txn)
     for rkey, data in txn.cursor(db=state):
         txn.put(rkey, data, db=scratch, append=True)
     txn.drop(state, delete=False)
+    txn.drop(bucketdb, delete=False)
+    buckets: dict[bytes, list[int]] = {}
     for rkey, data in txn.cursor(db=scratch):
-        txn.put(bytes(rkey[:5]) + bytes(rkey[12:]), data, db=state)
+        ekey = bytes(rkey[ekey_at:])
+        head = bytes(rkey[:4]) + bytes((layout.key_bucket(ekey),))
+        txn.put(head + ekey, data, db=state)
+        acc = buckets.setdefault(head, [0, 0])
+        if len(data) >= 8:  # a row too short to hold its hash was never written here
+            acc[0] ^= layout.row_hash(data)
+            acc[1] += 1
+    for bkey, (fp, count) in buckets.items():
+        txn.put(bkey, layout.BUCKET_ROW.pack(fp, count), db=bucketdb)
     txn.drop(scratch, delete=True)
 
 

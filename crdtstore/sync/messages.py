@@ -16,6 +16,7 @@ import msgpack
 from crdtstore.codec import (
     DEFAULT_LIMITS,
     FORMAT_VERSION,
+    KEY_ORDER_VERSION,
     READ_VERSIONS,
     DecodeLimits,
     Row,
@@ -246,6 +247,11 @@ def decode_message(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> Any:
     cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise DecodeError(f"unknown message kind {kind!r}")
+    if version < KEY_ORDER_VERSION and cls in KEY_ORDERED:
+        raise DecodeError(
+            f"a {kind} message of format {version} has key-hash ranges of another key "
+            f"order (this node reads them from format {KEY_ORDER_VERSION})"
+        )
     if cls not in VALUE_CARRIERS:
         check_depth(obj, limits.max_depth)
     return cls.from_wire(obj[2:])
@@ -619,3 +625,7 @@ VALUE_CARRIERS: frozenset[type] = frozenset({DeltaBatch, RangeReply})
 """Messages whose every field a typed reader checks, but the stored values they carry,
 which :func:`crdtstore.codec.decode_value` (or, for a range's entries, ShippedEntries)
 depth-checks: decode_message skips the walk of the whole message for them."""
+
+KEY_ORDERED: frozenset[type] = frozenset({RangeQuery, RangeReply})
+"""Messages that name keys by key-hash range: decode_message reads them only from
+:data:`crdtstore.codec.KEY_ORDER_VERSION` on."""

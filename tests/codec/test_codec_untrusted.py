@@ -29,7 +29,15 @@ from crdtstore.codec import (
 )
 from crdtstore.crdt import CausalContext, Dot, DotMap, check_key
 from crdtstore.errors import DecodeError
-from crdtstore.sync.messages import DeltaBatch, PackedRange, RangeReply, decode_message
+from crdtstore.sync.messages import (
+    DeltaBatch,
+    PackedRange,
+    RangeQuery,
+    RangeReply,
+    RangeSummary,
+    decode_message,
+    encode_message,
+)
 from crdtstore.sync.shipped import ShippedEntries
 
 MANY = settings(max_examples=400)
@@ -318,6 +326,21 @@ GOOD = lww(GOOD_CTX, [["k", [["a", 1, 5, "v"]]], ["j", [["a", 2, 6, "w"]]]])
 def test_the_hand_made_baseline_is_valid() -> None:
     msg = decode_message(batch(GOOD, 1, 2))
     assert msg.delta.get("k") == "v" and msg.delta.get("j") == "w"
+
+
+def test_range_messages_of_an_older_key_order_are_refused_and_its_batches_read() -> None:
+    """Wire format 3 moved keys between key-hash ranges (``fingerprint.key_hash``): a range
+    of format 2 names other keys, and a reconciliation with it would never agree. Its
+    delta batches name keys, not ranges, and old logs serve them as they are."""
+    query = RangeQuery(7, 1, "ns", True, (RangeSummary(0, 1 << 63, 12345, 3),))
+    wire = encode_message(query)
+    assert wire[:2] == b"\x97\x03"  # [version, kind, ...]
+    assert decode_message(wire) == query
+    for version in (1, 2):
+        for old in (b"\x97" + bytes((version,)) + wire[2:], pack([version, "range_r"])):
+            with pytest.raises(DecodeError, match="key-hash ranges of another key order"):
+                decode_message(old)
+        assert decode_message(batch(GOOD, 1, 2, version=version)).delta.get("k") == "v"
 
 
 BAD_MESSAGES = {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import tempfile
 from collections.abc import Callable, Iterator
@@ -86,6 +87,7 @@ def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
     for key in ["a", b"a", 0, -5, 2**40, "ключ"]:
         ekey = layout.pack_key(key)
         assert layout.hash_encoded_key(ekey) == key_hash(key)
+        assert layout.key_bucket(ekey) == key_hash(key) >> 56
         # Reconciliation order: the hash's first byte, then the key (a row key's suffix).
         position = key_hash(key).to_bytes(8, "big")[:1] + ekey
         assert layout.row_key(7, key_hash(key), ekey) == layout.ns_prefix(7) + position
@@ -164,36 +166,44 @@ def test_bound_log_drops_oldest_in_append_order(make_replica: Make) -> None:
     assert a.log_batches("s", "b", 1, 1) is None
 
 
-def _as_wire_1(encoded: bytes) -> bytes:
-    """A delta batch of wire format 2 as format 1 wrote it (the same, without runs, which
-    the tests' batches do not have)."""
-    assert encoded[:2] == b"\x97\x02"  # [version, kind, ...]
-    return b"\x97\x01" + encoded[2:]
+def _as_wire(encoded: bytes, version: int) -> bytes:
+    """A delta batch of wire format 3 as format ``version`` (2 or 1) wrote it: the same,
+    for a batch without runs (as the tests' batches are); ranges changed in 3, runs in 2."""
+    assert encoded[:2] == b"\x97\x03"  # [version, kind, ...]
+    return b"\x97" + bytes((version,)) + encoded[2:]
+
+
+def _whole_key_hash(ekey: bytes) -> bytes:
+    """The key hash up to format 5 (wire format 2): blake2b of the whole encoded key."""
+    return hashlib.blake2b(ekey, digest_size=8).digest()
 
 
 def _downgrade(path: Path, to: int) -> None:
-    """Rewrite a directory the way format ``to`` (4, 3, 2 or 1) stored it: logged batches
-    of wire format 1; for 3, state rows keyed by the whole key hash; for 2, the contexts
-    in a table of their own; for 1, the log counts in meta as well."""
+    """Rewrite a directory the way format ``to`` (5, 4, 3, 2 or 1) stored it: state rows
+    and bucket rows by the whole key's hash, logged batches of wire format 2 (for 5) or 1;
+    up to 3, state rows keyed by all of that hash; for 2, the contexts in a table of their
+    own; for 1, the log counts in meta as well."""
     env = lmdb.open(str(path), max_dbs=len(layout.TABLES) + 2)
     meta, order, state = env.open_db(b"meta"), env.open_db(b"logorder"), env.open_db(b"state")
-    logdb = env.open_db(b"log")
+    logdb, bucketdb = env.open_db(b"log"), env.open_db(b"buckets")
     with env.begin(write=True) as txn:
         for key, value in [(bytes(k), bytes(v)) for k, v in txn.cursor(db=logdb)]:
             head = len(value) - len(layout.unpack_log(value)[2])
-            txn.put(key, value[:head] + _as_wire_1(value[head:]), db=logdb)
-        txn.put(layout.META_FORMAT, layout.u64(to), db=meta)
-    if to == 4:
-        env.close()
-        return
-    with env.begin(write=True) as txn:
+            txn.put(key, value[:head] + _as_wire(value[head:], 2 if to == 5 else 1), db=logdb)
         rows = [(bytes(k), bytes(v)) for k, v in txn.cursor(db=state)]
         txn.drop(state, delete=False)
+        txn.drop(bucketdb, delete=False)
+        buckets: dict[bytes, tuple[int, int]] = {}
         for key, value in rows:
             ekey = key[layout.ROW_EKEY :]
-            txn.put(key[:4] + layout.u64(layout.hash_encoded_key(ekey)) + ekey, value, db=state)
+            khash = _whole_key_hash(ekey)
+            txn.put(key[:4] + (khash if to <= 3 else khash[:1]) + ekey, value, db=state)
+            fp, count = buckets.get(key[:4] + khash[:1], (0, 0))
+            buckets[key[:4] + khash[:1]] = (fp ^ layout.row_hash(value), count + 1)
+        for bkey, (fp, count) in buckets.items():
+            txn.put(bkey, layout.BUCKET_ROW.pack(fp, count), db=bucketdb)
         txn.put(layout.META_FORMAT, layout.u64(to), db=meta)
-    if to == 3:
+    if to >= 3:
         env.close()
         return
     contexts = env.open_db(layout.V2_CONTEXT_TABLE)
@@ -213,7 +223,7 @@ def _downgrade(path: Path, to: int) -> None:
     env.close()
 
 
-@pytest.mark.parametrize("old_format", [1, 2, 3, 4])
+@pytest.mark.parametrize("old_format", [1, 2, 3, 4, 5])
 def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int) -> None:
     path = tmp_path / "old"
     a = LMDBReplica(path, "a")
@@ -251,8 +261,9 @@ def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int)
     assert a.context("s") == CausalContext({"a": 2, "b": 1})
     assert a.bound_log("m", 1) == 0 and a.bound_log("s", 2) == 1
     assert a.log_batches("s", "a", 1, 1) is None  # the oldest went first
-    assert a.log_batches("s", "b", 1, 1) == [_as_wire_1(raw)]  # served as it was logged,
-    assert decode_message(_as_wire_1(raw)) == decode_message(raw)  # and read as before
+    logged = _as_wire(raw, 2 if old_format == 5 else 1)
+    assert a.log_batches("s", "b", 1, 1) == [logged]  # served as it was logged,
+    assert decode_message(logged) == decode_message(raw)  # and read as before
     assert a.bound_log("s", 0) == 2 and a.bound_log("m", 0) == 1
     assert a.context("s") == CausalContext({"a": 2, "b": 1})  # bounding the log kept it
     local(a, ("add", "s", 4))
