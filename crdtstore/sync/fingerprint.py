@@ -1,10 +1,11 @@
 """Key order and fingerprints for range reconciliation.
 
 Ranges are ranges of a 64-bit hash of a key's encoding, so they split a keyspace
-evenly whatever the keys look like (but for its first byte: see below). A range's fingerprint is the XOR of the hashes of
-its entries; an entry's hash covers its key and its live dots (a dot's payload never
-changes, so the dots stand for it). XOR makes a fingerprint updatable in O(1) when one
-entry changes, and equal entries on two replicas always give equal fingerprints.
+evenly whatever the keys look like (but for its first byte: see below). A range's
+fingerprint is the XOR of the hashes of its entries; an entry's hash covers its key and
+its live dots (a dot's payload never changes, so the dots stand for it). XOR makes a
+fingerprint updatable in O(1) when one entry changes, and equal entries on two replicas
+always give equal fingerprints.
 
 Inside a range, keys come in *reconciliation order* (:func:`key_position`): the first
 byte of the hash, then the encoded key itself. Full hash order would serve ranges just as

@@ -61,6 +61,10 @@ def _broken(rule: str) -> tuple[list[Any], int | None, tuple[int, int]]:
         entries.insert(1, [entries[0][0], [["b", 9, TS, 1]]])
     elif rule == "outside its range":
         bounds = (key_hash(entries[0][0]) + 1, HASH_SPACE)
+    elif rule == "outside its range, at its end":
+        bounds = (0, key_hash(entries[-1][0]))
+    elif rule == "outside its range, in a bucket below":
+        bounds = (((key_hash(entries[0][0]) >> 56) + 1) << 56, HASH_SPACE)
     elif rule == "count":
         count = 4
     elif rule == "dot at two keys":
@@ -96,6 +100,8 @@ RULES = [
     "out of order",
     "repeated key",
     "outside its range",
+    "outside its range, at its end",
+    "outside its range, in a bucket below",
     "count",
     "dot at two keys",
     "same dot twice in an entry",
