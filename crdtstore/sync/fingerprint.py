@@ -18,7 +18,7 @@ byte; the other 56 bits hash the whole encoding (:func:`key_hash`). Keys that di
 in their last byte (the integers 256k..256k+255; ``user:1230``..``user:1239``) so share a
 bucket, where they are neighbours in key order, and a commit of 1,000 neighbouring keys
 dirties a few pages per bucket it touches rather than a page in each of the 256 (storage
-format 5 hashed the whole key: raw LMDB wrote such batches 1.6-1.9x slower). A range inside
+format 5 hashed the whole key: raw LMDB wrote such batches 1.6-2.0x slower). A range inside
 a bucket still splits its keys evenly. A bucket holds whole prefixes, at most 256 keys
 each, so the buckets are even once a namespace has more than a few hundred prefixes.
 """
