@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import ensure_installed
 
 import crdtstore
+from crdtstore.sync.fingerprint import encoded_position
 
 console = Console()
 
@@ -139,12 +140,6 @@ def scattered(i: int) -> int:
     return (i * 0x9E3779B97F4A7C15) % (1 << 62)
 
 
-def store_position(ekey: bytes) -> bytes:
-    """A row's key after its namespace as the store keys it (storage format 6): a hash
-    of the key less its last byte, then the key."""
-    return hashlib.blake2b(ekey[:-1], digest_size=8).digest()[:1] + ekey
-
-
 def format5_position(ekey: bytes) -> bytes:
     """As storage formats 4 and 5 keyed a row: the first byte of the whole key's hash."""
     return hashlib.blake2b(ekey, digest_size=8).digest()[:1] + ekey
@@ -153,14 +148,14 @@ def format5_position(ekey: bytes) -> bytes:
 class RawTable:
     """Bare LMDB doing what the store's batch benchmark does (sync, 1,000 puts per
     transaction): this disk's limit for the pattern. Rows are keyed ``ns +
-    position(packed key)``, by default as the store keys them. Keys are ``key(i)``.
-    Values are 40 bytes, about a stored row's."""
+    position(packed key)``, by default as the store keys them (storage format 6). Keys
+    are ``key(i)``. Values are 40 bytes, about a stored row's."""
 
     def __init__(
         self,
         path: Path,
         *,
-        position: Callable[[bytes], bytes] = store_position,
+        position: Callable[[bytes], bytes] = encoded_position,
         key: Callable[[int], int] = int,
     ) -> None:
         self.env = lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)

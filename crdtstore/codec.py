@@ -377,9 +377,11 @@ def check_entries(
             key = expect_key(key)
         ekey = pack(key)
         h = new_hash()
-        h.update(ekey[:-1])
+        # What the bucket hashes (fingerprint.bucket_part): all but the last byte, or two.
+        cut = -2 if 48 <= ekey[-1] <= 57 and len(ekey) > 2 and 48 <= ekey[-2] <= 57 else -1
+        h.update(ekey[:cut])
         bucket = h.digest()[:1]  # fingerprint.key_hash's first byte
-        h.update(ekey[-1:])  # h: the hash of ekey, which the entry hash continues
+        h.update(ekey[cut:])  # h: the hash of ekey, which the entry hash continues
         position = bucket + ekey  # fingerprint.encoded_position (ORDER_BITS: 8)
         if bounds is None:
             if position in seen:

@@ -42,7 +42,7 @@ import msgpack
 from crdtstore.codec import STORED_MAX_CLOUD_DOTS, decode_context, new_hash
 from crdtstore.crdt import CausalContext, Dot
 from crdtstore.errors import DecodeError
-from crdtstore.sync.fingerprint import ORDER_BITS, encoded_position
+from crdtstore.sync.fingerprint import ORDER_BITS, bucket_part, encoded_position
 
 FORMAT_VERSION = 6
 """2: the log's counts moved from ``meta`` into ``logorder``; 3: so did the causal contexts
@@ -125,17 +125,18 @@ _BELOW_BUCKET = (1 << BUCKET_SHIFT) - 1
 
 def hash_encoded_key(ekey: bytes) -> int:
     """``fingerprint.key_hash`` of the key whose encoding is ``ekey``."""
+    part = bucket_part(ekey)
     h = new_hash()
-    h.update(ekey[:-1])
+    h.update(part)
     bucket = h.digest()[0]
-    h.update(ekey[-1:])
+    h.update(ekey[len(part) :])
     return bucket << BUCKET_SHIFT | int.from_bytes(h.digest(), "big") & _BELOW_BUCKET
 
 
 def key_bucket(ekey: bytes) -> int:
     """The bucket of the key whose encoding is ``ekey``: its key hash's first byte."""
     h = new_hash()
-    h.update(ekey[:-1])
+    h.update(bucket_part(ekey))
     return h.digest()[0]
 
 

@@ -513,9 +513,11 @@ class LocalWrite:
         if nsw is None or nsw.type_name != LWW:
             nsw = self._ns_write(namespace, LWW)
         h = new_hash()
-        h.update(ekey[:-1])
+        # What the bucket hashes (fingerprint.bucket_part): all but the last byte, or two.
+        cut = -2 if 48 <= ekey[-1] <= 57 and len(ekey) > 2 and 48 <= ekey[-2] <= 57 else -1
+        h.update(ekey[:cut])
         bdig = h.digest()  # its first byte is key_hash's: the key's bucket
-        h.update(ekey[-1:])  # the entry hash continues the hash of the whole key
+        h.update(ekey[cut:])  # the entry hash continues the hash of the whole key
         rkey = nsw.prefix + bdig[:1] + ekey  # layout.row_key
         # The HLC stamp: not below the wall clock, greater than every timestamp issued here
         # and than the replaced dots (checked below). The clock is read at a transaction's
@@ -600,9 +602,10 @@ class LocalWrite:
         if nsw is None or nsw.type_name != ORSET:
             nsw = self._ns_write(namespace, ORSET)
         h = new_hash()
-        h.update(ekey[:-1])
-        bdig = h.digest()  # as in _put
-        h.update(ekey[-1:])
+        cut = -2 if 48 <= ekey[-1] <= 57 and len(ekey) > 2 and 48 <= ekey[-2] <= 57 else -1
+        h.update(ekey[:cut])
+        bdig = h.digest()
+        h.update(ekey[cut:])
         rkey = nsw.prefix + bdig[:1] + ekey  # layout.row_key
         seq = nsw.next_seq
         h.update(self._me_seq(self._me_tag, seq))

@@ -68,7 +68,9 @@ def test_sigkill_mid_write_loses_no_acknowledged_write(cluster: Cluster) -> None
     keys = live_keys(nodes[0].dump("orders"))
     lost = [k for k in acked_on_victim + acked_elsewhere if k not in keys]
     assert not lost, f"{len(lost)} acknowledged writes lost, e.g. {lost[:5]}"
-    assert len(acked_on_victim) > 200
+    # Killed mid-run, not done: whether an ACK followed the 200th before the kill is a
+    # race (the test once asserted one did, and failed when the kill came first).
+    assert writer.returncode == -9 and len(acked_on_victim) >= 200
 
 
 def test_forced_publish_loss_is_repaired_by_anti_entropy(cluster: Cluster) -> None:

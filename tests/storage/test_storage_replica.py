@@ -84,7 +84,7 @@ def local(replica: LMDBReplica, *ops: tuple[Any, ...]) -> None:
 
 
 def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
-    for key in ["a", b"a", 0, -5, 2**40, "ключ"]:
+    for key in ["a", b"a", 0, 48, -5, 2**40, "ключ", "user:1234", b"99", 12336]:
         ekey = layout.pack_key(key)
         assert layout.hash_encoded_key(ekey) == key_hash(key)
         assert layout.key_bucket(ekey) == key_hash(key) >> 56
@@ -864,14 +864,15 @@ def test_a_large_range_apply_journals_its_events_in_rows_of_one_commit(
 ) -> None:
     monkeypatch.setattr(replica_module, "EVENTS_PER_JOURNAL_ROW", 8)
     a, b = make_replica("a"), make_replica("b")
-    local(b, *[("put", "m", f"k{i}", i) for i in range(50)])
+    keys = [f"k{i}/" for i in range(50)]  # 50 prefixes: the keys spread over the 16 ranges
+    local(b, *[("put", "m", k, i) for i, k in enumerate(keys)])
     ranges = [(lo, hi, b.read_range("m", lo, hi)) for lo, hi in split_range(*ALL, 16)]
     before = a.journal_last()
     a.apply_ranges("m", ranges, b.context("m"))
     _, rows = a.journal_after(before, 1000)
     events = [c for _, changes in rows for c in changes]
     assert len(rows) >= 50 // 16 and max(len(changes) for _, changes in rows) < 50
-    assert sorted(c.key for c in events) == sorted(f"k{i}" for i in range(50))
+    assert sorted(c.key for c in events) == sorted(keys)
     assert {(c.old, c.origin) for c in events} == {(None, "b")}
     assert state_of(a, "m") == state_of(b, "m")
 

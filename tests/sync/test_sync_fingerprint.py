@@ -1,5 +1,6 @@
 """The key order of range reconciliation (crdtstore.sync.fingerprint): a key's bucket
-depends on its encoding less the last byte, the rest of its hash on all of it."""
+depends on its encoding less the last byte (or two digits), the rest of its hash on all
+of it."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import Counter
 
 from crdtstore.sync.fingerprint import (
     HASH_SPACE,
+    bucket_part,
     encode_key,
     encoded_key_hash,
     encoded_position,
@@ -24,15 +26,27 @@ def test_keys_that_differ_in_their_last_byte_share_a_bucket() -> None:
     neighbours = range(50_000, 51_000)
     assert len({encode_key(k)[:-1] for k in neighbours}) == 5
     assert len({bucket(k) for k in neighbours}) <= 5  # a hash of all of it: ~250 of 256
-    assert len({bucket(f"user:{i}") for i in range(1000, 2000)}) <= 100  # "user:100"..
-    for k in (7, 50_000, "user:1234", b"\x00\x01"):
+    # Decimal ids in strings: "user:10".."user:19", a hundred keys each.
+    assert len({bucket(f"user:{i}") for i in range(1000, 2000)}) <= 10
+    for k in (7, 50_000, "user:1234", b"\x00\x01", 12336):
         ekey = encode_key(k)
         assert encoded_position(ekey) == bytes((bucket(k),)) + ekey
         assert encoded_key_hash(ekey) == key_hash(k)
 
 
+def test_a_bucket_hashes_all_but_the_last_byte_or_two_digits() -> None:
+    assert bucket_part(encode_key("user:1234")) == encode_key("user:1234")[:-2]
+    assert bucket_part(encode_key("user:123x")) == encode_key("user:123x")[:-1]
+    assert bucket_part(encode_key("user:1x")) == encode_key("user:1x")[:-1]
+    assert bucket_part(encode_key(12336)) == b"\xcd"  # 0xcd 0x30 0x30: two "digits"
+    assert bucket_part(encode_key(50_000)) == b"\xcd\xc3"
+    for one_byte in (0, 48, 57, -1, ""):  # "0".."9" as bytes are ints 48..57
+        assert bucket_part(encode_key(one_byte)) == b""
+    assert bucket_part(encode_key("9")) == encode_key("9")[:-1]  # 0xa1 is no digit
+
+
 def test_buckets_are_even_over_many_prefixes() -> None:
-    keys = [f"user:{i}" for i in range(100_000)]  # 10,000 prefixes, 10 keys each
+    keys = [f"user:{i}/" for i in range(10_000)]  # 10,000 prefixes, one key each
     load = Counter(bucket(k) for k in keys)
     assert len(load) == 256
     assert max(load.values()) < 2 * len(keys) / 256
