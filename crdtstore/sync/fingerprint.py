@@ -20,9 +20,9 @@ byte (the integers 256k..256k+255) or in their last two digits (``user:1200`` ..
 ``user:1299``) so share a bucket, where they are neighbours in key order, and a commit of
 1,000 neighbouring keys dirties a few pages per bucket it touches rather than a page in
 each of the 256 (storage format 5 hashed the whole key: raw LMDB wrote batches of integer
-keys 1.6-2.0x slower, and of ``user:N`` keys 1.5x). Decimal ids in strings change their
+keys 1.6-2.0x slower, and of ``user:N`` keys 1.6x). Decimal ids in strings change their
 last two characters every 100 keys; without the digit rule such keys came ten to a
-bucket's prefix, and the gain was 1.25x. A range inside a bucket still splits its keys
+bucket's prefix, and the gain was 1.2-1.3x. A range inside a bucket still splits its keys
 evenly. A bucket holds whole prefixes, at most 356 keys each (256 by the last byte, 100 by
 two digits), so the buckets are even once a namespace has more than a few hundred
 prefixes.
