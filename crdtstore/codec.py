@@ -26,7 +26,7 @@ from crdtstore.errors import DecodeError, Error
 FORMAT_VERSION = 3
 """The wire format this node writes. 2: a dot cloud carries a run of consecutive seqs of
 one replica as one item, ``[replica, first, last]`` (see :func:`encode_cloud`). 3: a key
-hash's first byte hashes the key's encoding less its last byte
+hash's first byte hashes the key's encoding less its last byte or two digits
 (``fingerprint.key_hash``), which moves keys between key-hash ranges."""
 READ_VERSIONS = (1, 2, 3)
 """The formats this node reads. A version-1 message is a version-2 one without runs, and

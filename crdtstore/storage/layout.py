@@ -5,8 +5,8 @@ Invariants this module keeps (and ``crdt-inspect`` relies on):
 - A state row's key is ``ns_id (4 bytes BE) + key_hash(key)'s first byte + encoded key``
   (``fingerprint.encoded_position``), so the rows of one namespace sorted by LMDB are in
   reconciliation order, a bucket is one cursor range scan, and keys that sort together
-  share pages: keys that differ only in their last byte share a bucket, so a batch of
-  neighbouring keys dirties a few pages, not a page per key or per bucket. A
+  share pages: keys that differ only in their last byte (or two digits) share a bucket, so
+  a batch of neighbouring keys dirties a few pages, not a page per key or per bucket. A
   key-hash range ``[lo, hi)`` is a scan of the buckets it touches; in a bucket it only
   cuts, each row's key hash is tested (:func:`range_scan`).
 - A state row's value is ``entry_hash (8 bytes BE) + msgpack([[replica, seq], ...])``
@@ -49,8 +49,8 @@ FORMAT_VERSION = 6
 (they had a table of their own); 4: state rows are keyed by the key hash's first byte,
 not all eight, then the key; 5: stored contexts and logged batches may hold runs in
 their dot clouds (wire format 2), which a build for format 4 cannot read; 6: a key's
-bucket, that first byte, hashes its encoding less the last byte (wire format 3), so its
-rows and bucket rows move. Older directories are migrated when opened."""
+bucket, that first byte, hashes its encoding less the last byte or two digits (wire
+format 3), so its rows and bucket rows move. Older directories are migrated when opened."""
 
 Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unless buffers=True)
 
