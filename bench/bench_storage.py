@@ -134,6 +134,12 @@ def one_batch(
     return time.perf_counter() - start, time.thread_time() - cpu
 
 
+def user_key(i: int) -> str:
+    """A string key with a decimal id, ``user:i``: neighbours share a bucket a hundred at a
+    time (their last two digits), not 256 as integers do."""
+    return f"user:{i}"
+
+
 def scattered(i: int) -> int:
     """A key with no locality: ``i`` times a large odd constant, modulo 2**62 (a
     permutation, so keys stay distinct), like ids drawn at random."""
@@ -156,7 +162,7 @@ class RawTable:
         path: Path,
         *,
         position: Callable[[bytes], bytes] = encoded_position,
-        key: Callable[[int], int] = int,
+        key: Callable[[int], Any] = int,
     ) -> None:
         self.env = lmdb.open(str(path), map_size=1 << 30, sync=True, metasync=True)
         self.position, self.key = position, key
@@ -313,7 +319,8 @@ def main() -> None:
         # its fsync writes them. Raw LMDB doing the same on rows keyed like the store's is
         # this disk's limit for that pattern; beside it, keys with no locality
         # (scattered), and the limit for rows keyed as storage format 5 had them (a bucket
-        # per whole-key hash: a batch dirtied a page in each of the 256). Each round runs
+        # per whole-key hash: a batch dirtied a page in each of the 256), and string keys
+        # with a decimal id (user:i) on their own namespace. Each round runs
         # one transaction of every workload in turn, so all see the same machine (its
         # speed drifts by 2x within minutes); a figure is the median of its rounds, a
         # ratio the median of the rounds' ratios.
@@ -322,18 +329,21 @@ def main() -> None:
             crdtstore.open(tmp / "batch", node_id="bench") as node,
             crdtstore.open(tmp / "batch-scattered", node_id="bench") as far_node,
         ):
-            m, s = node.lww_map("m"), node.or_set("s")
+            m, s, u = node.lww_map("m"), node.or_set("s"), node.lww_map("u")
             far = far_node.lww_map("m")
             raw = RawTable(tmp / "rawbatch")
             raw_far = RawTable(tmp / "rawbatch-far", key=scattered)
+            raw_user = RawTable(tmp / "rawbatch-user", key=user_key)
             raw_v5 = RawTable(tmp / "rawbatch-v5", position=format5_position)
             put, add = m.__setitem__, (lambda k, v: s.add(k))
             put_far = lambda k, v: far.__setitem__(scattered(k), v)  # noqa: E731
+            put_user = lambda k, v: u.__setitem__(user_key(k), v)  # noqa: E731
             for r_ in range(50):
                 one_batch(node, put, r_)
                 one_batch(node, add, r_)
                 one_batch(far_node, put_far, r_)
-                for table in (raw, raw_far, raw_v5):
+                one_batch(node, put_user, r_)
+                for table in (raw, raw_far, raw_v5, raw_user):
                     table.batch(r_)
             workloads: dict[str, Callable[[int], tuple[float, float]]] = {
                 "put new": lambda r_: one_batch(node, put, 50 + r_),
@@ -341,9 +351,11 @@ def main() -> None:
                 "add new": lambda r_: one_batch(node, add, 50 + r_),
                 "add old": lambda r_: one_batch(node, add, r_),
                 "put far": lambda r_: one_batch(far_node, put_far, 50 + r_),
+                "put user": lambda r_: one_batch(node, put_user, 50 + r_),
                 "raw new": lambda r_: raw.batch(50 + r_),
                 "raw old": lambda r_: raw.batch(r_),
                 "raw far": lambda r_: raw_far.batch(50 + r_),
+                "raw user": lambda r_: raw_user.batch(50 + r_),
                 "v5 new": lambda r_: raw_v5.batch(50 + r_),
                 "v5 old": lambda r_: raw_v5.batch(r_),
             }
@@ -354,7 +366,7 @@ def main() -> None:
                     wall, used = run(r_)
                     took[name].append(wall)
                     cpu[name].append(used)
-            for table in (raw, raw_far, raw_v5):
+            for table in (raw, raw_far, raw_v5, raw_user):
                 table.env.close()
 
         def rate(name: str) -> float:
@@ -373,6 +385,7 @@ def main() -> None:
             ("adds, new elements", "add new", "raw new"),
             ("adds, existing elements", "add old", "raw old"),
             ("puts, new scattered keys", "put far", "raw far"),
+            ("puts, new keys user:i", "put user", "raw user"),
         ):
             rows.append(
                 (
