@@ -317,10 +317,10 @@ def main() -> None:
         # ...): they share a bucket while they differ only in their last byte, and are in
         # key order inside it, so a batch dirties a few pages per bucket it touches, and
         # its fsync writes them. Raw LMDB doing the same on rows keyed like the store's is
-        # this disk's limit for that pattern; beside it, keys with no locality
-        # (scattered), and the limit for rows keyed as storage format 5 had them (a bucket
-        # per whole-key hash: a batch dirtied a page in each of the 256), and string keys
-        # with a decimal id (user:i) on their own namespace. Each round runs
+        # this disk's limit for that pattern. Beside it: keys with no locality (scattered);
+        # string keys with a decimal id (user:i, a hundred to a bucket), in a namespace of
+        # their own; and the limit for rows keyed as storage format 5 had them (a bucket
+        # per whole-key hash: a batch dirtied a page in each of the 256). Each round runs
         # one transaction of every workload in turn, so all see the same machine (its
         # speed drifts by 2x within minutes); a figure is the median of its rounds, a
         # ratio the median of the rounds' ratios.

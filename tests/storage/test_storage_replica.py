@@ -83,8 +83,12 @@ def local(replica: LMDBReplica, *ops: tuple[Any, ...]) -> None:
 # -- examples that document the contract ---------------------------------------------------
 
 
+HASH_CASES = ["a", b"a", 0, 48, -5, 2**40, "ключ", "user:1234", b"99", 12336]
+"""Keys whose buckets hash all but one byte or, ending in two ASCII digits, all but two."""
+
+
 def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
-    for key in ["a", b"a", 0, 48, -5, 2**40, "ключ", "user:1234", b"99", 12336]:
+    for key in HASH_CASES:
         ekey = layout.pack_key(key)
         assert layout.hash_encoded_key(ekey) == key_hash(key)
         assert layout.key_bucket(ekey) == key_hash(key) >> 56
@@ -94,6 +98,19 @@ def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
         assert layout.row_key_suffix(ekey) == key_position(key) == position
         dots = [Dot("b", 3), Dot("a", 1)]
         assert layout.entry_hash_encoded(ekey, dots) == entry_hash(key, dots)
+
+
+def test_a_write_puts_each_row_where_reconciliation_order_has_it(make_replica: Make) -> None:
+    """_put and _add inline the key's bucket (fingerprint.bucket_part); reads, scans and
+    fingerprints find a row by layout's. Bucket counts must agree too."""
+    a = make_replica("a")
+    local(a, *[("add", "s", k) for k in HASH_CASES], *[("put", "m", k, 1) for k in HASH_CASES])
+    for ns, tname in (("s", "or_set"), ("m", "lww_map")):
+        prefix = layout.ns_prefix(a.namespace_id(ns, tname))
+        for key in HASH_CASES:
+            assert a.get_row(prefix + key_position(key)) is not None, (ns, key)
+        buckets = [a.fingerprints(ns, [(b << 56, (b + 1) << 56)])[0][1] for b in range(256)]
+        assert buckets == [sum(key_hash(k) >> 56 == b for k in HASH_CASES) for b in range(256)]
 
 
 def test_one_commit_logs_one_batch_per_namespace(make_replica: Make) -> None:

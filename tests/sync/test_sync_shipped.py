@@ -33,7 +33,7 @@ def lww(entries: list[Any], count: int | None = None) -> ShippedEntries:
 
 
 def baseline() -> list[Any]:
-    k1, k2, k3 = in_order("x", "y", 7)
+    k1, k2, k3 = in_order("x", "y12", 7)  # y12: a bucket of all but two digits
     return [
         [k1, [["a", 1, TS, "v1"]]],
         [k2, [["b", 2, TS + 1, {"nested": [1, 2]}], ["a", 2, TS, None]]],
