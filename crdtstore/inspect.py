@@ -450,6 +450,21 @@ def emit_status(console: Any, status: dict[str, Any]) -> None:
             m["router"],
         )
     console.print(members)
+    behind = status.get("behind", {})
+    if behind:
+        lagging = Table(
+            "namespace", "behind since", "seqs missing", "last progress", title="behind peers"
+        )
+        for ns, b in sorted(behind.items()):
+            lagging.add_row(
+                ns,
+                f"{(now - b['since']) / 1000:.1f} s ago",
+                str(b["missing"]),
+                f"{(now - b['progress_at']) / 1000:.1f} s ago",
+            )
+        console.print(lagging)
+    else:
+        console.print("namespaces: in step with every peer's last digest")
     counters = Table("layer", "counter", "value", title="counters (non-zero)")
     for layer in ("sync", "transport", "replicator", "storage"):
         for name, value in sorted(status.get(layer, {}).items()):

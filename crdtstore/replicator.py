@@ -325,6 +325,7 @@ class Replicator:
             "members": [dataclasses.asdict(m) for m in self.members()],
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
+            "behind": self.engine.behind(),
             "local_health": self.detector.local_health,
             "sync": dict(self.engine.stats),
             "transport": self.transport.stats(),

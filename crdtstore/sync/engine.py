@@ -156,6 +156,16 @@ class _Session:
     retries: int = 0
 
 
+@dataclass(slots=True)
+class _Behind:
+    """A namespace in which a peer's digest shows seqs this node has not applied."""
+
+    since: int  # ms: when digests first showed it behind
+    missing: int  # seqs missing at the last check
+    held: int  # dots of other origins held at the last progress
+    progress_at: int  # ms: when ``held`` last grew (or ``since``)
+
+
 class SyncEngine:
     """One node's replication protocol: messages, ticks and commits in; frames out."""
 
@@ -180,8 +190,13 @@ class SyncEngine:
         self._not_before: dict[tuple[str, str], int] = {}
         self._sessions: dict[str, _Session] = {}  # namespace -> its one session
         self._session_not_before: dict[str, int] = {}  # after a session's apply failed
-        # Batches received before the deltas their context names: ns -> id -> batch.
-        self._waiting: dict[str, dict[tuple[str, int, int], tuple[DeltaBatch, bytes]]] = {}
+        # Batches received before the deltas their context names: ns -> id -> (batch,
+        # its bytes, ms it arrived).
+        self._waiting: dict[str, dict[tuple[str, int, int], tuple[DeltaBatch, bytes, int]]] = {}
+        self._waiting_bytes = 0
+        self._behind: dict[str, _Behind] = {}
+        self._drifting: dict[str, int] = {}  # origin -> ms of its last batch refused for drift
+        self._fallbacks: Counter[str] = Counter()
         # Inside on_messages: ready batches not applied yet, and each namespace's context
         # as they will leave it (what the checks of the batches after them must see).
         self._group: list[tuple[DeltaBatch, bytes]] | None = None
@@ -300,6 +315,8 @@ class SyncEngine:
             out.append(Publish(DIGEST_TOPIC, encode_message(self._digest())))
             self.stats["digests_sent"] += 1
             self._trim_logs()
+            self._expire_waiting(now_ms)
+            out.extend(self._check_liveness(now_ms))
         self._observe_clouds(now_ms)
         for rid, rep in list(self._repairs.items()):
             if now_ms >= rep.deadline:
@@ -474,13 +491,40 @@ class SyncEngine:
 
     def _wait(self, batch: DeltaBatch, data: bytes, now_ms: int) -> None:
         waiting = self._waiting.setdefault(batch.namespace, {})
-        if len(waiting) >= self.settings.max_waiting_batches:
+        key = (batch.origin, batch.first, batch.last)
+        if key in waiting:
+            return  # a duplicate keeps the first copy's arrival time
+        if (
+            len(waiting) >= self.settings.max_waiting_batches
+            or self._waiting_bytes + len(data) > self.settings.max_waiting_bytes
+        ):
             self._reject(
                 "waiting_overflow", now_ms, f"{batch.namespace}: dropped, repair refetches"
             )
             return
-        waiting[(batch.origin, batch.first, batch.last)] = (batch, data)
+        waiting[key] = (batch, data, now_ms)
+        self._waiting_bytes += len(data)
         self.stats["batches_waiting"] += 1
+
+    def _unwait(self, ns: str, key: tuple[str, int, int]) -> tuple[DeltaBatch, bytes, int]:
+        held = self._waiting[ns].pop(key)
+        self._waiting_bytes -= len(held[1])
+        return held
+
+    def _expire_waiting(self, now_ms: int) -> None:
+        """Drop batches held longer than ``max_wait_ms`` (see the setting)."""
+        cutoff = now_ms - self.settings.max_wait_ms
+        for ns, waiting in self._waiting.items():
+            old = [key for key, (_, _, at) in waiting.items() if at <= cutoff]
+            for key in old:
+                self._unwait(ns, key)
+            if old:
+                self.stats["waiting_expired"] += len(old)
+                self._reject(
+                    "waiting_expired_batches",
+                    now_ms,
+                    f"{ns}: {len(old)} held over {self.settings.max_wait_ms} ms, dropped",
+                )
 
     def _timestamps_ok(self, batch: DeltaBatch, now_ms: int) -> bool:
         """False (counted) if an LWW batch carries a timestamp too far in the future."""
@@ -489,6 +533,7 @@ class SyncEngine:
         try:
             check_drift(batch.newest, now_ms, self.settings.max_clock_drift_ms)
         except ClockDriftError as exc:
+            self._drifting[batch.origin] = now_ms
             self._reject("rejected_clock_drift", now_ms, str(exc))
             return False
         return True
@@ -511,12 +556,12 @@ class SyncEngine:
         progress = True
         while waiting and progress:
             progress = False
-            for key, (batch, data) in list(waiting.items()):
+            for key, (batch, data, _) in list(waiting.items()):
                 ctx = self._context(ns)
                 if all(Dot(batch.origin, s) in ctx for s in range(batch.first, batch.last + 1)):
-                    del waiting[key]
+                    self._unwait(ns, key)
                 elif _causally_ready(batch, ctx):
-                    del waiting[key]
+                    self._unwait(ns, key)
                     self._apply_ready(batch, data)
                     progress = True
 
@@ -524,25 +569,74 @@ class SyncEngine:
         self, ns: str, logged: Sequence[bytes], now_ms: int, origin: str | None = None
     ) -> list[bytes] | None:
         """One frame joining consecutive batches of ``origin`` (this node by default);
-        None when they are not one contiguous run: send them as they are."""
+        None when they are not one contiguous run: send them as they are.
+
+        Only for the node's own commits found at one flush. Joining them can never make
+        a dependency cycle between frames: every dot their contexts name from another
+        origin was applied here before the flush, so it travelled in a frame that was
+        published before this one. (A frame of old logged batches has no such
+        guarantee; repair replies use :meth:`_coalesce_runs`.)"""
         origin = self.node_id if origin is None else origin
         limit = self.settings.publish_coalesce_max_bytes
         if len(logged) < 2 or any(len(b) > limit for b in logged):
             return None
+        batches = self._decode_logged(ns, logged, now_ms)
+        if batches is None:
+            return None
+        if any(b.origin != origin for b in batches) or any(
+            a.last + 1 != b.first for a, b in itertools.pairwise(batches)
+        ):
+            return None
+        return [_joined(ns, batches)]
+
+    def _coalesce_runs(self, ns: str, logged: Sequence[bytes], origin: str) -> list[bytes]:
+        """``logged`` (contiguous batches of ``origin``, oldest first) as few frames as
+        causal delivery allows: each frame joins a run whose later batches observed no
+        dot of another origin that the run's first batch had not observed.
+
+        Why the rule. A receiver holds a batch until every dot its context names is
+        applied. Joining *any* consecutive logged batches of origin A makes a frame that
+        needs everything the last of them observed, e.g. B's seqs up to 300; B's frame
+        joined the same way needs A's up to 300; each waits for the other forever
+        (this was a restarted node that never caught up, with writers sharing keys).
+        With the rule, a frame needs only what its first batch needed, all of it
+        causally before that batch, so frames of different origins cannot wait on each
+        other in a cycle, and a receiver that lacks them can always apply one next."""
+        limit = self.settings.publish_coalesce_max_bytes
+        batches = self._decode_logged(ns, logged, 0)
+        if batches is None or any(b.origin != origin for b in batches):
+            return list(logged)
+        out: list[bytes] = []
+        run: list[DeltaBatch] = []
+        raw: list[bytes] = []
+        for batch, data in zip(batches, logged, strict=True):
+            if run and (
+                len(data) > limit
+                or run[-1].last + 1 != batch.first
+                or not _observes_nothing_new(batch, run[0])
+            ):
+                out.append(raw[0] if len(run) == 1 else _joined(ns, run))
+                run, raw = [], []
+            if len(data) > limit:
+                out.append(data)
+                continue
+            run.append(batch)
+            raw.append(data)
+        if run:
+            out.append(raw[0] if len(run) == 1 else _joined(ns, run))
+        return out
+
+    def _decode_logged(
+        self, ns: str, logged: Sequence[bytes], now_ms: int
+    ) -> list[DeltaBatch] | None:
         try:
             batches = [decode_message(b) for b in logged]
         except DecodeError as exc:
             self._reject("corrupt_log", now_ms, f"{ns}: {exc}")
             return None
-        if any(not isinstance(b, DeltaBatch) or b.origin != origin for b in batches) or any(
-            a.last + 1 != b.first for a, b in itertools.pairwise(batches)
-        ):
+        if not all(isinstance(b, DeltaBatch) for b in batches):
             return None
-        delta: DotMap[Any] = batches[0].delta
-        for b in batches[1:]:
-            delta = delta.join(b.delta)
-        first, last = min(b.first for b in batches), max(b.last for b in batches)
-        return [encode_message(DeltaBatch(ns, origin, first, last, delta))]
+        return batches
 
     # -- digests and repair -----------------------------------------------------------------
 
@@ -663,8 +757,9 @@ class SyncEngine:
         self.stats["repairs_served"] += 1
         batches = tuple(logged[: self.settings.max_repair_batches])
         if self.settings.publish_flush:
-            # Contiguous batches of one origin travel as one (one envelope, one context).
-            batches = tuple(self._coalesce(msg.namespace, batches, 0, msg.origin) or batches)
+            # Contiguous batches of one origin travel as few frames as causal delivery
+            # allows (see _causal_runs): one envelope, one context per run.
+            batches = tuple(self._coalesce_runs(msg.namespace, batches, msg.origin))
         return [Send(peer, encode_message(RepairReply(msg.request, msg.namespace, batches)))]
 
     def _on_repair_reply(self, peer: str, msg: RepairReply, now_ms: int) -> None:
@@ -876,6 +971,86 @@ class SyncEngine:
         self._drain(ns)
         return []
 
+    # -- liveness ------------------------------------------------------------------------------
+
+    def behind(self) -> dict[str, dict[str, int]]:
+        """Namespace -> ``since`` (ms it fell behind), ``missing`` (seqs peers' digests
+        show that it lacks) and ``progress_at`` (ms it last gained a dot), for each
+        namespace in which this node is behind a peer (for status and inspection)."""
+        return {
+            ns: {"since": b.since, "missing": b.missing, "progress_at": b.progress_at}
+            for ns, b in sorted(self._behind.items())
+        }
+
+    def _check_liveness(self, now_ms: int) -> list[Outgoing]:
+        """The safety net under repair: whatever the reason (a dependency that cannot be
+        met, a peer that answers nothing useful, a bug), a namespace that stays behind
+        without progress for ``stuck_after_ms`` is reconciled by ranges."""
+        out: list[Outgoing] = []
+        ahead = self._peers_ahead(now_ms)
+        for ns in [ns for ns in self._behind if ns not in ahead]:
+            del self._behind[ns]
+        for ns, by_peer in sorted(ahead.items()):
+            ctx = self.replica.context(ns)
+            held = sum(s for r, s in ctx.vv.items() if r != self.node_id) + sum(
+                1 for d in ctx.cloud if d.replica != self.node_id
+            )
+            missing = max(by_peer.values())
+            state = self._behind.get(ns)
+            if state is None:
+                self._behind[ns] = _Behind(now_ms, missing, held, now_ms)
+                continue
+            state.missing = missing
+            if held > state.held or ns in self._sessions:
+                # A running session is progress of its own (bounded by its timeouts).
+                state.held, state.progress_at = held, now_ms
+                continue
+            if now_ms - state.progress_at < self.settings.stuck_after_ms:
+                continue
+            if now_ms < self._session_not_before.get(ns, 0):
+                continue
+            # Furthest ahead first; rotate on each fallback so one bad peer cannot hold us.
+            peers = sorted(by_peer, key=lambda p: (-by_peer[p], p))
+            peer = peers[self._fallbacks[ns] % len(peers)]
+            self._fallbacks[ns] += 1
+            self.stats["stuck_fallbacks"] += 1
+            log.warning(
+                "sync %s: %s stuck %d seqs behind %s for %.1f s with no progress "
+                "(%d batches held); reconciling by ranges",
+                self.node_id,
+                ns,
+                by_peer[peer],
+                peer,
+                (now_ms - state.progress_at) / 1000,
+                len(self._waiting.get(ns, {})),
+            )
+            state.progress_at = now_ms  # the next fallback only after another full bound
+            out.extend(self._start_session(peer, ns, now_ms))
+        return out
+
+    def _peers_ahead(self, now_ms: int) -> dict[str, dict[str, int]]:
+        """Namespace -> peer -> seqs its digest shows that we lack, for peers ahead.
+
+        Origins whose batches were refused for clock drift lately are left out: they
+        are deferred on purpose (applied once local time catches up), not stuck."""
+        recent = now_ms - self.settings.stuck_after_ms
+        drifting = {o for o, at in self._drifting.items() if at >= recent}
+        for origin in [o for o, at in self._drifting.items() if at < recent]:
+            del self._drifting[origin]
+        ahead: dict[str, dict[str, int]] = {}
+        for peer in sorted(self._peers):
+            for ns, vv in self._digests.get(peer, {}).items():
+                ctx = self.replica.context(ns)
+                lacking = sum(
+                    b - a + 1
+                    for origin, top in vv.items()
+                    if origin != self.node_id and origin not in drifting
+                    for a, b in _spans(ctx, origin, top)
+                )
+                if lacking:
+                    ahead.setdefault(ns, {})[peer] = lacking
+        return ahead
+
     # -- log trimming ----------------------------------------------------------------------------
 
     def _trim_logs(self) -> None:
@@ -953,6 +1128,30 @@ class _StagedRanges:
             yield lo, hi, ShippedEntries(packed, self._base, self._now_ms, self._max_drift_ms)
             if self._keepalive is not None:
                 self._keepalive()
+
+
+def _joined(ns: str, batches: Sequence[DeltaBatch]) -> bytes:
+    """One encoded batch joining contiguous ``batches`` of one origin."""
+    delta: DotMap[Any] = batches[0].delta
+    for b in batches[1:]:
+        delta = delta.join(b.delta)
+    return encode_message(
+        DeltaBatch(ns, batches[0].origin, batches[0].first, batches[-1].last, delta)
+    )
+
+
+def _observes_nothing_new(batch: DeltaBatch, first: DeltaBatch) -> bool:
+    """Every dot of another origin that ``batch`` observed, ``first`` observed too (dots
+    of the batches' own origin below ``batch`` are causally before ``first`` or in the
+    run between them)."""
+    own, base = batch.origin, first.rest
+    for replica, top in batch.rest.vv.items():
+        if replica == own:
+            continue
+        have = base.vv.get(replica, 0)
+        if top > have and any(Dot(replica, s) not in base for s in range(have + 1, top + 1)):
+            return False
+    return all(d.replica == own or d in base for d in batch.rest.cloud)
 
 
 def _spans(ctx: CausalContext, origin: str, top: int) -> list[tuple[int, int]]:

@@ -87,6 +87,24 @@ class SyncSettings:
     """Most batches held back (in memory) until the deltas their context names arrive;
     beyond it a batch is dropped (counted) and fetched again by repair."""
 
+    max_waiting_bytes: int = 64 * 1024 * 1024
+    """Most bytes of batches held back at once (the count bound alone would let 4,096
+    large batches hold gigabytes); beyond it a batch is dropped (counted) as above."""
+
+    max_wait_ms: int = 10_000
+    """Longest a batch is held back waiting for the deltas its context names. Past it,
+    it is dropped (counted as ``waiting_expired``): what it needs did not come, so
+    waiting longer is not how it will be applied; repair fetches it again, and if that
+    makes no progress either, the liveness check below changes the path."""
+
+    stuck_after_ms: int = 10_000
+    """The liveness bound. A namespace whose peers' digests show seqs this node lacks,
+    and where this node has gained no dot of another origin for this long, is declared
+    stuck: the node logs it, counts it (``stuck_fallbacks``) and reconciles the
+    namespace by ranges with the peer furthest ahead, the path that needs nothing in
+    order. Longer than a few repair rounds (``repair_grace_ms + repair_timeout_ms``),
+    so an ordinary repair is never cut short."""
+
     publish_flush: bool = True
     """Coalesce the own commits found at one flush into one frame per namespace (one
     envelope, one compact context) instead of publishing each commit's batch alone."""

@@ -61,6 +61,7 @@ class SimNode:
     up: bool = True
     commit_pending: bool = False
     incarnation: int = 0
+    left: bool = False
 
 
 class Simulator:
@@ -157,12 +158,34 @@ class Simulator:
         self.nodes[node].up = False
 
     def restart(self, node: str) -> None:
-        """Bring a node back with a fresh engine over its kept replica."""
+        """Bring a node back with a fresh engine over its kept replica (peers that left
+        are not its peers)."""
         sim_node = self.nodes[node]
         sim_node.incarnation += 1
         sim_node.engine = self._engine(node, sim_node.replica, sim_node.topics)
+        for other, peer in self.nodes.items():
+            if peer.left:
+                sim_node.engine.remove_peer(other)
         sim_node.up = True
         sim_node.commit_pending = True  # commits made before the crash may be unpublished
+
+    def leave(self, node: str) -> None:
+        """A graceful leave: the node stops and every other node forgets it as a peer
+        (its digests no longer hold their logs back), as membership does on ``left``."""
+        self.nodes[node].up = False
+        self.nodes[node].left = True
+        for other, sim_node in self.nodes.items():
+            if other != node:
+                sim_node.engine.remove_peer(node)
+
+    def rejoin(self, node: str) -> None:
+        """A node that left comes back: a fresh engine over its kept replica, and every
+        other node takes it as a peer again."""
+        self.restart(node)
+        self.nodes[node].left = False
+        for other, sim_node in self.nodes.items():
+            if other != node:
+                sim_node.engine.add_peer(node)
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
@@ -195,12 +218,15 @@ class Simulator:
         self.now = end
 
     def run_until_quiescent(self, max_ms: int = 60_000) -> bool:
-        """Faults off, heal, restart crashed nodes; run until every replica holding a
-        namespace has equal state and context and nothing is in flight. False on timeout."""
+        """Faults off, heal, restart crashed nodes and rejoin those that left; run until
+        every replica holding a namespace has equal state and context and nothing is in
+        flight. False on timeout."""
         self.faults = NO_FAULTS
         self.heal()
         for node_id, sim_node in self.nodes.items():
-            if not sim_node.up:
+            if sim_node.left:
+                self.rejoin(node_id)
+            elif not sim_node.up:
                 self.restart(node_id)
         deadline = self.now + max_ms
         while self.now < deadline:

@@ -5,7 +5,9 @@ network role) and performs COUNT writes, printing ``ACK <key>`` only after each 
 call returned, so the test knows exactly which writes were acknowledged.
 
 Modes: ``put`` (LWW-map, value = key), ``add`` (OR-Set), ``churn`` (add COUNT elements,
-then remove every third; prints ``ACK +k`` / ``ACK -k``), ``bulk`` (one transaction).
+then remove every third; prints ``ACK +k`` / ``ACK -k``), ``bulk`` (one transaction),
+``shared`` (each write puts its own key, then one of five keys every writer shares, value
+= prefix and i, so writers on several nodes keep observing each other's writes).
 """
 
 from __future__ import annotations
@@ -43,6 +45,12 @@ def main() -> None:
                 for i in range(n):
                     m[f"{prefix}{i}"] = i
             print(f"ACK {n}", flush=True)
+        elif mode == "shared":
+            m = node.lww_map(ns)
+            for i in range(n):
+                m[f"{prefix}{i}"] = i
+                m[f"shared{i % 5}"] = f"{prefix}{i}"
+                print(f"ACK {prefix}{i}", flush=True)
         else:
             raise SystemExit(f"unknown mode {mode!r}")
 

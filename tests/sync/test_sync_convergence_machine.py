@@ -1,14 +1,22 @@
 """Convergence of five replicas over a faulty network, against a sequential specification.
 
-Hypothesis drives random OR-Set and LWW-map writes on random nodes, partitions and heals,
-crash-restarts, drop/duplicate/reorder toggles and the passage of time. The log bound is
-tiny, so gaps are often repaired by range reconciliation rather than from the log.
+Hypothesis drives random OR-Set and LWW-map writes on random nodes, turns of several
+writers on the same keys (each write observing the others' latest), partitions and heals,
+crash-restarts, graceful leaves and rejoins, drop/duplicate/reorder toggles and the
+passage of time. It runs twice: with a tiny log bound, so gaps are often repaired by range
+reconciliation, and with the production settings (long logs, coalesced publishes and
+repair replies), so a restarted node's gap is repaired from its peers' logs.
 
 The specification is computed from the operation history with explicit causality: each op
 records the dot it consumed and its replica's context when it ran. A write's dot survives
 unless another op on the same key ran with that dot in its context (it replaced or removed
 what it observed); the LWW value is the greatest (timestamp, writer) among surviving puts.
 Equality with it proves no lost add, no resurrected remove and no lost last write.
+
+Liveness, not only eventual equality: after the heal every replica must converge within
+:func:`liveness_bound_ms` of simulated time, derived from the settings (the stuck-replica
+bound, a range session's retries, a few digest rounds). A replica that stays diverged, as
+a restarted node once did when repair replies waited on each other, fails the bound.
 """
 
 from __future__ import annotations
@@ -36,7 +44,22 @@ FAST = SyncSettings(
     range_fanout=4,
     range_leaf_entries=1,
     max_log_batches=6,
+    max_wait_ms=2000,
+    stuck_after_ms=2000,
 )
+PRODUCTION = SyncSettings()
+
+
+def liveness_bound_ms(cfg: SyncSettings) -> int:
+    """How long after a heal every replica must have converged: a stuck namespace is
+    noticed within ``stuck_after_ms`` plus a digest round, and its range session takes
+    at most its retries' timeouts; twice that, for a session that was cut by the heal
+    itself, plus a few digest rounds for the last digests and repairs to cross."""
+    session = (cfg.range_session_retries + 1) * cfg.range_session_timeout_ms
+    return 2 * (cfg.stuck_after_ms + cfg.digest_interval_ms + session) + (
+        5 * cfg.digest_interval_ms + cfg.repair_grace_ms + cfg.repair_timeout_ms
+    )
+
 
 FAULTS = st.sampled_from(
     [
@@ -75,9 +98,11 @@ def expected_entries(ops: list[Op], ns: str) -> dict[Any, dict[Dot, Any]]:
 
 
 class ConvergenceMachine(RuleBasedStateMachine):
+    cfg = FAST
+
     def __init__(self) -> None:
         super().__init__()
-        self.sim = Simulator(NODES, seed=0, settings=FAST)
+        self.sim = Simulator(NODES, seed=0, settings=self.cfg)
         self.ops: list[Op] = []
         self.issued: dict[tuple[str, Dot], Any] = {}
 
@@ -108,6 +133,21 @@ class ConvergenceMachine(RuleBasedStateMachine):
     def delete(self, node: str, key: int) -> None:
         self._record(node, MAP_NS, key, "delete", lambda: self.sim.delete(node, MAP_NS, key))
 
+    @rule(
+        writers=st.lists(st.sampled_from(NODES), min_size=2, max_size=3, unique=True),
+        keys=st.lists(KEYS, min_size=1, max_size=2, unique=True),
+        turns=st.integers(2, 12),
+        gap_ms=st.integers(5, 60),
+    )
+    def turns(self, writers: list[str], keys: list[int], turns: int, gap_ms: int) -> None:
+        """Writers take turns putting the same keys, each turn seeing the last ones: every
+        origin's batches then depend on the others', the pattern repair must not tangle."""
+        for i in range(turns):
+            node = writers[i % len(writers)]
+            for key in keys:
+                self.put(node, key, i % 4)
+            self.sim.run(gap_ms)
+
     @rule(ms=st.integers(1, 2500))
     def advance(self, ms: int) -> None:
         self.sim.run(ms)
@@ -131,8 +171,19 @@ class ConvergenceMachine(RuleBasedStateMachine):
 
     @rule(node=st.sampled_from(NODES))
     def restart(self, node: str) -> None:
-        if not self.sim.nodes[node].up:
+        if not self.sim.nodes[node].up and not self.sim.nodes[node].left:
             self.sim.restart(node)
+
+    @precondition(lambda self: sum(not n.up for n in self.sim.nodes.values()) < 2)
+    @rule(node=st.sampled_from(NODES))
+    def leave(self, node: str) -> None:
+        if self.sim.nodes[node].up:
+            self.sim.leave(node)
+
+    @rule(node=st.sampled_from(NODES))
+    def rejoin(self, node: str) -> None:
+        if self.sim.nodes[node].left:
+            self.sim.rejoin(node)
 
     @invariant()
     def replicas_hold_only_issued_writes(self) -> None:
@@ -144,7 +195,8 @@ class ConvergenceMachine(RuleBasedStateMachine):
                         assert dot in value.context, (node, dot)
 
     def teardown(self) -> None:
-        assert self.sim.run_until_quiescent(120_000), "replicas did not converge"
+        bound = liveness_bound_ms(self.cfg)
+        assert self.sim.run_until_quiescent(bound), f"not converged {bound} ms after heal"
         for ns, cls in ((SET_NS, ORSet), (MAP_NS, LWWMap)):
             want = expected_entries(self.ops, ns)
             writes = {n: sum(1 for o in self.ops if o.ns == ns and o.node == n) for n in NODES}
@@ -162,10 +214,21 @@ class ConvergenceMachine(RuleBasedStateMachine):
             assert len(self.sim.values(ns)) == holders
 
 
+class ProductionConvergenceMachine(ConvergenceMachine):
+    cfg = PRODUCTION
+
+
 ConvergenceMachine.TestCase.settings = settings(
     settings.default,
     max_examples=settings.default.max_examples,
     stateful_step_count=50,
     deadline=None,
 )
+ProductionConvergenceMachine.TestCase.settings = settings(
+    settings.default,
+    max_examples=max(10, settings.default.max_examples // 2),
+    stateful_step_count=50,
+    deadline=None,
+)
 TestConvergence = ConvergenceMachine.TestCase
+TestConvergenceProductionSettings = ProductionConvergenceMachine.TestCase

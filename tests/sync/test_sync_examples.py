@@ -458,3 +458,130 @@ def test_a_session_whose_entries_break_a_rule_changes_nothing_and_is_retried_lat
     bootstrap(cfg.range_session_timeout_ms)  # the sender now ships good ranges
     assert a_engine.stats["range_sessions_completed"] == 1, a_engine.stats
     assert asker.value("m") == sender.value("m")
+
+
+def _interleaved_writers_while_one_node_is_down(sim: Simulator) -> None:
+    """n0 and n1 take turns writing a shared key (each write observes the other's last
+    one, so each origin's batches depend on the other's) while n2 is down, and n2 comes
+    back while both peers' logs still hold everything it missed."""
+    sim.put("n0", "m", "k", 0)
+    sim.run(1500)  # n2's digests show "m": the peers keep its gap in their logs
+    sim.crash("n2")
+    for i in range(200):
+        writer = ("n0", "n1")[i % 2]
+        sim.put(writer, "m", "shared", i)
+        sim.put(writer, "m", f"own-{writer}", i)
+        sim.run(5)
+    sim.run(1000)
+    sim.restart("n2")
+
+
+def _converged_within(sim: Simulator, bound_ms: int) -> int | None:
+    """Simulated ms until all replicas are equal, or None past ``bound_ms``."""
+    start = sim.now
+    while sim.now - start <= bound_ms:
+        sim.run(100)
+        if sim.converged():
+            return sim.now - start
+    return None
+
+
+def test_restarted_node_catches_up_when_writers_share_keys() -> None:
+    # Repair replies used to join any run of logged batches into one frame: n0's frame
+    # then needed n1's seqs up to ~200, n1's needed n0's, and n2 held both forever.
+    sim = Simulator(["n0", "n1", "n2"], seed=1, settings=SyncSettings())
+    _interleaved_writers_while_one_node_is_down(sim)
+    took = _converged_within(sim, 10_000)
+    assert took is not None, sim.engine("n2").stats
+    assert sim.engine("n2").stats["stuck_fallbacks"] == 0  # repair did it, not the net
+    assert sim.engine("n2").stats["range_sessions_started"] == 0
+    assert sim.engine("n0").stats["repairs_served"] > 0
+
+
+def test_repair_reply_frames_need_only_what_their_first_batch_observed() -> None:
+    sim = Simulator(["n0", "n1", "n2"], seed=1, settings=SyncSettings())
+    _interleaved_writers_while_one_node_is_down(sim)
+    engine = sim.engine("n0")
+    request = RepairRequest(7, "m", "n0", 2, 201)
+    [reply] = engine.on_message("n2", encode_message(request), sim.local_ms("n0"))
+    assert isinstance(reply, Send)
+    frames = [decode_message(b) for b in decode_message(reply.data).batches]
+    log = sim.replica("n0")
+    assert frames[0].first == 2 and all(
+        a.last + 1 == b.first for a, b in zip(frames, frames[1:], strict=False)
+    )
+    for frame in frames:
+        [first] = [decode_message(b) for b in log.log_batches("m", "n0", frame.first, frame.first)]
+        foreign = {d for d in frame.rest if d.replica != "n0"}
+        assert foreign <= set(first.rest), (frame.first, frame.last)
+    assert len(frames) > 10  # the writers' turns keep the log from joining into a few
+    # Writes that observe nothing new of another origin still travel joined.
+    solo = Simulator(["n0", "n1"], seed=1, settings=SyncSettings())
+    solo.put("n0", "m", "k", 0)
+    solo.run(1500)
+    solo.crash("n1")
+    for i in range(50):
+        solo.put("n0", "m", "k", i)
+        solo.run(20)
+    [reply] = solo.engine("n0").on_message(
+        "n1", encode_message(RepairRequest(8, "m", "n0", 2, 51)), solo.local_ms("n0")
+    )
+    [joined] = [decode_message(b) for b in decode_message(reply.data).batches]
+    assert (joined.first, joined.last) == (2, 51)
+
+
+def _join_every_run(engine: SyncEngine) -> None:
+    """Make ``engine`` serve repairs as it did before the fix: every logged run of an
+    origin joined into one frame, whatever its batches observed."""
+
+    def join_all(ns: str, logged: Any, origin: str) -> list[bytes]:
+        batches = [decode_message(b) for b in logged]
+        delta = batches[0].delta
+        for b in batches[1:]:
+            delta = delta.join(b.delta)
+        first, last = batches[0].first, batches[-1].last
+        return [encode_message(DeltaBatch(ns, origin, first, last, delta))]
+
+    engine._coalesce_runs = join_all  # type: ignore[method-assign]
+
+
+def test_a_replica_that_makes_no_progress_falls_back_to_ranges_within_the_bound() -> None:
+    cfg = SyncSettings()
+    sim = Simulator(["n0", "n1", "n2"], seed=1, settings=cfg)
+    for node in ("n0", "n1"):
+        _join_every_run(sim.engine(node))  # repair can no longer make progress
+    _interleaved_writers_while_one_node_is_down(sim)
+    sim.run(cfg.repair_grace_ms + 2 * cfg.digest_interval_ms)
+    n2 = sim.engine("n2")
+    behind = n2.behind()
+    assert set(behind) == {"m"} and behind["m"]["missing"] > 0, behind
+    assert n2.stats["stuck_fallbacks"] == 0 and n2.stats["batches_waiting"] > 0
+    # The bound: no progress for stuck_after_ms, checked at each digest, plus one session.
+    bound = cfg.stuck_after_ms + 2 * cfg.digest_interval_ms + cfg.range_session_timeout_ms
+    assert _converged_within(sim, bound) is not None, n2.stats
+    assert n2.stats["stuck_fallbacks"] == 1
+    assert n2.stats["range_sessions_completed"] == 1
+    sim.run(2 * cfg.digest_interval_ms)
+    assert n2.behind() == {}
+
+
+def test_a_held_batch_is_dropped_after_max_wait_ms() -> None:
+    cfg = settings(max_wait_ms=1000, digest_interval_ms=100)
+    add0, add1, rm1 = _frames([("add", 0), ("add", 1), ("remove", 1)])
+    engine = SyncEngine("r", MemoryReplica("r"), cfg)
+    engine.on_messages([("", f, "w") for f in (add0, rm1)], 0)  # rm1 needs add1
+    assert engine.stats["batches_waiting"] == 1
+    engine.on_tick(cfg.max_wait_ms - 1)
+    assert engine.stats["waiting_expired"] == 0
+    engine.on_tick(cfg.max_wait_ms + cfg.digest_interval_ms)
+    assert engine.stats["waiting_expired"] == 1
+    engine.on_messages([("", add1, "w")], 2000)  # what it needed, too late: not applied
+    assert elements(engine.replica.value("s")) == {0, 1}
+
+
+def test_held_batches_are_bounded_in_bytes() -> None:
+    frames = _frames([("add", 0), ("add", 1), ("remove", 1), ("add", 2), ("remove", 2)])
+    add0, _, rm1, _, rm2 = frames
+    engine = SyncEngine("r", MemoryReplica("r"), settings(max_waiting_bytes=len(rm1)))
+    engine.on_messages([("", f, "w") for f in (add0, rm1, rm2)], 0)
+    assert engine.stats["batches_waiting"] == 1 and engine.stats["waiting_overflow"] == 1
