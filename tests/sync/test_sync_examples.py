@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
@@ -508,7 +509,7 @@ def test_repair_reply_frames_need_only_what_their_first_batch_observed() -> None
     frames = [decode_message(b) for b in decode_message(reply.data).batches]
     log = sim.replica("n0")
     assert frames[0].first == 2 and all(
-        a.last + 1 == b.first for a, b in zip(frames, frames[1:], strict=False)
+        a.last + 1 == b.first for a, b in itertools.pairwise(frames)
     )
     for frame in frames:
         [first] = [decode_message(b) for b in log.log_batches("m", "n0", frame.first, frame.first)]
