@@ -16,6 +16,7 @@ import select
 import signal
 import subprocess
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,9 @@ class Exit:
 
 
 @dataclass
-class Process:
+class Process(ABC):
+    """One OS process of the run (node, client or the delay line) and its log file."""
+
     name: str
     log: Path
     popen: subprocess.Popen[bytes] | None = None
@@ -64,8 +67,9 @@ class Process:
     announces_ready = False
     """Whether the process prints ``READY`` on stdout once it serves (start waits for it)."""
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The argv that starts the process."""
 
     def start(self) -> None:
         with self.log.open("ab") as log:
