@@ -4,7 +4,7 @@ VENV    := .venv
 VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck fuzz bench bytecode clean
+.PHONY: test demo lint typecheck fuzz bench bytecode chaos clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -22,7 +22,7 @@ bytecode: $(STAMP)
 test: bytecode
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
-	$(VPY) -m mypy crdtstore transport bindings
+	$(VPY) -m mypy crdtstore transport bindings chaos
 	HYPOTHESIS_PROFILE=$${HYPOTHESIS_PROFILE:-ci} $(VPY) -m pytest -q tests
 
 demo: bytecode
@@ -33,7 +33,7 @@ lint: $(STAMP)
 	$(VPY) -m ruff format --check .
 
 typecheck: $(STAMP)
-	$(VPY) -m mypy crdtstore transport bindings
+	$(VPY) -m mypy crdtstore transport bindings chaos
 
 # Fuzz the decoders, then the engine's message handler, SECONDS each: make fuzz SECONDS=300
 SECONDS ?= 60
@@ -45,6 +45,14 @@ fuzz: $(STAMP)
 bench: bytecode
 	$(VPY) -m pip install --quiet -e '.[bench]'
 	$(VPY) bench/run_all.py
+
+# The long fault run (needs root: network namespaces and tc), one run per seed, exit 1 if
+# any fails: make chaos SEEDS="1 2 3" DURATION=90 NODES=5. A short run is in `make test`.
+SEEDS    ?= 1 2 3
+DURATION ?= 90
+NODES    ?= 5
+chaos: bytecode
+	$(VPY) -m chaos.run $(foreach s,$(SEEDS),--seed $(s)) --duration $(DURATION) --nodes $(NODES)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
