@@ -17,13 +17,6 @@ REPO = Path(__file__).resolve().parents[2]
 SEED = 18  # the issue that asked for the suite; any seed reproduces its own run
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (replica stuck after crash-restart with concurrent writers on shared "
-    "keys; partitions alone trigger it too): a repair reply coalesces an origin's missing "
-    "run into one batch whose context needs another origin's missing run, coalesced the "
-    "same way, and the causal buffer holds both forever",
-)
 @pytest.mark.timeout(420)
 def test_short_chaos_run_loses_nothing_and_converges(tmp_path: Path) -> None:
     why = net.netns_available()
