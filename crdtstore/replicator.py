@@ -15,7 +15,9 @@ because ZeroMQ's SUB filter matches prefixes: without it a node subscribed to na
 Discovery: a node introduces itself to its seeds with a ``Hello``; a seed answers with its
 own and both connect to each other. Everything else about members (addresses, topics,
 keys, incarnation) is the replicated ``__members`` namespace, which every node holds and
-repairs like any other, so a node learns of members it was never introduced to.
+repairs like any other, so a node learns of members it was never introduced to. A hello
+carries its sender's record too: a member that restarts (or rejoins after a leave) is
+known at its new life from its first hello, before its new record arrives.
 """
 
 from __future__ import annotations
@@ -199,6 +201,9 @@ class Replicator:
             tick_interval_ms=settings.heartbeat_interval_ms,
         )
         self._records: dict[str, MemberRecord] = {}
+        # Records hellos brought, of lives newer than the replicated record (or with none).
+        self._introduced: dict[str, MemberRecord] = {}
+        self._introduced_at: dict[str, int] = {}
         self._connected: dict[str, tuple[str, str]] = {}
         self._engine_peers: set[str] = set()
         self._own: MemberRecord | None = None
@@ -429,7 +434,24 @@ class Replicator:
             if peer != msg.node_id and not peer.startswith(SEED_PREFIX.decode()):
                 self.stats["rejected_hello_identity"] += 1
                 return
+            record = msg.record()
+            held = self._records.get(msg.node_id)
+            if (
+                record is not None
+                and held is not None
+                and held.left
+                and held.incarnation >= record.incarnation
+            ):
+                # Sent by a life that has left since (a hello may overtake the leave):
+                # only a new life, at a higher incarnation, comes back.
+                self.stats["hellos_after_leave"] += 1
+                return
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
+            if record is not None:
+                # Not "heard" for the failure detector: its heartbeats, once this node's
+                # subscription to it is up, are (a leave right after a hello would
+                # otherwise be published before that, and lost).
+                self._introduce(record, now)
             if not msg.reply and self._own is not None:
                 self._send_hello(msg.node_id, reply=True)
                 self._emit(self.engine.greet(msg.node_id))
@@ -445,9 +467,7 @@ class Replicator:
                 self.transport.disconnect_peer(alias)  # the member connection replaces it
             self._seed_aliases.clear()
             return
-        hello = Hello(
-            self._own.node_id, self._own.router, self._own.pub, self._own.public_key, reply=False
-        )
+        hello = self._hello(reply=False)
         for addr, key in self._seeds:
             if addr == self._own.router:
                 continue
@@ -506,24 +526,93 @@ class Replicator:
                     self._own = _replace(self._own, incarnation=record.incarnation + 1)
                     self._write_own_record(self._own)
                 continue
-            self._status_changes(self.detector.add(node_id, record.incarnation, now, record.left))
-            if record.left or self.detector.status(node_id) is MemberStatus.DEAD:
+            # A record of a past life: the member came back (a hello, a heartbeat) before
+            # its new record arrived. Acting on its left flag or its addresses would
+            # disconnect a member that rejoined after a leave, for good (its new record,
+            # digests and heartbeats could then never arrive), or move its connection to
+            # the addresses of a process that is gone. Its death is still its death.
+            past = record.incarnation < self._newest_incarnation(node_id)
+            if not past:
+                self._forget_introduction(node_id)  # the replicated record caught up
+                self._status_changes(
+                    self.detector.add(node_id, record.incarnation, now, record.left)
+                )
+            left = record.left and not past
+            if left or self._dead(node_id):
                 # A dead member keeps its connections (ZeroMQ retries them with back-off):
                 # after a partition heals, its heartbeats are how we learn it refuted.
-                if record.left:
+                if left:
                     self._disconnect(node_id)
                 since = self.detector.last_heard_ms(node_id) or record.started_at_ms
                 if now - since > self._settings.prune_after_ms:
                     # Metadata of a member gone for good; its own later write survives this.
                     self._disconnect(node_id)
                     self._delete_record(node_id)
+                    self._forget_introduction(node_id)
                     self.detector.forget(node_id)
                     self.stats["members_pruned"] += 1
-            elif self._record_addrs.get(node_id) != (record.router, record.pub):
+            elif not past and self._record_addrs.get(node_id) != (record.router, record.pub):
                 # Only a changed record moves the connection: a Hello from a restarted
                 # member is newer than its old record, which may still be all we hold.
                 self._record_addrs[node_id] = (record.router, record.pub)
                 self._connect(node_id, record.router, record.pub, record.public_key, greet=True)
+        silent_limit = self._settings.suspect_after_ms + self._settings.dead_after_ms
+        for node_id, introduced in list(self._introduced.items()):
+            if (self.detector.incarnation(node_id) or 0) < introduced.incarnation:
+                # Said hello at this life, and not heard since: given the timeouts of a
+                # silent member, then forgotten (a record, if any, speaks for it again).
+                if now - self._introduced_at[node_id] > silent_limit:
+                    self._forget_introduction(node_id)
+                    if node_id not in records:
+                        self._disconnect(node_id)
+                    self.stats["introductions_expired"] += 1
+                continue
+            heard = self.detector.last_heard_ms(node_id)
+            if (
+                node_id not in records
+                and self.detector.status(node_id) is MemberStatus.DEAD
+                and heard is not None
+                and now - heard > self._settings.prune_after_ms
+            ):
+                # Known by its hello alone, and gone: forgotten as a pruned record would be.
+                self._forget_introduction(node_id)
+                self._disconnect(node_id)
+                self.detector.forget(node_id)
+                self.stats["members_pruned"] += 1
+
+    def _dead(self, node_id: str) -> bool:
+        """Dead at its newest life: a hello of a later one (a restart) is not yet heard
+        by the detector, and says that life is not dead."""
+        introduced = self._introduced.get(node_id)
+        return self.detector.status(node_id) is MemberStatus.DEAD and (
+            introduced is None
+            or introduced.incarnation <= (self.detector.incarnation(node_id) or 0)
+        )
+
+    def _newest_incarnation(self, node_id: str) -> int:
+        """The newest life of ``node_id`` this node heard of outside its replicated record."""
+        introduced = self._introduced.get(node_id)
+        return max(
+            self.detector.incarnation(node_id) or 0,
+            0 if introduced is None else introduced.incarnation,
+        )
+
+    def _forget_introduction(self, node_id: str) -> None:
+        with self._lock:
+            self._introduced.pop(node_id, None)
+        self._introduced_at.pop(node_id, None)
+
+    def _introduce(self, record: MemberRecord, now: int) -> None:
+        """Keep the record a hello brought while the replicated one is older, or absent."""
+        held = self._records.get(record.node_id)
+        known = self._introduced.get(record.node_id)
+        if (held is None or held.incarnation < record.incarnation) and (
+            known is None or known.incarnation <= record.incarnation
+        ):
+            with self._lock:
+                self._introduced[record.node_id] = record
+            if known is None or known.incarnation < record.incarnation:
+                self._introduced_at[record.node_id] = now
 
     def _status_changes(self, changes: list[StatusChange]) -> None:
         for change in changes:
@@ -564,11 +653,23 @@ class Replicator:
             # they hold (they would need our PUB to receive the new one): tell them.
             self._send_hello(node_id, reply=False)
 
-    def _send_hello(self, node_id: str, *, reply: bool) -> None:
-        """Our addresses and key, to ``node_id`` (``reply``: an answer to its Hello)."""
+    def _hello(self, *, reply: bool) -> Hello:
         own = self._own
         assert own is not None  # callers check: a node without a record has no addresses
-        hello = Hello(own.node_id, own.router, own.pub, own.public_key, reply=reply)
+        return Hello(
+            own.node_id,
+            own.router,
+            own.pub,
+            own.public_key,
+            reply,
+            incarnation=own.incarnation,
+            topics=own.topics,
+            started_at_ms=own.started_at_ms,
+        )
+
+    def _send_hello(self, node_id: str, *, reply: bool) -> None:
+        """Our record, to ``node_id`` (``reply``: an answer to its Hello)."""
+        hello = self._hello(reply=reply)
         self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _disconnect(self, node_id: str) -> None:
@@ -594,6 +695,15 @@ class Replicator:
     def members(self) -> list[Member]:
         with self._lock:
             records = dict(self._records)
+            introduced = dict(self._introduced)
+        for node_id, record in introduced.items():
+            # Shown once that life is heard (its heartbeats), as a record is once read.
+            held = records.get(node_id)
+            heard = self.detector.incarnation(node_id) or 0
+            if (
+                held is None or held.incarnation < record.incarnation
+            ) and heard >= record.incarnation:
+                records[node_id] = record
         if self._own is not None:
             records[self.node_id] = self._own
 

@@ -2,6 +2,11 @@
 
 They travel beside the sync engine's messages, in the same envelope and with the same
 strict decoding, but are handled by the replicator, not by the engine.
+
+Fields are read by exact count, as every message's are. Fields added later extend a
+message at its end and make one more accepted count: the older form still reads, with
+the added fields absent (None), and nothing else is let through. A node of before the
+addition refuses the longer form (it counts a ``rejected_membership``).
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ from typing import Any, ClassVar
 
 from crdtstore.codec import expect, expect_int, expect_list, expect_replica
 from crdtstore.errors import DecodeError
-from crdtstore.sync.messages import register
+from crdtstore.membership.records import MAX_TOPICS, MemberRecord
+from crdtstore.sync.messages import expect_namespace, register
 
 MAX_ADDRESS_LEN = 512
 MAX_SUSPECTS = 4096
@@ -24,10 +30,24 @@ def _address(obj: Any, what: str) -> str:
     return addr
 
 
+def _topics(obj: Any) -> tuple[str, ...] | None:
+    if obj is None:
+        return None
+    items = expect_list(obj, "topics")
+    if len(items) > MAX_TOPICS:
+        raise DecodeError(f"hello names {len(items)} topics (limit {MAX_TOPICS})")
+    return tuple(expect_namespace(t) for t in items)
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Sent to a seed (or any member) to introduce this node; answered by the same kind."""
+    """Sent to a seed (or any member) to introduce this node; answered by the same kind.
+
+    Besides the addresses, it carries the sender's member record (``incarnation``,
+    ``topics``, ``started_at_ms``): the receiver knows the sender's current life before
+    the replicated record reaches it. The five-field form of earlier nodes has none of
+    these (all None), and a hello without an incarnation is written in that form."""
 
     KIND: ClassVar[str] = "hello"
     node_id: str
@@ -35,21 +55,62 @@ class Hello:
     pub: str
     public_key: str | None
     reply: bool
+    incarnation: int | None = None
+    topics: tuple[str, ...] | None = None
+    started_at_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.incarnation is not None and self.started_at_ms is None:
+            raise ValueError("a hello with a record carries its start")
 
     def to_wire(self) -> list[Any]:
-        return [self.node_id, self.router, self.pub, self.public_key, self.reply]
+        head = [self.node_id, self.router, self.pub, self.public_key, self.reply]
+        if self.incarnation is None:
+            return head  # no record to tell: the earlier form
+        topics = None if self.topics is None else list(self.topics)
+        return [*head, self.incarnation, topics, self.started_at_ms]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Hello:
-        node_id, router, pub, key, reply = expect_list(fields, "hello", 5)
+        items = expect_list(fields, "hello")
+        if len(items) not in (5, 8):
+            raise DecodeError(f"hello: expected 5 or 8 items, got {len(items)}")
+        node_id, router, pub, key, reply = items[:5]
         if key is not None:
             key = expect(key, str, "public key")
-        return cls(
+        hello = cls(
             expect_replica(node_id, "node id"),
             _address(router, "router address"),
             _address(pub, "pub address"),
             key,
             expect(reply, bool, "reply flag"),
+        )
+        if len(items) == 5:
+            return hello
+        incarnation, topics, started = items[5:]
+        return cls(
+            hello.node_id,
+            hello.router,
+            hello.pub,
+            hello.public_key,
+            hello.reply,
+            expect_int(incarnation, "incarnation"),
+            _topics(topics),
+            expect_int(started, "started at"),
+        )
+
+    def record(self) -> MemberRecord | None:
+        """The sender's member record as the hello tells it (None from an earlier node)."""
+        if self.incarnation is None or self.started_at_ms is None:
+            return None
+        return MemberRecord(
+            node_id=self.node_id,
+            router=self.router,
+            pub=self.pub,
+            topics=self.topics,
+            public_key=self.public_key,
+            incarnation=self.incarnation,
+            started_at_ms=self.started_at_ms,
         )
 
 

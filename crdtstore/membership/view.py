@@ -4,6 +4,10 @@ A row joins two sources: the replicated record (addresses, topics, key, incarnat
 the ``left`` flag) and, on the node that holds the network role, the local failure
 detector's verdict. Status is never replicated: "dead" is an opinion of the observer,
 and during a partition each side honestly reports what it sees.
+
+A record is of one life of its member. When the detector has heard the member at a
+higher incarnation, the record is of a past life: its ``left`` flag says that life left,
+not the member, which is back (the new record is on its way, or a hello brought it).
 """
 
 from __future__ import annotations
@@ -73,14 +77,15 @@ def members_view(
         is_self = node_id == self_id
         heard: int | None = None
         incarnation = record.incarnation
-        if record.left:
-            status = "left"
-        elif is_self or verdict is None:
-            status = "alive"
+        if is_self or verdict is None:
+            status = "left" if record.left else "alive"
         else:
             seen, heard, heard_incarnation = verdict(node_id)
-            status = seen.value if seen is not None else "alive"
             incarnation = max(incarnation, heard_incarnation or 0)
+            if record.left and incarnation == record.incarnation:
+                status, heard = "left", None
+            else:
+                status = seen.value if seen is not None else "alive"
         out.append(
             Member(
                 node_id=node_id,
