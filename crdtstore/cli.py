@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +91,8 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> int:
+    """Run a node until SIGTERM or SIGINT. ``clock``: see ``crdtstore.open``."""
     import crdtstore
     from transport import TransportError
 
@@ -120,7 +121,7 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, on_hup)
     tune_gc()
     try:
-        node = crdtstore.open(data, **options)
+        node = crdtstore.open(data, clock=clock, **options)
     except (crdtstore.Error, TransportError) as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2
@@ -151,10 +152,10 @@ def keygen(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, clock: Callable[[], int] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "serve":
-        return serve(args)
+        return serve(args, clock)
     if args.command == "keygen":
         return keygen(args)
     from crdtstore.demo import run_demo

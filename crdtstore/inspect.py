@@ -310,13 +310,16 @@ def live_status(path: str) -> dict[str, Any]:
     file = Path(path) / "status.json"
     try:
         status: dict[str, Any] = json.loads(file.read_text(encoding="utf-8"))
+        written_ns = file.stat().st_mtime_ns
     except FileNotFoundError:
         raise SystemExit(
             f"crdt-inspect: {path} has no status.json (no node with --bind has run here)"
         ) from None
     except (OSError, ValueError) as exc:
         raise SystemExit(f"crdt-inspect: cannot read {file}: {exc}") from None
-    age = int(time.time() * 1000) - int(status.get("written_at_ms", 0))
+    # By the file's time, not the node's reading (written_at_ms): the node's clock may
+    # be the one that is off, and a node behind would read as stopped.
+    age = (time.time_ns() - written_ns) // 1_000_000
     status["age_ms"] = age
     status["stale"] = age > STALE_AFTER_MS
     return status
@@ -431,13 +434,18 @@ def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
 def emit_status(console: Any, status: dict[str, Any]) -> None:
     from rich.table import Table
 
-    now = int(time.time() * 1000)
+    # The node's readings against the node's clock (which may be off), not ours.
+    now = int(status["written_at_ms"]) + int(status["age_ms"])
     state = "[red]STALE: node not running?[/]" if status["stale"] else "[green]live[/]"
     console.print(
         f"node [bold]{status['node_id']}[/] pid {status['pid']}  router {status['router']}  "
         f"pub {status['pub']}  {state} (written {status['age_ms']} ms ago)"
     )
-    members = Table("member", "status", "incarnation", "last heard", "lag", "topics", "router")
+    for line in clock_lines(status):
+        console.print(line, highlight=False)
+    members = Table(
+        "member", "status", "incarnation", "last heard", "lag", "clock", "topics", "router"
+    )
     for m in status["members"]:
         heard = "-" if m["last_heard_ms"] is None else f"{now - m['last_heard_ms']} ms ago"
         members.add_row(
@@ -446,6 +454,7 @@ def emit_status(console: Any, status: dict[str, Any]) -> None:
             str(m["incarnation"]),
             heard,
             str(status["peer_lag"].get(m["node_id"], "-")),
+            clock_cell(m),
             "all" if m["topics"] is None else ", ".join(m["topics"]),
             m["router"],
         )
@@ -471,6 +480,36 @@ def emit_status(console: Any, status: dict[str, Any]) -> None:
             if value:
                 counters.add_row(layer, name, str(value))
     console.print(counters)
+
+
+def clock_cell(member: dict[str, Any]) -> str:
+    """A member's clock offset from the node's, flagged when its clock is the one off."""
+    offset = member.get("clock_offset_ms")
+    text = "-" if offset is None else f"{offset:+d} ms"
+    return f"[red]{text} OFF[/]" if member.get("clock_off") else text
+
+
+def clock_lines(status: dict[str, Any]) -> list[str]:
+    """What is wrong with clocks, as the node sees it (nothing when nothing is)."""
+    clock = status.get("clock")
+    if not clock:
+        return []
+    limit = clock["max_clock_drift_ms"]
+    out = []
+    for node_id, offset in sorted(clock["told"].items()):
+        direction = "ahead of" if offset > 0 else "behind"
+        out.append(
+            f"[red]clock: {node_id} says this node's clock is {abs(offset)} ms {direction} "
+            f"its own (limit {limit} ms)[/]"
+        )
+    off = clock["off"]
+    if off:
+        median = "the median of the clocks it knows"
+        out.append(f"[red]clock OFF (more than {limit // 2} ms from {median}): {', '.join(off)}[/]")
+        known = {m["node_id"] for m in status["members"] if m.get("clock_offset_ms") is not None}
+        if set(off) >= known:
+            out.append(f"[red]  {len(known)} clocks cannot tell which one is wrong[/]")
+    return out
 
 
 if __name__ == "__main__":

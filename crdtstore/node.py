@@ -68,6 +68,8 @@ def open(
     node_id: str | None = None,
     bind: str | None = None,
     seeds: Iterable[str] = (),
+    *,
+    clock: Callable[[], int] | None = None,
     **settings: Any,
 ) -> Node:
     """Open (creating if needed) the node directory ``path``.
@@ -77,11 +79,19 @@ def open(
     ``bind``: the address to serve the network on; None makes a local-only replica.
     With ``bind``, the node takes the directory's network role if it is free, and keeps
     trying while another process holds it. ``seeds``: addresses of nodes to join through.
+    ``clock``: the wall clock this process reads, in ms since the epoch, for its write
+    stamps and, with ``bind``, its replication and failure detection (default: the
+    system's); a test gives a shifted one to run a node whose clock is off.
     ``settings``: any field of :class:`~crdtstore.settings.NodeSettings`; unknown names
     raise :class:`~crdtstore.errors.InvalidValue`.
     """
     return Node(
-        path, node_id=node_id, bind=bind, seeds=seeds, settings=NodeSettings.from_mapping(settings)
+        path,
+        node_id=node_id,
+        bind=bind,
+        seeds=seeds,
+        settings=NodeSettings.from_mapping(settings),
+        clock=clock,
     )
 
 
@@ -96,6 +106,7 @@ class Node:
         bind: str | None = None,
         seeds: Iterable[str] = (),
         settings: NodeSettings | None = None,
+        clock: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings if settings is not None else NodeSettings()
         self.path = os.fspath(path)
@@ -109,7 +120,11 @@ class Node:
         self._closed = False
         self._close_lock = threading.Lock()
         self._network: Any = None
-        self._replica = LMDBReplica(path, node_id, self.settings)
+        self._replica = (
+            LMDBReplica(path, node_id, self.settings)
+            if clock is None
+            else LMDBReplica(path, node_id, self.settings, now_ms=clock)
+        )
         self.stats = self._replica.stats  # one set of counters per node
         self._watcher = JournalWatcher(
             self._replica, self.settings.watch_poll_interval_ms / 1000, self.stats

@@ -15,7 +15,15 @@ because ZeroMQ's SUB filter matches prefixes: without it a node subscribed to na
 Discovery: a node introduces itself to its seeds with a ``Hello``; a seed answers with its
 own and both connect to each other. Everything else about members (addresses, topics,
 keys, incarnation) is the replicated ``__members`` namespace, which every node holds and
-repairs like any other, so a node learns of members it was never introduced to.
+repairs like any other, so a node learns of members it was never introduced to. A hello
+carries its sender's record too: a member that restarts (or rejoins after a leave) is
+known at its new life from its first hello, before its new record arrives, and a member
+whose record this node refuses (stamped by a clock too far ahead) is still listed.
+
+Clocks: hellos and heartbeats carry the sender's clock reading; the replicator keeps
+each member's offset (:mod:`crdtstore.membership.clocks`), lists it, tells members whose
+clock is beyond ``max_clock_drift_ms`` of this node's, and logs both ends at error level.
+Its one clock is a parameter (the node's), so a test can run a node whose clock is off.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from crdtstore.membership import (
     MemberStatus,
     StatusChange,
 )
+from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
 from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.view import Member, members_view, parse_records
 from crdtstore.sync.engine import Publish, Send, SyncEngine
@@ -139,6 +148,7 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
         topics=node.topics,
         status_path=os.path.join(node.path, STATUS_FILE),
         extra_stats=lambda: dict(node.stats),
+        clock=node.replica.now_ms,
     )
     try:
         replicator.start(incarnation)
@@ -169,8 +179,10 @@ class Replicator:
         status_path: str | None = None,
         extra_stats: Callable[[], dict[str, int]] | None = None,
         on_status: Callable[[StatusChange], None] | None = None,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.node_id: str = replica.node_id
+        self._clock = clock
         self._replica = replica
         self._write_own_record = write_own_record
         self._delete_record = delete_record
@@ -199,6 +211,20 @@ class Replicator:
             tick_interval_ms=settings.heartbeat_interval_ms,
         )
         self._records: dict[str, MemberRecord] = {}
+        # Records hellos brought, of lives newer than the replicated record (or with none).
+        self._introduced: dict[str, MemberRecord] = {}
+        self._introduced_at: dict[str, int] = {}
+        self.clocks = ClockOffsets(settings.max_clock_drift_ms)
+        self._log_interval_ms = sync_settings.log_interval_ms
+        self._clock_logged: dict[str, int] = {}
+        self._clocks_disagree: set[str] = set()
+        # What members() shows of clocks, as of the last membership tick (other threads
+        # read it; the offsets themselves are the replicator thread's).
+        self._clock_view: tuple[ClockJudgement, dict[str, int], dict[str, int]] = (
+            ClockJudgement(0, {}, frozenset()),
+            {},
+            {},
+        )
         self._connected: dict[str, tuple[str, str]] = {}
         self._engine_peers: set[str] = set()
         self._own: MemberRecord | None = None
@@ -227,7 +253,7 @@ class Replicator:
             topics=None if self._topics is None else tuple(sorted(self._topics)),
             public_key=None if self._curve is None else self._curve.public.decode(),
             incarnation=incarnation,
-            started_at_ms=now_ms(),
+            started_at_ms=self._clock(),
         )
         self._write_own_record(self._own)
         for topic in self._subscriptions():
@@ -275,13 +301,13 @@ class Replicator:
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
         while not self._stop.is_set():
-            now = now_ms()
+            now = self._clock()
             due = min(next_tick, next_heartbeat)
             if self._commit_pending.is_set():
                 due = min(due, next_publish)
             wait_ms = max(0, due - now)
             delivery = self.transport.recv(timeout=min(wait_ms, self._settings.poll_ms) / 1000)
-            now = now_ms()
+            now = self._clock()
             try:
                 if delivery is not None:
                     self._on_deliveries(self._queued(delivery), now)
@@ -315,14 +341,17 @@ class Replicator:
                 log.exception("replicator: error handling an event (counted, continuing)")
 
     def status(self, now: int | None = None) -> dict[str, Any]:
-        """Live state for operators (``crdt-inspect DIR status``): members, lag, counters."""
+        """Live state for operators (``crdt-inspect DIR status``): members, lag, clocks,
+        counters."""
+        members = self.members()
         return {
             "node_id": self.node_id,
             "pid": os.getpid(),
-            "written_at_ms": now_ms() if now is None else now,
+            "written_at_ms": self._clock() if now is None else now,
             "router": self.transport.bound_router,
             "pub": self.transport.bound_pub,
-            "members": [dataclasses.asdict(m) for m in self.members()],
+            "members": [dataclasses.asdict(m) for m in members],
+            "clock": self._clock_status(members),
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
             "behind": self.engine.behind(),
@@ -417,6 +446,9 @@ class Replicator:
             if msg.node_id == self.node_id:
                 return
             self._status_changes(self.detector.heard(msg.node_id, msg.incarnation, now))
+            if msg.clock_ms is not None:
+                self.clocks.observe(msg.node_id, msg.clock_ms, now)
+                self.clocks.told(msg.node_id, msg.clocks_off.get(self.node_id))
             mine = msg.suspects.get(self.node_id)
             if mine is not None and self._own is not None and mine >= self._own.incarnation:
                 # Someone suspects this node at its current incarnation: refute (SWIM).
@@ -430,9 +462,32 @@ class Replicator:
             if peer != msg.node_id and not peer.startswith(SEED_PREFIX.decode()):
                 self.stats["rejected_hello_identity"] += 1
                 return
+            record = msg.record()
+            held = self._records.get(msg.node_id)
+            if (
+                record is not None
+                and held is not None
+                and held.left
+                and held.incarnation >= record.incarnation
+            ):
+                # Sent by a life that has left since (a hello may overtake the leave):
+                # only a new life, at a higher incarnation, comes back.
+                self.stats["hellos_after_leave"] += 1
+                return
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
+            offset = None
+            if msg.clock_ms is not None:
+                offset = msg.clock_ms - now
+                self.clocks.observe(msg.node_id, msg.clock_ms, now)
+            if msg.reply:
+                self.clocks.told(msg.node_id, msg.offset_ms)
+            if record is not None:
+                # Not "heard" for the failure detector: its heartbeats, once this node's
+                # subscription to it is up, are (a leave right after a hello would
+                # otherwise be published before that, and lost).
+                self._introduce(record, now)
             if not msg.reply and self._own is not None:
-                self._send_hello(msg.node_id, reply=True)
+                self._send_hello(msg.node_id, reply=True, offset_ms=offset)
                 self._emit(self.engine.greet(msg.node_id))
         else:
             self.stats["rejected_membership"] += 1
@@ -446,9 +501,7 @@ class Replicator:
                 self.transport.disconnect_peer(alias)  # the member connection replaces it
             self._seed_aliases.clear()
             return
-        hello = Hello(
-            self._own.node_id, self._own.router, self._own.pub, self._own.public_key, reply=False
-        )
+        hello = self._hello(reply=False)
         for addr, key in self._seeds:
             if addr == self._own.router:
                 continue
@@ -480,17 +533,24 @@ class Replicator:
         self._heartbeat(now)
         self._refresh_records(now)
         self._status_changes(self.detector.tick(now))
+        self._check_clocks(now)
 
     def _heartbeat(self, now: int) -> None:
         if self._own is not None:
             self._last_beat = now
-            beat = Heartbeat(self.node_id, self._own.incarnation, self.detector.suspected())
+            beat = Heartbeat(
+                self.node_id,
+                self._own.incarnation,
+                self.detector.suspected(),
+                clock_ms=now,
+                clocks_off=self.clocks.beyond_limit(self._live_peers()),
+            )
             self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
 
     def _keepalive(self) -> None:
         """The engine's hook during a long step (a bootstrap's apply): heartbeat when one
         is due, and nothing else (this thread is inside a write transaction)."""
-        now = now_ms()
+        now = self._clock()
         if now - self._last_beat >= self._settings.heartbeat_interval_ms:
             self.stats["heartbeats_during_apply"] += 1
             self._heartbeat(now)
@@ -507,24 +567,143 @@ class Replicator:
                     self._own = _replace(self._own, incarnation=record.incarnation + 1)
                     self._write_own_record(self._own)
                 continue
-            self._status_changes(self.detector.add(node_id, record.incarnation, now, record.left))
-            if record.left or self.detector.status(node_id) is MemberStatus.DEAD:
+            # A record of a past life: the member came back (a hello, a heartbeat) before
+            # its new record arrived. Acting on its left flag or its addresses would
+            # disconnect a member that rejoined after a leave, for good (its new record,
+            # digests and heartbeats could then never arrive), or move its connection to
+            # the addresses of a process that is gone. Its death is still its death.
+            past = record.incarnation < self._newest_incarnation(node_id)
+            if not past:
+                self._forget_introduction(node_id)  # the replicated record caught up
+                self._status_changes(
+                    self.detector.add(node_id, record.incarnation, now, record.left)
+                )
+            left = record.left and not past
+            if left or self._dead(node_id):
                 # A dead member keeps its connections (ZeroMQ retries them with back-off):
                 # after a partition heals, its heartbeats are how we learn it refuted.
-                if record.left:
+                if left:
                     self._disconnect(node_id)
                 since = self.detector.last_heard_ms(node_id) or record.started_at_ms
                 if now - since > self._settings.prune_after_ms:
                     # Metadata of a member gone for good; its own later write survives this.
                     self._disconnect(node_id)
                     self._delete_record(node_id)
+                    self._forget_introduction(node_id)
                     self.detector.forget(node_id)
+                    self.clocks.forget(node_id)
                     self.stats["members_pruned"] += 1
-            elif self._record_addrs.get(node_id) != (record.router, record.pub):
+            elif not past and self._record_addrs.get(node_id) != (record.router, record.pub):
                 # Only a changed record moves the connection: a Hello from a restarted
                 # member is newer than its old record, which may still be all we hold.
                 self._record_addrs[node_id] = (record.router, record.pub)
                 self._connect(node_id, record.router, record.pub, record.public_key, greet=True)
+        silent_limit = self._settings.suspect_after_ms + self._settings.dead_after_ms
+        for node_id, introduced in list(self._introduced.items()):
+            if (self.detector.incarnation(node_id) or 0) < introduced.incarnation:
+                # Said hello at this life, and not heard since: given the timeouts of a
+                # silent member, then forgotten (a record, if any, speaks for it again).
+                if now - self._introduced_at[node_id] > silent_limit:
+                    self._forget_introduction(node_id)
+                    if node_id not in records:
+                        self._disconnect(node_id)
+                    self.stats["introductions_expired"] += 1
+                continue
+            heard = self.detector.last_heard_ms(node_id)
+            if (
+                node_id not in records
+                and self.detector.status(node_id) is MemberStatus.DEAD
+                and heard is not None
+                and now - heard > self._settings.prune_after_ms
+            ):
+                # Known by its hello alone, and gone: forgotten as a pruned record would be.
+                self._forget_introduction(node_id)
+                self._disconnect(node_id)
+                self.detector.forget(node_id)
+                self.clocks.forget(node_id)
+                self.stats["members_pruned"] += 1
+
+    def _dead(self, node_id: str) -> bool:
+        """Dead at its newest life: a hello of a later one (a restart) is not yet heard
+        by the detector, and says that life is not dead."""
+        introduced = self._introduced.get(node_id)
+        return self.detector.status(node_id) is MemberStatus.DEAD and (
+            introduced is None
+            or introduced.incarnation <= (self.detector.incarnation(node_id) or 0)
+        )
+
+    def _newest_incarnation(self, node_id: str) -> int:
+        """The newest life of ``node_id`` this node heard of outside its replicated record."""
+        introduced = self._introduced.get(node_id)
+        return max(
+            self.detector.incarnation(node_id) or 0,
+            0 if introduced is None else introduced.incarnation,
+        )
+
+    def _forget_introduction(self, node_id: str) -> None:
+        with self._lock:
+            self._introduced.pop(node_id, None)
+        self._introduced_at.pop(node_id, None)
+
+    def _introduce(self, record: MemberRecord, now: int) -> None:
+        """Keep the record a hello brought while the replicated one is older, or absent
+        (it may never be applied here: stamped by a clock too far ahead)."""
+        held = self._records.get(record.node_id)
+        known = self._introduced.get(record.node_id)
+        if (held is None or held.incarnation < record.incarnation) and (
+            known is None or known.incarnation <= record.incarnation
+        ):
+            with self._lock:
+                self._introduced[record.node_id] = record
+            if known is None or known.incarnation < record.incarnation:
+                self._introduced_at[record.node_id] = now
+
+    # -- clocks ----------------------------------------------------------------------------
+
+    def _live_peers(self) -> list[str]:
+        return [
+            n
+            for n in self.detector.known()
+            if self.detector.status(n) in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+        ]
+
+    def _check_clocks(self, now: int) -> None:
+        """Log each live member whose clock is beyond the limit of this node's, by this
+        node's estimate or by what the member says (error level, at most once per log
+        interval per member); refresh what members() shows of clocks."""
+        live = self._live_peers()
+        judgement = self.clocks.judge(self.node_id, live)
+        told = {n: o for n, o in self.clocks.told_by().items() if n in live}
+        disagree = {n: -o for n, o in told.items()}
+        disagree.update(self.clocks.beyond_limit(live))  # our own estimate first
+        for node_id in sorted(self._clocks_disagree - disagree.keys()):
+            log.info("clock: member %s is within max_clock_drift_ms again", node_id)
+        for node_id, offset in sorted(disagree.items()):
+            if node_id not in self._clocks_disagree:
+                self.stats["clock_disagreements"] += 1
+            last = self._clock_logged.get(node_id)
+            if last is None or now - last >= self._log_interval_ms:
+                self._clock_logged[node_id] = now
+                log.error("%s", clock_alarm(node_id, offset, self.clocks.max_drift_ms, judgement))
+        self._clocks_disagree = set(disagree)
+        offsets = {n: o for n in self.detector.known() if (o := self.clocks.offset(n)) is not None}
+        with self._lock:
+            self._clock_view = judgement, offsets, told
+
+    def _clock_status(self, members: list[Member]) -> dict[str, Any]:
+        with self._lock:
+            judgement, _, told = self._clock_view
+        return {
+            "max_clock_drift_ms": self.clocks.max_drift_ms,
+            "skew_ms": judgement.skew_ms.get(self.node_id, 0),
+            "off": sorted(judgement.off),
+            "told": told,
+            "beyond_limit": {
+                m.node_id: m.clock_offset_ms
+                for m in members
+                if m.clock_offset_ms is not None and self.clocks.beyond(m.clock_offset_ms)
+            },
+        }
 
     def _status_changes(self, changes: list[StatusChange]) -> None:
         for change in changes:
@@ -565,11 +744,26 @@ class Replicator:
             # they hold (they would need our PUB to receive the new one): tell them.
             self._send_hello(node_id, reply=False)
 
-    def _send_hello(self, node_id: str, *, reply: bool) -> None:
-        """Our addresses and key, to ``node_id`` (``reply``: an answer to its Hello)."""
+    def _hello(self, *, reply: bool, offset_ms: int | None = None) -> Hello:
         own = self._own
         assert own is not None  # callers check: a node without a record has no addresses
-        hello = Hello(own.node_id, own.router, own.pub, own.public_key, reply=reply)
+        return Hello(
+            own.node_id,
+            own.router,
+            own.pub,
+            own.public_key,
+            reply,
+            incarnation=own.incarnation,
+            topics=own.topics,
+            started_at_ms=own.started_at_ms,
+            clock_ms=self._clock(),
+            offset_ms=offset_ms,
+        )
+
+    def _send_hello(self, node_id: str, *, reply: bool, offset_ms: int | None = None) -> None:
+        """Our record, to ``node_id`` (``reply``: an answer to its Hello, with its clock's
+        offset from ours as that hello showed it)."""
+        hello = self._hello(reply=reply, offset_ms=offset_ms)
         self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _disconnect(self, node_id: str) -> None:
@@ -595,6 +789,16 @@ class Replicator:
     def members(self) -> list[Member]:
         with self._lock:
             records = dict(self._records)
+            introduced = dict(self._introduced)
+            judgement, offsets, _ = self._clock_view
+        for node_id, record in introduced.items():
+            # Shown once that life is heard (its heartbeats), as a record is once read.
+            held = records.get(node_id)
+            heard = self.detector.incarnation(node_id) or 0
+            if (
+                held is None or held.incarnation < record.incarnation
+            ) and heard >= record.incarnation:
+                records[node_id] = record
         if self._own is not None:
             records[self.node_id] = self._own
 
@@ -606,7 +810,31 @@ class Replicator:
                 detector.incarnation(node_id),
             )
 
-        return members_view(self.node_id, records, verdict)
+        def clock(node_id: str) -> tuple[int | None, bool]:
+            offset = 0 if node_id == self.node_id else offsets.get(node_id)
+            return offset, node_id in judgement.off
+
+        return members_view(self.node_id, records, verdict, clock)
+
+
+def clock_alarm(node_id: str, offset: int, limit: int, judgement: ClockJudgement) -> str:
+    """What to tell the operator of a member whose clock is ``offset`` ms from ours."""
+    if offset > 0:
+        head = f"member {node_id}'s clock is {offset} ms ahead of this node's"
+        effect = f"this node defers {node_id}'s writes until its own clock reaches their stamps"
+    else:
+        head = f"this node's clock is {-offset} ms ahead of member {node_id}'s"
+        effect = f"{node_id} defers this node's writes until its clock reaches their stamps"
+    count = len(judgement.skew_ms)
+    if judgement.off and len(judgement.off) < count:
+        off = ", ".join(sorted(judgement.off))
+        verdict = f"by the median of {count} clocks, the one off is {off}"
+    else:
+        verdict = f"{count} clocks cannot tell which one is wrong"
+    return (
+        f"clock: {head}, beyond max_clock_drift_ms={limit}: {effect}; {verdict} "
+        "(crdt-inspect DIR status)"
+    )
 
 
 def _replace(record: MemberRecord, **changes: Any) -> MemberRecord:

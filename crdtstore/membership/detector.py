@@ -76,6 +76,10 @@ class FailureDetector:
     ) -> list[StatusChange]:
         """A member learned from the replicated member set (not yet heard directly)."""
         peer = self._peers.get(node_id)
+        if peer is not None and incarnation < peer.incarnation:
+            # A record of a past life: the member was heard since at a newer one, and
+            # whatever that record says (left, its addresses) is over.
+            return []
         if left:
             return self._set(node_id, incarnation, MemberStatus.LEFT, now_ms)
         if peer is None:

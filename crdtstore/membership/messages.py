@@ -2,19 +2,31 @@
 
 They travel beside the sync engine's messages, in the same envelope and with the same
 strict decoding, but are handled by the replicator, not by the engine.
+
+Fields are read by exact count, as every message's are. Fields added later extend a
+message at its end and make one more accepted count: the older form still reads, with
+the added fields absent (None, or empty), and nothing else is let through. A node of
+before the addition refuses the longer form (it counts a ``rejected_membership``).
+
+Clock readings (``clock_ms``) are the sender's wall clock when it sent the message; an
+offset is always "the other node's clock minus the sender's", in milliseconds.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from crdtstore.codec import expect, expect_int, expect_list, expect_replica
+from crdtstore.codec import MAX_SEQ, expect, expect_int, expect_list, expect_replica
 from crdtstore.errors import DecodeError
-from crdtstore.sync.messages import register
+from crdtstore.membership.records import MAX_TOPICS, MemberRecord
+from crdtstore.sync.messages import expect_namespace, register
 
 MAX_ADDRESS_LEN = 512
 MAX_SUSPECTS = 4096
+MAX_OFFSET_MS = MAX_SEQ
+"""Bound of a clock offset either way (any int64 reading minus another fits in it)."""
 
 
 def _address(obj: Any, what: str) -> str:
@@ -24,10 +36,39 @@ def _address(obj: Any, what: str) -> str:
     return addr
 
 
+def _offset(obj: Any, what: str) -> int:
+    return expect_int(obj, what, -MAX_OFFSET_MS, MAX_OFFSET_MS)
+
+
+def _topics(obj: Any) -> tuple[str, ...] | None:
+    if obj is None:
+        return None
+    items = expect_list(obj, "topics")
+    if len(items) > MAX_TOPICS:
+        raise DecodeError(f"hello names {len(items)} topics (limit {MAX_TOPICS})")
+    return tuple(expect_namespace(t) for t in items)
+
+
+def _per_node(obj: Any, what: str, read: Callable[[Any, str], int]) -> dict[str, int]:
+    """A heartbeat's map of node id -> int (whom it suspects, whose clock is off)."""
+    raw = expect(obj, dict, what)
+    if len(raw) > MAX_SUSPECTS:
+        raise DecodeError(f"heartbeat names {len(raw)} {what} (limit {MAX_SUSPECTS})")
+    return {expect_replica(k, f"{what}: node id"): read(v, what) for k, v in raw.items()}
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """Sent to a seed (or any member) to introduce this node; answered by the same kind."""
+    """Sent to a seed (or any member) to introduce this node; answered by the same kind.
+
+    Besides the addresses, it carries the sender's member record (``incarnation``,
+    ``topics``, ``started_at_ms``): the receiver knows the sender's current life before
+    the replicated record reaches it, or when that record cannot be applied there (it is
+    stamped by a clock too far ahead). ``offset_ms``, in a reply: the addressee's clock
+    minus the sender's, read from the hello being answered. The five-field form of
+    earlier nodes has none of these (all None), and a hello without an incarnation is
+    written in that form."""
 
     KIND: ClassVar[str] = "hello"
     node_id: str
@@ -35,21 +76,73 @@ class Hello:
     pub: str
     public_key: str | None
     reply: bool
+    incarnation: int | None = None
+    topics: tuple[str, ...] | None = None
+    started_at_ms: int | None = None
+    clock_ms: int | None = None
+    offset_ms: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.incarnation is not None and (self.started_at_ms is None or self.clock_ms is None):
+            raise ValueError("a hello with a record carries its start and a clock reading")
 
     def to_wire(self) -> list[Any]:
-        return [self.node_id, self.router, self.pub, self.public_key, self.reply]
+        head = [self.node_id, self.router, self.pub, self.public_key, self.reply]
+        if self.incarnation is None:
+            return head  # no record to tell: the earlier form
+        topics = None if self.topics is None else list(self.topics)
+        return [
+            *head,
+            self.incarnation,
+            topics,
+            self.started_at_ms,
+            self.clock_ms,
+            self.offset_ms,
+        ]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Hello:
-        node_id, router, pub, key, reply = expect_list(fields, "hello", 5)
+        items = expect_list(fields, "hello")
+        if len(items) not in (5, 10):
+            raise DecodeError(f"hello: expected 5 or 10 items, got {len(items)}")
+        node_id, router, pub, key, reply = items[:5]
         if key is not None:
             key = expect(key, str, "public key")
-        return cls(
+        hello = cls(
             expect_replica(node_id, "node id"),
             _address(router, "router address"),
             _address(pub, "pub address"),
             key,
             expect(reply, bool, "reply flag"),
+        )
+        if len(items) == 5:
+            return hello
+        incarnation, topics, started, clock, offset = items[5:]
+        return cls(
+            hello.node_id,
+            hello.router,
+            hello.pub,
+            hello.public_key,
+            hello.reply,
+            expect_int(incarnation, "incarnation"),
+            _topics(topics),
+            expect_int(started, "started at"),
+            expect_int(clock, "clock reading"),
+            None if offset is None else _offset(offset, "clock offset"),
+        )
+
+    def record(self) -> MemberRecord | None:
+        """The sender's member record as the hello tells it (None from an earlier node)."""
+        if self.incarnation is None or self.started_at_ms is None:
+            return None
+        return MemberRecord(
+            node_id=self.node_id,
+            router=self.router,
+            pub=self.pub,
+            topics=self.topics,
+            public_key=self.public_key,
+            incarnation=self.incarnation,
+            started_at_ms=self.started_at_ms,
         )
 
 
@@ -57,24 +150,38 @@ class Hello:
 @dataclass(frozen=True, slots=True)
 class Heartbeat:
     """Published every heartbeat interval: "I am alive at this incarnation", plus whom
-    the sender suspects, so that a suspected member learns of it and can refute."""
+    the sender suspects, so that a suspected member learns of it and can refute.
+
+    ``clock_ms`` lets every receiver estimate the sender's clock offset; ``clocks_off``
+    names the members whose clock the sender finds beyond ``max_clock_drift_ms`` of its
+    own, with their offset, so that a member with a bad clock learns it even though
+    nothing it receives looks wrong to it. The three-field form of earlier nodes has
+    neither (None, empty), and a heartbeat without a clock reading is written in it."""
 
     KIND: ClassVar[str] = "heartbeat"
     node_id: str
     incarnation: int
     suspects: dict[str, int]
+    clock_ms: int | None = None
+    clocks_off: dict[str, int] = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
-        return [self.node_id, self.incarnation, self.suspects]
+        head = [self.node_id, self.incarnation, self.suspects]
+        if self.clock_ms is None:
+            return head  # no clock reading: the earlier form
+        return [*head, self.clock_ms, self.clocks_off]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Heartbeat:
-        node_id, incarnation, suspects = expect_list(fields, "heartbeat", 3)
-        raw = expect(suspects, dict, "suspects")
-        if len(raw) > MAX_SUSPECTS:
-            raise DecodeError(f"heartbeat names {len(raw)} suspects (limit {MAX_SUSPECTS})")
+        items = expect_list(fields, "heartbeat")
+        if len(items) not in (3, 5):
+            raise DecodeError(f"heartbeat: expected 3 or 5 items, got {len(items)}")
+        node_id, incarnation, suspects = items[:3]
+        clock, clocks_off = items[3:] if len(items) == 5 else (None, {})
         return cls(
             expect_replica(node_id, "node id"),
             expect_int(incarnation, "incarnation"),
-            {expect_replica(k, "suspect id"): expect_int(v, "incarnation") for k, v in raw.items()},
+            _per_node(suspects, "suspects", expect_int),
+            None if len(items) == 3 else expect_int(clock, "clock reading"),
+            _per_node(clocks_off, "clock offsets", _offset),
         )

@@ -2,8 +2,12 @@
 
 A row joins two sources: the replicated record (addresses, topics, key, incarnation,
 the ``left`` flag) and, on the node that holds the network role, the local failure
-detector's verdict. Status is never replicated: "dead" is an opinion of the observer,
-and during a partition each side honestly reports what it sees.
+detector's verdict and clock estimates. Status is never replicated: "dead" is an opinion
+of the observer, and during a partition each side honestly reports what it sees.
+
+A record is of one life of its member. When the detector has heard the member at a
+higher incarnation, the record is of a past life: its ``left`` flag says that life left,
+not the member, which is back (the new record is on its way, or a hello brought it).
 """
 
 from __future__ import annotations
@@ -34,11 +38,21 @@ class Member:
     last_heard_ms: int | None
     """Wall-clock ms when this node last heard from it (None for itself or unknown)."""
     is_self: bool
+    clock_offset_ms: int | None = None
+    """Its clock minus this node's, estimated from its hellos and heartbeats (0 for this
+    node itself; None when not known). Beyond ``max_clock_drift_ms`` the one of the two
+    whose clock is ahead has its writes deferred by the other."""
+    clock_off: bool = False
+    """Its clock is more than half of ``max_clock_drift_ms`` from the median of the clocks
+    this node knows (see :mod:`crdtstore.membership.clocks`): it is the one to fix."""
 
 
 Verdict = Callable[[str], tuple[MemberStatus | None, int | None, int | None]]
 """node id -> (detector status, last heard ms, incarnation heard), for the node that runs a
 failure detector. A heartbeat can bring a new incarnation before the record does."""
+
+ClockView = Callable[[str], tuple[int | None, bool]]
+"""node id -> (clock offset ms, clock off), for the node that estimates its members' clocks."""
 
 
 def parse_records(values: Mapping[Any, Any]) -> tuple[dict[str, MemberRecord], int]:
@@ -66,21 +80,26 @@ def members_from_records(
 
 
 def members_view(
-    self_id: str, records: Mapping[str, MemberRecord], verdict: Verdict | None
+    self_id: str,
+    records: Mapping[str, MemberRecord],
+    verdict: Verdict | None,
+    clocks: ClockView | None = None,
 ) -> list[Member]:
     out = []
     for node_id, record in sorted(records.items()):
         is_self = node_id == self_id
         heard: int | None = None
         incarnation = record.incarnation
-        if record.left:
-            status = "left"
-        elif is_self or verdict is None:
-            status = "alive"
+        if is_self or verdict is None:
+            status = "left" if record.left else "alive"
         else:
             seen, heard, heard_incarnation = verdict(node_id)
-            status = seen.value if seen is not None else "alive"
             incarnation = max(incarnation, heard_incarnation or 0)
+            if record.left and incarnation == record.incarnation:
+                status, heard = "left", None
+            else:
+                status = seen.value if seen is not None else "alive"
+        offset, off = (None, False) if clocks is None else clocks(node_id)
         out.append(
             Member(
                 node_id=node_id,
@@ -93,6 +112,8 @@ def members_view(
                 started_at_ms=record.started_at_ms,
                 last_heard_ms=heard,
                 is_self=is_self,
+                clock_offset_ms=offset,
+                clock_off=off,
             )
         )
     return out

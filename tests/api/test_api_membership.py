@@ -84,7 +84,8 @@ def test_local_node_reads_members_from_the_replicated_records(tmp_path: Path) ->
             **FAST,
         ),
     ):
-        wait_until(lambda: len(a.members()) == 2, "a knows b")
+        # b's record replicated, not only its hello heard (members() lists b from that).
+        wait_until(lambda: a.replica.context("__members").max_seq("b") > 0, "a holds b's record")
     # Without the network role (here: after the daemon stopped) the records still answer.
     with crdtstore.open(tmp_path / "a") as local:
         assert {m.node_id: m.status for m in local.members()} == {"a": "alive", "b": "alive"}

@@ -69,6 +69,16 @@ def test_member_that_left_stays_left() -> None:
     assert det.status("b") is MemberStatus.LEFT
 
 
+def test_the_left_record_of_a_past_life_does_not_undo_the_member_s_return() -> None:
+    det = make()
+    det.add("b", 1, 0, left=True)
+    det.heard("b", 2, 10)  # b rejoined: its hello or heartbeat came before its new record
+    assert det.add("b", 1, 20, left=True) == []  # the record still held says life 1 left
+    assert (det.status("b"), det.incarnation("b")) == (MemberStatus.ALIVE, 2)
+    det.add("b", 2, 30, left=True)  # and when life 2 leaves, it has left
+    assert det.status("b") is MemberStatus.LEFT
+
+
 def test_overloaded_detector_stretches_its_timeouts() -> None:
     """Lifeguard: a detector whose own ticks come late must not declare peers dead."""
     det = make()

@@ -1,0 +1,121 @@
+"""Membership messages on the wire: the forms of this version and of the one before read,
+nothing else does, and each added field is checked as strictly as the old ones."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from crdtstore.codec import FORMAT_VERSION, pack
+from crdtstore.errors import DecodeError
+from crdtstore.membership.messages import MAX_OFFSET_MS, Heartbeat, Hello
+from crdtstore.sync.messages import decode_message, encode_message
+
+ADDR = "tcp://127.0.0.1:7101"
+PUB = "tcp://127.0.0.1:40001"
+
+offsets = st.integers(-MAX_OFFSET_MS, MAX_OFFSET_MS)
+readings = st.integers(0, 1 << 62)
+
+
+def wire(kind: str, *fields: Any) -> bytes:
+    return pack([FORMAT_VERSION, kind, *fields])
+
+
+@given(
+    incarnation=st.integers(0, 1 << 62),
+    topics=st.none() | st.lists(st.sampled_from(["cfg", "jobs", "x" * 255]), max_size=4),
+    clock=readings,
+    offset=st.none() | offsets,
+    reply=st.booleans(),
+)
+def test_a_hello_carries_its_record_and_clock(
+    incarnation: int, topics: list[str] | None, clock: int, offset: int | None, reply: bool
+) -> None:
+    hello = Hello(
+        "b",
+        ADDR,
+        PUB,
+        None,
+        reply,
+        incarnation=incarnation,
+        topics=None if topics is None else tuple(topics),
+        started_at_ms=clock - 1 if clock else 0,
+        clock_ms=clock,
+        offset_ms=offset,
+    )
+    assert decode_message(encode_message(hello)) == hello
+    record = hello.record()
+    assert record is not None and (record.node_id, record.incarnation) == ("b", incarnation)
+    assert (record.router, record.pub, record.topics) == (ADDR, PUB, hello.topics)
+
+
+@given(clock=readings, off=st.dictionaries(st.sampled_from(["a", "b", "c"]), offsets))
+def test_a_heartbeat_carries_its_clock_and_whose_clock_is_off(
+    clock: int, off: dict[str, int]
+) -> None:
+    beat = Heartbeat("a", 3, {"c": 2}, clock_ms=clock, clocks_off=off)
+    assert decode_message(encode_message(beat)) == beat
+
+
+def test_the_forms_of_earlier_nodes_still_read_and_are_written_without_the_new_fields() -> None:
+    old_hello = wire("hello", "b", ADDR, PUB, None, False)
+    hello = decode_message(old_hello)
+    assert hello == Hello("b", ADDR, PUB, None, False)
+    assert hello.record() is None  # no incarnation: nothing to judge a past life by
+    assert encode_message(hello) == old_hello
+    old_beat = wire("heartbeat", "a", 3, {"c": 2})
+    beat = decode_message(old_beat)
+    assert beat == Heartbeat("a", 3, {"c": 2})
+    assert beat.clock_ms is None and beat.clocks_off == {}
+    assert encode_message(beat) == old_beat
+
+
+HELLO = ["b", ADDR, PUB, None, True, 2, ["cfg"], 5, 7, -9]
+BEAT = ["a", 3, {}, 7, {"b": -9}]
+
+
+def but(fields: list[Any], index: int, value: Any) -> list[Any]:
+    """``fields`` with the one at ``index`` replaced by ``value``."""
+    return [value if i == index else f for i, f in enumerate(fields)]
+
+
+@pytest.mark.parametrize(
+    "kind, fields",
+    [
+        ("hello", HELLO[:4]),
+        ("hello", HELLO[:6]),  # an added field alone
+        ("hello", HELLO[:9]),
+        ("hello", [*HELLO, None]),  # an unknown field more
+        ("hello", but(HELLO, 5, None)),  # a new form lacking its incarnation
+        ("hello", but(HELLO, 5, True)),
+        ("hello", but(HELLO, 6, "cfg")),  # topics not a list
+        ("hello", but(HELLO, 6, [""])),  # an empty namespace
+        ("hello", but(HELLO, 6, ["cfg"] * 1025)),
+        ("hello", but(HELLO, 7, -1)),  # started before the epoch
+        ("hello", but(HELLO, 8, None)),  # no clock reading
+        ("hello", but(HELLO, 8, -7)),
+        ("hello", but(HELLO, 9, 1.5)),
+        ("hello", but(HELLO, 9, MAX_OFFSET_MS + 1)),
+        ("heartbeat", BEAT[:2]),
+        ("heartbeat", BEAT[:4]),
+        ("heartbeat", [*BEAT, None]),
+        ("heartbeat", but(BEAT, 3, None)),
+        ("heartbeat", but(BEAT, 4, None)),
+        ("heartbeat", but(BEAT, 4, {"b": "far"})),
+        ("heartbeat", but(BEAT, 4, {"b": -MAX_OFFSET_MS - 1})),
+        ("heartbeat", but(BEAT, 4, {7: 1})),
+        ("heartbeat", but(BEAT, 4, {f"n{i}": 1 for i in range(4097)})),
+    ],
+)
+def test_each_broken_rule_is_refused(kind: str, fields: list[Any]) -> None:
+    with pytest.raises(DecodeError):
+        decode_message(wire(kind, *fields))
+
+
+def test_the_hand_made_baselines_are_valid() -> None:
+    assert decode_message(wire("hello", *HELLO)).offset_ms == -9
+    assert decode_message(wire("heartbeat", *BEAT)).clocks_off == {"b": -9}
