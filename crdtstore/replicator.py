@@ -499,6 +499,7 @@ class Replicator:
         if any(n != self.node_id for n in self._connected):
             for alias in self._seed_aliases:
                 self.transport.disconnect_peer(alias)  # the member connection replaces it
+                self.stats["seed_connections_closed"] += 1
             self._seed_aliases.clear()
             return
         hello = self._hello(reply=False)

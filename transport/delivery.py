@@ -17,9 +17,10 @@ class Delivery:
 
     kind: Literal["publish", "direct"]
     peer: bytes | None
-    """"direct": the sender's node id (its DEALER identity, or the name we gave
-    ``connect_peer`` when the reply came back on our DEALER). "publish": the peer whose
-    PUB we received it from (the name we gave ``connect_peer`` for that SUB)."""
+    """"direct": the sender's node id (the one its DEALER's routing id names, see
+    ``transport.routing_id``, or the name we gave ``connect_peer`` when the reply came back
+    on our DEALER). "publish": the peer whose PUB we received it from (the name we gave
+    ``connect_peer`` for that SUB)."""
 
     topic: bytes | None
     """"publish": the topic frame. None otherwise."""

@@ -12,10 +12,36 @@ Invariants:
   payload; DEALER: payload; SUB: topic + payload) and its frames sum to at most
   ``max_message_bytes``.
 
-Peers. ``connect_peer`` gives a peer its own DEALER (identity = our node id, so the peer's
-ROUTER sees who we claim to be) and its own SUB. One SUB per peer, rather than one SUB
-connected everywhere, is what lets a drop rule cut a single peer's publications, lets each
-connection pin that peer's CURVE server key, and makes ``disconnect_peer`` a socket close.
+Peers. ``connect_peer`` gives a peer its own DEALER and its own SUB. The DEALER's routing
+id is our node id with a tag of its own (``routing_id``), so the peer's ROUTER sees who we
+claim to be, and each connection it holds has an id no other connection has. One SUB per
+peer, rather than one SUB connected everywhere, is what lets a drop rule cut a single
+peer's publications, lets each connection pin that peer's CURVE server key, and makes
+``disconnect_peer`` a socket close.
+
+No ZMTP heartbeats, no ROUTER_HANDOVER (issue 18). libzmq 4.3 aborts the process with
+``Assertion failed: !_io_error (src/stream_engine_base.cpp:310)`` when the heartbeat timer
+fires on a connection that has stopped reading and then seen its socket hang up: the timer
+(like the PONG that answers a PING) calls the engine's ``out_event`` without the check that
+every other caller makes (libzmq issues #4364 and #4767, unfixed in 4.3.5 and on master). A
+connection stops reading when its socket will not take the message it has decoded. Ours
+did so when ROUTER_HANDOVER gave its routing id to a newer connection: a node whose seed
+came up after it reached that seed twice under one id, its member connection (opened when
+the seed greeted it) and then its seed connection (still retrying), so the older, live one
+lost its pipe at the seed and stalled at its next message. When that node died, or closed
+the connection, the seed's next PING drew a reset and the PING after it aborted the seed.
+So:
+
+- every DEALER has a routing id of its own (``routing_id.for_connection``): a ROUTER never
+  holds two connections under one id, handover has nothing to do and is left off, and no
+  connection of ours is ever silently stalled (without heartbeats it would stay so);
+- no socket sets the heartbeat options, so no timer writes to a connection and no PING of
+  ours asks the other end to write a PONG: the kernel's TCP keepalive and TCP_USER_TIMEOUT
+  close dead connections (``TransportSettings.tcp_*``), and the membership detector's own
+  heartbeats tell who is dead.
+
+Only a foreign client that sends PINGs and outruns our receive high-water mark could still
+bring an engine to that ``out_event``; no crdtstore node does either.
 
 Refused handshakes. libzmq does not reconnect a client whose handshake the server refused
 (a key not yet in the peer's allow-list, a CURVE/plain mismatch); it gives up for good.
@@ -37,7 +63,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from transport import pipes
+from transport import pipes, routing_id
 from transport.counters import Counters
 from transport.security import CurveKeys, z85_text
 from transport.settings import TransportSettings
@@ -103,9 +129,12 @@ def configure_network_socket(sock: Socket, settings: TransportSettings) -> None:
     sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
     sock.setsockopt(zmq.RCVHWM, settings.rcvhwm)
     sock.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes)
-    sock.setsockopt(zmq.HEARTBEAT_IVL, settings.heartbeat_ivl_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, settings.heartbeat_timeout_ms)
-    sock.setsockopt(zmq.HEARTBEAT_TTL, settings.heartbeat_timeout_ms)
+    # Dead connections are the kernel's to find: ZMTP heartbeats stay off (module docstring).
+    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, settings.tcp_keepalive_idle_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, settings.tcp_keepalive_interval_s)
+    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, settings.tcp_keepalive_count)
+    sock.setsockopt(zmq.TCP_MAXRT, settings.tcp_max_retransmit_ms)
     sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
     sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
 
@@ -159,7 +188,8 @@ class IOThread(threading.Thread):
         self._pub: Socket | None = None
         self._peers: dict[bytes, _Peer] = {}
         self._peer_of_socket: dict[Socket, bytes] = {}
-        self._router_peers: OrderedDict[bytes, None] = OrderedDict()
+        # peer -> the routing id it was last heard under (its newest connection to us)
+        self._router_peers: OrderedDict[bytes, bytes] = OrderedDict()
         self._subscriptions: set[bytes] = set()
         self._dropped_peers: set[bytes] = set()
         self._retry_at: dict[bytes, float] = {}  # peer -> monotonic time to re-create it
@@ -194,9 +224,8 @@ class IOThread(threading.Thread):
         self._events.connect(self._config.event_endpoint)
         if self._config.router_bind is not None:
             self._router = self._bind_server(zmq.ROUTER, self._config.router_bind, "ROUTER")
-            # A restarted peer reconnects with the same identity; without handover its
-            # new connection would be refused while the old one times out.
-            self._router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+            # No ROUTER_HANDOVER: our peers' connections never share a routing id, and a
+            # handover stalls the connection it takes the id from (module docstring).
             # Mandatory routing turns "no such peer" into an error we count instead of a
             # silent drop inside libzmq; with NOBLOCK it never blocks.
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -319,11 +348,12 @@ class IOThread(threading.Thread):
             return
         if not self._fits(frames):
             return
-        peer, payload = frames[0].bytes, frames[1]
+        sender, payload = frames[0].bytes, frames[1]
+        peer = routing_id.node_of(sender)
         if peer in self._dropped_peers:
             self._counters.add("partition_dropped")
             return
-        self._router_peers[peer] = None
+        self._router_peers[peer] = sender
         self._router_peers.move_to_end(peer)
         if len(self._router_peers) > MAX_ROUTER_PEERS:
             self._router_peers.popitem(last=False)
@@ -481,7 +511,7 @@ class IOThread(threading.Thread):
             if peer in self._peers:
                 self._peers[peer].dealer.send(payload, zmq.NOBLOCK)
             elif self._router is not None and peer in self._router_peers:
-                self._router.send_multipart([peer, payload], zmq.NOBLOCK)
+                self._router.send_multipart([self._router_peers[peer], payload], zmq.NOBLOCK)
             else:
                 self._counters.add("send_dropped")
                 return
@@ -516,7 +546,9 @@ class IOThread(threading.Thread):
         self._peers[peer] = state
         self._add_peer_socket(peer, state, state.dealer, self._on_dealer_ready)
         try:
-            state.dealer.setsockopt(zmq.ROUTING_ID, self._config.identity)
+            state.dealer.setsockopt(
+                zmq.ROUTING_ID, routing_id.for_connection(self._config.identity)
+            )
             state.dealer.connect(router_addr)
             if pub_addr is not None:
                 state.sub = self._client_socket(zmq.SUB, key)

@@ -26,12 +26,22 @@ class TransportSettings:
     connection of a peer that sends a larger frame. Also checked against the sum of a
     multipart message's frames, so an oversized message is never delivered."""
 
-    heartbeat_ivl_ms: int = 1000
-    """ZMTP heartbeat (PING) interval on every TCP connection."""
+    tcp_keepalive_idle_s: int = 1
+    """Seconds a TCP connection may stay idle before the kernel starts probing it. TCP
+    keepalive, not ZMTP heartbeats, finds dead connections: libzmq's heartbeat timer can
+    abort the process (``transport.iothread`` explains how). A connection found dead is
+    closed and, on the connecting side, re-established."""
 
-    heartbeat_timeout_ms: int = 5000
-    """A connection with no traffic for this long after a PING is closed (and, on the
-    connecting side, re-established). Also sent to the remote end as the heartbeat TTL."""
+    tcp_keepalive_interval_s: int = 1
+    """Seconds between two unanswered keepalive probes."""
+
+    tcp_keepalive_count: int = 5
+    """Unanswered keepalive probes after which the kernel closes the connection."""
+
+    tcp_max_retransmit_ms: int = 5000
+    """A connection whose sent data stays unacknowledged this long is closed (``zmq.TCP_MAXRT``,
+    TCP_USER_TIMEOUT on Linux): keepalive probes only idle connections. 0 leaves the
+    kernel's default (many minutes)."""
 
     reconnect_ivl_ms: int = 100
     """First delay before a DEALER or SUB reconnects to a peer that went away."""
@@ -59,8 +69,7 @@ class TransportSettings:
             "sndhwm",
             "rcvhwm",
             "max_message_bytes",
-            "heartbeat_ivl_ms",
-            "heartbeat_timeout_ms",
+            "tcp_max_retransmit_ms",
             "reconnect_ivl_ms",
             "reconnect_ivl_max_ms",
             "linger_ms",
@@ -68,3 +77,8 @@ class TransportSettings:
             value = getattr(self, name)
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
+        # The kernel refuses 0 for these, and libzmq then drops every connection it opens.
+        for name in ("tcp_keepalive_idle_s", "tcp_keepalive_interval_s", "tcp_keepalive_count"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")

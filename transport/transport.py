@@ -29,7 +29,7 @@ from types import TracebackType
 
 import zmq
 
-from transport import pipes
+from transport import pipes, routing_id
 from transport.counters import Counters
 from transport.delivery import Delivery
 from transport.errors import TransportError
@@ -73,6 +73,11 @@ class Transport:
         if identity.startswith(b"\x00"):
             # libzmq reserves identities starting with NUL for the ones it generates.
             raise TransportError(f"identity must not start with a NUL byte: {identity!r}")
+        if len(identity) > routing_id.MAX_IDENTITY_BYTES:
+            raise TransportError(
+                f"identity is {len(identity)} bytes; at most {routing_id.MAX_IDENTITY_BYTES} "
+                f"fit in a routing id: {identity!r}"
+            )
         self.identity = identity
         self._router_bind = router_bind
         self._pub_bind = pub_bind
