@@ -303,7 +303,9 @@ def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
     for _ in range(2):  # two more adds of every key after the base: 21..40, 41..60
         for i in range(20):
             sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
-    query = Send("s", a_engine._sessions["set"].query)
+    session = a_engine.ranges.session("set")
+    assert session is not None
+    query = Send("s", session.query)
     _pump(a_engine, s_engine, [query], 0, limit=1_000)
     assert a_engine.stats["range_sessions_completed"] == 1
     for seq in range(1, 61):  # the deltas, in order, as repair would deliver them
@@ -543,7 +545,7 @@ def _join_every_run(engine: SyncEngine) -> None:
         first, last = batches[0].first, batches[-1].last
         return [encode_message(DeltaBatch(ns, origin, first, last, delta))]
 
-    engine._coalesce_runs = join_all  # type: ignore[method-assign]
+    engine.repair_server.coalesce_runs = join_all  # type: ignore[method-assign]
 
 
 def test_a_replica_that_makes_no_progress_falls_back_to_ranges_within_the_bound() -> None:
