@@ -5,7 +5,7 @@ and this module only routes: each message type goes to the part that owns its
 sub-protocol (:data:`SyncEngine._routes`), and the parts own their state. Rule 2: no
 part does I/O or reads a clock or randomness: bytes, ticks and commits come in (each
 with ``now_ms``), :class:`Publish` and :class:`Send` come out. The replica owns
-persistence; the caller owns sockets.
+persistence; the caller owns sockets, threads and heartbeats.
 
 Theory of operation
 -------------------
@@ -134,11 +134,6 @@ class SyncEngine:
         self.liveness = LivenessCheck(node_id, replica, cfg, stats)
         self.trimmer = LogTrimmer(replica, cfg, stats)
         self._next_digest = 0
-        self.keepalive: Callable[[], None] | None = None
-        """Called between the kept ranges while a session applies them: a bootstrap's
-        one transaction of a million entries holds the caller's thread for many seconds,
-        and a node that heartbeats from that thread must go on doing so meanwhile (or
-        its peers declare it dead). It must not touch the replica or this engine."""
         self._routes: dict[type, _Route] = {
             DeltaBatch: _Route(_Channel.PUBLISHED, self._on_batch),
             Digest: _Route(_Channel.EITHER, self._on_digest),
@@ -236,7 +231,13 @@ class SyncEngine:
         return self._count_sent(out)
 
     def on_message(
-        self, peer: str, data: bytes, now_ms: int, publisher: str | None = None
+        self,
+        peer: str,
+        data: bytes,
+        now_ms: int,
+        publisher: str | None = None,
+        *,
+        progress: Progress | None = None,
     ) -> list[Outgoing]:
         """Handle one frame from the network (``peer`` is "" for published frames).
 
@@ -244,6 +245,11 @@ class SyncEngine:
         transport knows it. Nodes publish only their own batches, so a published batch of
         another origin is forged and rejected (repairs, over ROUTER/DEALER, may carry any
         origin's batches from a log).
+
+        ``progress``: called now and then during a long step this frame triggers (a
+        reconciliation session's apply, which can hold the caller's thread for many
+        seconds), so the caller can heartbeat meanwhile; it must touch neither the
+        replica nor this engine.
         """
         self.stats["bytes_received"] += len(data)
         try:
@@ -257,24 +263,29 @@ class SyncEngine:
         if self.delivery.has_group_batches() and not isinstance(msg, DeltaBatch):
             self.delivery.flush_group(now_ms)  # what follows sees the batches before it
         try:
-            out = self._dispatch(msg, _Received(peer, data, now_ms, self.keepalive))
+            out = self._dispatch(msg, _Received(peer, data, now_ms, progress))
         except Error as exc:  # an invariant a peer's message broke, surfaced by the replica
             self._reject("rejected_invalid", now_ms, f"{type(msg).__name__} from {peer!r}: {exc}")
             return []
         return self._count_sent(out)
 
     def on_messages(
-        self, frames: Sequence[tuple[str, bytes, str | None]], now_ms: int
+        self,
+        frames: Sequence[tuple[str, bytes, str | None]],
+        now_ms: int,
+        *,
+        progress: Progress | None = None,
     ) -> list[Outgoing]:
         """``on_message`` of each ``(peer, data, publisher)`` in order, except that the ready
         batches among them are applied together, one replica commit (``apply_batches``)
         per run of them: a receiver that fell behind catches up with one fsync per group
-        instead of one per batch, so a backlog shrinks instead of growing."""
+        instead of one per batch, so a backlog shrinks instead of growing. ``progress``
+        goes to each ``on_message``."""
         out: list[Outgoing] = []
         self.delivery.open_group()
         try:
             for peer, data, publisher in frames:
-                out.extend(self.on_message(peer, data, now_ms, publisher))
+                out.extend(self.on_message(peer, data, now_ms, publisher, progress=progress))
         finally:
             self.delivery.close_group(now_ms)
         return out

@@ -315,10 +315,11 @@ def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
 
 
 def _bootstrap_into(
-    asker: Any, keepalive: Callable[[], None] | None = None
+    asker: Any, progress: Callable[[], None] | None = None
 ) -> tuple[MemoryReplica, Any]:
     """An empty ``asker`` reconciles 600 keys (with removals) from a sender, in replies of
-    at most 64 entries; returns the sender and the asker engine's stats."""
+    at most 64 entries; returns the sender and the asker engine's stats. The asker takes
+    its frames as a replicator hands them over (``on_messages``), with ``progress``."""
     cfg = settings(range_max_reply_entries=64)
     sender = MemoryReplica("s")
     for i in range(600):
@@ -326,15 +327,17 @@ def _bootstrap_into(
     for i in range(0, 600, 7):
         sender.mutate("m", "lww_map", lambda st, i=i: st.delete("s", f"k{i}"))  # type: ignore[attr-defined]
     s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
-    a_engine.keepalive = keepalive
     s_engine.add_peer("a")
     a_engine.add_peer("s")
     queue = [("a", o) for o in a_engine.on_message("", s_engine.greet("a")[0].data, 0)]
     while queue:
         src, o = queue.pop(0)
         assert isinstance(o, Send)
-        dst = a_engine if o.peer == "a" else s_engine
-        queue.extend((dst.node_id, x) for x in dst.on_message(src, o.data, 0))
+        if o.peer == "a":
+            answer = a_engine.on_messages([(src, o.data, None)], 0, progress=progress)
+            queue.extend(("a", x) for x in answer)
+        else:
+            queue.extend(("s", x) for x in s_engine.on_message(src, o.data, 0))
     assert a_engine.stats["range_sessions_completed"] == 1
     return sender, a_engine.stats
 
