@@ -156,9 +156,10 @@ class CausalDelivery:
         if applied(batch, ctx):
             self._stats["duplicates"] += 1
             return False
-        if ns in self._reconciling:
+        deferred = ns in self._reconciling
+        if deferred:
             self._stats["batches_deferred_session"] += 1
-        if ns in self._reconciling or not causally_ready(batch, ctx):
+        if deferred or not causally_ready(batch, ctx):
             self.buffer.hold(batch, data, now_ms)
             return False
         self._apply_ready(batch, data)
@@ -168,7 +169,7 @@ class CausalDelivery:
     def drain(self, ns: str) -> None:
         """Apply the held batches of ``ns`` that have become ready (none while it is
         under reconciliation: a session's end drains it)."""
-        if ns in self._reconciling:
+        if not self.buffer.held(ns) or ns in self._reconciling:
             return
         for batch, data in self.buffer.ready(ns, self.context):
             self._apply_ready(batch, data)

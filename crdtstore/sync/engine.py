@@ -85,7 +85,7 @@ class _Channel(Enum):
     EITHER = "either"  # digests: published, or sent to a peer that just joined
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Received:
     """One frame as it came: from whom ("" if published), its bytes, when, and the
     caller's progress hook for a long step it triggers."""
