@@ -14,7 +14,7 @@ value depth; a dot live at one key only) and to those of a shipped range:
 Why the checks wait for the apply: a bootstrap receives every entry of a namespace. It
 used to check each reply on arrival (building Dot objects and entry maps, dropped at once
 to bound memory), then read the reply again to write its rows: each entry was decoded,
-hashed and checked twice, half of a newcomer's time. Now a reply's entries travel as one
+hashed and checked twice, a newcomer's largest cost. Now a reply's entries travel as one
 binary field, the session keeps them as those bytes, and the replica checks an entry in
 the loop that writes its row. A bad entry raises (:class:`DecodeError`,
 :class:`ClockDriftError`) inside the replica's transaction, which then aborts: the

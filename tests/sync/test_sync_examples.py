@@ -303,7 +303,9 @@ def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
     for _ in range(2):  # two more adds of every key after the base: 21..40, 41..60
         for i in range(20):
             sender.mutate("set", "or_set", lambda st, i=i: st.add("s", i))  # type: ignore[attr-defined]
-    query = Send("s", a_engine._sessions["set"].query)
+    session = a_engine.ranges.session("set")
+    assert session is not None
+    query = Send("s", session.query)
     _pump(a_engine, s_engine, [query], 0, limit=1_000)
     assert a_engine.stats["range_sessions_completed"] == 1
     for seq in range(1, 61):  # the deltas, in order, as repair would deliver them
@@ -313,10 +315,11 @@ def test_range_entries_newer_than_base_wait_for_their_deltas() -> None:
 
 
 def _bootstrap_into(
-    asker: Any, keepalive: Callable[[], None] | None = None
+    asker: Any, progress: Callable[[], None] | None = None
 ) -> tuple[MemoryReplica, Any]:
     """An empty ``asker`` reconciles 600 keys (with removals) from a sender, in replies of
-    at most 64 entries; returns the sender and the asker engine's stats."""
+    at most 64 entries; returns the sender and the asker engine's stats. The asker takes
+    its frames as a replicator hands them over (``on_messages``), with ``progress``."""
     cfg = settings(range_max_reply_entries=64)
     sender = MemoryReplica("s")
     for i in range(600):
@@ -324,15 +327,17 @@ def _bootstrap_into(
     for i in range(0, 600, 7):
         sender.mutate("m", "lww_map", lambda st, i=i: st.delete("s", f"k{i}"))  # type: ignore[attr-defined]
     s_engine, a_engine = SyncEngine("s", sender, cfg), SyncEngine("a", asker, cfg)
-    a_engine.keepalive = keepalive
     s_engine.add_peer("a")
     a_engine.add_peer("s")
     queue = [("a", o) for o in a_engine.on_message("", s_engine.greet("a")[0].data, 0)]
     while queue:
         src, o = queue.pop(0)
         assert isinstance(o, Send)
-        dst = a_engine if o.peer == "a" else s_engine
-        queue.extend((dst.node_id, x) for x in dst.on_message(src, o.data, 0))
+        if o.peer == "a":
+            answer = a_engine.on_messages([(src, o.data, None)], 0, progress=progress)
+            queue.extend(("a", x) for x in answer)
+        else:
+            queue.extend(("s", x) for x in s_engine.on_message(src, o.data, 0))
     assert a_engine.stats["range_sessions_completed"] == 1
     return sender, a_engine.stats
 
@@ -543,7 +548,7 @@ def _join_every_run(engine: SyncEngine) -> None:
         first, last = batches[0].first, batches[-1].last
         return [encode_message(DeltaBatch(ns, origin, first, last, delta))]
 
-    engine._coalesce_runs = join_all  # type: ignore[method-assign]
+    engine.repair_server.coalesce_runs = join_all  # type: ignore[method-assign]
 
 
 def test_a_replica_that_makes_no_progress_falls_back_to_ranges_within_the_bound() -> None:

@@ -1,0 +1,39 @@
+"""How the sync engine's parts report what they refuse: counted always, logged sparingly.
+
+Invariant: a rejection never raises out of the engine. Each one adds to the engine's
+``stats`` under its reason, and is logged at most once per reason per
+``log_interval_ms``, so a peer that keeps sending the same bad frame cannot flood the
+log, while the count still shows every occurrence.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+log = logging.getLogger("crdtstore.sync.engine")
+"""The protocol's one logger, whichever part of the engine speaks: operators filter on
+its name, which every line a node logs carries, and it predates the parts."""
+
+
+class Rejections:
+    """Counts a rejection in ``stats``; logs it unless its reason was logged lately."""
+
+    def __init__(self, node_id: str, stats: Counter[str], log_interval_ms: int) -> None:
+        self._node_id = node_id
+        self._stats = stats
+        self._interval = log_interval_ms
+        self._last_logged: dict[str, int] = {}
+
+    def __call__(self, reason: str, now_ms: int, detail: str) -> None:
+        self._stats[reason] += 1
+        last = self._last_logged.get(reason)
+        if last is None or now_ms - last >= self._interval:
+            self._last_logged[reason] = now_ms
+            log.warning(
+                "sync %s: %s (%s; %d so far)",
+                self._node_id,
+                reason,
+                detail,
+                self._stats[reason],
+            )
