@@ -203,7 +203,6 @@ class Replicator:
             curve=curve,
         )
         self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
-        self.engine.keepalive = self._keepalive
         self._last_beat = 0
         self.detector = FailureDetector(
             suspect_after_ms=settings.suspect_after_ms,
@@ -423,7 +422,7 @@ class Replicator:
     def _engine_frames(self, frames: list[tuple[str, bytes, str | None]], now: int) -> None:
         """Hand the frames collected so far to the engine together, and empty the list."""
         if frames:
-            outgoing = self.engine.on_messages(frames, now)
+            outgoing = self.engine.on_messages(frames, now, progress=self._keepalive)
             frames.clear()
             self._emit(outgoing)
 
