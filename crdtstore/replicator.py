@@ -2,10 +2,13 @@
 
 Theory of operation. The sync engine (``crdtstore.sync``) decides what to send and when;
 the failure detector (``crdtstore.membership``) decides who is alive; the transport moves
-frames. This module is the only place they meet, and the only one with a thread: the
-replicator's thread owns the engine and the detector (neither is thread-safe) and is the
-transport's single consumer. Application threads reach it only through ``notify_commit``,
-which sets a flag the thread reads, so a write never waits for the network.
+frames. This module is the only place they meet. The replicator's thread owns the engine
+(not thread-safe) and is the single consumer of the transport's deliveries; heartbeats
+travel apart, on the transport's express pipe, to the detector's own thread
+(:mod:`crdtstore.liveness`), so no apply work here delays them, and this thread acts on
+the status changes that thread reports. Application threads reach the replicator only
+through ``notify_commit``, which sets a flag the thread reads, so a write never waits for
+the network.
 
 Framing: direct messages carry a one-byte channel (``S`` sync engine, ``M`` membership)
 so each goes to its owner without decoding twice. Published topics end in a NUL byte,
@@ -32,16 +35,15 @@ from typing import TYPE_CHECKING, Any
 
 import zmq.auth
 
+from crdtstore.addresses import check_bind, split_tcp
 from crdtstore.errors import ClosedError, DecodeError, Error
-from crdtstore.membership import (
-    MEMBERS_NAMESPACE,
-    FailureDetector,
-    MemberRecord,
-    MemberStatus,
-    StatusChange,
-)
-from crdtstore.membership.messages import Heartbeat, Hello
-from crdtstore.membership.view import Member, members_view, parse_records
+from crdtstore.liveness import Liveness
+from crdtstore.membership import MEMBERS_NAMESPACE, MemberRecord, MemberStatus, StatusChange
+from crdtstore.membership.messages import Hello
+from crdtstore.membership.observed import observed_members
+from crdtstore.membership.seeds import SeedWatch
+from crdtstore.membership.view import Member, parse_records
+from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
 from crdtstore.sync.settings import SyncSettings
@@ -80,10 +82,8 @@ def derive_pub_address(router: str) -> str:
     relies on a port convention (``router + 1`` would collide with a neighbour's ROUTER
     on consecutive ports, as in ``tcp://127.0.0.1:7101`` / ``:7102``).
     """
-    head, sep, port = router.rpartition(":")
-    if not sep or not head.startswith("tcp://") or not (port.isdigit() or port == "*"):
-        raise Error(f"bind address {router!r} must look like tcp://HOST:PORT")
-    return f"{head}:*"
+    host, _ = split_tcp(check_bind(router), "bind address")
+    return f"tcp://{host}:*"
 
 
 def parse_seed(seed: str, keys_dir: str | None) -> tuple[str, bytes | None]:
@@ -124,22 +124,28 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
     incarnation = 1
     if isinstance(previous, dict) and isinstance(previous.get("incarnation"), int):
         incarnation = previous["incarnation"] + 1  # a restart outranks the old self
-    replicator = Replicator(
-        replica=node.replica,
-        write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
-        delete_record=node._delete_member,
-        read_records=node._member_values,
-        bind=bind,
-        pub_bind=settings.pub_bind or derive_pub_address(bind),
-        seeds=parsed,
-        settings=settings,
-        sync_settings=sync_settings,
-        transport_settings=transport_settings,
-        curve=curve,
-        topics=node.topics,
-        status_path=os.path.join(node.path, STATUS_FILE),
-        extra_stats=lambda: dict(node.stats),
-    )
+    member_view = MemberViewStore.open_for_writing(node.path, node.stats)
+    try:
+        replicator = Replicator(
+            replica=node.replica,
+            write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
+            delete_record=node._delete_member,
+            read_records=node._member_values,
+            bind=bind,
+            pub_bind=settings.pub_bind or derive_pub_address(bind),
+            seeds=parsed,
+            settings=settings,
+            sync_settings=sync_settings,
+            transport_settings=transport_settings,
+            curve=curve,
+            topics=node.topics,
+            status_path=os.path.join(node.path, STATUS_FILE),
+            extra_stats=lambda: dict(node.stats),
+            member_view=member_view,
+        )
+    except BaseException:
+        member_view.close()
+        raise
     try:
         replicator.start(incarnation)
     except BaseException:
@@ -149,7 +155,7 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
 
 
 class Replicator:
-    """Owns the transport, the sync engine and the failure detector of one node."""
+    """Owns the transport, the sync engine and the liveness (failure detector) of one node."""
 
     def __init__(
         self,
@@ -169,6 +175,7 @@ class Replicator:
         status_path: str | None = None,
         extra_stats: Callable[[], dict[str, int]] | None = None,
         on_status: Callable[[StatusChange], None] | None = None,
+        member_view: MemberViewStore | None = None,
     ) -> None:
         self.node_id: str = replica.node_id
         self._replica = replica
@@ -189,14 +196,21 @@ class Replicator:
             pub_bind=pub_bind,
             settings=transport_settings,
             curve=curve,
+            express_topics=frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
         )
         self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
-        self.engine.keepalive = self._keepalive
-        self._last_beat = 0
-        self.detector = FailureDetector(
+        self._member_view = member_view
+        self.liveness = Liveness(
+            node_id=self.node_id,
+            transport=self.transport,
+            heartbeat_topic=topic_bytes(HEARTBEAT_TOPIC),
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
             suspect_after_ms=settings.suspect_after_ms,
             dead_after_ms=settings.dead_after_ms,
-            tick_interval_ms=settings.heartbeat_interval_ms,
+            view_interval_ms=settings.member_view_interval_ms,
+            view=member_view,
+            clock=now_ms,
+            poll_ms=settings.poll_ms,
         )
         self._records: dict[str, MemberRecord] = {}
         self._connected: dict[str, tuple[str, str]] = {}
@@ -207,9 +221,13 @@ class Replicator:
         self._leave_confirmed = threading.Event()
         self._leave_timeout_s = 3 * sync_settings.digest_interval_ms / 1000
         self._seed_aliases: set[bytes] = set()
+        # A seed silent for three greetings is unreachable (counted, logged now and then).
+        self._seed_watch = SeedWatch(
+            patience_ms=3 * settings.hello_interval_ms,
+            warn_every_ms=sync_settings.log_interval_ms,
+        )
         self._record_addrs: dict[str, tuple[str, str]] = {}
         self._partitioned: set[str] = set()
-        self._watchers: list[Callable[[StatusChange], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
@@ -232,6 +250,7 @@ class Replicator:
         self._write_own_record(self._own)
         for topic in self._subscriptions():
             self.transport.subscribe(topic)
+        self.liveness.start(incarnation, router)
         self._thread = threading.Thread(
             target=self._run, name=f"crdtstore-replicator-{self.node_id}", daemon=True
         )
@@ -251,7 +270,10 @@ class Replicator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.liveness.close()
         self.transport.close()
+        if self._member_view is not None:
+            self._member_view.close()
 
     def notify_commit(self) -> None:
         """Called after any local commit: publish the new own deltas soon."""
@@ -269,14 +291,14 @@ class Replicator:
     def _run(self) -> None:
         interval = self._settings.sync_tick_ms
         next_tick = 0
-        next_heartbeat = 0
+        next_membership = 0
         next_hello = 0
         next_status = 0
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
         while not self._stop.is_set():
             now = now_ms()
-            due = min(next_tick, next_heartbeat)
+            due = min(next_tick, next_membership)
             if self._commit_pending.is_set():
                 due = min(due, next_publish)
             wait_ms = max(0, due - now)
@@ -297,8 +319,9 @@ class Replicator:
                     # Other processes sharing the directory commit without notifying us.
                     self._emit(self.engine.on_local_commit(now))
                     self._emit(self.engine.on_tick(now))
-                if now >= next_heartbeat:
-                    next_heartbeat = now + self._settings.heartbeat_interval_ms
+                self._take_liveness()
+                if now >= next_membership:
+                    next_membership = now + self._settings.heartbeat_interval_ms
                     self._membership_tick(now)
                 if now >= next_status and self._status_path is not None:
                     next_status = now + self._settings.status_interval_ms
@@ -307,7 +330,7 @@ class Replicator:
                     self._leave_confirmed.set()
                 if now >= next_hello:
                     next_hello = now + self._settings.hello_interval_ms
-                    self._greet_seeds()
+                    self._greet_seeds(now)
             except ClosedError:
                 return  # the node is closing under us; close() stops this thread next
             except Exception:  # one bad message or bug must not kill the node's replication
@@ -325,10 +348,11 @@ class Replicator:
             "members": [dataclasses.asdict(m) for m in self.members()],
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
-            "local_health": self.detector.local_health,
+            "local_health": self.liveness.local_health,
             "sync": dict(self.engine.stats),
             "transport": self.transport.stats(),
             "replicator": dict(self.stats),
+            "liveness": dict(self.liveness.stats),
             "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
         }
 
@@ -373,8 +397,7 @@ class Replicator:
                 if not topic.endswith(b"\x00"):
                     self.stats["rejected_topic"] += 1
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
-                    self._engine_frames(frames, now)
-                    self._on_membership_message(None, delivery.payload, now)
+                    self.liveness.on_delivery(delivery, now)  # the express pipe carries them
                 else:
                     source = (delivery.peer or b"").decode("utf-8", "replace")
                     frames.append(("", delivery.payload, source))
@@ -412,23 +435,14 @@ class Replicator:
             self.stats["rejected_membership"] += 1
             log.debug("membership: undecodable message from %r: %s", peer, exc)
             return
-        if isinstance(msg, Heartbeat):
-            if msg.node_id == self.node_id:
-                return
-            self._status_changes(self.detector.heard(msg.node_id, msg.incarnation, now))
-            mine = msg.suspects.get(self.node_id)
-            if mine is not None and self._own is not None and mine >= self._own.incarnation:
-                # Someone suspects this node at its current incarnation: refute (SWIM).
-                self._own = _replace(self._own, incarnation=mine + 1)
-                self._write_own_record(self._own)
-                self._commit_pending.set()
-                self.stats["refutations"] += 1
-        elif isinstance(msg, Hello) and peer:
+        if isinstance(msg, Hello) and peer:
             if msg.node_id == self.node_id:
                 return
             if peer != msg.node_id and not peer.startswith(SEED_PREFIX.decode()):
                 self.stats["rejected_hello_identity"] += 1
                 return
+            if peer.startswith(SEED_PREFIX.decode()):
+                self._seed_watch.answered(peer.removeprefix(SEED_PREFIX.decode()))
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
             if not msg.reply and self._own is not None:
                 self._send_hello(msg.node_id, reply=True)
@@ -436,7 +450,7 @@ class Replicator:
         else:
             self.stats["rejected_membership"] += 1
 
-    def _greet_seeds(self) -> None:
+    def _greet_seeds(self, now: int) -> None:
         """Say hello to every seed until some member other than this node is connected."""
         if self._own is None:
             return
@@ -452,6 +466,16 @@ class Replicator:
             if addr == self._own.router:
                 continue
             alias = SEED_PREFIX + addr.encode()
+            silent_ms = self._seed_watch.greeted(addr, now)
+            if silent_ms is not None:
+                self.stats["seed_unanswered"] += 1
+                if self._seed_watch.should_warn(addr, now):
+                    log.warning(
+                        "seed %s has not answered for %.0f s (not running, or not reachable "
+                        "from here?); still trying",
+                        addr,
+                        silent_ms / 1000,
+                    )
             if alias not in self._seed_aliases:
                 self.transport.connect_peer(alias, addr, None, key)
                 self._seed_aliases.add(alias)
@@ -476,23 +500,18 @@ class Replicator:
 
     def _membership_tick(self, now: int) -> None:
         self._apply_partition_file()
-        self._heartbeat(now)
         self._refresh_records(now)
-        self._status_changes(self.detector.tick(now))
 
-    def _heartbeat(self, now: int) -> None:
-        if self._own is not None:
-            self._last_beat = now
-            beat = Heartbeat(self.node_id, self._own.incarnation, self.detector.suspected())
-            self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
-
-    def _keepalive(self) -> None:
-        """The engine's hook during a long step (a bootstrap's apply): heartbeat when one
-        is due, and nothing else (this thread is inside a write transaction)."""
-        now = now_ms()
-        if now - self._last_beat >= self._settings.heartbeat_interval_ms:
-            self.stats["heartbeats_during_apply"] += 1
-            self._heartbeat(now)
+    def _take_liveness(self) -> None:
+        """Act on what the liveness thread decided since the last call."""
+        self._status_changes(self.liveness.take_changes())
+        refuted = self.liveness.take_refutation()
+        if refuted is not None and self._own is not None and refuted > self._own.incarnation:
+            # Our heartbeats carry the new incarnation already; the record follows.
+            self._own = _replace(self._own, incarnation=refuted)
+            self._write_own_record(self._own)
+            self._commit_pending.set()
+            self.stats["refutations"] += 1
 
     def _refresh_records(self, now: int) -> None:
         records, rejected = parse_records(self._read_records())
@@ -503,21 +522,22 @@ class Replicator:
             if node_id == self.node_id:
                 if self._own is not None and record.incarnation > self._own.incarnation:
                     # An older life of this node wrote a higher one (clock of restarts).
-                    self._own = _replace(self._own, incarnation=record.incarnation + 1)
+                    incarnation = self.liveness.raise_incarnation(record.incarnation + 1)
+                    self._own = _replace(self._own, incarnation=incarnation)
                     self._write_own_record(self._own)
                 continue
-            self._status_changes(self.detector.add(node_id, record.incarnation, now, record.left))
-            if record.left or self.detector.status(node_id) is MemberStatus.DEAD:
+            self._status_changes(self.liveness.add(node_id, record.incarnation, now, record.left))
+            if record.left or self.liveness.status(node_id) is MemberStatus.DEAD:
                 # A dead member keeps its connections (ZeroMQ retries them with back-off):
                 # after a partition heals, its heartbeats are how we learn it refuted.
                 if record.left:
                     self._disconnect(node_id)
-                since = self.detector.last_heard_ms(node_id) or record.started_at_ms
+                since = self.liveness.last_heard_ms(node_id) or record.started_at_ms
                 if now - since > self._settings.prune_after_ms:
                     # Metadata of a member gone for good; its own later write survives this.
                     self._disconnect(node_id)
                     self._delete_record(node_id)
-                    self.detector.forget(node_id)
+                    self.liveness.forget(node_id)
                     self.stats["members_pruned"] += 1
             elif self._record_addrs.get(node_id) != (record.router, record.pub):
                 # Only a changed record moves the connection: a Hello from a restarted
@@ -540,14 +560,12 @@ class Replicator:
             elif change.new in (MemberStatus.DEAD, MemberStatus.LEFT):
                 # A dead peer must not hold back log trimming forever.
                 self._engine_remove(change.node_id)
-            for watcher in [self._on_status, *self._watchers]:
-                if watcher is None:
-                    continue
+            if self._on_status is not None:
                 try:
-                    watcher(change)
-                except Exception:  # a user's callback must not stop failure detection
+                    self._on_status(change)
+                except Exception:  # a hook's failure must not stop acting on the others
                     self.stats["member_watch_errors"] += 1
-                    log.exception("member watcher %r failed (counted)", watcher)
+                    log.exception("member status hook %r failed (counted)", self._on_status)
 
     def _connect(
         self, node_id: str, router: str, pub: str, key: str | None, greet: bool = False
@@ -587,25 +605,13 @@ class Replicator:
             self._engine_peers.discard(node_id)
             self.engine.remove_peer(node_id)
 
-    def watch_members(self, callback: Callable[[StatusChange], None]) -> None:
-        """Call ``callback(change)`` on every status change (on the replicator thread)."""
-        self._watchers.append(callback)
-
     def members(self) -> list[Member]:
         with self._lock:
             records = dict(self._records)
         if self._own is not None:
             records[self.node_id] = self._own
-
-        def verdict(node_id: str) -> tuple[MemberStatus | None, int | None, int | None]:
-            detector = self.detector
-            return (
-                detector.status(node_id),
-                detector.last_heard_ms(node_id),
-                detector.incarnation(node_id),
-            )
-
-        return members_view(self.node_id, records, verdict)
+        observations = self.liveness.observations()
+        return observed_members(self.node_id, records, observations, now_ms(), stale=False)
 
 
 def _replace(record: MemberRecord, **changes: Any) -> MemberRecord:

@@ -23,7 +23,8 @@ class Member:
 
     node_id: str
     status: str
-    """``alive``, ``suspect``, ``dead`` or ``left``."""
+    """``alive``, ``suspect``, ``dead`` or ``left``; ``unknown`` in a process without the
+    network role while the directory's detector view is stale (see ``Node.member_view``)."""
     incarnation: int
     router: str
     pub: str
@@ -34,6 +35,12 @@ class Member:
     last_heard_ms: int | None
     """Wall-clock ms when this node last heard from it (None for itself or unknown)."""
     is_self: bool
+    status_since_ms: int | None = None
+    """Wall-clock ms since when the failure detector has held this status (None where no
+    detector has judged the member: itself, a record not yet seen by the detector)."""
+    observed_at_ms: int | None = None
+    """Wall-clock ms of the detector's view this row comes from: now in the process holding
+    the network role, the view's last write in the directory for every other process."""
 
 
 Verdict = Callable[[str], tuple[MemberStatus | None, int | None, int | None]]
