@@ -22,13 +22,17 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import crdtstore
+from crdtstore.membership import StatusChange
+from crdtstore.membership.observed import MemberView
 from crdtstore.membership.view import Member
 from crdtstore.storage.journal import Change
+from crdtstore.storage.member_watch import MemberWatchHandle
 
 T = TypeVar("T")
+E = TypeVar("E")
 _MISSING = object()
 
 
@@ -80,7 +84,26 @@ class AsyncNode:
         return await self._run(run)
 
     async def members(self) -> list[Member]:
+        """As ``Node.members``: the role holder's failure detector's verdicts, in any
+        process sharing the directory (``unknown`` while its view is stale)."""
         return await self._run(self.node.members)
+
+    async def member_view(self) -> MemberView:
+        return await self._run(self.node.member_view)
+
+    async def watch_members(self, maxsize: int = 10_000) -> MemberChanges:
+        """Subscribe to every member status change from now on (see
+        ``Node.watch_members``), in any process sharing the directory::
+
+            async with await node.watch_members() as changes:
+                async for change in changes:
+                    ...
+
+        A consumer ``maxsize`` changes behind loses the oldest (counted in
+        ``node.stats["aio_member_changes_dropped"]``)."""
+        queue = _LoopQueue[StatusChange](self.node, maxsize, "aio_member_changes_dropped")
+        handle = await self._run(self.node.watch_members, queue.put_threadsafe)
+        return MemberChanges(queue, handle)
 
     async def changes(
         self, namespace: str | None = None, maxsize: int = 10_000
@@ -88,24 +111,60 @@ class AsyncNode:
         """Every later change of ``namespace`` (None: all), local, remote or from other
         processes. A consumer that falls ``maxsize`` events behind loses the oldest
         (counted in ``node.stats["aio_changes_dropped"]``) rather than growing memory."""
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Change] = asyncio.Queue(maxsize)
-
-        def put(change: Change) -> None:
-            if queue.full():
-                queue.get_nowait()
-                self.node.stats["aio_changes_dropped"] += 1
-            queue.put_nowait(change)
-
-        def from_watcher_thread(change: Change) -> None:
-            loop.call_soon_threadsafe(put, change)
-
-        handle = self.node.watch(namespace, from_watcher_thread)
+        queue = _LoopQueue[Change](self.node, maxsize, "aio_changes_dropped")
+        handle = self.node.watch(namespace, queue.put_threadsafe)
         try:
             while True:
                 yield await queue.get()
         finally:
             handle.cancel()
+
+
+class MemberChanges:
+    """The member status changes after ``AsyncNode.watch_members()`` returned, as an async
+    iterator; ``cancel()`` (or leaving ``async with``) stops them."""
+
+    def __init__(self, queue: _LoopQueue[StatusChange], handle: MemberWatchHandle) -> None:
+        self._queue = queue
+        self._handle = handle
+
+    def __aiter__(self) -> MemberChanges:
+        return self
+
+    async def __anext__(self) -> StatusChange:
+        return await self._queue.get()
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+    async def __aenter__(self) -> MemberChanges:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+
+class _LoopQueue(Generic[E]):
+    """Events from a node's thread to the running loop, at most ``maxsize`` waiting: when
+    full, the oldest is dropped and counted in ``node.stats[counter]``."""
+
+    def __init__(self, node: crdtstore.Node, maxsize: int, counter: str) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue[E] = asyncio.Queue(maxsize)
+        self._node = node
+        self._counter = counter
+
+    def put_threadsafe(self, event: E) -> None:
+        self._loop.call_soon_threadsafe(self._put, event)
+
+    def _put(self, event: E) -> None:
+        if self._queue.full():
+            self._queue.get_nowait()
+            self._node.stats[self._counter] += 1
+        self._queue.put_nowait(event)
+
+    async def get(self) -> E:
+        return await self._queue.get()
 
 
 class AsyncLWWMap:

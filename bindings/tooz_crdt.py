@@ -19,14 +19,19 @@ Layout (namespaces, all LWW-maps):
 - ``tooz.members.<group id in hex>``, one namespace per group (so listing a group reads
   only its own members): member id -> ``{"capabilities": ..., "created_at": ...,
   "updated_at": ...}``.
-- ``tooz.beats``: member id -> ``{"n": counter, "timeout": seconds}``.
+- ``tooz.beats``: member id -> ``{"n": counter, "timeout": seconds, "node": node id}``.
 
 Expiry never compares clocks of different hosts. A heartbeat bumps the member's counter;
 each observing process remembers, on its own monotonic clock, when it last saw each
 counter change, and stops listing a member whose counter has not changed for the
-member's timeout. A member is never deleted by an observer: during a partition each side
+member's timeout. And a member whose host's node is dead (or left) in the failure
+detector's view of the observer's directory is not listed either: every process sharing
+that directory reads the same view (``Node.member_view``), so they agree on it, within
+one refresh of the view, even one that started after the host died; and they do not
+wait out the member's timeout for it. A stale view (no process serves the directory)
+decides nothing. A member is never deleted by an observer: during a partition each side
 would otherwise boot the other side's members out for good; instead they reappear as
-soon as their heartbeats arrive again.
+soon as their heartbeats arrive again (and their node is alive again).
 
 Not offered, by design: locks and leader election need agreement between nodes (a
 consensus protocol); a CRDT store is available under partition precisely because it does
@@ -55,6 +60,10 @@ GROUPS = "tooz.groups"
 MEMBERS = "tooz.members"
 BEATS = "tooz.beats"
 DEFAULT_TIMEOUT = 30.0
+VIEW_REUSE_S = 0.1
+"""How long a driver reuses the node's member view it read: listing a group stays a few
+LMDB reads, and the view itself changes at most once a heartbeat."""
+GONE = frozenset({"dead", "left"})
 
 
 def _now_iso() -> str:
@@ -132,6 +141,7 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         self._views: dict[str, crdtstore.LWWMapView] = {}
         self._seen: dict[bytes, tuple[int, float]] = {}
         self._beats = 0
+        self._gone_nodes: tuple[float, frozenset[str]] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -209,16 +219,32 @@ class CrdtDriver(coordination.CoordinationDriverCachedRunWatchers):
         beats = self._map(BEATS)
         previous = beats.get(self._member_id)
         count = previous["n"] + 1 if isinstance(previous, dict) else self._beats
-        beats[self._member_id] = {"n": count, "timeout": self._timeout}
+        beats[self._member_id] = {"n": count, "timeout": self._timeout, "node": self.node.node_id}
 
     def heartbeat(self) -> float:
         self._beat()
         return self._timeout / 3
 
+    def _nodes_gone(self) -> frozenset[str]:
+        """Nodes dead or left in the directory's failure detector view (none if stale)."""
+        now = time.monotonic()
+        cached = self._gone_nodes
+        if cached is None or now - cached[0] > VIEW_REUSE_S:
+            view = self.node.member_view()
+            gone = frozenset(
+                m.node_id for m in view.members if view.stale is None and m.status in GONE
+            )
+            cached = self._gone_nodes = (now, gone)
+        return cached[1]
+
     def _alive(self, member_id: bytes, beats: Any) -> bool:
-        """Whether ``member_id``'s counter changed within its timeout, on our clock."""
+        """Whether ``member_id``'s counter changed within its timeout, on our clock, and
+        its node is not dead in the directory's member view."""
         beat = beats.get(member_id)
         if not isinstance(beat, dict):
+            return False
+        node = beat.get("node")  # absent in the beats of older drivers
+        if isinstance(node, str) and node in self._nodes_gone():
             return False
         now = time.monotonic()
         count, timeout = int(beat.get("n", 0)), float(beat.get("timeout", DEFAULT_TIMEOUT))

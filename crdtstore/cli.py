@@ -36,6 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--secret-key", type=Path, help="this node's CurveZMQ secret key file")
     serve.add_argument("--keys-dir", type=Path, help="directory of allowed peers' public keys")
+    serve.add_argument(
+        "--leave-on-terminate",
+        action="store_true",
+        default=None,
+        help="on SIGTERM, leave the cluster gracefully (peers see 'left'); default: a stop "
+        "is a restart to be (peers see the node suspect, then dead, until it returns)",
+    )
     serve.add_argument("--log-level", default="INFO")
 
     demo = sub.add_parser("demo", help="run a 3-node cluster on loopback and show it converge")
@@ -63,6 +70,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         "topics": args.topic,
         "secret_key": None if args.secret_key is None else str(args.secret_key),
         "keys_dir": None if args.keys_dir is None else str(args.keys_dir),
+        "leave_on_terminate": args.leave_on_terminate,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
     if "data" not in options:
@@ -103,9 +111,12 @@ def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> i
     options = serve_options(args)
     data = Path(options.pop("data"))
     stop = threading.Event()
+    terminated = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
         logging.getLogger("crdtstore.serve").info("signal %d: stopping", signum)
+        if signum == signal.SIGTERM:
+            terminated.set()
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -141,6 +152,9 @@ def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> i
                 logging.getLogger("crdtstore.serve").info("SIGHUP: keys directory reloaded")
             except (crdtstore.Error, TransportError) as exc:
                 logging.getLogger("crdtstore.serve").error("SIGHUP: reload failed: %s", exc)
+        if terminated.is_set() and node.settings.leave_on_terminate:
+            logging.getLogger("crdtstore.serve").info("SIGTERM: leaving the cluster")
+            node.leave()
     return 0
 
 

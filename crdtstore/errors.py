@@ -44,5 +44,9 @@ class ClosedError(Error):
     """The node (or one of its handles) was used after ``close()``."""
 
 
+class RoleHeld(Error):
+    """Another process holds the directory's network role: it, not this one, serves it."""
+
+
 class NotReplicated(Error):
     """A namespace outside the node's declared topics was written to."""

@@ -36,15 +36,25 @@ from collections.abc import (
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from crdtstore.addresses import check_bind, check_seeds
 from crdtstore.crdt import check_key
-from crdtstore.errors import ClosedError, Error, InvalidValue, NotReplicated
+from crdtstore.errors import ClosedError, Error, InvalidValue, NotReplicated, RoleHeld
 from crdtstore.membership import MEMBERS_NAMESPACE, StatusChange
-from crdtstore.membership.view import Member, members_from_records
+from crdtstore.membership.observed import (
+    MemberView,
+    Observation,
+    ViewStamp,
+    observed_members,
+    staleness,
+)
+from crdtstore.membership.view import Member, parse_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
 from crdtstore.storage.journal import Change
 from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
 from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
+from crdtstore.storage.member_view import MemberViewStore
+from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
 
@@ -63,6 +73,10 @@ TOPICS_RECHECK_S = 1.0
 ORSET = "or_set"
 
 
+def _wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 def open(
     path: str | os.PathLike[str],
     node_id: str | None = None,
@@ -76,14 +90,16 @@ def open(
 
     ``node_id``: the node's id; generated and persisted on first open when None;
     reopening with another id raises :class:`~crdtstore.errors.IdentityMismatch`.
-    ``bind``: the address to serve the network on; None makes a local-only replica.
-    With ``bind``, the node takes the directory's network role if it is free, and keeps
-    trying while another process holds it. ``seeds``: addresses of nodes to join through.
+    ``bind``: the address to serve the network on (``tcp://HOST:PORT``); None makes a
+    local-only replica. With ``bind``, the node takes the directory's network role; if
+    another process holds it, :class:`~crdtstore.errors.RoleHeld` names that process
+    (with ``role_standby=True`` the node waits instead, and takes over when it stops).
+    ``seeds``: a list of addresses of nodes to join through.
     ``clock``: the wall clock this process reads, in ms since the epoch, for its write
     stamps and, with ``bind``, its replication and failure detection (default: the
     system's); a test gives a shifted one to run a node whose clock is off.
-    ``settings``: any field of :class:`~crdtstore.settings.NodeSettings`; unknown names
-    raise :class:`~crdtstore.errors.InvalidValue`.
+    ``settings``: any field of :class:`~crdtstore.settings.NodeSettings`; unknown names,
+    and malformed addresses, raise :class:`~crdtstore.errors.InvalidValue`.
     """
     return Node(
         path,
@@ -110,8 +126,8 @@ class Node:
     ) -> None:
         self.settings = settings if settings is not None else NodeSettings()
         self.path = os.fspath(path)
-        self.bind = bind
-        self.seeds: tuple[str, ...] = tuple(seeds)
+        self.bind = None if bind is None else check_bind(bind)
+        self.seeds: tuple[str, ...] = check_seeds(seeds)
         self.stats: Counter[str] = Counter()
         self.on_commit: list[Callable[[], None]] = []
         self.on_role_acquired: list[Callable[[], None]] = []
@@ -137,6 +153,9 @@ class Node:
         self._role: NetworkRole | None = None
         self._role_stop = threading.Event()
         self._role_thread: threading.Thread | None = None
+        self._view_lock = threading.Lock()
+        self._view: MemberViewStore | None = None
+        self._member_watcher: MemberWatcher | None = None
         if bind is not None:
             try:
                 self._want_role()
@@ -183,21 +202,59 @@ class Node:
     def members(self) -> list[Member]:
         """Members as seen locally, with status, sorted by id; this node included.
 
-        Works without the network role too (for example in a process sharing the directory
-        with the daemon): it then reports the replicated member records, with the status
-        they imply (``alive`` or ``left``) since only the role holder detects failures.
+        In every process sharing the directory, the statuses are those of the failure
+        detector of the process holding the network role (which keeps its view in the
+        directory), within one ``member_view_interval_ms``. While no process holds the
+        role, or its holder stopped updating the view, no other member is claimed alive:
+        each reads ``unknown``, with when it was last heard and observed;
+        :meth:`member_view` says why the view is stale.
         """
+        return self.member_view().members
+
+    def member_view(self) -> MemberView:
+        """:meth:`members`, with whose failure detector they come from and whether its
+        view is current (``stale`` is None) or why not."""
         self._check()
+        now = _wall_ms()
         network = self._network
         if network is not None:
-            return list(network.members())
-        members = members_from_records(self.node_id, self._member_values(), None)
+            members = list(network.members())
+            return MemberView(members, None, os.getpid(), network.router_address, now)
+        stamp, observations, stale = self._read_view(now)
+        records, rejected = parse_records(self._member_values())
+        self.stats["rejected_member_record"] += rejected
+        observed_at = None if stamp is None else stamp.written_at_ms
+        members = observed_members(
+            self.node_id, records, observations, observed_at, stale is not None
+        )
         if not any(m.is_self for m in members):
             # Never networked: the node is a cluster of one, with no addresses yet.
             topics = self.settings.topics
             me = Member(self.node_id, "alive", 0, "", "", topics, None, 0, None, True)
             members = sorted([*members, me], key=lambda m: m.node_id)
-        return members
+        return MemberView(
+            members,
+            stale,
+            None if stamp is None else stamp.pid,
+            None if stamp is None else stamp.router,
+            observed_at,
+        )
+
+    def _read_view(self, now: int) -> tuple[ViewStamp | None, dict[str, Observation], str | None]:
+        """The directory's member view: stamp, rows, and why it is stale (or None)."""
+        with self._view_lock:
+            if self._view is None:
+                self._view = MemberViewStore.open_existing(self.path, self.stats)
+            view = self._view
+            if view is None:
+                return None, {}, staleness(None, now, pid_running)
+            stamp, observations = view.read()
+            stale = staleness(stamp, now, pid_running)
+            if stale is not None and view.replaced():
+                # A new holder replaced a damaged file: read the new one from now on.
+                view.close()
+                self._view = None
+            return stamp, observations, stale
 
     def reload_keys(self) -> None:
         """Re-read the CurveZMQ keys directory (the allow-list of member public keys)."""
@@ -207,19 +264,28 @@ class Node:
             raise Error("reload_keys needs a node holding the network role (open with bind)")
         network.transport.reload_keys()
 
-    def watch_members(self, callback: Callable[[StatusChange], None]) -> None:
+    def watch_members(self, callback: Callable[[StatusChange], None]) -> MemberWatchHandle:
         """Call ``callback(change)`` whenever a member joins, becomes suspect, dead, alive
-        again (new incarnation) or leaves, as this node's failure detector sees it.
+        again (new incarnation) or leaves, as the failure detector of the process holding
+        the directory's network role sees it; in any process sharing the directory.
 
-        Needs the network role (a node with ``bind``); it runs on the replicator thread,
-        so the callback must be quick. Processes without the role can follow the member
-        records with ``node.watch("__members", ...)`` instead.
+        While no process holds the role (or its holder stopped updating its view) every
+        member not left is reported once as ``MemberStatus.UNKNOWN``. Callbacks run on the
+        node's member-watch thread, every ``watch_poll_interval_ms``; ``handle.cancel()``
+        stops them.
         """
         self._check()
-        network = self._network
-        if network is None:
-            raise Error("watch_members needs a node holding the network role (open with bind)")
-        network.watch_members(callback)
+        with self._view_lock:
+            if self._member_watcher is None:
+                self._member_watcher = MemberWatcher(
+                    self.path,
+                    self.stats,
+                    self.settings.watch_poll_interval_ms / 1000,
+                    _wall_ms,
+                    pid_running,
+                )
+            watcher = self._member_watcher
+        return watcher.subscribe(callback)
 
     def _member_values(self) -> dict[str, Any]:
         ns = self._replica.namespaces().get(MEMBERS_NAMESPACE)
@@ -261,6 +327,13 @@ class Node:
             finally:
                 self._network = None
         self._watcher.stop()
+        with self._view_lock:
+            member_watcher, self._member_watcher = self._member_watcher, None
+            view, self._view = self._view, None
+        if member_watcher is not None:  # outside the lock: a callback may read members()
+            member_watcher.stop()
+        if view is not None:
+            view.close()
         if self._role is not None:
             self._role.release()
         self._replica.close()
@@ -285,6 +358,13 @@ class Node:
         if self._role.try_acquire():
             self._role_taken()  # a bind failure raises here, from open()
             return
+        if not self.settings.role_standby:
+            pid, address = self._role.holder()
+            raise RoleHeld(
+                f"{self.path} is already served by pid {pid or '?'}"
+                f"{f' on {address}' if address else ''}: open it without bind to share it "
+                "with that process (or with role_standby=True to take over when it stops)"
+            )
         interval = self.settings.role_poll_interval_ms / 1000
 
         def poll() -> None:
@@ -309,6 +389,8 @@ class Node:
 
         assert self.bind is not None
         replicator = start_replicator(self, self.bind, self.seeds)
+        if self._role is not None and replicator.router_address is not None:
+            self._role.announce(replicator.router_address)
         self._attach_network(replicator)
         self.on_commit.append(replicator.notify_commit)
         self._run_hooks(self.on_role_acquired, "role_hook_errors")

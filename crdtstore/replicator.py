@@ -2,10 +2,13 @@
 
 Theory of operation. The sync engine (``crdtstore.sync``) decides what to send and when;
 the failure detector (``crdtstore.membership``) decides who is alive; the transport moves
-frames. This module is the only place they meet, and the only one with a thread: the
-replicator's thread owns the engine and the detector (neither is thread-safe) and is the
-transport's single consumer. Application threads reach it only through ``notify_commit``,
-which sets a flag the thread reads, so a write never waits for the network.
+frames. This module is the only place they meet. The replicator's thread owns the engine
+(not thread-safe) and is the single consumer of the transport's deliveries; heartbeats
+travel apart, on the transport's express pipe, to the detector's own thread
+(:mod:`crdtstore.liveness`), so no apply work here delays them, and this thread acts on
+the status changes that thread reports. Application threads reach the replicator only
+through ``notify_commit``, which sets a flag the thread reads, so a write never waits for
+the network.
 
 Framing: direct messages carry a one-byte channel (``S`` sync engine, ``M`` membership)
 so each goes to its owner without decoding twice. Published topics end in a NUL byte,
@@ -40,17 +43,16 @@ from typing import TYPE_CHECKING, Any
 
 import zmq.auth
 
+from crdtstore.addresses import check_bind, split_tcp
 from crdtstore.errors import ClosedError, DecodeError, Error
-from crdtstore.membership import (
-    MEMBERS_NAMESPACE,
-    FailureDetector,
-    MemberRecord,
-    MemberStatus,
-    StatusChange,
-)
+from crdtstore.liveness import Liveness
+from crdtstore.membership import MEMBERS_NAMESPACE, MemberRecord, MemberStatus, StatusChange
 from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
 from crdtstore.membership.messages import Heartbeat, Hello
-from crdtstore.membership.view import Member, members_view, parse_records
+from crdtstore.membership.observed import observed_members
+from crdtstore.membership.seeds import SeedWatch
+from crdtstore.membership.view import Member, parse_records
+from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
 from crdtstore.sync.settings import SyncSettings
@@ -89,10 +91,8 @@ def derive_pub_address(router: str) -> str:
     relies on a port convention (``router + 1`` would collide with a neighbour's ROUTER
     on consecutive ports, as in ``tcp://127.0.0.1:7101`` / ``:7102``).
     """
-    head, sep, port = router.rpartition(":")
-    if not sep or not head.startswith("tcp://") or not (port.isdigit() or port == "*"):
-        raise Error(f"bind address {router!r} must look like tcp://HOST:PORT")
-    return f"{head}:*"
+    host, _ = split_tcp(check_bind(router), "bind address")
+    return f"tcp://{host}:*"
 
 
 def parse_seed(seed: str, keys_dir: str | None) -> tuple[str, bytes | None]:
@@ -133,23 +133,29 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
     incarnation = 1
     if isinstance(previous, dict) and isinstance(previous.get("incarnation"), int):
         incarnation = previous["incarnation"] + 1  # a restart outranks the old self
-    replicator = Replicator(
-        replica=node.replica,
-        write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
-        delete_record=node._delete_member,
-        read_records=node._member_values,
-        bind=bind,
-        pub_bind=settings.pub_bind or derive_pub_address(bind),
-        seeds=parsed,
-        settings=settings,
-        sync_settings=sync_settings,
-        transport_settings=transport_settings,
-        curve=curve,
-        topics=node.topics,
-        status_path=os.path.join(node.path, STATUS_FILE),
-        extra_stats=lambda: dict(node.stats),
-        clock=node.replica.now_ms,
-    )
+    member_view = MemberViewStore.open_for_writing(node.path, node.stats)
+    try:
+        replicator = Replicator(
+            replica=node.replica,
+            write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
+            delete_record=node._delete_member,
+            read_records=node._member_values,
+            bind=bind,
+            pub_bind=settings.pub_bind or derive_pub_address(bind),
+            seeds=parsed,
+            settings=settings,
+            sync_settings=sync_settings,
+            transport_settings=transport_settings,
+            curve=curve,
+            topics=node.topics,
+            status_path=os.path.join(node.path, STATUS_FILE),
+            extra_stats=lambda: dict(node.stats),
+            member_view=member_view,
+            clock=node.replica.now_ms,
+        )
+    except BaseException:
+        member_view.close()
+        raise
     try:
         replicator.start(incarnation)
     except BaseException:
@@ -159,7 +165,7 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
 
 
 class Replicator:
-    """Owns the transport, the sync engine and the failure detector of one node."""
+    """Owns the transport, the sync engine and the liveness (failure detector) of one node."""
 
     def __init__(
         self,
@@ -179,6 +185,7 @@ class Replicator:
         status_path: str | None = None,
         extra_stats: Callable[[], dict[str, int]] | None = None,
         on_status: Callable[[StatusChange], None] | None = None,
+        member_view: MemberViewStore | None = None,
         clock: Callable[[], int] = now_ms,
     ) -> None:
         self.node_id: str = replica.node_id
@@ -201,13 +208,26 @@ class Replicator:
             pub_bind=pub_bind,
             settings=transport_settings,
             curve=curve,
+            express_topics=frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
         )
         self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
-        self._last_beat = 0
-        self.detector = FailureDetector(
+        self._member_view = member_view
+        self.clocks = ClockOffsets(settings.max_clock_drift_ms)
+        # The liveness thread observes clocks in heartbeats; this one in hellos and ticks.
+        self._clocks_lock = threading.Lock()
+        self.liveness = Liveness(
+            node_id=self.node_id,
+            transport=self.transport,
+            heartbeat_topic=topic_bytes(HEARTBEAT_TOPIC),
+            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            on_heartbeat=self._heard_clock,
+            heartbeat_clocks=self._clocks_off,
             suspect_after_ms=settings.suspect_after_ms,
             dead_after_ms=settings.dead_after_ms,
-            tick_interval_ms=settings.heartbeat_interval_ms,
+            view_interval_ms=settings.member_view_interval_ms,
+            view=member_view,
+            clock=clock,
+            poll_ms=settings.poll_ms,
         )
         self._records: dict[str, MemberRecord] = {}
         # Records hellos brought, of lives newer than the replicated record (or with none).
@@ -232,9 +252,13 @@ class Replicator:
         self._leave_confirmed = threading.Event()
         self._leave_timeout_s = 3 * sync_settings.digest_interval_ms / 1000
         self._seed_aliases: set[bytes] = set()
+        # A seed silent for three greetings is unreachable (counted, logged now and then).
+        self._seed_watch = SeedWatch(
+            patience_ms=3 * settings.hello_interval_ms,
+            warn_every_ms=sync_settings.log_interval_ms,
+        )
         self._record_addrs: dict[str, tuple[str, str]] = {}
         self._partitioned: set[str] = set()
-        self._watchers: list[Callable[[StatusChange], None]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
@@ -257,6 +281,7 @@ class Replicator:
         self._write_own_record(self._own)
         for topic in self._subscriptions():
             self.transport.subscribe(topic)
+        self.liveness.start(incarnation, router)
         self._thread = threading.Thread(
             target=self._run, name=f"crdtstore-replicator-{self.node_id}", daemon=True
         )
@@ -276,7 +301,10 @@ class Replicator:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        self.liveness.close()
         self.transport.close()
+        if self._member_view is not None:
+            self._member_view.close()
 
     def notify_commit(self) -> None:
         """Called after any local commit: publish the new own deltas soon."""
@@ -294,14 +322,14 @@ class Replicator:
     def _run(self) -> None:
         interval = self._settings.sync_tick_ms
         next_tick = 0
-        next_heartbeat = 0
+        next_membership = 0
         next_hello = 0
         next_status = 0
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
         while not self._stop.is_set():
             now = self._clock()
-            due = min(next_tick, next_heartbeat)
+            due = min(next_tick, next_membership)
             if self._commit_pending.is_set():
                 due = min(due, next_publish)
             wait_ms = max(0, due - now)
@@ -322,8 +350,9 @@ class Replicator:
                     # Other processes sharing the directory commit without notifying us.
                     self._emit(self.engine.on_local_commit(now))
                     self._emit(self.engine.on_tick(now))
-                if now >= next_heartbeat:
-                    next_heartbeat = now + self._settings.heartbeat_interval_ms
+                self._take_liveness()
+                if now >= next_membership:
+                    next_membership = now + self._settings.heartbeat_interval_ms
                     self._membership_tick(now)
                 if now >= next_status and self._status_path is not None:
                     next_status = now + self._settings.status_interval_ms
@@ -332,7 +361,7 @@ class Replicator:
                     self._leave_confirmed.set()
                 if now >= next_hello:
                     next_hello = now + self._settings.hello_interval_ms
-                    self._greet_seeds()
+                    self._greet_seeds(now)
             except ClosedError:
                 return  # the node is closing under us; close() stops this thread next
             except Exception:  # one bad message or bug must not kill the node's replication
@@ -354,10 +383,11 @@ class Replicator:
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
             "behind": self.engine.behind(),
-            "local_health": self.detector.local_health,
+            "local_health": self.liveness.local_health,
             "sync": dict(self.engine.stats),
             "transport": self.transport.stats(),
             "replicator": dict(self.stats),
+            "liveness": dict(self.liveness.stats),
             "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
         }
 
@@ -402,8 +432,7 @@ class Replicator:
                 if not topic.endswith(b"\x00"):
                     self.stats["rejected_topic"] += 1
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
-                    self._engine_frames(frames, now)
-                    self._on_membership_message(None, delivery.payload, now)
+                    self.liveness.on_delivery(delivery, now)  # the express pipe carries them
                 else:
                     source = (delivery.peer or b"").decode("utf-8", "replace")
                     frames.append(("", delivery.payload, source))
@@ -422,7 +451,7 @@ class Replicator:
     def _engine_frames(self, frames: list[tuple[str, bytes, str | None]], now: int) -> None:
         """Hand the frames collected so far to the engine together, and empty the list."""
         if frames:
-            outgoing = self.engine.on_messages(frames, now, progress=self._keepalive)
+            outgoing = self.engine.on_messages(frames, now)
             frames.clear()
             self._emit(outgoing)
 
@@ -441,21 +470,7 @@ class Replicator:
             self.stats["rejected_membership"] += 1
             log.debug("membership: undecodable message from %r: %s", peer, exc)
             return
-        if isinstance(msg, Heartbeat):
-            if msg.node_id == self.node_id:
-                return
-            self._status_changes(self.detector.heard(msg.node_id, msg.incarnation, now))
-            if msg.clock_ms is not None:
-                self.clocks.observe(msg.node_id, msg.clock_ms, now)
-                self.clocks.told(msg.node_id, msg.clocks_off.get(self.node_id))
-            mine = msg.suspects.get(self.node_id)
-            if mine is not None and self._own is not None and mine >= self._own.incarnation:
-                # Someone suspects this node at its current incarnation: refute (SWIM).
-                self._own = _replace(self._own, incarnation=mine + 1)
-                self._write_own_record(self._own)
-                self._commit_pending.set()
-                self.stats["refutations"] += 1
-        elif isinstance(msg, Hello) and peer:
+        if isinstance(msg, Hello) and peer:
             if msg.node_id == self.node_id:
                 return
             if peer != msg.node_id and not peer.startswith(SEED_PREFIX.decode()):
@@ -473,13 +488,17 @@ class Replicator:
                 # only a new life, at a higher incarnation, comes back.
                 self.stats["hellos_after_leave"] += 1
                 return
+            if peer.startswith(SEED_PREFIX.decode()):
+                self._seed_watch.answered(peer.removeprefix(SEED_PREFIX.decode()))
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
             offset = None
             if msg.clock_ms is not None:
                 offset = msg.clock_ms - now
-                self.clocks.observe(msg.node_id, msg.clock_ms, now)
+                with self._clocks_lock:
+                    self.clocks.observe(msg.node_id, msg.clock_ms, now)
             if msg.reply:
-                self.clocks.told(msg.node_id, msg.offset_ms)
+                with self._clocks_lock:
+                    self.clocks.told(msg.node_id, msg.offset_ms)
             if record is not None:
                 # Not "heard" for the failure detector: its heartbeats, once this node's
                 # subscription to it is up, are (a leave right after a hello would
@@ -491,7 +510,7 @@ class Replicator:
         else:
             self.stats["rejected_membership"] += 1
 
-    def _greet_seeds(self) -> None:
+    def _greet_seeds(self, now: int) -> None:
         """Say hello to every seed until some member other than this node is connected."""
         if self._own is None:
             return
@@ -506,6 +525,16 @@ class Replicator:
             if addr == self._own.router:
                 continue
             alias = SEED_PREFIX + addr.encode()
+            silent_ms = self._seed_watch.greeted(addr, now)
+            if silent_ms is not None:
+                self.stats["seed_unanswered"] += 1
+                if self._seed_watch.should_warn(addr, now):
+                    log.warning(
+                        "seed %s has not answered for %.0f s (not running, or not reachable "
+                        "from here?); still trying",
+                        addr,
+                        silent_ms / 1000,
+                    )
             if alias not in self._seed_aliases:
                 self.transport.connect_peer(alias, addr, None, key)
                 self._seed_aliases.add(alias)
@@ -530,30 +559,34 @@ class Replicator:
 
     def _membership_tick(self, now: int) -> None:
         self._apply_partition_file()
-        self._heartbeat(now)
         self._refresh_records(now)
-        self._status_changes(self.detector.tick(now))
         self._check_clocks(now)
 
-    def _heartbeat(self, now: int) -> None:
-        if self._own is not None:
-            self._last_beat = now
-            beat = Heartbeat(
-                self.node_id,
-                self._own.incarnation,
-                self.detector.suspected(),
-                clock_ms=now,
-                clocks_off=self.clocks.beyond_limit(self._live_peers()),
-            )
-            self.transport.publish(topic_bytes(HEARTBEAT_TOPIC), encode_message(beat))
+    def _take_liveness(self) -> None:
+        """Act on what the liveness thread decided since the last call."""
+        self._status_changes(self.liveness.take_changes())
+        refuted = self.liveness.take_refutation()
+        if refuted is not None and self._own is not None and refuted > self._own.incarnation:
+            # Our heartbeats carry the new incarnation already; the record follows.
+            self._own = _replace(self._own, incarnation=refuted)
+            self._write_own_record(self._own)
+            self._commit_pending.set()
+            self.stats["refutations"] += 1
 
-    def _keepalive(self) -> None:
-        """The engine's hook during a long step (a bootstrap's apply): heartbeat when one
-        is due, and nothing else (this thread is inside a write transaction)."""
-        now = self._clock()
-        if now - self._last_beat >= self._settings.heartbeat_interval_ms:
-            self.stats["heartbeats_during_apply"] += 1
-            self._heartbeat(now)
+    def _heard_clock(self, beat: Heartbeat, now: int) -> None:
+        """On the liveness thread: a peer's heartbeat carries its clock, and what it
+        thinks of ours."""
+        if beat.clock_ms is not None:
+            with self._clocks_lock:
+                self.clocks.observe(beat.node_id, beat.clock_ms, now)
+                self.clocks.told(beat.node_id, beat.clocks_off.get(self.node_id))
+
+    def _clocks_off(self) -> dict[str, int]:
+        """On the liveness thread: the live members whose clocks are beyond the limit of
+        ours, for our next heartbeat (so each is told)."""
+        live = self._live_peers()
+        with self._clocks_lock:
+            return self.clocks.beyond_limit(live)
 
     def _refresh_records(self, now: int) -> None:
         records, rejected = parse_records(self._read_records())
@@ -564,7 +597,8 @@ class Replicator:
             if node_id == self.node_id:
                 if self._own is not None and record.incarnation > self._own.incarnation:
                     # An older life of this node wrote a higher one (clock of restarts).
-                    self._own = _replace(self._own, incarnation=record.incarnation + 1)
+                    incarnation = self.liveness.raise_incarnation(record.incarnation + 1)
+                    self._own = _replace(self._own, incarnation=incarnation)
                     self._write_own_record(self._own)
                 continue
             # A record of a past life: the member came back (a hello, a heartbeat) before
@@ -576,7 +610,7 @@ class Replicator:
             if not past:
                 self._forget_introduction(node_id)  # the replicated record caught up
                 self._status_changes(
-                    self.detector.add(node_id, record.incarnation, now, record.left)
+                    self.liveness.add(node_id, record.incarnation, now, record.left)
                 )
             left = record.left and not past
             if left or self._dead(node_id):
@@ -584,14 +618,15 @@ class Replicator:
                 # after a partition heals, its heartbeats are how we learn it refuted.
                 if left:
                     self._disconnect(node_id)
-                since = self.detector.last_heard_ms(node_id) or record.started_at_ms
+                since = self.liveness.last_heard_ms(node_id) or record.started_at_ms
                 if now - since > self._settings.prune_after_ms:
                     # Metadata of a member gone for good; its own later write survives this.
                     self._disconnect(node_id)
                     self._delete_record(node_id)
                     self._forget_introduction(node_id)
-                    self.detector.forget(node_id)
-                    self.clocks.forget(node_id)
+                    self.liveness.forget(node_id)
+                    with self._clocks_lock:
+                        self.clocks.forget(node_id)
                     self.stats["members_pruned"] += 1
             elif not past and self._record_addrs.get(node_id) != (record.router, record.pub):
                 # Only a changed record moves the connection: a Hello from a restarted
@@ -600,7 +635,7 @@ class Replicator:
                 self._connect(node_id, record.router, record.pub, record.public_key, greet=True)
         silent_limit = self._settings.suspect_after_ms + self._settings.dead_after_ms
         for node_id, introduced in list(self._introduced.items()):
-            if (self.detector.incarnation(node_id) or 0) < introduced.incarnation:
+            if (self.liveness.incarnation_of(node_id) or 0) < introduced.incarnation:
                 # Said hello at this life, and not heard since: given the timeouts of a
                 # silent member, then forgotten (a record, if any, speaks for it again).
                 if now - self._introduced_at[node_id] > silent_limit:
@@ -609,34 +644,35 @@ class Replicator:
                         self._disconnect(node_id)
                     self.stats["introductions_expired"] += 1
                 continue
-            heard = self.detector.last_heard_ms(node_id)
+            heard = self.liveness.last_heard_ms(node_id)
             if (
                 node_id not in records
-                and self.detector.status(node_id) is MemberStatus.DEAD
+                and self.liveness.status(node_id) is MemberStatus.DEAD
                 and heard is not None
                 and now - heard > self._settings.prune_after_ms
             ):
                 # Known by its hello alone, and gone: forgotten as a pruned record would be.
                 self._forget_introduction(node_id)
                 self._disconnect(node_id)
-                self.detector.forget(node_id)
-                self.clocks.forget(node_id)
+                self.liveness.forget(node_id)
+                with self._clocks_lock:
+                    self.clocks.forget(node_id)
                 self.stats["members_pruned"] += 1
 
     def _dead(self, node_id: str) -> bool:
         """Dead at its newest life: a hello of a later one (a restart) is not yet heard
         by the detector, and says that life is not dead."""
         introduced = self._introduced.get(node_id)
-        return self.detector.status(node_id) is MemberStatus.DEAD and (
+        return self.liveness.status(node_id) is MemberStatus.DEAD and (
             introduced is None
-            or introduced.incarnation <= (self.detector.incarnation(node_id) or 0)
+            or introduced.incarnation <= (self.liveness.incarnation_of(node_id) or 0)
         )
 
     def _newest_incarnation(self, node_id: str) -> int:
         """The newest life of ``node_id`` this node heard of outside its replicated record."""
         introduced = self._introduced.get(node_id)
         return max(
-            self.detector.incarnation(node_id) or 0,
+            self.liveness.incarnation_of(node_id) or 0,
             0 if introduced is None else introduced.incarnation,
         )
 
@@ -663,8 +699,8 @@ class Replicator:
     def _live_peers(self) -> list[str]:
         return [
             n
-            for n in self.detector.known()
-            if self.detector.status(n) in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+            for n in self.liveness.known()
+            if self.liveness.status(n) in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
         ]
 
     def _check_clocks(self, now: int) -> None:
@@ -672,10 +708,14 @@ class Replicator:
         node's estimate or by what the member says (error level, at most once per log
         interval per member); refresh what members() shows of clocks."""
         live = self._live_peers()
-        judgement = self.clocks.judge(self.node_id, live)
-        told = {n: o for n, o in self.clocks.told_by().items() if n in live}
+        known = self.liveness.known()
+        with self._clocks_lock:
+            judgement = self.clocks.judge(self.node_id, live)
+            told = {n: o for n, o in self.clocks.told_by().items() if n in live}
+            beyond = self.clocks.beyond_limit(live)
+            offsets = {n: o for n in known if (o := self.clocks.offset(n)) is not None}
         disagree = {n: -o for n, o in told.items()}
-        disagree.update(self.clocks.beyond_limit(live))  # our own estimate first
+        disagree.update(beyond)  # our own estimate first
         for node_id in sorted(self._clocks_disagree - disagree.keys()):
             log.info("clock: member %s is within max_clock_drift_ms again", node_id)
         for node_id, offset in sorted(disagree.items()):
@@ -686,7 +726,6 @@ class Replicator:
                 self._clock_logged[node_id] = now
                 log.error("%s", clock_alarm(node_id, offset, self.clocks.max_drift_ms, judgement))
         self._clocks_disagree = set(disagree)
-        offsets = {n: o for n in self.detector.known() if (o := self.clocks.offset(n)) is not None}
         with self._lock:
             self._clock_view = judgement, offsets, told
 
@@ -720,14 +759,12 @@ class Replicator:
             elif change.new in (MemberStatus.DEAD, MemberStatus.LEFT):
                 # A dead peer must not hold back log trimming forever.
                 self._engine_remove(change.node_id)
-            for watcher in [self._on_status, *self._watchers]:
-                if watcher is None:
-                    continue
+            if self._on_status is not None:
                 try:
-                    watcher(change)
-                except Exception:  # a user's callback must not stop failure detection
+                    self._on_status(change)
+                except Exception:  # a hook's failure must not stop acting on the others
                     self.stats["member_watch_errors"] += 1
-                    log.exception("member watcher %r failed (counted)", watcher)
+                    log.exception("member status hook %r failed (counted)", self._on_status)
 
     def _connect(
         self, node_id: str, router: str, pub: str, key: str | None, greet: bool = False
@@ -782,39 +819,32 @@ class Replicator:
             self._engine_peers.discard(node_id)
             self.engine.remove_peer(node_id)
 
-    def watch_members(self, callback: Callable[[StatusChange], None]) -> None:
-        """Call ``callback(change)`` on every status change (on the replicator thread)."""
-        self._watchers.append(callback)
-
     def members(self) -> list[Member]:
         with self._lock:
             records = dict(self._records)
             introduced = dict(self._introduced)
             judgement, offsets, _ = self._clock_view
+        observations = self.liveness.observations()
         for node_id, record in introduced.items():
             # Shown once that life is heard (its heartbeats), as a record is once read.
             held = records.get(node_id)
-            heard = self.detector.incarnation(node_id) or 0
+            seen = observations.get(node_id)
+            heard = 0 if seen is None else seen.incarnation
             if (
                 held is None or held.incarnation < record.incarnation
             ) and heard >= record.incarnation:
                 records[node_id] = record
         if self._own is not None:
             records[self.node_id] = self._own
-
-        def verdict(node_id: str) -> tuple[MemberStatus | None, int | None, int | None]:
-            detector = self.detector
-            return (
-                detector.status(node_id),
-                detector.last_heard_ms(node_id),
-                detector.incarnation(node_id),
+        rows = observed_members(self.node_id, records, observations, self._clock(), stale=False)
+        return [
+            dataclasses.replace(
+                m,
+                clock_offset_ms=0 if m.is_self else offsets.get(m.node_id),
+                clock_off=m.node_id in judgement.off,
             )
-
-        def clock(node_id: str) -> tuple[int | None, bool]:
-            offset = 0 if node_id == self.node_id else offsets.get(node_id)
-            return offset, node_id in judgement.off
-
-        return members_view(self.node_id, records, verdict, clock)
+            for m in rows
+        ]
 
 
 def clock_alarm(node_id: str, offset: int, limit: int, judgement: ClockJudgement) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from crdtstore.addresses import check_bind
 from crdtstore.codec import MAX_VALUE_DEPTH
 from crdtstore.errors import InvalidValue
 
@@ -69,15 +70,22 @@ class NodeSettings:
 
     watch_poll_interval_ms: int = 50
     """How often a node's watcher thread polls the change journal for commits made by
-    other processes sharing the directory (commits of this process wake it at once)."""
+    other processes sharing the directory (commits of this process wake it at once), and
+    how often ``watch_members`` reads the directory's member view."""
 
     journal_max_entries: int = 10_000
     """Commits kept in the change journal. A watcher that falls further behind than this
     skips the trimmed commits (counted in ``stats["journal_overrun"]``)."""
 
+    role_standby: bool = False
+    """With ``bind``, when another process already holds the directory's network role:
+    False (the default) makes ``open`` raise :class:`~crdtstore.errors.RoleHeld`, naming
+    the holder's pid and address; True opens without the role, and takes it over
+    (binding then) once the holder stops."""
+
     role_poll_interval_ms: int = 200
-    """With ``bind``: how often a node that wants the network role while another process
-    holds it retries taking it."""
+    """With ``role_standby``: how often a node waiting for the network role tries to take
+    it."""
 
     iter_chunk: int = 1_000
     """Entries read per LMDB read transaction while iterating a namespace view. Each chunk
@@ -131,6 +139,17 @@ class NodeSettings:
     prune_after_ms: int = 24 * 3600 * 1000
     """A member that left, or has been dead this long, is removed from the member set."""
 
+    member_view_interval_ms: int = 1_000
+    """The role holder writes its failure detector's view into the directory (for every
+    process sharing it: ``members()``, ``watch_members()``, tooz) at once on each status
+    change, and at least this often otherwise (last-heard times, and a stamp that tells
+    readers the view is current; one older than three intervals reads as stale)."""
+
+    leave_on_terminate: bool = False
+    """``crdtstore serve`` only: SIGTERM announces a graceful leave (peers see ``left`` at
+    once) before stopping. False (the default): a stop is a restart to be, peers see the
+    node suspect, then dead, until it returns with a higher incarnation."""
+
     status_interval_ms: int = 1_000
     """How often the node with the network role writes ``status.json`` (members, per-peer
     lag, counters) into its directory for ``crdt-inspect DIR status``."""
@@ -159,6 +178,11 @@ class NodeSettings:
             raise InvalidValue(
                 f"setting topics={self.topics!r} must be a list of non-empty namespace names"
             )
+        for name in ("role_standby", "leave_on_terminate"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidValue(f"setting {name}={getattr(self, name)!r} must be true or false")
+        if self.pub_bind is not None:
+            check_bind(self.pub_bind, "pub_bind")
         for name in ("pub_bind", "secret_key", "keys_dir", "partition_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -211,6 +235,8 @@ NOT_COUNTS = frozenset(
         "keys_dir",
         "partition_file",
         "drop_publish_fraction",
+        "role_standby",
+        "leave_on_terminate",
     }
 )
 

@@ -2,7 +2,7 @@
 
 Invariants:
 - Only this thread touches the network sockets (ROUTER, PUB, per-peer DEALER and SUB),
-  their monitors, and the I/O ends of the two inproc pipes. It creates them, polls them
+  their monitors, and the I/O ends of the inproc pipes. It creates them, polls them
   and closes them before it exits. Application threads reach it only by commands.
 - Nothing received from the network can stop the loop: each message is handled inside its
   own ``try``; a failure is counted (``dropped_errors``), logged, and the loop continues.
@@ -160,6 +160,9 @@ class IOThreadConfig:
     curve: CurveKeys | None
     command_endpoint: str
     event_endpoint: str
+    express_endpoint: str | None = None
+    """Where publications on one of ``express_topics`` go instead of ``event_endpoint``."""
+    express_topics: frozenset[bytes] = frozenset()
 
 
 class IOThread(threading.Thread):
@@ -184,6 +187,7 @@ class IOThread(threading.Thread):
         self._owned: list[Socket] = []  # pipes, ROUTER, PUB, monitors: closed on exit
         self._commands: Socket | None = None
         self._events: Socket | None = None
+        self._express: Socket | None = None
         self._router: Socket | None = None
         self._pub: Socket | None = None
         self._peers: dict[bytes, _Peer] = {}
@@ -222,6 +226,10 @@ class IOThread(threading.Thread):
         self._events = self._own(zmq.PAIR)
         self._events.setsockopt(zmq.SNDHWM, self._settings.rcvhwm)
         self._events.connect(self._config.event_endpoint)
+        if self._config.express_endpoint is not None:
+            self._express = self._own(zmq.PAIR)
+            self._express.setsockopt(zmq.SNDHWM, self._settings.rcvhwm)
+            self._express.connect(self._config.express_endpoint)
         if self._config.router_bind is not None:
             self._router = self._bind_server(zmq.ROUTER, self._config.router_bind, "ROUTER")
             # No ROUTER_HANDOVER: our peers' connections never share a routing id, and a
@@ -324,10 +332,11 @@ class IOThread(threading.Thread):
                 self._counters.add("dropped_errors")
                 log.warning("dropped a message whose handling failed", exc_info=True)
 
-    def _emit(self, frames: list[bytes]) -> None:
-        assert self._events is not None
+    def _emit(self, frames: list[bytes], pipe: Socket | None = None) -> None:
+        pipe = self._events if pipe is None else pipe
+        assert pipe is not None
         try:
-            self._events.send_multipart(frames, zmq.NOBLOCK)
+            pipe.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             self._counters.add("events_dropped")
 
@@ -402,10 +411,12 @@ class IOThread(threading.Thread):
         if peer in self._dropped_peers:
             self._counters.add("partition_dropped")
             return
-        event = [pipes.EV_PUBLISH, frames[0].bytes, frames[1].bytes, self._pinned_user(peer), peer]
+        topic = frames[0].bytes
+        event = [pipes.EV_PUBLISH, topic, frames[1].bytes, self._pinned_user(peer), peer]
         # Counted before the hand-over, so a consumer that sees the delivery sees the count.
         self._counters.add("received_publish")
-        self._emit(event)
+        express = topic in self._config.express_topics
+        self._emit(event, self._express if express else None)
 
     def _pinned_user(self, peer: bytes) -> bytes:
         key = self._peers[peer].public_key

@@ -1,4 +1,4 @@
-"""Wire format of the two inproc PAIR pipes between application threads and the I/O thread.
+"""Wire format of the inproc PAIR pipes between application threads and the I/O thread.
 
 Commands (application -> I/O thread) are multipart messages ``[op, *args]``; events (I/O
 thread -> application) are ``[kind, *fields]``. Both ends run in this process and this

@@ -1,8 +1,9 @@
 """``Transport``: the application-side handle of one node's ZeroMQ I/O.
 
 Theory of operation. ``start`` creates a private ``zmq.Context``, the ZAP handler (with
-CURVE), two inproc PAIR pipes, and the I/O thread (``iothread.IOThread``), which creates,
-binds and polls every network socket. Application threads never touch a network socket:
+CURVE), two inproc PAIR pipes (three with ``express_topics``), and the I/O thread
+(``iothread.IOThread``), which creates, binds and polls every network socket. Application
+threads never touch a network socket:
 
 - Commands (publish, send, subscribe, connect_peer, ...) go down the command pipe. Any
   number of application threads may call them; one lock (``_command_lock``) serialises
@@ -11,6 +12,10 @@ binds and polls every network socket. Application threads never touch a network 
   as PUB/SUB itself. Control commands wait for room, at most ``COMMAND_TIMEOUT_MS``.
 - Deliveries come up the event pipe. ``recv`` is for ONE consumer thread at a time (a
   lock enforces it); it polls in short slices so ``close`` can take the pipe from it.
+- Publications whose topic is one of ``express_topics`` come up a pipe of their own, read
+  by ``recv_express`` (one consumer thread too): a consumer busy with what ``recv``
+  returned (a long apply, an fsync) must not hold back a message whose timing is the
+  point, such as a heartbeat, and a full event pipe must not drop one.
 
 Shutdown. ``close`` is idempotent and bounded: it asks the I/O thread to stop, joins it
 for at most ``JOIN_TIMEOUT_S``, closes the pipes, stops the ZAP handler and terminates the
@@ -67,6 +72,7 @@ class Transport:
         pub_bind: str | None,
         settings: TransportSettings = TransportSettings(),  # noqa: B008 - frozen, shared safely
         curve: CurveKeys | None = None,
+        express_topics: frozenset[bytes] = frozenset(),
     ) -> None:
         if not identity:
             raise TransportError("identity must be non-empty bytes")
@@ -83,16 +89,19 @@ class Transport:
         self._pub_bind = pub_bind
         self._settings = settings
         self._curve = curve
+        self._express_topics = express_topics
         self._counters = Counters()
         self._state_lock = threading.Lock()
         self._command_lock = threading.Lock()
         self._recv_lock = threading.Lock()
+        self._express_lock = threading.Lock()
         self._started = False
         self._closed = False
         self._context: Context | None = None
         self._allow_list: KeyAllowList | None = None
         self._commands: Socket | None = None
         self._events: Socket | None = None
+        self._express: Socket | None = None
         self._thread: IOThread | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -126,6 +135,13 @@ class Transport:
         self._events.setsockopt(zmq.LINGER, 0)
         self._events.setsockopt(zmq.RCVHWM, self._settings.rcvhwm)
         self._events.bind(name + "-events")
+        express_endpoint = None
+        if self._express_topics:
+            express_endpoint = name + "-express"
+            self._express = self._context.socket(zmq.PAIR)
+            self._express.setsockopt(zmq.LINGER, 0)
+            self._express.setsockopt(zmq.RCVHWM, self._settings.rcvhwm)
+            self._express.bind(express_endpoint)
         config = IOThreadConfig(
             identity=self.identity,
             router_bind=self._router_bind,
@@ -134,6 +150,8 @@ class Transport:
             curve=self._curve,
             command_endpoint=name + "-commands",
             event_endpoint=name + "-events",
+            express_endpoint=express_endpoint,
+            express_topics=self._express_topics,
         )
         self._thread = IOThread(self._context, config, self._counters)
         self._thread.start()
@@ -156,13 +174,8 @@ class Transport:
         with self._command_lock:
             if self._commands is not None:
                 self._commands.close(linger=0)
-        events_closed = self._events is None
-        if self._events is not None and self._recv_lock.acquire(timeout=1.0):
-            try:
-                self._events.close(linger=0)
-                events_closed = True
-            finally:
-                self._recv_lock.release()
+        events_closed = self._close_pipe(self._events, self._recv_lock)
+        events_closed &= self._close_pipe(self._express, self._express_lock)
         if self._allow_list is not None:
             self._allow_list.stop()
         if self._context is None:
@@ -172,6 +185,19 @@ class Transport:
             log.error("transport %r: I/O not stopped in time; context left open", self.identity)
             return
         self._context.term()
+
+    @staticmethod
+    def _close_pipe(pipe: Socket | None, lock: threading.Lock) -> bool:
+        """Close a delivery pipe once its consumer lets go of it; False if it did not."""
+        if pipe is None:
+            return True
+        if not lock.acquire(timeout=1.0):
+            return False
+        try:
+            pipe.close(linger=0)
+        finally:
+            lock.release()
+        return True
 
     def __enter__(self) -> Transport:
         self.start()
@@ -298,12 +324,22 @@ class Transport:
     def recv(self, timeout: float | None) -> Delivery | None:
         """The next delivery, or None after ``timeout`` seconds (None: wait until one comes),
         after ``wake``, or once closed. For one consumer thread at a time."""
+        return self._receive(self._recv_lock, "_events", timeout)
+
+    def recv_express(self, timeout: float | None) -> Delivery | None:
+        """As ``recv``, for publications on an ``express_topics`` topic only. For one
+        consumer thread at a time, which may be another than ``recv``'s."""
+        if not self._express_topics:
+            raise TransportError("recv_express: this transport has no express_topics")
+        return self._receive(self._express_lock, "_express", timeout)
+
+    def _receive(self, lock: threading.Lock, pipe: str, timeout: float | None) -> Delivery | None:
         if not self._started:
             raise TransportError("transport not started")
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
-        with self._recv_lock:
+        with lock:
             while True:
-                events = self._events
+                events: Socket | None = getattr(self, pipe)
                 if self._closed or events is None or events.closed:
                     return None
                 remaining_ms = RECV_SLICE_MS

@@ -25,6 +25,9 @@ class MemberStatus(enum.Enum):
     SUSPECT = "suspect"
     DEAD = "dead"
     LEFT = "left"
+    UNKNOWN = "unknown"
+    """Never a detector's verdict: what a process without the network role reports while
+    the directory's copy of the detector's view is stale (``membership.observed``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class _Peer:
     status: MemberStatus
     last_heard_ms: int
     suspect_since_ms: int = 0
+    since_ms: int = 0
 
 
 @dataclass(slots=True)
@@ -52,6 +56,7 @@ class FailureDetector:
     local_health: int = 0
     _peers: dict[str, _Peer] = field(default_factory=dict)
     _last_tick_ms: int | None = None
+    _hold_health_until_ms: int = 0
 
     def status(self, node_id: str) -> MemberStatus | None:
         peer = self._peers.get(node_id)
@@ -60,6 +65,11 @@ class FailureDetector:
     def last_heard_ms(self, node_id: str) -> int | None:
         peer = self._peers.get(node_id)
         return None if peer is None else peer.last_heard_ms
+
+    def since_ms(self, node_id: str) -> int | None:
+        """When ``node_id`` took its current status."""
+        peer = self._peers.get(node_id)
+        return None if peer is None else peer.since_ms
 
     def incarnation(self, node_id: str) -> int | None:
         peer = self._peers.get(node_id)
@@ -126,12 +136,20 @@ class FailureDetector:
             if p.status in (MemberStatus.SUSPECT, MemberStatus.DEAD)
         }
 
+    def refuted(self, now_ms: int) -> None:
+        """This node learned that a peer suspects it. Lifeguard takes that as evidence of
+        its own slowness too (its heartbeats reach others late, so theirs may reach it
+        late): local health rises, and on-time ticks do not lower it again for one
+        suspicion timeout."""
+        self.local_health = min(self.max_local_health, self.local_health + 1)
+        self._hold_health_until_ms = now_ms + self.suspect_after_ms
+
     def _update_local_health(self, now_ms: int) -> None:
         if self._last_tick_ms is not None:
             late = now_ms - self._last_tick_ms > 2 * self.tick_interval_ms
             if late:
                 self.local_health = min(self.max_local_health, self.local_health + 1)
-            elif self.local_health:
+            elif self.local_health and now_ms >= self._hold_health_until_ms:
                 self.local_health -= 1
         self._last_tick_ms = now_ms
 
@@ -142,6 +160,8 @@ class FailureDetector:
         old = None if peer is None else peer.status
         if peer is None:
             peer = self._peers[node_id] = _Peer(incarnation, status, now_ms)
+        if old is not status:
+            peer.since_ms = now_ms
         peer.incarnation = incarnation
         if status is MemberStatus.ALIVE:
             peer.last_heard_ms = now_ms

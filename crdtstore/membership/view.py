@@ -27,7 +27,8 @@ class Member:
 
     node_id: str
     status: str
-    """``alive``, ``suspect``, ``dead`` or ``left``."""
+    """``alive``, ``suspect``, ``dead`` or ``left``; ``unknown`` in a process without the
+    network role while the directory's detector view is stale (see ``Node.member_view``)."""
     incarnation: int
     router: str
     pub: str
@@ -45,6 +46,12 @@ class Member:
     clock_off: bool = False
     """Its clock is more than half of ``max_clock_drift_ms`` from the median of the clocks
     this node knows (see :mod:`crdtstore.membership.clocks`): it is the one to fix."""
+    status_since_ms: int | None = None
+    """Wall-clock ms since when the failure detector has held this status (None where no
+    detector has judged the member: itself, a record not yet seen by the detector)."""
+    observed_at_ms: int | None = None
+    """Wall-clock ms of the detector's view this row comes from: now in the process holding
+    the network role, the view's last write in the directory for every other process."""
 
 
 Verdict = Callable[[str], tuple[MemberStatus | None, int | None, int | None]]

@@ -6,7 +6,8 @@ two voices. The role is an exclusive ``flock`` on ``DIR/network.lock``, taken wi
 blocking. The kernel releases a flock when its holder's file description closes, which
 includes the holder dying by ``SIGKILL``, so a waiting process takes over without any
 lease or timeout. ``flock`` locks belong to the open file description, so two
-``NetworkRole`` objects in one process also exclude each other.
+``NetworkRole`` objects in one process also exclude each other. The file's text names the
+holder (its pid, and the address it serves once bound) for a process refused the role.
 """
 
 from __future__ import annotations
@@ -50,10 +51,31 @@ class NetworkRole:
             except OSError as exc:
                 os.close(fd)
                 raise StorageError(f"cannot lock {self.path}: {exc}") from exc
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()}\n".encode())  # for humans; the lock is the truth
             self._fd = fd
+            self._describe(None)
             return True
+
+    def announce(self, address: str) -> None:
+        """Name the address this holder serves on, for whoever is refused the role."""
+        with self._mutex:
+            if self._fd is not None:
+                self._describe(address)
+
+    def _describe(self, address: str | None) -> None:
+        assert self._fd is not None
+        text = f"{os.getpid()}\n{address or ''}\n"
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, text.encode(), 0)  # what the holder says; the lock is the truth
+
+    def holder(self) -> tuple[int | None, str | None]:
+        """The pid and address the current holder wrote (None where it has not, yet)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError:
+            return None, None
+        pid = int(lines[0]) if lines and lines[0].strip().isdigit() else None
+        address = lines[1].strip() if len(lines) > 1 and lines[1].strip() else None
+        return pid, address
 
     def release(self) -> None:
         """Give the role up (idempotent)."""

@@ -5,9 +5,13 @@ Two nodes in one test process still talk over real ZeroMQ sockets on loopback.
 
 from __future__ import annotations
 
+import os
 import queue
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,7 +76,9 @@ def test_watch_members_reports_join_then_leave(tmp_path: Path) -> None:
         assert change.node_id == "b"
 
 
-def test_local_node_reads_members_from_the_replicated_records(tmp_path: Path) -> None:
+def test_without_a_role_holder_the_view_is_stale_and_claims_no_member_alive(
+    tmp_path: Path,
+) -> None:
     a_addr = f"tcp://127.0.0.1:{free_port()}"
     with (
         crdtstore.open(tmp_path / "a", node_id="a", bind=a_addr, **FAST) as a,
@@ -86,11 +92,17 @@ def test_local_node_reads_members_from_the_replicated_records(tmp_path: Path) ->
     ):
         # b's record replicated, not only its hello heard (members() lists b from that).
         wait_until(lambda: a.replica.context("__members").max_seq("b") > 0, "a holds b's record")
-    # Without the network role (here: after the daemon stopped) the records still answer.
+        wait_until(lambda: statuses(a) == {"a": "alive", "b": "alive"}, "a sees b alive")
+        held = a.member_view()
+        assert held.stale is None and held.holder_pid == os.getpid()
+    # Without the network role (here: after the daemon stopped) the records still answer,
+    # but nobody on this host watches b any more: its status is unknown, not alive.
     with crdtstore.open(tmp_path / "a") as local:
-        assert {m.node_id: m.status for m in local.members()} == {"a": "alive", "b": "alive"}
-        with pytest.raises(crdtstore.Error, match="network role"):
-            local.watch_members(lambda change: None)
+        view = local.member_view()
+        assert {m.node_id: m.status for m in view.members} == {"a": "alive", "b": "unknown"}
+        assert view.stale is not None and "stopped" in view.stale, view.stale
+        [b] = [m for m in view.members if m.node_id == "b"]
+        assert b.last_heard_ms is not None and b.observed_at_ms == view.written_at_ms
 
 
 def test_reserved_namespaces_are_refused(tmp_path: Path) -> None:
@@ -110,3 +122,46 @@ def test_topics_are_persisted_for_every_process_sharing_the_directory(tmp_path: 
         with pytest.raises(crdtstore.NotReplicated):
             other.lww_map("b")
         assert "b" not in other.namespaces()
+
+
+def test_heartbeats_go_on_while_both_replicators_are_held_in_a_long_step(
+    pair: tuple[crdtstore.Node, crdtstore.Node],
+) -> None:
+    a, b = pair
+    wait_until(
+        lambda: statuses(a) == statuses(b) == {"a": "alive", "b": "alive"}, "both see both alive"
+    )
+    release = threading.Event()
+    inside: set[str] = set()
+    for node in (a, b):
+        # The replicator's thread ticks its engine every sync_tick_ms: held there, it is
+        # as busy as inside a bootstrap's apply or a slow fsync, and reads nothing.
+        engine = node._network.engine
+        tick = engine.on_tick
+
+        def held(now: int, tick: Any = tick, name: str = node.node_id) -> Any:
+            inside.add(name)
+            release.wait(timeout=120)
+            return tick(now)
+
+        engine.on_tick = held
+    try:
+        wait_until(lambda: inside == {"a", "b"}, "both replicators are held")
+        beyond = time.time_ns() // 1_000_000 + 2 * FAST["suspect_after_ms"]
+        # Each side still hears the other, for longer than it takes to suspect a silent one.
+        liveness = {n.node_id: n._network.liveness for n in (a, b)}
+        wait_until(
+            lambda: (
+                (liveness["a"].last_heard_ms("b") or 0) > beyond
+                and (liveness["b"].last_heard_ms("a") or 0) > beyond
+            ),
+            "heartbeats arrive while both replicators are held",
+        )
+        assert liveness["a"].status("b") is MemberStatus.ALIVE
+        assert liveness["b"].status("a") is MemberStatus.ALIVE
+    finally:
+        release.set()
+    a.lww_map("cfg")["after"] = "a"
+    wait_until(lambda: "after" in b.lww_map("cfg"), "replication goes on once released")
+    for node in (a, b):
+        assert node._network.stats["members_became_suspect"] == 0, node.node_id

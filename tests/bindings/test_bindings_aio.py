@@ -10,6 +10,7 @@ import pytest
 
 import crdtstore
 from bindings.aio import AsyncNode
+from crdtstore.localcluster import ServeNode
 
 
 def run(coro):  # type: ignore[no-untyped-def]
@@ -105,3 +106,40 @@ def test_changes_from_another_process_arrive_as_an_async_iterator(tmp_path: Path
             return seen
 
     assert run(main()) == [("k1", "v1"), ("k2", "v2")]
+
+
+def test_members_and_their_changes_beside_a_serving_node(tmp_path: Path) -> None:
+    fast = {
+        "heartbeat_interval_ms": 100,
+        "suspect_after_ms": 600,
+        "dead_after_ms": 1500,
+        "member_view_interval_ms": 200,
+    }
+    n1 = ServeNode(tmp_path, "n1", [], fast).start()
+    n2 = ServeNode(tmp_path, "n2", [n1.bind], fast).start()
+
+    async def main() -> None:
+        # This process does not hold n1's network role: n1's serve process does.
+        async with await AsyncNode.open(str(n1.data)) as node:
+
+            async def n2_status() -> str:
+                return {m.node_id: m.status for m in await node.members()}.get("n2", "?")
+
+            while await n2_status() != "alive":
+                await asyncio.sleep(0.05)  # polling members(), bounded by run()'s timeout
+            seen = []
+            async with await node.watch_members() as changes:
+                n2.kill()
+                async for change in changes:
+                    seen.append((change.node_id, change.new.value))
+                    if change.new.value == "dead":
+                        break
+            assert seen == [("n2", "suspect"), ("n2", "dead")]
+            assert await n2_status() == "dead"
+            assert (await node.member_view()).stale is None
+
+    try:
+        run(main())
+    finally:
+        n1.stop()
+        n2.stop()

@@ -10,7 +10,7 @@ from typing import Any
 
 from tooz import coordination
 
-from crdtstore.localcluster import free_port, wait_until
+from crdtstore.localcluster import ServeNode, free_port, wait_until
 
 MEMBER = Path(__file__).with_name("tooz_member.py")
 
@@ -71,3 +71,65 @@ def test_joins_capabilities_partitions_and_leaves_cross_hosts(tmp_path: Path) ->
                 proc.stdin.flush()
             proc.wait(timeout=30)
         coord.stop()
+
+
+OBSERVER = """
+import json, sys
+from tooz import coordination
+coord = coordination.get_coordinator(sys.argv[1], b"late-observer")
+coord.start()
+print(json.dumps(sorted(m.decode() for m in coord.get_members(sys.argv[2].encode()).get())))
+coord.stop()
+"""
+
+
+def test_members_of_a_dead_host_expire_with_its_node_in_every_process(tmp_path: Path) -> None:
+    fast = {
+        "heartbeat_interval_ms": 100,
+        "suspect_after_ms": 600,
+        "dead_after_ms": 1500,
+        "status_interval_ms": 100,
+        "member_view_interval_ms": 200,
+    }
+    host_a = ServeNode(tmp_path, "a", [], fast).start()
+    host_b = ServeNode(tmp_path, "b", [host_a.bind], fast).start()
+    # A member timeout far longer than any wait below: only its node's death expires it.
+    url_a, url_b = (f"crdt://{h.data}?timeout=600" for h in (host_a, host_b))
+    beta = subprocess.Popen(
+        [sys.executable, str(MEMBER), url_b, "beta", "workers"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    coord = coordination.get_coordinator(url_a, b"alpha")
+    try:
+        assert beta.stdout is not None and beta.stdout.readline().strip() == "JOINED"
+        coord.start(start_heart=True)
+
+        def workers() -> set[bytes]:
+            try:
+                return set(coord.get_members(b"workers").get())
+            except coordination.GroupNotCreated:
+                return set()
+
+        wait_until(lambda: workers() == {b"beta"}, "alpha's process lists beta")
+        # Host a holds b's member record (it may receive beta's groups before that record).
+        wait_until(lambda: host_a.member_status().get("b", ("?",))[0] == "alive", "a knows b")
+        host_b.kill()  # the host dies: its node and the member with it
+        beta.kill()
+        wait_until(lambda: workers() == set(), "alpha's process stops listing beta", 60)
+        # A process that starts only now agrees at once (it never saw beta's counter move).
+        late = subprocess.run(
+            [sys.executable, "-c", OBSERVER, url_a, "workers"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert late.returncode == 0, late.stderr
+        assert json.loads(late.stdout) == []
+    finally:
+        beta.kill()
+        beta.wait()
+        coord.stop()
+        for host in (host_a, host_b):
+            host.stop()

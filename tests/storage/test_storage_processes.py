@@ -107,7 +107,9 @@ def test_two_processes_share_a_directory(
 ROLE = """
 import sys, crdtstore
 path = sys.argv[1]
-node = crdtstore.open(path, node_id="r", bind="tcp://127.0.0.1:0", role_poll_interval_ms=20)
+node = crdtstore.open(
+    path, node_id="r", bind="tcp://127.0.0.1:0", role_standby=True, role_poll_interval_ms=20
+)
 node.on_role_acquired.append(lambda: print("acquired", flush=True))
 print("role", node.has_network_role, flush=True)
 import threading; threading.Event().wait()  # hold the role until killed
