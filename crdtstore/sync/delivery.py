@@ -68,6 +68,11 @@ class CausalBuffer:
         """How many batches of ``namespace`` wait."""
         return len(self._held.get(namespace, {}))
 
+    def held_runs(self, namespace: str, origin: str) -> list[tuple[int, int]]:
+        """The seq runs of ``origin`` held here, sorted: already received, so repair
+        need not fetch them again while they wait."""
+        return sorted((a, b) for (o, a, b) in self._held.get(namespace, {}) if o == origin)
+
     def hold(self, batch: DeltaBatch, data: bytes, now_ms: int) -> None:
         """Keep ``batch`` (``data``: its encoded form) until it is ready, within bounds."""
         waiting = self._held.setdefault(batch.namespace, {})

@@ -227,7 +227,9 @@ class SyncEngine:
         for ns in ended:
             self.delivery.drain(ns)
         out.extend(resent)
-        out.extend(self.repairs.schedule(now_ms, self._peers, self.ranges))
+        out.extend(
+            self.repairs.schedule(now_ms, self._peers, self.ranges, self.delivery.buffer.held_runs)
+        )
         return self._count_sent(out)
 
     def on_message(
@@ -322,6 +324,7 @@ class SyncEngine:
         peer, now_ms = frame.peer, frame.now_ms
         rep = self.repairs.replied(msg.request, peer, msg.namespace)
         fresh = 0
+        held_before = self.delivery.buffer.held(msg.namespace)
         for data in msg.batches:
             try:
                 batch = decode_message(data)
@@ -332,7 +335,14 @@ class SyncEngine:
                 self._reject("rejected_invalid", now_ms, f"repair from {peer!r} holds a stranger")
                 continue
             fresh += self._apply_batch(batch, data, now_ms)
-        if rep is not None and fresh == 0:
+        # Batches held for what they depend on are progress too: asking again at once
+        # for the rest is how those dependencies arrive (a pause here once cost seconds
+        # per round when writers' batches depended on each other's).
+        if (
+            rep is not None
+            and fresh == 0
+            and self.delivery.buffer.held(msg.namespace) <= held_before
+        ):
             self.repairs.fruitless(rep, now_ms)
         return []
 
@@ -389,7 +399,9 @@ class SyncEngine:
                 # replaying the log would cost O(history).
                 out.extend(self.ranges.start(msg.sender, ns, now_ms))
         self._peers.record(msg.sender, vvs)
-        out.extend(self.repairs.schedule(now_ms, self._peers, self.ranges))
+        out.extend(
+            self.repairs.schedule(now_ms, self._peers, self.ranges, self.delivery.buffer.held_runs)
+        )
         return out
 
     # -- batches ---------------------------------------------------------------------------------

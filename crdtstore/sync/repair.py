@@ -21,7 +21,7 @@ travel joined into as few frames as causal delivery allows: see :func:`coalesce_
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Container, Iterator, Sequence
+from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
 
 from crdtstore.crdt import Dot
@@ -97,9 +97,16 @@ class RepairScheduler:
                 self._stats["repair_timeouts"] += 1
 
     def schedule(
-        self, now_ms: int, peers: PeerDigests, reconciling: Container[str]
+        self,
+        now_ms: int,
+        peers: PeerDigests,
+        reconciling: Container[str],
+        held: Callable[[str, str], list[tuple[int, int]]] | None = None,
     ) -> list[Outgoing]:
-        """Requests for every gap aged past the grace, within the in-flight bound."""
+        """Requests for every gap aged past the grace, within the in-flight bound.
+
+        ``held(ns, origin)``: runs received and waiting for what they depend on; they are
+        not asked for again (their dependencies are, being missing too)."""
         out: list[Outgoing] = []
         limit = self._settings.max_inflight_repairs
         for key in sorted(self._seen):
@@ -118,7 +125,10 @@ class RepairScheduler:
                 for r in self._outstanding.values()
                 if (r.namespace, r.origin) == key
             ]
-            for first, last in missing_spans(ctx, origin, top):
+            spans = missing_spans(ctx, origin, top)
+            if held is not None and spans:
+                spans = _without(spans, held(ns, origin))
+            for first, last in spans:
                 if len(self._outstanding) >= limit:
                     break
                 last = min(last, first + self._settings.max_repair_span - 1)
@@ -271,3 +281,21 @@ def observes_nothing_new(batch: DeltaBatch, first: DeltaBatch) -> bool:
         if top > have and any(Dot(replica, s) not in base for s in range(have + 1, top + 1)):
             return False
     return all(d.replica == own or d in base for d in batch.rest.cloud)
+
+
+def _without(spans: list[tuple[int, int]], runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The inclusive ``spans`` less the inclusive ``runs`` (both sorted)."""
+    out: list[tuple[int, int]] = []
+    for first, last in spans:
+        pos = first
+        for a, b in runs:
+            if b < pos or a > last:
+                continue
+            if a > pos:
+                out.append((pos, a - 1))
+            pos = max(pos, b + 1)
+            if pos > last:
+                break
+        if pos <= last:
+            out.append((pos, last))
+    return out

@@ -203,3 +203,12 @@ def test_the_engine_holds_no_hook_into_its_callers_thread() -> None:
     # (on_message / on_messages ``progress``), never kept on the engine.
     engine = SyncEngine("r", MemoryReplica("r"))
     assert not any("keepalive" in name for name in vars(engine))
+
+
+def test_repair_does_not_ask_again_for_runs_held_for_their_dependencies() -> None:
+    from crdtstore.sync.repair import _without
+
+    assert _without([(1, 10)], []) == [(1, 10)]
+    assert _without([(1, 10)], [(3, 4), (7, 7)]) == [(1, 2), (5, 6), (8, 10)]
+    assert _without([(1, 10), (20, 30)], [(0, 2), (9, 21), (30, 40)]) == [(3, 8), (22, 29)]
+    assert _without([(5, 6)], [(1, 10)]) == []
