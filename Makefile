@@ -20,6 +20,7 @@ bytecode: $(STAMP)
 	$(VPY) -m compileall -q crdtstore transport bindings
 
 test: bytecode
+	$(VENV)/bin/lint-imports --no-cache
 	$(VPY) -m ruff check .
 	$(VPY) -m ruff format --check .
 	$(VPY) -m mypy crdtstore transport bindings chaos

@@ -18,6 +18,7 @@ when it closes. Never open a node before ``fork()`` and use it after.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -30,11 +31,12 @@ from collections.abc import (
     Iterator,
     MutableMapping,
     MutableSet,
+    Sequence,
     Set,
     ValuesView,
 )
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from crdtstore.addresses import check_bind, check_seeds
 from crdtstore.crdt import check_key
@@ -57,6 +59,9 @@ from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
+
+if TYPE_CHECKING:
+    from crdtstore.replicator import Replicator
 
 log = logging.getLogger(__name__)
 
@@ -385,8 +390,6 @@ class Node:
         self._role_thread.start()
 
     def _role_taken(self) -> None:
-        from crdtstore.replicator import start_replicator  # local-only nodes never load zmq
-
         assert self.bind is not None
         replicator = start_replicator(self, self.bind, self.seeds)
         if self._role is not None and replicator.router_address is not None:
@@ -741,3 +744,70 @@ class ORSetView(_NamespaceView, MutableSet[Any]):
 
 
 __all__ = ["LWWMapView", "Node", "ORSetView", "open"]
+
+
+def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
+    """Build the node's replicator from its settings and start it (binds, or raises).
+
+    Here, not in :mod:`crdtstore.replicator`, because it reads the node: the replicator
+    is handed callables and never sees a Node. Its imports are local so that a
+    local-only node never loads zmq."""
+    from crdtstore.replicator import (
+        STATUS_FILE,
+        Replicator,
+        derive_pub_address,
+        parse_seed,
+    )
+    from crdtstore.sync.settings import SyncSettings
+    from transport import TransportSettings, load_keys
+
+    settings = node.settings
+    sync_fields = {f.name for f in dataclasses.fields(SyncSettings)}
+    transport_fields = {f.name for f in dataclasses.fields(TransportSettings)}
+    sync_settings = SyncSettings(
+        max_clock_drift_ms=settings.max_clock_drift_ms,
+        **{k: v for k, v in settings.extra.items() if k in sync_fields},
+    )
+    transport_settings = TransportSettings(
+        drop_publish_fraction=settings.drop_publish_fraction,
+        **{k: v for k, v in settings.extra.items() if k in transport_fields},
+    )
+    curve = None
+    if settings.secret_key is not None and settings.keys_dir is not None:
+        curve = load_keys(settings.secret_key, settings.keys_dir)
+    parsed = [parse_seed(seed, settings.keys_dir) for seed in seeds]
+    if curve is not None and any(key is None for _, key in parsed):
+        raise Error("with CURVE keys configured every seed must be given as KEYNAME@ADDR")
+    previous = node._member_values().get(node.node_id)
+    incarnation = 1
+    if isinstance(previous, dict) and isinstance(previous.get("incarnation"), int):
+        incarnation = previous["incarnation"] + 1  # a restart outranks the old self
+    member_view = MemberViewStore.open_for_writing(node.path, node.stats)
+    try:
+        replicator = Replicator(
+            replica=node.replica,
+            write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
+            delete_record=node._delete_member,
+            read_records=node._member_values,
+            bind=bind,
+            pub_bind=settings.pub_bind or derive_pub_address(bind),
+            seeds=parsed,
+            settings=settings,
+            sync_settings=sync_settings,
+            transport_settings=transport_settings,
+            curve=curve,
+            topics=node.topics,
+            status_path=os.path.join(node.path, STATUS_FILE),
+            extra_stats=lambda: dict(node.stats),
+            member_view=member_view,
+            clock=node.replica.now_ms,
+        )
+    except BaseException:
+        member_view.close()
+        raise
+    try:
+        replicator.start(incarnation)
+    except BaseException:
+        replicator.close()
+        raise
+    return replicator

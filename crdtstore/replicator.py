@@ -41,8 +41,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-import zmq.auth
-
 from crdtstore.addresses import check_bind, split_tcp
 from crdtstore.errors import ClosedError, DecodeError, Error
 from crdtstore.liveness import Liveness
@@ -56,10 +54,9 @@ from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
 from crdtstore.sync.settings import SyncSettings
-from transport import CurveKeys, Delivery, Transport, TransportSettings, load_keys
+from transport import CurveKeys, Delivery, Transport, TransportSettings, load_public_key
 
 if TYPE_CHECKING:
-    from crdtstore.node import Node
     from crdtstore.settings import NodeSettings
 
 log = logging.getLogger(__name__)
@@ -104,64 +101,10 @@ def parse_seed(seed: str, keys_dir: str | None) -> tuple[str, bytes | None]:
         raise Error(f"seed {seed!r} names a key but no keys_dir is configured")
     path = os.path.join(keys_dir, f"{name}.key")
     try:
-        public, _ = zmq.auth.load_certificate(path)
+        public = load_public_key(path)
     except (OSError, ValueError) as exc:
         raise Error(f"seed {seed!r}: cannot read its public key {path!r}: {exc}") from exc
     return addr, public
-
-
-def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
-    """Build the node's replicator from its settings and start it (binds, or raises)."""
-    settings = node.settings
-    sync_fields = {f.name for f in dataclasses.fields(SyncSettings)}
-    transport_fields = {f.name for f in dataclasses.fields(TransportSettings)}
-    sync_settings = SyncSettings(
-        max_clock_drift_ms=settings.max_clock_drift_ms,
-        **{k: v for k, v in settings.extra.items() if k in sync_fields},
-    )
-    transport_settings = TransportSettings(
-        drop_publish_fraction=settings.drop_publish_fraction,
-        **{k: v for k, v in settings.extra.items() if k in transport_fields},
-    )
-    curve = None
-    if settings.secret_key is not None and settings.keys_dir is not None:
-        curve = load_keys(settings.secret_key, settings.keys_dir)
-    parsed = [parse_seed(seed, settings.keys_dir) for seed in seeds]
-    if curve is not None and any(key is None for _, key in parsed):
-        raise Error("with CURVE keys configured every seed must be given as KEYNAME@ADDR")
-    previous = node._member_values().get(node.node_id)
-    incarnation = 1
-    if isinstance(previous, dict) and isinstance(previous.get("incarnation"), int):
-        incarnation = previous["incarnation"] + 1  # a restart outranks the old self
-    member_view = MemberViewStore.open_for_writing(node.path, node.stats)
-    try:
-        replicator = Replicator(
-            replica=node.replica,
-            write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
-            delete_record=node._delete_member,
-            read_records=node._member_values,
-            bind=bind,
-            pub_bind=settings.pub_bind or derive_pub_address(bind),
-            seeds=parsed,
-            settings=settings,
-            sync_settings=sync_settings,
-            transport_settings=transport_settings,
-            curve=curve,
-            topics=node.topics,
-            status_path=os.path.join(node.path, STATUS_FILE),
-            extra_stats=lambda: dict(node.stats),
-            member_view=member_view,
-            clock=node.replica.now_ms,
-        )
-    except BaseException:
-        member_view.close()
-        raise
-    try:
-        replicator.start(incarnation)
-    except BaseException:
-        replicator.close()
-        raise
-    return replicator
 
 
 class Replicator:

@@ -11,7 +11,7 @@ Invariants of the package:
 from transport.counters import COUNTER_NAMES
 from transport.delivery import Delivery
 from transport.errors import TransportError
-from transport.security import CurveKeys, generate_keypair, load_keys
+from transport.security import CurveKeys, generate_keypair, load_keys, load_public_key
 from transport.settings import TransportSettings
 from transport.transport import Transport
 
@@ -24,4 +24,5 @@ __all__ = [
     "TransportSettings",
     "generate_keypair",
     "load_keys",
+    "load_public_key",
 ]

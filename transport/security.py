@@ -72,6 +72,12 @@ def load_keys(
     return CurveKeys(public=public, secret=secret, keys_dir=str(keys_dir))
 
 
+def load_public_key(path: str | os.PathLike[str]) -> bytes:
+    """The public key of a ``.key`` file (raises OSError or ValueError if unreadable)."""
+    public, _ = zmq.auth.load_certificate(path)
+    return bytes(public)
+
+
 def z85_text(key: bytes) -> str:
     """The ``User-Id`` form of a key: what the ZAP handler reports for an authenticated client."""
     if len(key) == 32:
