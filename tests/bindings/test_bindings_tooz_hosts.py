@@ -115,6 +115,11 @@ def test_members_of_a_dead_host_expire_with_its_node_in_every_process(tmp_path: 
         wait_until(lambda: workers() == {b"beta"}, "alpha's process lists beta")
         # Host a holds b's member record (it may receive beta's groups before that record).
         wait_until(lambda: host_a.member_status().get("b", ("?",))[0] == "alive", "a knows b")
+        # The role holder lists b from its hello at once; other processes list members
+        # from the replicated records, so b's must be on a's disk before b dies.
+        wait_until(
+            lambda: any(e["key"] == "b" for e in host_a.dump("__members")), "a holds b's record"
+        )
         host_b.kill()  # the host dies: its node and the member with it
         beta.kill()
         wait_until(lambda: workers() == set(), "alpha's process stops listing beta", 60)
