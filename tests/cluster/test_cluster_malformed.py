@@ -48,76 +48,79 @@ def test_hostile_frames_on_every_port_change_nothing(cluster: Cluster) -> None:
     router, pub = status["router"], status["pub"]
 
     ctx = zmq.Context()
-    # 1. A raw DEALER at the ROUTER: garbage, truncated, oversized, wrong versions,
-    #    batches sent directly (forged: "n2"'s next seq, and n1's own origin).
-    dealer = ctx.socket(zmq.DEALER)
-    dealer.setsockopt(zmq.IDENTITY, b"evil")
-    dealer.setsockopt(zmq.LINGER, 0)
-    dealer.connect(router)
-    forged = list(fields)
-    forged[4:6] = [2, 2]
-    wrong_version = [99, *fields[1:]]
-    frames: list[list[bytes]] = [
-        [b""],
-        [b"S"],
-        [b"M"],
-        [b"X" + valid],
-        [b"S" + valid[: len(valid) // 2]],
-        [b"S" + bytes(rng.randrange(256) for _ in range(300))],
-        [b"M" + bytes(rng.randrange(256) for _ in range(300))],
-        [b"S" + msgpack.packb(wrong_version)],
-        [b"S" + msgpack.packb([True, *fields[1:]])],
-        [b"S" + msgpack.packb(forged)],
-        [b"S" + valid],
-        [b"S", b"two", b"frames"],
-        [b"S" + b"\x91" * 5000],  # nesting far beyond the decoder's depth limit
-        [b"S" + os.urandom(MAX_MESSAGE * 2)],  # oversized: libzmq cuts the connection
-    ]
-    for parts in frames:
-        dealer.send_multipart(parts)
-    # 2. Raw TCP bytes (no ZMTP greeting) at both ports.
-    for endpoint in (router, pub):
-        stream = ctx.socket(zmq.STREAM)
-        stream.setsockopt(zmq.LINGER, 0)
-        stream.connect(endpoint)
-        wait_until(lambda s=stream: s.poll(50), "the stream socket connected")  # type: ignore[misc]
-        peer_id = stream.recv_multipart()[0]
-        stream.send_multipart([peer_id, os.urandom(4096)])
-        stream.close()
-    # 3. A stranger that says hello with its own PUB, then publishes junk and batches in
-    #    someone else's name: n1 subscribes to it (no keys configured), so this reaches
-    #    the sync engine's publish path.
-    xpub = ctx.socket(zmq.XPUB)
-    xpub.setsockopt(zmq.LINGER, 0)
-    xpub_port = xpub.bind_to_random_port("tcp://127.0.0.1")
-    evil_pub = f"tcp://127.0.0.1:{xpub_port}"
-    hello = Hello("evil", "tcp://127.0.0.1:9", evil_pub, None, reply=False)
-    prober = ctx.socket(zmq.DEALER)
-    prober.setsockopt(zmq.IDENTITY, b"evil")
-    prober.setsockopt(zmq.LINGER, 0)
-    prober.connect(router)
-    prober.send(b"M" + encode_message(hello))
-    wait_until(lambda: xpub.poll(50), "n1 subscribed to the stranger's PUB")
-    for topic in (b"orders\x00", b"\x00digest\x00", b"\x00heartbeat\x00", b"no-terminator"):
-        xpub.send_multipart([topic, os.urandom(200)])
-    xpub.send_multipart([b"orders\x00", valid])  # n2's batch, published by "evil"
-    xpub.send_multipart([b"orders\x00", msgpack.packb(forged)])
-    xpub.send_multipart([b"orders\x00", b"one", b"frame too many"])
+    try:
+        # 1. A raw DEALER at the ROUTER: garbage, truncated, oversized, wrong versions,
+        #    batches sent directly (forged: "n2"'s next seq, and n1's own origin).
+        dealer = ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, b"evil")
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(router)
+        forged = list(fields)
+        forged[4:6] = [2, 2]
+        wrong_version = [99, *fields[1:]]
+        frames: list[list[bytes]] = [
+            [b""],
+            [b"S"],
+            [b"M"],
+            [b"X" + valid],
+            [b"S" + valid[: len(valid) // 2]],
+            [b"S" + bytes(rng.randrange(256) for _ in range(300))],
+            [b"M" + bytes(rng.randrange(256) for _ in range(300))],
+            [b"S" + msgpack.packb(wrong_version)],
+            [b"S" + msgpack.packb([True, *fields[1:]])],
+            [b"S" + msgpack.packb(forged)],
+            [b"S" + valid],
+            [b"S", b"two", b"frames"],
+            [b"S" + b"\x91" * 5000],  # nesting far beyond the decoder's depth limit
+            [b"S" + os.urandom(MAX_MESSAGE * 2)],  # oversized: libzmq cuts the connection
+        ]
+        for parts in frames:
+            dealer.send_multipart(parts)
+        # 2. Raw TCP bytes (no ZMTP greeting) at both ports.
+        for endpoint in (router, pub):
+            stream = ctx.socket(zmq.STREAM)
+            stream.setsockopt(zmq.LINGER, 0)
+            stream.connect(endpoint)
+            wait_until(lambda s=stream: s.poll(50), "the stream socket connected")  # type: ignore[misc]
+            peer_id = stream.recv_multipart()[0]
+            stream.send_multipart([peer_id, os.urandom(4096)])
+            stream.close()
+        # 3. A stranger that says hello with its own PUB, then publishes junk and batches in
+        #    someone else's name: n1 subscribes to it (no keys configured), so this reaches
+        #    the sync engine's publish path.
+        xpub = ctx.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.LINGER, 0)
+        xpub_port = xpub.bind_to_random_port("tcp://127.0.0.1")
+        evil_pub = f"tcp://127.0.0.1:{xpub_port}"
+        hello = Hello("evil", "tcp://127.0.0.1:9", evil_pub, None, reply=False)
+        prober = ctx.socket(zmq.DEALER)
+        prober.setsockopt(zmq.IDENTITY, b"evil")
+        prober.setsockopt(zmq.LINGER, 0)
+        prober.connect(router)
+        prober.send(b"M" + encode_message(hello))
+        wait_until(lambda: xpub.poll(50), "n1 subscribed to the stranger's PUB")
+        for topic in (b"orders\x00", b"\x00digest\x00", b"\x00heartbeat\x00", b"no-terminator"):
+            xpub.send_multipart([topic, os.urandom(200)])
+        xpub.send_multipart([b"orders\x00", valid])  # n2's batch, published by "evil"
+        xpub.send_multipart([b"orders\x00", msgpack.packb(forged)])
+        xpub.send_multipart([b"orders\x00", b"one", b"frame too many"])
 
-    def counted() -> bool:
-        sync = (n1.status() or {}).get("sync", {})
-        transport = (n1.status() or {}).get("transport", {})
-        return (
-            sync.get("decode_errors", 0) >= 5
-            and sync.get("rejected_invalid", 0) >= 1
-            and sync.get("rejected_forged_origin", 0) >= 1
-            and transport.get("dropped_malformed", 0) >= 1
-        )
+        def counted() -> bool:
+            sync = (n1.status() or {}).get("sync", {})
+            transport = (n1.status() or {}).get("transport", {})
+            return (
+                sync.get("decode_errors", 0) >= 5
+                and sync.get("rejected_invalid", 0) >= 1
+                and sync.get("rejected_forged_origin", 0) >= 1
+                and transport.get("dropped_malformed", 0) >= 1
+            )
 
-    wait_until(counted, "n1 counted the hostile frames")
-    for sock in (dealer, prober, xpub):
-        sock.close()
-    ctx.term()
+        wait_until(counted, "n1 counted the hostile frames")
+
+    finally:
+        # Whatever failed above, no socket outlives the test: a context left to the
+        # garbage collector with open sockets blocks the whole test run in term().
+        ctx.destroy(linger=0)
 
     # Still serving: a real write on n2 arrives, and nothing else changed.
     with crdtstore.open(n2.data) as h:
