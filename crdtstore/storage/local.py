@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import lmdb
 import msgpack
 
-from crdtstore.codec import encode_cloud, new_hash
+from crdtstore.codec import encode_cloud
 from crdtstore.crdt import CausalContext, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
@@ -43,6 +43,7 @@ from crdtstore.errors import (
     TypeMismatch,
     ValueTooLarge,
 )
+from crdtstore.keyhash import new_hash
 from crdtstore.storage import layout
 from crdtstore.storage.rows import RowWriter, winning_value
 from crdtstore.sync.messages import encode_delta_batch

@@ -59,6 +59,7 @@ from crdtstore.errors import (
     StorageError,
     TypeMismatch,
 )
+from crdtstore.keyhash import entry_digest
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import journal, layout
 from crdtstore.storage.gate import Gate
@@ -663,7 +664,7 @@ class LMDBReplica:
         new: bytes | None = None
         if row:
             row.sort(key=_dot_order)
-            new = layout.entry_digest(ekey, row) + layout.pack(row)
+            new = entry_digest(ekey, row) + layout.pack(row)
         writer.put_row(ns_id, position[0], rkey, old, new)
         if stamped:
             was = max(dots, key=_lww_order)
@@ -1398,7 +1399,7 @@ def _insert_rows(
         if edig is None:
             if len(dots) > 1:
                 dots = sorted(dots, key=_dot_order)
-            edig = layout.entry_digest(ekey, dots)
+            edig = entry_digest(ekey, dots)
         if stamped:
             won = dots[0] if len(dots) == 1 else max(dots, key=_lww_order)
             by = origin or won[0]
