@@ -36,7 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from machine import ensure_installed
 
 import crdtstore
+from crdtstore.settings import NodeSettings
+from crdtstore.storage import LMDBReplica
 from crdtstore.sync.fingerprint import encoded_position
+from crdtstore.sync.messages import decode_message
 
 console = Console()
 
@@ -174,6 +177,41 @@ class RawTable:
         with self.env.begin(write=True) as txn:
             for i in range(r_ * 1000, r_ * 1000 + 1000):
                 txn.put(b"\0\0\0\1" + self.position(msgpack.packb(self.key(i))), self.value)
+        return time.perf_counter() - start, time.thread_time() - cpu
+
+
+class ReceivedBatches:
+    """A peer's delta batches of 1,000 puts of ``user:i`` keys, and a replica (durable, as
+    a node's) that applies them one commit each, as the sync engine hands them over:
+    decoded from the wire, their rows checked by the apply. ``setup`` batches of new keys
+    are applied untimed; then each round has a batch of new keys and a batch rewriting
+    keys the replica holds (the peer's, observed)."""
+
+    def __init__(self, path: Path, setup: int, rounds: int) -> None:
+        peer = LMDBReplica(path / "peer", "peer", NodeSettings(durability="async"))
+
+        def write(first: int) -> None:
+            w = peer.begin_local()
+            for i in range(first, first + 1000):
+                w.put("u", user_key(i), i)
+            w.commit()
+
+        for r_ in range(setup):
+            write(r_ * 1000)
+        for r_ in range(rounds):
+            write((setup + r_) * 1000)
+            write(r_ * 1000)
+        raws = peer.log_batches("u", "peer", 1, (setup + 2 * rounds) * 1000) or []
+        peer.close()
+        self.replica = LMDBReplica(path / "received", "bench")
+        for raw in raws[:setup]:
+            self.apply(raw)
+        self.new, self.old = raws[setup::2], raws[setup + 1 :: 2]
+
+    def apply(self, raw: bytes) -> tuple[float, float]:
+        """As :func:`one_batch`, for one received batch."""
+        start, cpu = time.perf_counter(), time.thread_time()
+        self.replica.apply_batches([(decode_message(raw), raw)])
         return time.perf_counter() - start, time.thread_time() - cpu
 
 
@@ -320,8 +358,10 @@ def main() -> None:
         # this disk's limit for that pattern. Beside it: keys with no locality (scattered);
         # string keys with a decimal id (user:i, a hundred to a bucket), in a namespace of
         # their own; and the limit for rows keyed as storage format 5 had them (a bucket
-        # per whole-key hash: a batch dirtied a page in each of the 256). Each round runs
-        # one transaction of every workload in turn, so all see the same machine (its
+        # per whole-key hash: a batch dirtied a page in each of the 256). Last, the receive
+        # path: a peer's batches of 1,000 user:i puts, applied one commit each
+        # (ReceivedBatches), new keys and keys held. Each round runs one transaction of
+        # every workload in turn, so all see the same machine (its
         # speed drifts by 2x within minutes); a figure is the median of its rounds, a
         # ratio the median of the rounds' ratios.
         rounds = int(30 * scale) + 3
@@ -338,6 +378,7 @@ def main() -> None:
             put, add = m.__setitem__, (lambda k, v: s.add(k))
             put_far = lambda k, v: far.__setitem__(scattered(k), v)  # noqa: E731
             put_user = lambda k, v: u.__setitem__(user_key(k), v)  # noqa: E731
+            received = ReceivedBatches(tmp / "apply", 50, rounds)
             for r_ in range(50):
                 one_batch(node, put, r_)
                 one_batch(node, add, r_)
@@ -358,6 +399,8 @@ def main() -> None:
                 "raw user": lambda r_: raw_user.batch(50 + r_),
                 "v5 new": lambda r_: raw_v5.batch(50 + r_),
                 "v5 old": lambda r_: raw_v5.batch(r_),
+                "apply new": lambda r_: received.apply(received.new[r_]),
+                "apply old": lambda r_: received.apply(received.old[r_]),
             }
             took: dict[str, list[float]] = {name: [] for name in workloads}
             cpu: dict[str, list[float]] = {name: [] for name in workloads}
@@ -368,6 +411,7 @@ def main() -> None:
                     cpu[name].append(used)
             for table in (raw, raw_far, raw_v5, raw_user):
                 table.env.close()
+            received.replica.close()
 
         def rate(name: str) -> float:
             return 1000 / statistics.median(took[name])
@@ -393,6 +437,18 @@ def main() -> None:
                     f"{rate(ours):,.0f} ops/s, CPU {cpu_us(ours):.1f} us/op",
                     f"raw LMDB, same rows: {rate(limit):,.0f}/s, CPU {cpu_us(limit):.1f} us",
                     f"{ratio(ours, limit):.2f}x of raw (goal 100,000/s)",
+                )
+            )
+        for what, ours in (
+            ("new keys user:i", "apply new"),
+            ("existing keys user:i", "apply old"),
+        ):
+            rows.append(
+                (
+                    f"apply_batches of 1,000 received puts, {what}",
+                    f"{rate(ours):,.0f} ops/s, CPU {cpu_us(ours):.1f} us/op",
+                    f"transaction() of 1,000 puts, new keys user:i: {rate('put user'):,.0f}/s",
+                    f"{ratio(ours, 'put user'):.2f}x of the local puts",
                 )
             )
         rows.append(

@@ -12,16 +12,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from hashlib import blake2b
 from itertools import repeat
 from typing import Any, TypeVar
 
 import msgpack
 
-from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap, check_key
+from crdtstore.crdt import CRDT_TYPES, CausalContext, Dot, DotMap, LWWMap, ORSet, check_key
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.dots import new_dot
 from crdtstore.errors import DecodeError, Error
+from crdtstore.keyhash import dot_packer, hash_key_encoding
 
 FORMAT_VERSION = 3
 """The wire format this node writes. 2: a dot cloud carries a run of consecutive seqs of
@@ -40,11 +40,11 @@ MAX_REPLICA_ID_LEN = 128
 
 T = TypeVar("T")
 
-new_hash = blake2b(digest_size=8).copy
-"""A fresh blake2b of 8-byte digests, the hash of keys and entries (``fingerprint.key_hash``,
-``entry_hash``), made by copying an empty one: half the cost of ``blake2b(digest_size=8)``,
-whose keyword is parsed at every call (~100 ns less per key of a write or a received
-entry)."""
+LWW_MAP = LWWMap.type_name
+"""The type name of an LWW-map namespace, as stored and as the wire carries it: the name
+every module compares with (the class attribute is its one definition)."""
+OR_SET = ORSet.type_name
+"""The type name of an OR-Set namespace (see :data:`LWW_MAP`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +363,7 @@ def check_entries(
     previous = b""
     latest = 0
     pack = key_packer()
-    tags: dict[str, bytes] = {}  # replica -> its bytes in an entry hash
+    packers: dict[str, tuple[bytes, Callable[[bytes, int], bytes]]] = {}  # keyhash.dot_packer's
     # Once per entry (a bootstrap checks millions): each check is inline on the exact
     # types msgpack produces; anything unusual goes through the expect_* readers, which
     # raise the precise error.
@@ -376,13 +376,8 @@ def check_entries(
         if not (kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key <= MAX_INT_KEY)):
             key = expect_key(key)
         ekey = pack(key)
-        h = new_hash()
-        # What the bucket hashes (fingerprint.bucket_part): all but the last byte, or two.
-        cut = -2 if 48 <= ekey[-1] <= 57 and len(ekey) > 2 and 48 <= ekey[-2] <= 57 else -1
-        h.update(ekey[:cut])
-        bucket = h.digest()[:1]  # fingerprint.key_hash's first byte
-        h.update(ekey[cut:])  # h: the hash of ekey, which the entry hash continues
-        position = bucket + ekey  # fingerprint.encoded_position (ORDER_BITS: 8)
+        h, bucket, _ = hash_key_encoding(ekey)  # the entry hash continues h
+        position = bucket + ekey  # fingerprint.encoded_position
         if bounds is None:
             if position in seen:
                 raise DecodeError(f"key {key!r} appears twice")
@@ -435,15 +430,17 @@ def check_entries(
                 kept.append(raw)
             else:
                 raise DecodeError(f"live dot {Dot(replica, seq)} is not in the value's context")
+        if not kept:
+            yield key, ekey, position, kept, _NO_ENTRY
+            continue
         if len(kept) > 1:
             kept.sort(key=_dot_order)
-        # fingerprint.entry_hash of the kept dots, continuing the key's hash.
-        for d in kept:
-            tag = tags.get(d[0])
-            if tag is None:
-                tag = tags[d[0]] = d[0].encode() + b"\0"
-            h.update(tag + d[1].to_bytes(8, "big"))
-        yield key, ekey, position, kept, h.digest() if kept else _NO_ENTRY
+        for d in kept:  # the entry hash continues the key's
+            tag_pack = packers.get(d[0])
+            if tag_pack is None:
+                tag_pack = packers[d[0]] = dot_packer(d[0])
+            h.update(tag_pack[1](tag_pack[0], d[1]))
+        yield key, ekey, position, kept, h.digest()
     if newest is not None:
         newest.append(latest)
 

@@ -34,15 +34,16 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import msgpack
 
-from crdtstore.codec import STORED_MAX_CLOUD_DOTS, decode_context, new_hash
+from crdtstore.codec import STORED_MAX_CLOUD_DOTS, decode_context
 from crdtstore.crdt import CausalContext, Dot
 from crdtstore.errors import DecodeError
-from crdtstore.sync.fingerprint import ORDER_BITS, bucket_part, encoded_position
+from crdtstore.keyhash import entry_digest, hash_key_encoding
+from crdtstore.sync.fingerprint import ORDER_BITS, encoded_position
 
 FORMAT_VERSION = 6
 """2: the log's counts moved from ``meta`` into ``logorder``; 3: so did the causal contexts
@@ -57,7 +58,7 @@ Buf = bytes | memoryview  # what py-lmdb's stubs say a read returns (bytes unles
 HASH_SPACE = 1 << 64
 BUCKET_BITS = 8
 BUCKETS = 1 << BUCKET_BITS
-BUCKET_SHIFT = 64 - BUCKET_BITS  # a bucket is the key hash's first byte (local.py relies on it)
+BUCKET_SHIFT = 64 - BUCKET_BITS  # a bucket is the key hash's first byte (keyhash's bucket)
 assert BUCKET_BITS == ORDER_BITS, "a bucket's rows are contiguous in reconciliation order"
 
 TABLES = ("meta", "namespaces", "state", "buckets", "log", "logorder", "journal")
@@ -125,35 +126,19 @@ _BELOW_BUCKET = (1 << BUCKET_SHIFT) - 1
 
 def hash_encoded_key(ekey: bytes) -> int:
     """``fingerprint.key_hash`` of the key whose encoding is ``ekey``."""
-    part = bucket_part(ekey)
-    h = new_hash()
-    h.update(part)
-    bucket = h.digest()[0]
-    h.update(ekey[len(part) :])
-    return bucket << BUCKET_SHIFT | int.from_bytes(h.digest(), "big") & _BELOW_BUCKET
+    h, bucket, _ = hash_key_encoding(ekey)
+    return bucket[0] << BUCKET_SHIFT | int.from_bytes(h.digest(), "big") & _BELOW_BUCKET
 
 
 def key_bucket(ekey: bytes) -> int:
     """The bucket of the key whose encoding is ``ekey``: its key hash's first byte."""
-    h = new_hash()
-    h.update(bucket_part(ekey))
-    return h.digest()[0]
+    return hash_key_encoding(ekey)[1][0]
 
 
 def entry_hash_encoded(ekey: bytes, dots: Iterable[Dot] | Iterable[tuple[str, int]]) -> int:
     """``fingerprint.entry_hash`` of a key given its encoding; 0 for no dots."""
     ordered = sorted(dots)
     return int.from_bytes(entry_digest(ekey, ordered), "big") if ordered else 0
-
-
-def entry_digest(ekey: bytes, ordered: Iterable[Sequence[Any]]) -> bytes:
-    """The entry hash as a row stores it (8 bytes), of dots already in (replica, seq)
-    order, each ``(replica, seq, ...)``: a stored dot or a Dot."""
-    h = new_hash()
-    h.update(ekey)
-    for d in ordered:
-        h.update(d[0].encode() + b"\0" + d[1].to_bytes(8, "big"))
-    return h.digest()
 
 
 ROW_EKEY = 5
@@ -188,10 +173,21 @@ def range_scan(ns_id: int, lo: int, hi: int) -> tuple[bytes, bytes, int, int]:
     return start, end, first_cut, last_cut
 
 
+def bucket_base(ns_id: int) -> int:
+    """``ns_id << 8``: OR-ed with a key's bucket, the *code* of its bucket row, whose key
+    is the code in 5 big-endian bytes (:func:`code_key`). Writers sum bucket changes by
+    code: ints hash, sort and encode faster than ``(ns_id, bucket)`` tuples."""
+    return ns_id << BUCKET_BITS
+
+
+def code_key(code: int) -> bytes:
+    """The key of the bucket row of ``code`` (see :func:`bucket_base`)."""
+    return code.to_bytes(5, "big")
+
+
 def bucket_key(ns_id: int, bucket: int) -> bytes:
-    """A bucket row's key; equal to ``(ns_id << 8 | bucket).to_bytes(5, "big")``, which
-    ``RowWriter.flush`` builds instead."""
-    return _U32.pack(ns_id) + bytes((bucket,))
+    """A bucket row's key."""
+    return code_key(bucket_base(ns_id) | bucket)
 
 
 def unpack_bucket(data: Buf) -> tuple[int, int]:
@@ -266,8 +262,12 @@ def checked_dots(dots: list[Any], stamped: bool) -> list[list[Any]]:
     return dots
 
 
+read_row_hash = _U64.unpack_from
+"""``(entry hash,)`` of a state row, its first 8 bytes: one C call, for the write paths."""
+
+
 def row_hash(data: Buf) -> int:
-    return read_u64(data)
+    return int(read_row_hash(data)[0])
 
 
 # -- the delta log ----------------------------------------------------------------------
@@ -315,8 +315,8 @@ after every serial, so beside the newest order row."""
 CONTEXT_SERIAL = (1 << 64) - 2
 """The order-table key ``ns_id + this`` holds the namespace's causal context (stored),
 between its newest order row and its count. A commit rewrites all three, so a small
-context costs it no page of its own (a table of contexts cost a single put's commit 1.8
-of its 9 pages, counted with strace)."""
+context costs it no page of its own (a table of contexts cost every commit pages of
+their own)."""
 
 
 def log_count_key(ns_id: int) -> bytes:

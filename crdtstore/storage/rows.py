@@ -1,11 +1,12 @@
-"""Reading and writing state rows inside one LMDB write transaction.
+"""Writing state rows inside one LMDB write transaction, and reading them as entries.
 
 Invariant kept by :class:`RowWriter`: a row exists exactly when its entry has a live dot,
 its stored entry hash is ``entry_hash(key, dots)``, and the bucket row of its namespace
 and key-hash prefix holds the XOR and count of the live rows under it. Bucket changes are
-summed in memory and written once by :meth:`RowWriter.flush`, inside the same transaction.
-Its transaction's default database is the state table (``LMDBReplica._begin_write``), so
-row gets and puts name none.
+summed in memory (:func:`crdtstore.storage.kernel.tally`, by every write path) and
+written once by :meth:`RowWriter.flush`, inside the same transaction. Its transaction's
+default database is the state table (``Environment.begin_write``), so row gets and puts
+name none.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 import lmdb
 
 from crdtstore.crdt import Dot
-from crdtstore.errors import DecodeError
 from crdtstore.storage import layout
-from crdtstore.storage.journal import Group
+from crdtstore.storage.journal import Group, Journal
+from crdtstore.storage.kernel import tally
+from crdtstore.storage.kernel import winning_value as winning_value  # where readers look
 
 Entry = dict[Dot, Any]
 
@@ -29,18 +31,6 @@ def entry_from_row(dots: list[list[Any]], stamped: bool) -> Entry:
     return {Dot(d[0], d[1]): None for d in dots}
 
 
-def winning_value(dots: list[list[Any]]) -> Any:
-    """The value a reader sees in an LWW row (``dots`` non-empty, a row's); DecodeError if
-    they are not dots (a corrupt row: readers get the project's error, not a TypeError)."""
-    try:
-        if len(dots) == 1:
-            return dots[0][3]
-        best = max(dots, key=lambda d: (d[2], d[0]))
-        return best[3]
-    except (TypeError, ValueError, IndexError, KeyError) as exc:
-        raise DecodeError(f"corrupt state row: {dots!r:.80} are not dots ({exc})") from exc
-
-
 class RowWriter:
     """Writes entries of several namespaces in one transaction, tracking buckets and events."""
 
@@ -48,7 +38,7 @@ class RowWriter:
         self.txn = txn  # its default database is the state table
         self.buckets_db = buckets
         self.buckets: dict[int, list[int]] = {}
-        """Bucket code, ``ns_id << 8 | bucket``, -> [XOR of entry hashes, change of count]
+        """Bucket code (``layout.bucket_base``) -> [XOR of entry hashes, change of count]
         (writers hold this dict: flush clears it, never replaces it)."""
         self.groups: list[Group] = []
         """The transaction's change events, as the journal holds them (see :meth:`event`);
@@ -80,34 +70,31 @@ class RowWriter:
         data = self.txn.get(rkey)  # a replica's transactions default to the state table
         return data  # type: ignore[return-value]  # bytes: buffers=False
 
-    def put_row(
-        self, ns_id: int, bucket: int, rkey: bytes, old: bytes | None, new: bytes | None
-    ) -> None:
-        """Replace row ``rkey`` (currently ``old``; its key hash's first byte is
-        ``bucket``) by ``new`` (None deletes it)."""
-        old_hash = layout.row_hash(old) if old else 0
-        new_hash = layout.row_hash(new) if new else 0
+    def put_row(self, code: int, rkey: bytes, old: bytes | None, new: bytes | None) -> None:
+        """Replace row ``rkey`` (currently ``old``; in the bucket ``code``) by ``new`` (None
+        deletes it)."""
         if new is not None:
             self.txn.put(rkey, new)
         elif old is not None:
             self.txn.delete(rkey)
-        if old_hash != new_hash:
-            acc = self.buckets.setdefault(ns_id << 8 | bucket, [0, 0])
-            acc[0] ^= old_hash ^ new_hash
-            acc[1] += (new is not None) - (old is not None)
+        tally(self.buckets, code, old, new)
+
+    def finish(self, journal: Journal) -> None:
+        """Write the bucket changes and journal the events: the end of every write."""
+        self.flush()
+        journal.record(self.txn, self.groups)
 
     def flush(self) -> None:
+        """Add the bucket changes summed so far to the bucket rows."""
         # A commit of 1,000 keys changes most of a namespace's 256 bucket rows: read them
         # and write them in one call each (getmulti / putmulti) rather than two per bucket,
-        # in key order. A bucket row's key, ns_id (4 bytes) + bucket (1), is its code in 5
-        # big-endian bytes: ints sort and encode fastest (sorting (ns_id, bucket) tuples
-        # took a third of this).
+        # in key order.
         changed = self.buckets
         codes = sorted(code for code, acc in changed.items() if acc[0] or acc[1])
         if not codes:
             changed.clear()
             return
-        keys = [code.to_bytes(5, "big") for code in codes]
+        keys = [layout.code_key(code) for code in codes]
         unpack, pack = layout.BUCKET_ROW.unpack, layout.BUCKET_ROW.pack
         with self.txn.cursor(db=self.buckets_db) as cur:
             stored = dict(cur.getmulti(keys))

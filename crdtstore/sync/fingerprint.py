@@ -39,6 +39,9 @@ from collections.abc import Iterable
 from crdtstore.codec import encode_key as encode_key
 from crdtstore.crdt import Dot, Key
 
+# The bucket rule is defined once, below the codec, which checks received keys with it.
+from crdtstore.keyhash import bucket_part as bucket_part
+
 HASH_SPACE = 1 << 64
 ORDER_BITS = 8
 """How many leading bits of the key hash come before the key in reconciliation order."""
@@ -50,14 +53,6 @@ _MASK_56 = (1 << 56) - 1
 def key_hash(key: Key) -> int:
     """Position of ``key`` in the reconciliation order, in [0, 2**64)."""
     return encoded_key_hash(encode_key(key))
-
-
-def bucket_part(ekey: bytes) -> bytes:
-    """What the bucket of the key whose encoding is ``ekey`` hashes: ``ekey`` less its last
-    byte, or less its last two when both are ASCII digits."""
-    if len(ekey) > 2 and 48 <= ekey[-1] <= 57 and 48 <= ekey[-2] <= 57:
-        return ekey[:-2]
-    return ekey[:-1]
 
 
 def encoded_key_hash(ekey: bytes) -> int:

@@ -28,8 +28,7 @@ from crdtstore.errors import (
     TypeMismatch,
 )
 from crdtstore.settings import NodeSettings
-from crdtstore.storage import LMDBReplica, layout
-from crdtstore.storage import replica as replica_module
+from crdtstore.storage import LMDBReplica, layout, receive
 from crdtstore.storage.replica import wall_ms
 from crdtstore.sync.fingerprint import (
     HASH_SPACE,
@@ -101,8 +100,9 @@ def test_key_and_entry_hashes_equal_the_fingerprint_module() -> None:
 
 
 def test_a_write_puts_each_row_where_reconciliation_order_has_it(make_replica: Make) -> None:
-    """_put and _add inline the key's bucket (fingerprint.bucket_part); reads, scans and
-    fingerprints find a row by layout's. Bucket counts must agree too."""
+    """Local writes place a row by keyhash.hash_key_encoding; reads, scans and fingerprints
+    find it by the reconciliation order of the fingerprint module. Bucket counts must
+    agree too."""
     a = make_replica("a")
     local(a, *[("add", "s", k) for k in HASH_CASES], *[("put", "m", k, 1) for k in HASH_CASES])
     for ns, tname in (("s", "or_set"), ("m", "lww_map")):
@@ -855,7 +855,7 @@ def run_differential(replica: LMDBReplica, ops: list[tuple[Any, ...]]) -> None:
 )
 def test_commit_context_encoding_equals_the_codec(first: int, n: int, observed: list[Any]) -> None:
     from crdtstore.codec import encode_context
-    from crdtstore.storage.local import encode_dots
+    from crdtstore.storage.outbox import encode_dots
 
     # A commit's batch context: what it observed, less its own run (implied on the wire).
     last = first + n - 1
@@ -879,7 +879,7 @@ def decode_context_of(obj: Any) -> CausalContext:
 def test_a_large_range_apply_journals_its_events_in_rows_of_one_commit(
     make_replica: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(replica_module, "EVENTS_PER_JOURNAL_ROW", 8)
+    monkeypatch.setattr(receive, "EVENTS_PER_JOURNAL_ROW", 8)
     a, b = make_replica("a"), make_replica("b")
     keys = [f"k{i}/" for i in range(50)]  # 50 prefixes: the keys spread over the 16 ranges
     local(b, *[("put", "m", k, i) for i, k in enumerate(keys)])
@@ -1002,4 +1002,4 @@ def test_a_batch_is_known_applied_exactly_when_the_context_holds_its_run(
     ctx = CausalContext(vv, [Dot(r, s) for r, s in cloud])
     last = first + n
     want = all(Dot(origin, s) in ctx for s in range(first, last + 1))
-    assert replica_module._holds_run(ctx, origin, first, last) == want
+    assert receive.holds_run(ctx, origin, first, last) == want

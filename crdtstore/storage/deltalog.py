@@ -1,0 +1,130 @@
+"""The delta log (the outbox): every batch a namespace applied or made, kept to serve repairs.
+
+Invariants (the row layout is :mod:`crdtstore.storage.layout`'s):
+
+- Each logged batch has one log row, keyed by namespace, origin and first seq, and one
+  order row, keyed by namespace and a serial that grows with every batch logged there:
+  the oldest batches in append order go first when the log is bounded.
+- A namespace's count row holds exactly how many batches it logs; it sits after the
+  namespace's order rows and its context row, so a commit that logs a batch and rewrites
+  the context dirties one page of ``logorder``.
+- A batch replaces a logged one with the same origin and first seq only if it reaches
+  further; its order row and count follow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import lmdb
+
+from crdtstore.storage import layout
+
+
+class DeltaLog:
+    """The ``log`` and ``logorder`` tables, read and written in the caller's transactions."""
+
+    def __init__(self, dbs: Mapping[str, Any]) -> None:
+        self._log = dbs["log"]
+        self._order = dbs["logorder"]
+
+    def put(
+        self, txn: lmdb.Transaction, ns_id: int, origin: str, first: int, last: int, encoded: bytes
+    ) -> None:
+        """Log a batch (replacing a shorter one with the same origin and first seq)."""
+        lkey = layout.log_key(ns_id, origin, first)
+        old = txn.get(lkey, db=self._log)
+        if old is not None:
+            if layout.log_last(old) >= last:
+                return
+            self._forget(txn, ns_id, old)
+        count, serial = self._tail(txn, ns_id)
+        txn.put(lkey, layout.pack_log(last, serial + 1, origin, encoded), db=self._log)
+        txn.put(layout.log_order_key(ns_id, serial + 1), lkey, db=self._order)
+        txn.put(layout.log_count_key(ns_id), layout.u64(count + 1), db=self._order)
+
+    def batches(
+        self, txn: lmdb.Transaction, ns_id: int, origin: str, first: int, last: int
+    ) -> list[bytes] | None:
+        """Encoded batches of ``origin`` covering ``first..last``; None if not all held."""
+        prefix = layout.log_prefix(ns_id, origin)
+        out: list[bytes] = []
+        need, best_last = first, 0
+        best: layout.Buf = b""
+        with txn.cursor(db=self._log) as cur:
+            ok = cur.set_range(prefix)
+            while need <= last:
+                # Take every batch starting at or before `need`; keep the furthest-reaching.
+                while ok and cur.key()[:12] == prefix and layout.log_first(cur.key()) <= need:
+                    value = cur.value()
+                    blast = layout.log_last(value)
+                    if blast > best_last:
+                        best_last, best = blast, value
+                    ok = cur.next()
+                if best_last < need:
+                    return None
+                out.append(layout.unpack_log(best)[2])
+                need = best_last + 1
+        return out
+
+    def trim(self, txn: lmdb.Transaction, ns_id: int, origin: str, upto: int) -> int:
+        """Drop the batches of ``origin`` that end at or below ``upto``; how many went."""
+        prefix = layout.log_prefix(ns_id, origin)
+        dropped = 0
+        with txn.cursor(db=self._log) as cur:
+            ok = cur.set_range(prefix)
+            # A batch starting above `upto` ends above it too: stop there.
+            while ok and cur.key()[:12] == prefix and layout.log_first(cur.key()) <= upto:
+                if layout.log_last(cur.value()) <= upto:
+                    self._forget(txn, ns_id, cur.value())
+                    ok = cur.delete()
+                    dropped += 1
+                else:
+                    ok = cur.next()
+        return dropped
+
+    def bound(self, txn: lmdb.Transaction, ns_id: int, max_batches: int) -> int:
+        """Drop the oldest batches (append order) until at most ``max_batches`` stay."""
+        excess = self._count(txn, ns_id, 0) - max_batches
+        if excess <= 0:
+            return 0
+        dropped = 0
+        end = layout.context_key(ns_id)  # then its count: the order rows are before
+        with txn.cursor(db=self._order) as cur:
+            ok = cur.set_range(layout.ns_prefix(ns_id))
+            while dropped < excess and ok and bytes(cur.key()) < end:
+                lkey = cur.value()
+                txn.delete(lkey, db=self._log)
+                ok = cur.delete()
+                dropped += 1
+        if dropped:
+            self._count(txn, ns_id, -dropped)
+        return dropped
+
+    def _tail(self, txn: lmdb.Transaction, ns_id: int) -> tuple[int, int]:
+        """``(logged batches, newest serial)`` of a namespace: its count row, and the newest
+        order row just before its context row (read together: they share a page)."""
+        with txn.cursor(db=self._order) as cur:
+            if not cur.set_key(layout.log_count_key(ns_id)):
+                return 0, 0  # nothing was ever logged here
+            count = layout.read_u64(cur.value())
+            ok = cur.prev()
+            if ok and cur.key() == layout.context_key(ns_id):
+                ok = cur.prev()
+            if ok and cur.key()[:4] == layout.ns_prefix(ns_id):
+                return count, layout.read_u64(cur.key(), 4)
+            return count, 0
+
+    def _forget(self, txn: lmdb.Transaction, ns_id: int, value: layout.Buf) -> None:
+        """Drop the order row of a log row the caller deletes or replaces, and count it."""
+        txn.delete(layout.log_order_key(ns_id, layout.log_serial(value)), db=self._order)
+        self._count(txn, ns_id, -1)
+
+    def _count(self, txn: lmdb.Transaction, ns_id: int, delta: int) -> int:
+        ckey = layout.log_count_key(ns_id)
+        data = txn.get(ckey, db=self._order)
+        count = (layout.read_u64(data) if data else 0) + delta
+        if delta:
+            txn.put(ckey, layout.u64(count), db=self._order)
+        return count
