@@ -58,9 +58,6 @@ Verdict = Callable[[str], tuple[MemberStatus | None, int | None, int | None]]
 """node id -> (detector status, last heard ms, incarnation heard), for the node that runs a
 failure detector. A heartbeat can bring a new incarnation before the record does."""
 
-ClockView = Callable[[str], tuple[int | None, bool]]
-"""node id -> (clock offset ms, clock off), for the node that estimates its members' clocks."""
-
 
 def parse_records(values: Mapping[Any, Any]) -> tuple[dict[str, MemberRecord], int]:
     """Valid records by node id, and how many were rejected (they came from the network)."""
@@ -79,18 +76,10 @@ def parse_records(values: Mapping[Any, Any]) -> tuple[dict[str, MemberRecord], i
     return records, rejected
 
 
-def members_from_records(
-    self_id: str, values: Mapping[Any, Any], verdict: Verdict | None
-) -> list[Member]:
-    records, _ = parse_records(values)
-    return members_view(self_id, records, verdict)
-
-
 def members_view(
     self_id: str,
     records: Mapping[str, MemberRecord],
     verdict: Verdict | None,
-    clocks: ClockView | None = None,
 ) -> list[Member]:
     out = []
     for node_id, record in sorted(records.items()):
@@ -106,7 +95,6 @@ def members_view(
                 status, heard = "left", None
             else:
                 status = seen.value if seen is not None else "alive"
-        offset, off = (None, False) if clocks is None else clocks(node_id)
         out.append(
             Member(
                 node_id=node_id,
@@ -119,8 +107,6 @@ def members_view(
                 started_at_ms=record.started_at_ms,
                 last_heard_ms=heard,
                 is_self=is_self,
-                clock_offset_ms=offset,
-                clock_off=off,
             )
         )
     return out
