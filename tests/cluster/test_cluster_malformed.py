@@ -16,6 +16,7 @@ from crdtstore.membership.messages import Hello
 from crdtstore.storage.replica import wall_ms
 from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import encode_message
+from transport import routing_id
 
 MAX_MESSAGE = 256 * 1024
 
@@ -94,7 +95,9 @@ def test_hostile_frames_on_every_port_change_nothing(cluster: Cluster) -> None:
         evil_pub = f"tcp://127.0.0.1:{xpub_port}"
         hello = Hello("evil", "tcp://127.0.0.1:9", evil_pub, None, reply=False)
         prober = ctx.socket(zmq.DEALER)
-        prober.setsockopt(zmq.IDENTITY, b"evil")
+        # A connection id of its own, as a node's: a second connection under the raw
+        # dealer's id would be refused while that one is still up (no handover).
+        prober.setsockopt(zmq.IDENTITY, routing_id.for_connection(b"evil"))
         prober.setsockopt(zmq.LINGER, 0)
         prober.connect(router)
         prober.send(b"M" + encode_message(hello))
