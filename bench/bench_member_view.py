@@ -30,8 +30,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crdtstore.localcluster import ServeNode, wait_until
 from crdtstore.settings import NodeSettings
+from crdtstore.testing.localcluster import ServeNode, wait_until
 
 console = Console()
 

@@ -10,7 +10,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transport import TransportFaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,8 +102,13 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> int:
-    """Run a node until SIGTERM or SIGINT. ``clock``: see ``crdtstore.open``."""
+def serve(
+    args: argparse.Namespace,
+    clock: Callable[[], int] | None = None,
+    faults: TransportFaults | None = None,
+) -> int:
+    """Run a node until SIGTERM or SIGINT. ``clock`` and ``faults`` (test seams): see
+    ``crdtstore.open``; ``python -m crdtstore.testing.serve`` passes faults."""
     import crdtstore
     from transport import TransportError
 
@@ -132,7 +140,7 @@ def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> i
     signal.signal(signal.SIGHUP, on_hup)
     tune_gc()
     try:
-        node = crdtstore.open(data, clock=clock, **options)
+        node = crdtstore.open(data, clock=clock, faults=faults, **options)
     except (crdtstore.Error, TransportError) as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2

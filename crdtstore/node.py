@@ -62,6 +62,7 @@ from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
 
 if TYPE_CHECKING:
     from crdtstore.replicator import Replicator
+    from transport import TransportFaults
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def open(
     seeds: Iterable[str] = (),
     *,
     clock: Callable[[], int] | None = None,
+    faults: TransportFaults | None = None,
     **settings: Any,
 ) -> Node:
     """Open (creating if needed) the node directory ``path``.
@@ -103,6 +105,9 @@ def open(
     ``clock``: the wall clock this process reads, in ms since the epoch, for its write
     stamps and, with ``bind``, its replication and failure detection (default: the
     system's); a test gives a shifted one to run a node whose clock is off.
+    ``faults``: with ``bind``, network faults for the node's transport to inject (lost
+    frames, cut peers): a test seam, built by :mod:`crdtstore.testing.faults`; None (the
+    default) runs no fault code.
     ``settings``: any field of :class:`~crdtstore.settings.NodeSettings`; unknown names,
     and malformed addresses, raise :class:`~crdtstore.errors.InvalidValue`.
     """
@@ -113,6 +118,7 @@ def open(
         seeds=seeds,
         settings=NodeSettings.from_mapping(settings),
         clock=clock,
+        faults=faults,
     )
 
 
@@ -128,8 +134,10 @@ class Node:
         seeds: Iterable[str] = (),
         settings: NodeSettings | None = None,
         clock: Callable[[], int] | None = None,
+        faults: TransportFaults | None = None,
     ) -> None:
         self.settings = settings if settings is not None else NodeSettings()
+        self._faults = faults
         self.path = os.fspath(path)
         self.bind = None if bind is None else check_bind(bind)
         self.seeds: tuple[str, ...] = check_seeds(seeds)
@@ -769,7 +777,6 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
         **{k: v for k, v in settings.extra.items() if k in sync_fields},
     )
     transport_settings = TransportSettings(
-        drop_publish_fraction=settings.drop_publish_fraction,
         **{k: v for k, v in settings.extra.items() if k in transport_fields},
     )
     curve = None
@@ -801,6 +808,7 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
             extra_stats=lambda: dict(node.stats),
             member_view=member_view,
             clock=node.replica.now_ms,
+            faults=node._faults,
         )
     except BaseException:
         member_view.close()

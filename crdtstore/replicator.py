@@ -54,7 +54,14 @@ from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
 from crdtstore.sync.settings import SyncSettings
-from transport import CurveKeys, Delivery, Transport, TransportSettings, load_public_key
+from transport import (
+    CurveKeys,
+    Delivery,
+    Transport,
+    TransportFaults,
+    TransportSettings,
+    load_public_key,
+)
 
 if TYPE_CHECKING:
     from crdtstore.settings import NodeSettings
@@ -130,6 +137,7 @@ class Replicator:
         on_status: Callable[[StatusChange], None] | None = None,
         member_view: MemberViewStore | None = None,
         clock: Callable[[], int] = now_ms,
+        faults: TransportFaults | None = None,
     ) -> None:
         self.node_id: str = replica.node_id
         self._clock = clock
@@ -152,6 +160,7 @@ class Replicator:
             settings=transport_settings,
             curve=curve,
             express_topics=frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
+            faults=faults,
         )
         self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
         self._member_view = member_view
@@ -201,7 +210,6 @@ class Replicator:
             warn_every_ms=sync_settings.log_interval_ms,
         )
         self._record_addrs: dict[str, tuple[str, str]] = {}
-        self._partitioned: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
@@ -483,25 +491,7 @@ class Replicator:
                 self._seed_aliases.add(alias)
             self.transport.send(alias, CHANNEL_MEMBERS + encode_message(hello))
 
-    def _apply_partition_file(self) -> None:
-        path = self._settings.partition_file
-        if path is None:
-            return
-        try:
-            with open(path, encoding="utf-8") as fh:
-                wanted = {line.strip() for line in fh if line.strip()}
-        except FileNotFoundError:
-            wanted = set()
-        for node_id in wanted - self._partitioned:
-            self.transport.set_drop_rule(node_id.encode(), True)
-        for node_id in self._partitioned - wanted:
-            self.transport.set_drop_rule(node_id.encode(), False)
-        if wanted != self._partitioned:
-            log.warning("test partition: dropping all traffic with %s", sorted(wanted) or "-")
-        self._partitioned = wanted
-
     def _membership_tick(self, now: int) -> None:
-        self._apply_partition_file()
         self._refresh_records(now)
         self._check_clocks(now)
 

@@ -154,13 +154,6 @@ class NodeSettings:
     """How often the node with the network role writes ``status.json`` (members, per-peer
     lag, counters) into its directory for ``crdt-inspect DIR status``."""
 
-    partition_file: str | None = None
-    """TEST HOOK: a file of node ids, one per line, polled every heartbeat; while a peer is
-    listed, every frame to or from it is dropped (a network partition between processes)."""
-
-    drop_publish_fraction: float = 0.0
-    """TEST HOOK: drop this fraction of outgoing PUB frames so tests exercise repair."""
-
     extra: Mapping[str, Any] = field(default_factory=dict)
     """Options for the sync engine (any ``SyncSettings`` field) and the transport (any
     ``TransportSettings`` field), passed through by name and validated by those layers."""
@@ -183,14 +176,12 @@ class NodeSettings:
                 raise InvalidValue(f"setting {name}={getattr(self, name)!r} must be true or false")
         if self.pub_bind is not None:
             check_bind(self.pub_bind, "pub_bind")
-        for name in ("pub_bind", "secret_key", "keys_dir", "partition_file"):
+        for name in ("pub_bind", "secret_key", "keys_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise InvalidValue(f"setting {name}={value!r} must be a string")
         if (self.secret_key is None) != (self.keys_dir is None):
             raise InvalidValue("settings secret_key and keys_dir go together (CurveZMQ)")
-        if not 0.0 <= self.drop_publish_fraction <= 1.0:
-            raise InvalidValue("setting drop_publish_fraction must be in [0, 1]")
         if self.durability not in ("sync", "async"):
             raise InvalidValue(f"setting durability={self.durability!r}: use 'sync' or 'async'")
         if self.map_size > self.max_map_size:
@@ -233,8 +224,6 @@ NOT_COUNTS = frozenset(
         "pub_bind",
         "secret_key",
         "keys_dir",
-        "partition_file",
-        "drop_publish_fraction",
         "role_standby",
         "leave_on_terminate",
     }
@@ -254,4 +243,4 @@ def layer_options() -> frozenset[str]:
 
     names = {f.name for f in dataclasses.fields(SyncSettings)}
     names |= {f.name for f in dataclasses.fields(TransportSettings)}
-    return frozenset(names - {"max_clock_drift_ms", "drop_publish_fraction"})
+    return frozenset(names - {"max_clock_drift_ms"})

@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from crdtstore.localcluster import wait_until
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica
+from crdtstore.testing.localcluster import wait_until
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(

@@ -11,6 +11,7 @@ Invariants of the package:
 from transport.counters import COUNTER_NAMES
 from transport.delivery import Delivery
 from transport.errors import TransportError
+from transport.faults import FrameKind, TransportFaults
 from transport.security import CurveKeys, generate_keypair, load_keys, load_public_key
 from transport.settings import TransportSettings
 from transport.transport import Transport
@@ -19,8 +20,10 @@ __all__ = [
     "COUNTER_NAMES",
     "CurveKeys",
     "Delivery",
+    "FrameKind",
     "Transport",
     "TransportError",
+    "TransportFaults",
     "TransportSettings",
     "generate_keypair",
     "load_keys",

@@ -30,7 +30,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
 from crdtstore.sync.settings import SyncSettings
-from crdtstore.sync.simulator import Faults, Simulator
+from crdtstore.testing.simulator import Faults, Simulator
 
 NODES = ["n0", "n1", "n2", "n3", "n4"]
 KEYS = st.integers(0, 5)

@@ -25,9 +25,9 @@ import msgpack
 
 from crdtstore.crdt import CausalContext, DotMap, HybridClock, LWWMap, ORSet
 from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, SyncEngine
-from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import DeltaBatch
 from crdtstore.sync.settings import SyncSettings
+from crdtstore.testing.memory import MemoryReplica
 
 START_MS = 1_700_000_000_000  # a realistic epoch, so hybrid timestamps look like real ones
 
