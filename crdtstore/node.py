@@ -52,9 +52,10 @@ from crdtstore.membership.observed import (
 from crdtstore.membership.view import Member, parse_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
+from crdtstore.storage.inputs import encode_key
 from crdtstore.storage.journal import Change
 from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
-from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
+from crdtstore.storage.local import Committed
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
 from crdtstore.storage.rows import winning_value
@@ -530,18 +531,14 @@ class Node:
         w = self._current()
         if w is not None:
             return w.dots(name, ekey)
-        ns_id = self._replica.namespace_id(name, type_name)
-        with self._replica.read_txn() as txn:
-            return get_dots(txn, self._replica._state, ns_id, ekey)
+        return self._replica.read_dots(self._replica.namespace_id(name, type_name), ekey)
 
     def _count(self, name: str, type_name: str) -> int:
         self._check()
         w = self._current()
         if w is not None:
             return w.count(name)
-        ns_id = self._replica.namespace_id(name, type_name)
-        with self._replica.read_txn() as txn:
-            return count_live(txn, self._replica._bucketdb, ns_id)
+        return self._replica.count_live(self._replica.namespace_id(name, type_name))
 
     def _rows(self, name: str, type_name: str) -> Iterator[tuple[Any, list[list[Any]]]]:
         """Every live row, in chunks of ``iter_chunk`` per read transaction."""
@@ -554,8 +551,7 @@ class Node:
                 chunk = w.scan(name, after, limit)
             else:
                 ns_id = self._replica.namespace_id(name, type_name)
-                with self._replica.read_txn() as txn:
-                    chunk = scan_chunk(txn, self._replica._state, ns_id, after, limit)
+                chunk = self._replica.scan_rows(ns_id, after, limit)
             for _, key, dots in chunk:
                 yield key, dots
             if len(chunk) < limit:
