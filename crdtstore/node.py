@@ -18,7 +18,6 @@ when it closes. Never open a node before ``fork()`` and use it after.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -762,19 +761,9 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
         derive_pub_address,
         parse_seed,
     )
-    from crdtstore.sync.settings import SyncSettings
-    from transport import TransportSettings, load_keys
+    from transport import load_keys
 
     settings = node.settings
-    sync_fields = {f.name for f in dataclasses.fields(SyncSettings)}
-    transport_fields = {f.name for f in dataclasses.fields(TransportSettings)}
-    sync_settings = SyncSettings(
-        max_clock_drift_ms=settings.max_clock_drift_ms,
-        **{k: v for k, v in settings.extra.items() if k in sync_fields},
-    )
-    transport_settings = TransportSettings(
-        **{k: v for k, v in settings.extra.items() if k in transport_fields},
-    )
     curve = None
     if settings.secret_key is not None and settings.keys_dir is not None:
         curve = load_keys(settings.secret_key, settings.keys_dir)
@@ -796,8 +785,8 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
             pub_bind=settings.pub_bind or derive_pub_address(bind),
             seeds=parsed,
             settings=settings,
-            sync_settings=sync_settings,
-            transport_settings=transport_settings,
+            sync_settings=settings.sync,
+            transport_settings=settings.transport,
             curve=curve,
             topics=node.topics,
             status_path=os.path.join(node.path, STATUS_FILE),

@@ -46,7 +46,7 @@ def make_replica(tmp_path: Path) -> Iterator[Callable[..., LMDBReplica]]:
     opened: list[LMDBReplica] = []
 
     def make(name: str = "n", node_id: str | None = None, **settings: object) -> LMDBReplica:
-        replica = LMDBReplica(tmp_path / name, node_id or name, NodeSettings(**settings))  # type: ignore[arg-type]
+        replica = LMDBReplica(tmp_path / name, node_id or name, NodeSettings.from_mapping(settings))
         opened.append(replica)
         return replica
 
