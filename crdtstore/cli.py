@@ -90,9 +90,8 @@ def tune_gc() -> None:
     A replica decodes many small containers: a shipped range alone holds up to
     ``range_max_reply_entries`` entries of several each. With CPython's default (a young
     collection every 700 allocations) each range's decoded objects are promoted and
-    scanned again and again: a 300,000-entry bootstrap's apply took a fifth longer when
-    sessions held 100,000 decoded entries, an eighth longer now (1.98 / 1.76 s, in
-    process).
+    scanned again and again, which made a large bootstrap's apply measurably slower
+    (figures in the CHANGELOG; ``bench/bench_bootstrap.py`` measures it).
     Collections every 10,000 allocations, and the start-up objects (modules, code,
     settings: never garbage) frozen out of every scan, keep that cost small. Nothing in a
     node relies on cycles being collected promptly; a service embedding a node may do

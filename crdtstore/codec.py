@@ -308,8 +308,8 @@ _local = threading.local()
 
 
 def key_packer() -> Callable[[Any], bytes]:
-    """This thread's packer of keys (``packb`` builds one per call, two thirds of the cost
-    of a short key; a packer is not safe to share between threads)."""
+    """This thread's packer of keys (``packb`` builds one per call, most of the cost of a
+    short key; a packer is not safe to share between threads)."""
     try:
         pack: Callable[[Any], bytes] = _local.pack
     except AttributeError:

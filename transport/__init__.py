@@ -8,7 +8,7 @@ Invariants of the package:
   never raised, and never stops the I/O thread.
 - Importing the package, its settings or its fault seam loads no pyzmq: the names that
   need it (``Transport``, the CURVE helpers) load on first use, so a process that only
-  builds a node's settings (a local-only node) never pays pyzmq's import (tens of ms).
+  builds a node's settings (a local-only node) never pays pyzmq's import.
 """
 
 from __future__ import annotations

@@ -108,7 +108,7 @@ _MONITOR_EVENT = struct.Struct("=HI")  # libzmq's monitor frame: event id, value
 def recv_monitor_event(monitor: Socket) -> int:
     """The id of the next event on a socket monitor (``zmq.Again`` if none is queued), or
     0 for a message not of libzmq's shape. (pyzmq's ``recv_monitor_message`` does this
-    too, but its module imports asyncio: a third of a node's start-up imports.)"""
+    too, but its module imports asyncio, a large share of a node's start-up imports.)"""
     frames = monitor.recv_multipart(zmq.NOBLOCK)
     if len(frames) != 2 or len(frames[0]) != _MONITOR_EVENT.size:
         return 0
