@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 import crdtstore
-from crdtstore.localcluster import ServeNode, same_state, wait_until
+from crdtstore.testing.localcluster import ServeNode, same_state, wait_until
 
 console = Console()
 

@@ -30,8 +30,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crdtstore.localcluster import ServeNode, wait_until
 from crdtstore.settings import NodeSettings
+from crdtstore.testing.localcluster import ServeNode, wait_until
 
 console = Console()
 
@@ -160,7 +160,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one kill")
     args = parser.parse_args()
-    interval = NodeSettings().member_view_interval_ms
+    interval = NodeSettings().membership.member_view_interval_ms
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
         rows = run(Path(tmp), 1 if args.quick else 3)
     table = Table(

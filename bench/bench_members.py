@@ -23,7 +23,7 @@ from machine import lo_bytes
 from rich.console import Console
 from rich.table import Table
 
-from crdtstore.localcluster import ServeNode, wait_until
+from crdtstore.testing.localcluster import ServeNode, wait_until
 
 console = Console()
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -29,7 +29,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 import crdtstore
-from crdtstore.localcluster import ServeNode, free_port, wait_until
+from crdtstore.testing.localcluster import ServeNode, free_port, wait_until
 
 console = Console()
 MSG = b"x" * 60

@@ -25,7 +25,7 @@ from crdtstore.codec import encode_value, pack
 from crdtstore.crdt import CausalContext, Dot, ORSet
 from crdtstore.sync.messages import DeltaBatch, decode_message
 from crdtstore.sync.settings import SyncSettings
-from crdtstore.sync.simulator import Simulator
+from crdtstore.testing.simulator import Simulator
 
 BENCH = SyncSettings(
     digest_interval_ms=500,

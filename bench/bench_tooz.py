@@ -28,7 +28,7 @@ from rich.console import Console
 from rich.table import Table
 from tooz import coordination
 
-from crdtstore.localcluster import ServeNode, free_port, wait_until
+from crdtstore.testing.localcluster import ServeNode, free_port, wait_until
 
 console = Console()
 

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crdtstore.localcluster import wait_until
+from crdtstore.testing.localcluster import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 NODE_PORT = 7100

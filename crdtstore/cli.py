@@ -10,7 +10,10 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transport import TransportFaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,9 +90,8 @@ def tune_gc() -> None:
     A replica decodes many small containers: a shipped range alone holds up to
     ``range_max_reply_entries`` entries of several each. With CPython's default (a young
     collection every 700 allocations) each range's decoded objects are promoted and
-    scanned again and again: a 300,000-entry bootstrap's apply took a fifth longer when
-    sessions held 100,000 decoded entries, an eighth longer now (1.98 / 1.76 s, in
-    process).
+    scanned again and again, which made a large bootstrap's apply measurably slower
+    (figures in the CHANGELOG; ``bench/bench_bootstrap.py`` measures it).
     Collections every 10,000 allocations, and the start-up objects (modules, code,
     settings: never garbage) frozen out of every scan, keep that cost small. Nothing in a
     node relies on cycles being collected promptly; a service embedding a node may do
@@ -99,8 +101,13 @@ def tune_gc() -> None:
     gc.set_threshold(GC_GEN0_THRESHOLD, gen1, gen2)
 
 
-def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> int:
-    """Run a node until SIGTERM or SIGINT. ``clock``: see ``crdtstore.open``."""
+def serve(
+    args: argparse.Namespace,
+    clock: Callable[[], int] | None = None,
+    faults: TransportFaults | None = None,
+) -> int:
+    """Run a node until SIGTERM or SIGINT. ``clock`` and ``faults`` (test seams): see
+    ``crdtstore.open``; ``python -m crdtstore.testing.serve`` passes faults."""
     import crdtstore
     from transport import TransportError
 
@@ -132,7 +139,7 @@ def serve(args: argparse.Namespace, clock: Callable[[], int] | None = None) -> i
     signal.signal(signal.SIGHUP, on_hup)
     tune_gc()
     try:
-        node = crdtstore.open(data, clock=clock, **options)
+        node = crdtstore.open(data, clock=clock, faults=faults, **options)
     except (crdtstore.Error, TransportError) as exc:
         print(f"crdtstore serve: {exc}", file=sys.stderr)
         return 2

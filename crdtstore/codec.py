@@ -81,7 +81,8 @@ only lower it (``max_value_depth``)."""
 
 def pack(obj: Any) -> bytes:
     try:
-        return msgpack.packb(obj, use_bin_type=True, strict_types=False)  # type: ignore[no-any-return]
+        packed: bytes = msgpack.packb(obj, use_bin_type=True, strict_types=False)
+        return packed
     except (TypeError, ValueError, OverflowError) as exc:
         raise DecodeError(f"cannot encode {type(obj).__name__}: {exc}") from exc
 
@@ -166,7 +167,7 @@ def expect(obj: Any, kind: type[T] | tuple[type, ...], what: str) -> T:
     if not isinstance(obj, kind):
         name = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise DecodeError(f"{what}: expected {name}, got {type(obj).__name__}")
-    return obj  # type: ignore[return-value]
+    return obj  # type: ignore[return-value]  # isinstance of a tuple of types cannot narrow to T
 
 
 def expect_list(obj: Any, what: str, length: int | None = None) -> list[Any]:
@@ -307,8 +308,8 @@ _local = threading.local()
 
 
 def key_packer() -> Callable[[Any], bytes]:
-    """This thread's packer of keys (``packb`` builds one per call, two thirds of the cost
-    of a short key; a packer is not safe to share between threads)."""
+    """This thread's packer of keys (``packb`` builds one per call, most of the cost of a
+    short key; a packer is not safe to share between threads)."""
     try:
         pack: Callable[[Any], bytes] = _local.pack
     except AttributeError:

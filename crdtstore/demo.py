@@ -19,14 +19,14 @@ from rich.console import Console
 from rich.table import Table
 
 import crdtstore
-from crdtstore.localcluster import ServeNode
+from crdtstore.testing.localcluster import ServeNode
 
 console = Console()
 NAMES = ("n1", "n2", "n3")
 
 
 class DemoNode(ServeNode):
-    """A ``crdtstore serve`` process (see :mod:`crdtstore.localcluster`) the demo reads."""
+    """A ``crdtstore serve`` process (see :mod:`crdtstore.testing.localcluster`) the demo reads."""
 
     def __init__(self, name: str, root: Path, seed: str | None) -> None:
         super().__init__(root, name, [seed] if seed else [], log_level="WARNING")

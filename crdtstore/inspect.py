@@ -31,7 +31,7 @@ from crdtstore.crdt import CausalContext, Dot
 from crdtstore.crdt.hlc import logical, physical_ms
 from crdtstore.errors import DecodeError, Error
 from crdtstore.storage import layout
-from crdtstore.storage.local import count_live
+from crdtstore.storage.reads import count_live
 from crdtstore.storage.rows import winning_value
 
 

@@ -18,7 +18,6 @@ when it closes. Never open a node before ``fork()`` and use it after.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import threading
@@ -52,9 +51,10 @@ from crdtstore.membership.observed import (
 from crdtstore.membership.view import Member, parse_records
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
+from crdtstore.storage.inputs import encode_key
 from crdtstore.storage.journal import Change
 from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
-from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
+from crdtstore.storage.local import Committed
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
 from crdtstore.storage.rows import winning_value
@@ -62,6 +62,7 @@ from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
 
 if TYPE_CHECKING:
     from crdtstore.replicator import Replicator
+    from transport import TransportFaults
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +90,7 @@ def open(
     seeds: Iterable[str] = (),
     *,
     clock: Callable[[], int] | None = None,
+    faults: TransportFaults | None = None,
     **settings: Any,
 ) -> Node:
     """Open (creating if needed) the node directory ``path``.
@@ -103,6 +105,9 @@ def open(
     ``clock``: the wall clock this process reads, in ms since the epoch, for its write
     stamps and, with ``bind``, its replication and failure detection (default: the
     system's); a test gives a shifted one to run a node whose clock is off.
+    ``faults``: with ``bind``, network faults for the node's transport to inject (lost
+    frames, cut peers): a test seam, built by :mod:`crdtstore.testing.faults`; None (the
+    default) runs no fault code.
     ``settings``: any field of :class:`~crdtstore.settings.NodeSettings`; unknown names,
     and malformed addresses, raise :class:`~crdtstore.errors.InvalidValue`.
     """
@@ -113,6 +118,7 @@ def open(
         seeds=seeds,
         settings=NodeSettings.from_mapping(settings),
         clock=clock,
+        faults=faults,
     )
 
 
@@ -128,8 +134,10 @@ class Node:
         seeds: Iterable[str] = (),
         settings: NodeSettings | None = None,
         clock: Callable[[], int] | None = None,
+        faults: TransportFaults | None = None,
     ) -> None:
         self.settings = settings if settings is not None else NodeSettings()
+        self._faults = faults
         self.path = os.fspath(path)
         self.bind = None if bind is None else check_bind(bind)
         self.seeds: tuple[str, ...] = check_seeds(seeds)
@@ -522,18 +530,14 @@ class Node:
         w = self._current()
         if w is not None:
             return w.dots(name, ekey)
-        ns_id = self._replica.namespace_id(name, type_name)
-        with self._replica.read_txn() as txn:
-            return get_dots(txn, self._replica._state, ns_id, ekey)
+        return self._replica.read_dots(self._replica.namespace_id(name, type_name), ekey)
 
     def _count(self, name: str, type_name: str) -> int:
         self._check()
         w = self._current()
         if w is not None:
             return w.count(name)
-        ns_id = self._replica.namespace_id(name, type_name)
-        with self._replica.read_txn() as txn:
-            return count_live(txn, self._replica._bucketdb, ns_id)
+        return self._replica.count_live(self._replica.namespace_id(name, type_name))
 
     def _rows(self, name: str, type_name: str) -> Iterator[tuple[Any, list[list[Any]]]]:
         """Every live row, in chunks of ``iter_chunk`` per read transaction."""
@@ -546,8 +550,7 @@ class Node:
                 chunk = w.scan(name, after, limit)
             else:
                 ns_id = self._replica.namespace_id(name, type_name)
-                with self._replica.read_txn() as txn:
-                    chunk = scan_chunk(txn, self._replica._state, ns_id, after, limit)
+                chunk = self._replica.scan_rows(ns_id, after, limit)
             for _, key, dots in chunk:
                 yield key, dots
             if len(chunk) < limit:
@@ -758,20 +761,9 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
         derive_pub_address,
         parse_seed,
     )
-    from crdtstore.sync.settings import SyncSettings
-    from transport import TransportSettings, load_keys
+    from transport import load_keys
 
     settings = node.settings
-    sync_fields = {f.name for f in dataclasses.fields(SyncSettings)}
-    transport_fields = {f.name for f in dataclasses.fields(TransportSettings)}
-    sync_settings = SyncSettings(
-        max_clock_drift_ms=settings.max_clock_drift_ms,
-        **{k: v for k, v in settings.extra.items() if k in sync_fields},
-    )
-    transport_settings = TransportSettings(
-        drop_publish_fraction=settings.drop_publish_fraction,
-        **{k: v for k, v in settings.extra.items() if k in transport_fields},
-    )
     curve = None
     if settings.secret_key is not None and settings.keys_dir is not None:
         curve = load_keys(settings.secret_key, settings.keys_dir)
@@ -793,14 +785,15 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
             pub_bind=settings.pub_bind or derive_pub_address(bind),
             seeds=parsed,
             settings=settings,
-            sync_settings=sync_settings,
-            transport_settings=transport_settings,
+            sync_settings=settings.sync,
+            transport_settings=settings.transport,
             curve=curve,
             topics=node.topics,
             status_path=os.path.join(node.path, STATUS_FILE),
             extra_stats=lambda: dict(node.stats),
             member_view=member_view,
             clock=node.replica.now_ms,
+            faults=node._faults,
         )
     except BaseException:
         member_view.close()

@@ -54,7 +54,14 @@ from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
 from crdtstore.sync.settings import SyncSettings
-from transport import CurveKeys, Delivery, Transport, TransportSettings, load_public_key
+from transport import (
+    CurveKeys,
+    Delivery,
+    Transport,
+    TransportFaults,
+    TransportSettings,
+    load_public_key,
+)
 
 if TYPE_CHECKING:
     from crdtstore.settings import NodeSettings
@@ -130,6 +137,7 @@ class Replicator:
         on_status: Callable[[StatusChange], None] | None = None,
         member_view: MemberViewStore | None = None,
         clock: Callable[[], int] = now_ms,
+        faults: TransportFaults | None = None,
     ) -> None:
         self.node_id: str = replica.node_id
         self._clock = clock
@@ -152,6 +160,7 @@ class Replicator:
             settings=transport_settings,
             curve=curve,
             express_topics=frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
+            faults=faults,
         )
         self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
         self._member_view = member_view
@@ -162,12 +171,12 @@ class Replicator:
             node_id=self.node_id,
             transport=self.transport,
             heartbeat_topic=topic_bytes(HEARTBEAT_TOPIC),
-            heartbeat_interval_ms=settings.heartbeat_interval_ms,
+            heartbeat_interval_ms=settings.membership.heartbeat_interval_ms,
             on_heartbeat=self._heard_clock,
             heartbeat_clocks=self._clocks_off,
-            suspect_after_ms=settings.suspect_after_ms,
-            dead_after_ms=settings.dead_after_ms,
-            view_interval_ms=settings.member_view_interval_ms,
+            suspect_after_ms=settings.membership.suspect_after_ms,
+            dead_after_ms=settings.membership.dead_after_ms,
+            view_interval_ms=settings.membership.member_view_interval_ms,
             view=member_view,
             clock=clock,
             poll_ms=settings.poll_ms,
@@ -197,11 +206,10 @@ class Replicator:
         self._seed_aliases: set[bytes] = set()
         # A seed silent for three greetings is unreachable (counted, logged now and then).
         self._seed_watch = SeedWatch(
-            patience_ms=3 * settings.hello_interval_ms,
+            patience_ms=3 * settings.membership.hello_interval_ms,
             warn_every_ms=sync_settings.log_interval_ms,
         )
         self._record_addrs: dict[str, tuple[str, str]] = {}
-        self._partitioned: set[str] = set()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
@@ -295,7 +303,7 @@ class Replicator:
                     self._emit(self.engine.on_tick(now))
                 self._take_liveness()
                 if now >= next_membership:
-                    next_membership = now + self._settings.heartbeat_interval_ms
+                    next_membership = now + self._settings.membership.heartbeat_interval_ms
                     self._membership_tick(now)
                 if now >= next_status and self._status_path is not None:
                     next_status = now + self._settings.status_interval_ms
@@ -303,7 +311,7 @@ class Replicator:
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
                 if now >= next_hello:
-                    next_hello = now + self._settings.hello_interval_ms
+                    next_hello = now + self._settings.membership.hello_interval_ms
                     self._greet_seeds(now)
             except ClosedError:
                 return  # the node is closing under us; close() stops this thread next
@@ -483,25 +491,7 @@ class Replicator:
                 self._seed_aliases.add(alias)
             self.transport.send(alias, CHANNEL_MEMBERS + encode_message(hello))
 
-    def _apply_partition_file(self) -> None:
-        path = self._settings.partition_file
-        if path is None:
-            return
-        try:
-            with open(path, encoding="utf-8") as fh:
-                wanted = {line.strip() for line in fh if line.strip()}
-        except FileNotFoundError:
-            wanted = set()
-        for node_id in wanted - self._partitioned:
-            self.transport.set_drop_rule(node_id.encode(), True)
-        for node_id in self._partitioned - wanted:
-            self.transport.set_drop_rule(node_id.encode(), False)
-        if wanted != self._partitioned:
-            log.warning("test partition: dropping all traffic with %s", sorted(wanted) or "-")
-        self._partitioned = wanted
-
     def _membership_tick(self, now: int) -> None:
-        self._apply_partition_file()
         self._refresh_records(now)
         self._check_clocks(now)
 
@@ -562,7 +552,7 @@ class Replicator:
                 if left:
                     self._disconnect(node_id)
                 since = self.liveness.last_heard_ms(node_id) or record.started_at_ms
-                if now - since > self._settings.prune_after_ms:
+                if now - since > self._settings.membership.prune_after_ms:
                     # Metadata of a member gone for good; its own later write survives this.
                     self._disconnect(node_id)
                     self._delete_record(node_id)
@@ -576,7 +566,9 @@ class Replicator:
                 # member is newer than its old record, which may still be all we hold.
                 self._record_addrs[node_id] = (record.router, record.pub)
                 self._connect(node_id, record.router, record.pub, record.public_key, greet=True)
-        silent_limit = self._settings.suspect_after_ms + self._settings.dead_after_ms
+        silent_limit = (
+            self._settings.membership.suspect_after_ms + self._settings.membership.dead_after_ms
+        )
         for node_id, introduced in list(self._introduced.items()):
             if (self.liveness.incarnation_of(node_id) or 0) < introduced.incarnation:
                 # Said hello at this life, and not heard since: given the timeouts of a
@@ -592,7 +584,7 @@ class Replicator:
                 node_id not in records
                 and self.liveness.status(node_id) is MemberStatus.DEAD
                 and heard is not None
-                and now - heard > self._settings.prune_after_ms
+                and now - heard > self._settings.membership.prune_after_ms
             ):
                 # Known by its hello alone, and gone: forgotten as a pruned record would be.
                 self._forget_introduction(node_id)

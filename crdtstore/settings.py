@@ -1,9 +1,20 @@
-"""Every tunable of a node, in one frozen dataclass with documented defaults.
+"""Every tunable of a node: one tree of frozen dataclasses with documented defaults.
+
+:class:`NodeSettings` holds the node's own settings (storage, API, network identity, the
+replicator's timers) and one typed sub-settings object per layer: ``sync``
+(:class:`~crdtstore.sync.settings.SyncSettings`), ``transport``
+(:class:`transport.TransportSettings`) and ``membership``
+(:class:`~crdtstore.membership.settings.MembershipSettings`).
 
 ``crdtstore.open(path, **options)``, ``crdtstore serve`` and the TOML configuration file
-all build a :class:`NodeSettings` through :meth:`NodeSettings.from_mapping`, which
-rejects unknown names, so a misspelt option fails loudly instead of being ignored.
-Each limit is a named field here, never a literal in the middle of the code.
+all name settings flat (``suspect_after_ms``, not ``membership.suspect_after_ms``) and build
+a :class:`NodeSettings` through :meth:`NodeSettings.from_mapping`, which routes each name
+to the one place it is defined and rejects unknown names, so a misspelt option fails
+loudly instead of being ignored.
+
+Invariants: a flat name is defined in exactly one place of the tree (``flat_names`` checks
+it), so it is never ambiguous; each limit is a named field, never a literal in the middle
+of the code; a bad value raises :class:`~crdtstore.errors.InvalidValue` naming it.
 """
 
 from __future__ import annotations
@@ -16,6 +27,9 @@ from typing import Any, Literal
 from crdtstore.addresses import check_bind
 from crdtstore.codec import MAX_VALUE_DEPTH
 from crdtstore.errors import InvalidValue
+from crdtstore.membership.settings import MembershipSettings
+from crdtstore.sync.settings import SyncSettings
+from transport.settings import TransportSettings
 
 Durability = Literal["sync", "async"]
 
@@ -62,11 +76,6 @@ class NodeSettings:
     max_value_depth: int = 24
     """Deepest nesting of lists and dicts inside one value. Peers decode deltas with a
     depth limit of 32 levels, of which the delta's own framing uses six."""
-
-    max_clock_drift_ms: int = 60_000
-    """A remote LWW timestamp further ahead of local time than this is rejected (the whole
-    batch or range, counted in ``stats["rejected_clock_drift"]``), so one node with a bad
-    clock cannot win every write forever."""
 
     watch_poll_interval_ms: int = 50
     """How often a node's watcher thread polls the change journal for commits made by
@@ -121,30 +130,6 @@ class NodeSettings:
     poll_ms: int = 50
     """Longest the replicator thread blocks on the transport before checking its timers."""
 
-    heartbeat_interval_ms: int = 500
-    """How often a node publishes a heartbeat and the failure detector ticks."""
-
-    suspect_after_ms: int = 2_000
-    """Silence after which a member is suspected. Lifeguard-style: stretched while this
-    node itself is falling behind, so an overloaded node does not accuse healthy ones."""
-
-    dead_after_ms: int = 6_000
-    """How long a member stays suspect without refuting before it is declared dead (so
-    a silent member is dead after ``suspect_after_ms + dead_after_ms``, both stretched by
-    Lifeguard's local health while this node itself runs late)."""
-
-    hello_interval_ms: int = 1_000
-    """How often a node with no known peer greets its seeds again."""
-
-    prune_after_ms: int = 24 * 3600 * 1000
-    """A member that left, or has been dead this long, is removed from the member set."""
-
-    member_view_interval_ms: int = 1_000
-    """The role holder writes its failure detector's view into the directory (for every
-    process sharing it: ``members()``, ``watch_members()``, tooz) at once on each status
-    change, and at least this often otherwise (last-heard times, and a stamp that tells
-    readers the view is current; one older than three intervals reads as stale)."""
-
     leave_on_terminate: bool = False
     """``crdtstore serve`` only: SIGTERM announces a graceful leave (peers see ``left`` at
     once) before stopping. False (the default): a stop is a restart to be, peers see the
@@ -154,16 +139,24 @@ class NodeSettings:
     """How often the node with the network role writes ``status.json`` (members, per-peer
     lag, counters) into its directory for ``crdt-inspect DIR status``."""
 
-    partition_file: str | None = None
-    """TEST HOOK: a file of node ids, one per line, polled every heartbeat; while a peer is
-    listed, every frame to or from it is dropped (a network partition between processes)."""
+    # -- the layers' own settings (each flat name of theirs is a name of ``open`` too) ----
 
-    drop_publish_fraction: float = 0.0
-    """TEST HOOK: drop this fraction of outgoing PUB frames so tests exercise repair."""
+    sync: SyncSettings = field(default_factory=SyncSettings)
+    """The sync engine's limits and intervals (digests, repair, range reconciliation, the
+    causal buffer, ``max_clock_drift_ms``), see :class:`~crdtstore.sync.settings.SyncSettings`."""
 
-    extra: Mapping[str, Any] = field(default_factory=dict)
-    """Options for the sync engine (any ``SyncSettings`` field) and the transport (any
-    ``TransportSettings`` field), passed through by name and validated by those layers."""
+    transport: TransportSettings = field(default_factory=TransportSettings)
+    """Socket limits and timers, see :class:`transport.TransportSettings`."""
+
+    membership: MembershipSettings = field(default_factory=MembershipSettings)
+    """Heartbeats, suspicion, pruning, see
+    :class:`~crdtstore.membership.settings.MembershipSettings`."""
+
+    @property
+    def max_clock_drift_ms(self) -> int:
+        """The one bound on a remote timestamp's lead (defined in ``SyncSettings``): the
+        engine, the replica's receive path and the clock check all read it."""
+        return self.sync.max_clock_drift_ms
 
     def __post_init__(self) -> None:
         def positive(name: str) -> None:
@@ -174,6 +167,10 @@ class NodeSettings:
         for f in dataclasses.fields(self):
             if f.name not in NOT_COUNTS:
                 positive(f.name)
+        check_layer(self.sync, SyncSettings, positive=False)
+        check_layer(self.membership, MembershipSettings, positive=True)
+        if not isinstance(self.transport, TransportSettings):
+            raise InvalidValue(f"setting transport={self.transport!r} must be TransportSettings")
         if self.topics is not None and not valid_topics(self.topics):
             raise InvalidValue(
                 f"setting topics={self.topics!r} must be a list of non-empty namespace names"
@@ -183,14 +180,12 @@ class NodeSettings:
                 raise InvalidValue(f"setting {name}={getattr(self, name)!r} must be true or false")
         if self.pub_bind is not None:
             check_bind(self.pub_bind, "pub_bind")
-        for name in ("pub_bind", "secret_key", "keys_dir", "partition_file"):
+        for name in ("pub_bind", "secret_key", "keys_dir"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 raise InvalidValue(f"setting {name}={value!r} must be a string")
         if (self.secret_key is None) != (self.keys_dir is None):
             raise InvalidValue("settings secret_key and keys_dir go together (CurveZMQ)")
-        if not 0.0 <= self.drop_publish_fraction <= 1.0:
-            raise InvalidValue("setting drop_publish_fraction must be in [0, 1]")
         if self.durability not in ("sync", "async"):
             raise InvalidValue(f"setting durability={self.durability!r}: use 'sync' or 'async'")
         if self.map_size > self.max_map_size:
@@ -209,34 +204,50 @@ class NodeSettings:
 
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> NodeSettings:
-        """Settings from a dict (keyword arguments, a TOML table); unknown names raise."""
-        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        passthrough = layer_options()
-        unknown = sorted(set(options) - known - passthrough)
+        """Settings from flat names (keyword arguments, a TOML table): each name of a
+        layer's settings goes to that layer's sub-settings; unknown names raise."""
+        routes = flat_names()
+        unknown = sorted(set(options) - set(routes))
         if unknown:
             raise InvalidValue(
                 f"unknown setting(s) {', '.join(map(repr, unknown))}; "
-                f"known: {', '.join(sorted(known | passthrough))}"
+                f"known: {', '.join(sorted(routes))}"
             )
-        mine = {k: v for k, v in options.items() if k in known}
+        parts: dict[str, dict[str, Any]] = {layer: {} for layer in LAYERS}
+        mine: dict[str, Any] = {}
+        for name, value in options.items():
+            layer = routes[name]
+            if layer is not None and isinstance(value, list):
+                value = tuple(value)  # a TOML array, for a tuple field
+            (mine if layer is None else parts[layer])[name] = value
         if mine.get("topics") is not None and not isinstance(mine["topics"], str):
             mine["topics"] = tuple(mine["topics"])
-        extra = {k: v for k, v in options.items() if k in passthrough}
-        return cls(**mine, extra=extra)
+        built: dict[str, Any] = {}
+        for layer, kind in LAYERS.items():
+            try:
+                built[layer] = kind(**parts[layer])
+            except ValueError as exc:  # TransportSettings' own checks
+                raise InvalidValue(f"setting {exc}") from None
+        return cls(**mine, **built)
 
+
+LAYERS: dict[str, type[Any]] = {
+    "sync": SyncSettings,
+    "transport": TransportSettings,
+    "membership": MembershipSettings,
+}
+"""The sub-settings of a node, by field name of :class:`NodeSettings`."""
 
 NOT_COUNTS = frozenset(
     {
         "durability",
-        "extra",
         "topics",
         "pub_bind",
         "secret_key",
         "keys_dir",
-        "partition_file",
-        "drop_publish_fraction",
         "role_standby",
         "leave_on_terminate",
+        *LAYERS,
     }
 )
 
@@ -247,11 +258,36 @@ def valid_topics(topics: object) -> bool:
     )
 
 
-def layer_options() -> frozenset[str]:
-    """Names of the sync engine's and the transport's settings, accepted as pass-through."""
-    from crdtstore.sync.settings import SyncSettings
-    from transport import TransportSettings
+def flat_names() -> dict[str, str | None]:
+    """Every flat setting name -> the sub-settings holding it (None: NodeSettings itself).
+    The layers' names never collide (checked here), so a flat name is never ambiguous."""
+    routes: dict[str, str | None] = {
+        f.name: None for f in dataclasses.fields(NodeSettings) if f.name not in LAYERS
+    }
+    for layer, kind in LAYERS.items():
+        for f in dataclasses.fields(kind):
+            if f.name in routes:
+                raise AssertionError(f"setting {f.name} is defined twice ({layer})")
+            routes[f.name] = layer
+    return routes
 
-    names = {f.name for f in dataclasses.fields(SyncSettings)}
-    names |= {f.name for f in dataclasses.fields(TransportSettings)}
-    return frozenset(names - {"max_clock_drift_ms", "drop_publish_fraction"})
+
+def check_layer(value: object, kind: type[Any], positive: bool) -> None:
+    """A layer's settings are of its class, and each field of the type its default has:
+    ints (not bools) >= 0 (> 0 with ``positive``), bools, tuples of strings."""
+    if not isinstance(value, kind):
+        raise InvalidValue(f"settings {value!r} must be {kind.__name__}")
+    default = kind()
+    for f in dataclasses.fields(kind):
+        got, want = getattr(value, f.name), getattr(default, f.name)
+        if isinstance(want, bool):
+            ok = isinstance(got, bool)
+            rule = "true or false"
+        elif isinstance(want, int):
+            ok = isinstance(got, int) and not isinstance(got, bool) and got >= int(positive)
+            rule = "a positive int" if positive else "an int >= 0"
+        else:
+            ok = isinstance(got, tuple) and all(isinstance(v, str) for v in got)
+            rule = "a list of strings"
+        if not ok:
+            raise InvalidValue(f"setting {f.name}={got!r} must be {rule}")

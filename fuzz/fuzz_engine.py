@@ -24,7 +24,7 @@ with atheris.instrument_imports():
     from crdtstore.errors import DecodeError
     from crdtstore.sync.engine import SyncEngine
     from crdtstore.sync.messages import decode_message
-    from crdtstore.sync.simulator import Simulator
+    from crdtstore.testing.simulator import Simulator
 
 SENDERS: list[tuple[str, str | None]] = [("n1", None), ("", "n1"), ("", "stranger"), ("", None)]
 NOW_MS = 1_700_000_000_000

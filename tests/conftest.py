@@ -22,9 +22,9 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
-from crdtstore.localcluster import wait_until
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica
+from crdtstore.testing.localcluster import wait_until
 
 settings.register_profile("dev", max_examples=50, deadline=None)
 settings.register_profile(
@@ -46,7 +46,7 @@ def make_replica(tmp_path: Path) -> Iterator[Callable[..., LMDBReplica]]:
     opened: list[LMDBReplica] = []
 
     def make(name: str = "n", node_id: str | None = None, **settings: object) -> LMDBReplica:
-        replica = LMDBReplica(tmp_path / name, node_id or name, NodeSettings(**settings))  # type: ignore[arg-type]
+        replica = LMDBReplica(tmp_path / name, node_id or name, NodeSettings.from_mapping(settings))
         opened.append(replica)
         return replica
 

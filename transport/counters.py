@@ -11,10 +11,10 @@ import threading
 
 COUNTER_NAMES = (
     "published",  # PUB messages handed to libzmq
-    "publish_dropped",  # dropped by drop_publish_fraction, or no PUB socket bound
+    "publish_dropped",  # lost at the fault seam (transport.faults), or no PUB socket bound
     "sent",  # direct messages handed to libzmq (DEALER or ROUTER)
-    "send_dropped",  # no route to the peer, or EAGAIN at the high-water mark
-    "partition_dropped",  # direct or publish frames dropped by set_drop_rule (either way)
+    "send_dropped",  # no route to the peer, EAGAIN at the high-water mark, or the fault seam
+    "partition_dropped",  # frames to or from a peer the fault seam blocks (either way)
     "command_dropped",  # publish/send refused because the command pipe was full
     "received_publish",  # publications accepted from the network for the application
     "received_direct",  # direct messages accepted from the network for the application

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import random
 import struct
 import threading
 import time
@@ -65,6 +64,7 @@ import zmq
 
 from transport import pipes, routing_id
 from transport.counters import Counters
+from transport.faults import TransportFaults
 from transport.security import CurveKeys, z85_text
 from transport.settings import TransportSettings
 
@@ -108,7 +108,7 @@ _MONITOR_EVENT = struct.Struct("=HI")  # libzmq's monitor frame: event id, value
 def recv_monitor_event(monitor: Socket) -> int:
     """The id of the next event on a socket monitor (``zmq.Again`` if none is queued), or
     0 for a message not of libzmq's shape. (pyzmq's ``recv_monitor_message`` does this
-    too, but its module imports asyncio: a third of a node's start-up imports.)"""
+    too, but its module imports asyncio, a large share of a node's start-up imports.)"""
     frames = monitor.recv_multipart(zmq.NOBLOCK)
     if len(frames) != 2 or len(frames[0]) != _MONITOR_EVENT.size:
         return 0
@@ -163,6 +163,8 @@ class IOThreadConfig:
     express_endpoint: str | None = None
     """Where publications on one of ``express_topics`` go instead of ``event_endpoint``."""
     express_topics: frozenset[bytes] = frozenset()
+    faults: TransportFaults | None = None
+    """The test seam (``transport.faults``); None runs no fault code."""
 
 
 class IOThread(threading.Thread):
@@ -175,7 +177,7 @@ class IOThread(threading.Thread):
         self._config = config
         self._settings = config.settings
         self._counters = counters
-        self._rng = random.Random(config.settings.drop_seed)
+        self._faults = config.faults
         self.ready = threading.Event()
         self.stop_requested = threading.Event()
         self.startup_error: str | None = None
@@ -195,7 +197,6 @@ class IOThread(threading.Thread):
         # peer -> the routing id it was last heard under (its newest connection to us)
         self._router_peers: OrderedDict[bytes, bytes] = OrderedDict()
         self._subscriptions: set[bytes] = set()
-        self._dropped_peers: set[bytes] = set()
         self._retry_at: dict[bytes, float] = {}  # peer -> monotonic time to re-create it
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -359,8 +360,7 @@ class IOThread(threading.Thread):
             return
         sender, payload = frames[0].bytes, frames[1]
         peer = routing_id.node_of(sender)
-        if peer in self._dropped_peers:
-            self._counters.add("partition_dropped")
+        if self._blocked(peer):
             return
         self._router_peers[peer] = sender
         self._router_peers.move_to_end(peer)
@@ -390,8 +390,7 @@ class IOThread(threading.Thread):
             return
         if not self._fits(frames):
             return
-        if peer in self._dropped_peers:
-            self._counters.add("partition_dropped")
+        if self._blocked(peer):
             return
         event = [pipes.EV_DIRECT, peer, frames[0].bytes, self._pinned_user(peer)]
         # Counted before the hand-over, so a consumer that sees the delivery sees the count.
@@ -408,8 +407,7 @@ class IOThread(threading.Thread):
             return
         if not self._fits(frames):
             return
-        if peer in self._dropped_peers:
-            self._counters.add("partition_dropped")
+        if self._blocked(peer):
             return
         topic = frames[0].bytes
         event = [pipes.EV_PUBLISH, topic, frames[1].bytes, self._pinned_user(peer), peer]
@@ -493,11 +491,6 @@ class IOThread(threading.Thread):
             )
         elif op == pipes.DISCONNECT:
             self._close_peer(args[0])
-        elif op == pipes.DROP_RULE:
-            if args[1] == b"1":
-                self._dropped_peers.add(args[0])
-            else:
-                self._dropped_peers.discard(args[0])
         elif op == pipes.WAKE:
             self._emit([pipes.EV_WOKEN])
         elif op == pipes.STOP:
@@ -505,9 +498,17 @@ class IOThread(threading.Thread):
         else:
             raise ValueError(f"unknown transport command {op!r}")
 
+    def _blocked(self, peer: bytes) -> bool:
+        """Whether the fault seam cuts ``peer`` off (counted when it does)."""
+        if self._faults is not None and peer in self._faults.blocked_peers():
+            self._counters.add("partition_dropped")
+            return True
+        return False
+
     def _publish(self, topic: bytes, payload: bytes) -> None:
-        fraction = self._settings.drop_publish_fraction
-        if self._pub is None or (fraction > 0.0 and self._rng.random() < fraction):
+        if self._pub is None or (
+            self._faults is not None and self._faults.drop_outgoing("publish")
+        ):
             self._counters.add("publish_dropped")
             return
         # PUB never blocks and never raises EAGAIN: past the HWM libzmq drops per subscriber.
@@ -515,8 +516,10 @@ class IOThread(threading.Thread):
         self._counters.add("published")
 
     def _send(self, peer: bytes, payload: bytes) -> None:
-        if peer in self._dropped_peers:
-            self._counters.add("partition_dropped")
+        if self._blocked(peer):
+            return
+        if self._faults is not None and self._faults.drop_outgoing("direct"):
+            self._counters.add("send_dropped")
             return
         try:
             if peer in self._peers:

@@ -20,7 +20,6 @@ SUBSCRIBE = b"+"  # [topic]
 UNSUBSCRIBE = b"-"  # [topic]
 CONNECT = b"C"  # [peer, router_addr, pub_addr or b"", peer_public_key or b""]
 DISCONNECT = b"D"  # [peer]
-DROP_RULE = b"X"  # [peer, b"1" to drop | b"0" to stop dropping]
 WAKE = b"W"  # []: ask for a WOKEN event so a blocked recv returns
 STOP = b"Q"  # []
 

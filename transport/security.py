@@ -93,8 +93,8 @@ class KeyAllowList:
     """
 
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], keys_dir: str) -> None:
-        # Imported here: zmq.auth.thread imports asyncio, a third of a node's start-up
-        # imports, and only a node with CURVE keys needs it.
+        # Imported here: zmq.auth.thread imports asyncio, a large share of a node's
+        # start-up imports, and only a node with CURVE keys needs it.
         from zmq.auth.thread import ThreadAuthenticator
 
         self._keys_dir = keys_dir

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class TransportSettings:
-    """Socket limits, timers and test hooks of one ``Transport``."""
+    """Socket limits and timers of one ``Transport`` (faults for tests: ``transport.faults``)."""
 
     sndhwm: int = 10_000
     """Send high-water mark (messages) of every network socket. Beyond it PUB drops and
@@ -52,19 +52,7 @@ class TransportSettings:
     linger_ms: int = 0
     """``zmq.LINGER`` of every socket. 0 so that ``close`` never waits on a dead peer."""
 
-    drop_publish_fraction: float = 0.0
-    """TEST HOOK: drop this fraction of outgoing PUB messages, chosen by a ``random.Random``
-    seeded with ``drop_seed``, to exercise repair of lost deltas. Counted as
-    ``publish_dropped``. Must be in [0, 1]."""
-
-    drop_seed: int = 0
-    """Seed of the rng behind ``drop_publish_fraction``, so a lossy run reproduces."""
-
     def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_publish_fraction <= 1.0:
-            raise ValueError(
-                f"drop_publish_fraction must be in [0, 1], got {self.drop_publish_fraction!r}"
-            )
         for name in (
             "sndhwm",
             "rcvhwm",

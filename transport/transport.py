@@ -38,6 +38,7 @@ from transport import pipes, routing_id
 from transport.counters import Counters
 from transport.delivery import Delivery
 from transport.errors import TransportError
+from transport.faults import TransportFaults
 from transport.iothread import Context, IOThread, IOThreadConfig, Socket
 from transport.security import CurveKeys, KeyAllowList
 from transport.settings import TransportSettings
@@ -73,6 +74,7 @@ class Transport:
         settings: TransportSettings = TransportSettings(),  # noqa: B008 - frozen, shared safely
         curve: CurveKeys | None = None,
         express_topics: frozenset[bytes] = frozenset(),
+        faults: TransportFaults | None = None,
     ) -> None:
         if not identity:
             raise TransportError("identity must be non-empty bytes")
@@ -90,6 +92,7 @@ class Transport:
         self._settings = settings
         self._curve = curve
         self._express_topics = express_topics
+        self._faults = faults
         self._counters = Counters()
         self._state_lock = threading.Lock()
         self._command_lock = threading.Lock()
@@ -152,6 +155,7 @@ class Transport:
             event_endpoint=name + "-events",
             express_endpoint=express_endpoint,
             express_topics=self._express_topics,
+            faults=self._faults,
         )
         self._thread = IOThread(self._context, config, self._counters)
         self._thread.start()
@@ -299,11 +303,6 @@ class Transport:
     def disconnect_peer(self, peer: bytes) -> None:
         """Close our DEALER and SUB to ``peer``; a no-op for an unknown peer."""
         self._control(pipes.DISCONNECT, peer)
-
-    def set_drop_rule(self, peer: bytes, drop: bool) -> None:
-        """TEST HOOK: while ``drop``, discard every direct message to or from ``peer`` and
-        every publication arriving on our SUB to ``peer`` (counted ``partition_dropped``)."""
-        self._control(pipes.DROP_RULE, peer, b"1" if drop else b"0")
 
     def wake(self) -> None:
         """Make a ``recv`` blocked in another thread return None soon. Never blocks."""

@@ -28,8 +28,8 @@ class Dot(NamedTuple):
 
 
 new_dot: Callable[[tuple[str, int]], Dot] = partial(tuple.__new__, Dot)
-"""``Dot`` of a ``(replica, seq)`` tuple, in C: a third less than ``Dot(replica, seq)``, for
-the runs of thousands that batches bring."""
+"""``Dot`` of a ``(replica, seq)`` tuple, built in C without ``Dot.__new__``'s Python
+frame, for the runs of thousands that batches bring."""
 
 
 class CausalContext:

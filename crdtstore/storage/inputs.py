@@ -32,6 +32,8 @@ _CHECKED = (list, tuple, dict, *_EXTENSIONS)
 
 def encode_key(key: object, settings: NodeSettings) -> bytes:
     kt = type(key)
+    # ``kt is int`` (exact type, not isinstance: a bool is refused below) does not narrow
+    # ``key`` for mypy, hence the ignore on the bounds check.
     if not (kt is str or kt is bytes or (kt is int and MIN_INT_KEY <= key <= MAX_INT_KEY)):  # type: ignore[operator]
         check_key(key)  # the rare case (subclasses) or an invalid key: raises with the reason
     try:

@@ -113,7 +113,8 @@ def pack(obj: Any) -> bytes:
         packer = _local.packer
     except AttributeError:
         packer = _local.packer = msgpack.Packer(use_bin_type=True)
-    return packer.pack(obj)  # type: ignore[no-any-return]
+    packed: bytes = packer.pack(obj)
+    return packed
 
 
 def pack_key(key: Any) -> bytes:

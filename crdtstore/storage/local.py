@@ -53,16 +53,7 @@ from crdtstore.storage.outbox import NamespaceWrite, observe
 from crdtstore.storage.reads import count_live, get_dots, scan_chunk
 from crdtstore.storage.rows import RowWriter
 
-__all__ = [
-    "Committed",
-    "LastStamp",
-    "LocalWrite",
-    # Where node.py and crdt-inspect import them from (they live in .reads and .inputs).
-    "count_live",
-    "encode_key",
-    "get_dots",
-    "scan_chunk",
-]
+__all__ = ["Committed", "LastStamp", "LocalWrite"]
 
 
 class LastStamp:

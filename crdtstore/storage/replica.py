@@ -374,18 +374,6 @@ class LMDBReplica:
             lambda txn: reads.scan_chunk(txn, self._env.state, ns_id, after, limit)
         )
 
-    @property
-    def _state(self) -> Any:
-        """The state table: node.py reads through it until it calls :meth:`read_dots`
-        and :meth:`scan_rows` (to be removed then)."""
-        return self._env.state
-
-    @property
-    def _bucketdb(self) -> Any:
-        """The bucket table: node.py reads through it until it calls :meth:`count_live`
-        (to be removed then)."""
-        return self._env.dbs["buckets"]
-
     def journal_last(self) -> int:
         return self._env.read(self._journal.last)
 

@@ -19,10 +19,10 @@ byte, or without the last two when both are ASCII digits (:func:`bucket_part`); 
 byte (the integers 256k..256k+255) or in their last two digits (``user:1200`` ..
 ``user:1299``) so share a bucket, where they are neighbours in key order, and a commit of
 1,000 neighbouring keys dirties a few pages per bucket it touches rather than a page in
-each of the 256 (storage format 5 hashed the whole key: raw LMDB wrote batches of integer
-keys 1.6-2.0x slower, and of ``user:N`` keys 1.6x). Decimal ids in strings change their
+each of the 256 (storage format 5 hashed the whole key, and raw LMDB wrote batches of
+such keys markedly slower: figures in the CHANGELOG). Decimal ids in strings change their
 last two characters every 100 keys; without the digit rule such keys came ten to a
-bucket's prefix, and the gain was 1.2-1.3x. A range inside a bucket still splits its keys
+bucket's prefix, and gained much less. A range inside a bucket still splits its keys
 evenly. A bucket holds whole prefixes, at most 356 keys each (256 by the last byte, 100 by
 two digits), so the buckets are even once a namespace has more than a few hundred
 prefixes.

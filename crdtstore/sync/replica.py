@@ -2,7 +2,7 @@
 
 The engine decides *what* to send and *when*; a :class:`Replica` holds the state, the
 causal context and the delta log, and changes them atomically. Two implementations:
-``crdtstore.sync.memory.MemoryReplica`` (for the simulator and property tests) and
+``crdtstore.testing.memory.MemoryReplica`` (for the simulator and property tests) and
 ``crdtstore.storage`` (LMDB, in production). Both must pass the same contract tests.
 
 Invariants every implementation keeps:

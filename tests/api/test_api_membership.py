@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 import crdtstore
-from crdtstore.localcluster import free_port, wait_until
 from crdtstore.membership import MemberStatus, StatusChange
+from crdtstore.testing.localcluster import free_port, wait_until
 
 FAST = {"heartbeat_interval_ms": 100, "suspect_after_ms": 600, "dead_after_ms": 1500}
 

@@ -10,7 +10,7 @@ import pytest
 
 import crdtstore
 from bindings.aio import AsyncNode
-from crdtstore.localcluster import ServeNode
+from crdtstore.testing.localcluster import ServeNode
 
 
 def run(coro):  # type: ignore[no-untyped-def]

@@ -10,7 +10,7 @@ from typing import Any
 
 from tooz import coordination
 
-from crdtstore.localcluster import ServeNode, free_port, wait_until
+from crdtstore.testing.localcluster import ServeNode, free_port, wait_until
 
 MEMBER = Path(__file__).with_name("tooz_member.py")
 

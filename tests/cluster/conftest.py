@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from crdtstore.localcluster import (  # noqa: F401 - re-exported to the test modules
+from crdtstore.testing.faults import FaultSpec
+from crdtstore.testing.localcluster import (  # noqa: F401 - re-exported to the test modules
     BIN,
     ServeNode,
     free_port,
@@ -44,16 +45,21 @@ class Cluster:
         self.nodes: list[ServeNode] = []
 
     def add(
-        self, name: str, seeds: list[str] | None = None, start: bool = True, **config: Any
+        self,
+        name: str,
+        seeds: list[str] | None = None,
+        start: bool = True,
+        faults: FaultSpec | None = None,
+        **config: Any,
     ) -> ServeNode:
         if seeds is None:
             seeds = [self.nodes[0].bind] if self.nodes else []
-        node = ServeNode(self.root, name, seeds, config)
+        node = ServeNode(self.root, name, seeds, config, faults=faults)
         self.nodes.append(node)
         return node.start() if start else node
 
-    def start(self, count: int, **config: Any) -> list[ServeNode]:
-        return [self.add(f"n{i + 1}", **config) for i in range(count)]
+    def start(self, count: int, faults: FaultSpec | None = None, **config: Any) -> list[ServeNode]:
+        return [self.add(f"n{i + 1}", faults=faults, **config) for i in range(count)]
 
     def all_members_alive(self, count: int) -> bool:
         for node in self.nodes:

@@ -7,6 +7,7 @@ from pathlib import Path
 from conftest import Cluster, ServeNode, run_writer, same_state, wait_until
 
 import crdtstore
+from crdtstore.testing.faults import FaultSpec
 
 FAST = {
     "heartbeat_interval_ms": 100,
@@ -75,7 +76,10 @@ def partition(files: dict[str, Path], sides: list[list[ServeNode]]) -> None:
 
 def test_partition_both_sides_serve_then_heal_converges(cluster: Cluster, tmp_path: Path) -> None:
     files = {f"n{i}": tmp_path / f"partition-n{i}" for i in range(1, 5)}
-    nodes = [cluster.add(name, partition_file=str(path), **FAST) for name, path in files.items()]
+    nodes = [
+        cluster.add(name, faults=FaultSpec(partition_file=str(path)), **FAST)
+        for name, path in files.items()
+    ]
     wait_until(lambda: cluster.all_members_alive(4), "every node sees 4 alive members")
     left, right = nodes[:2], nodes[2:]
     partition(files, [left, right])

@@ -14,8 +14,8 @@ import crdtstore
 from crdtstore.crdt import make_timestamp
 from crdtstore.membership.messages import Hello
 from crdtstore.storage.replica import wall_ms
-from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import encode_message
+from crdtstore.testing.memory import MemoryReplica
 from transport import routing_id
 
 MAX_MESSAGE = 256 * 1024

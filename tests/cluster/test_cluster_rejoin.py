@@ -19,7 +19,7 @@ FAST = {
 
 LEAVER = """
 import sys, crdtstore
-from crdtstore.localcluster import wait_until
+from crdtstore.testing.localcluster import wait_until
 data, bind, seed = sys.argv[1:4]
 settings = dict(heartbeat_interval_ms=100, suspect_after_ms=600, dead_after_ms=1500)
 node = crdtstore.open(data, node_id="b", bind=bind, seeds=[seed], **settings)

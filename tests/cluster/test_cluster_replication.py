@@ -7,6 +7,7 @@ import subprocess
 from conftest import Cluster, run_writer, same_state, wait_until
 
 import crdtstore
+from crdtstore.testing.faults import FaultSpec
 
 
 def acked(proc: subprocess.Popen[str]) -> list[str]:
@@ -75,7 +76,8 @@ def test_sigkill_mid_write_loses_no_acknowledged_write(cluster: Cluster) -> None
 
 def test_forced_publish_loss_is_repaired_by_anti_entropy(cluster: Cluster) -> None:
     # Every node drops 30% of its own PUB frames (deltas, digests, heartbeats).
-    nodes = cluster.start(3, drop_publish_fraction=0.3, suspect_after_ms=5000, dead_after_ms=15000)
+    lossy = FaultSpec(drop_publish_fraction=0.3)
+    nodes = cluster.start(3, faults=lossy, suspect_after_ms=5000, dead_after_ms=15000)
     wait_until(lambda: cluster.all_members_alive(3), "every node sees 3 alive members")
     writers = [run_writer(n, "add", "jobs", f"{n.name}-", "400") for n in nodes]
     acks = [k for w in writers for k in acked(w)]

@@ -3,9 +3,12 @@
 Hypothesis drives random OR-Set and LWW-map writes on random nodes, turns of several
 writers on the same keys (each write observing the others' latest), partitions and heals,
 crash-restarts, graceful leaves and rejoins, drop/duplicate/reorder toggles and the
-passage of time. It runs twice: with a tiny log bound, so gaps are often repaired by range
-reconciliation, and with the production settings (long logs, coalesced publishes and
-repair replies), so a restarted node's gap is repaired from its peers' logs.
+passage of time. It runs twice over memory replicas: with a tiny log bound, so gaps are
+often repaired by range reconciliation, and with the production settings (long logs,
+coalesced publishes and repair replies), so a restarted node's gap is repaired from its
+peers' logs. A third run, with a smaller example budget, has the tiny log bound over
+LMDB replicas in a temporary directory: the replica production runs, under the same
+schedules.
 
 The specification is computed from the operation history with explicit causality: each op
 records the dot it consumed and its replica's context when it ran. A write's dot survives
@@ -21,7 +24,10 @@ a restarted node once did when repair replies waited on each other, fails the bo
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from hypothesis import settings
@@ -30,7 +36,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
 from crdtstore.sync.settings import SyncSettings
-from crdtstore.sync.simulator import Faults, Simulator
+from crdtstore.testing.lmdb_replica import lmdb_replicas
+from crdtstore.testing.simulator import Faults, ReplicaFactory, Simulator, memory_replicas
 
 NODES = ["n0", "n1", "n2", "n3", "n4"]
 KEYS = st.integers(0, 5)
@@ -102,9 +109,12 @@ class ConvergenceMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sim = Simulator(NODES, seed=0, settings=self.cfg)
+        self.sim = Simulator(NODES, seed=0, settings=self.cfg, replicas=self.replicas())
         self.ops: list[Op] = []
         self.issued: dict[tuple[str, Dot], Any] = {}
+
+    def replicas(self) -> ReplicaFactory:
+        return memory_replicas
 
     def _record(self, node: str, ns: str, key: Any, kind: str, write: Any) -> None:
         if not self.sim.nodes[node].up:
@@ -218,6 +228,23 @@ class ProductionConvergenceMachine(ConvergenceMachine):
     cfg = PRODUCTION
 
 
+class LMDBConvergenceMachine(ConvergenceMachine):
+    """The tiny log bound over LMDB replicas, one directory per node, removed after."""
+
+    def replicas(self) -> ReplicaFactory:
+        self.root = Path(tempfile.mkdtemp(prefix="crdt-sim-"))
+        factory, self.opened = lmdb_replicas(self.root, self.cfg)
+        return factory
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            for replica in self.opened:
+                replica.close()
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 ConvergenceMachine.TestCase.settings = settings(
     settings.default,
     max_examples=settings.default.max_examples,
@@ -230,5 +257,12 @@ ProductionConvergenceMachine.TestCase.settings = settings(
     stateful_step_count=50,
     deadline=None,
 )
+LMDBConvergenceMachine.TestCase.settings = settings(
+    settings.default,
+    max_examples=max(3, settings.default.max_examples // 20),
+    stateful_step_count=50,
+    deadline=None,
+)
 TestConvergence = ConvergenceMachine.TestCase
 TestConvergenceProductionSettings = ProductionConvergenceMachine.TestCase
+TestConvergenceOverLMDB = LMDBConvergenceMachine.TestCase

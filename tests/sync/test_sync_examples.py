@@ -13,7 +13,6 @@ from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
 from crdtstore.errors import InvalidValue
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.fingerprint import HASH_SPACE
-from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import (
     DeltaBatch,
     Digest,
@@ -23,7 +22,8 @@ from crdtstore.sync.messages import (
     encode_message,
 )
 from crdtstore.sync.settings import SyncSettings
-from crdtstore.sync.simulator import Faults, Simulator
+from crdtstore.testing.memory import MemoryReplica
+from crdtstore.testing.simulator import Faults, Simulator
 
 FAST = SyncSettings(
     digest_interval_ms=200,

@@ -13,7 +13,6 @@ from crdtstore.membership.messages import Heartbeat
 from crdtstore.sync.delivery import CausalBuffer, applied, causally_ready
 from crdtstore.sync.engine import Send, SyncEngine
 from crdtstore.sync.liveness import LivenessCheck
-from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import DeltaBatch, RangeQuery, decode_message, encode_message
 from crdtstore.sync.peers import PeerDigests
 from crdtstore.sync.reconcile import (
@@ -27,6 +26,7 @@ from crdtstore.sync.reconcile import (
 from crdtstore.sync.rejections import Rejections
 from crdtstore.sync.repair import RepairScheduler
 from crdtstore.sync.settings import SyncSettings
+from crdtstore.testing.memory import MemoryReplica
 
 
 def _batches(ops: list[tuple[str, int]]) -> list[tuple[DeltaBatch, bytes]]:

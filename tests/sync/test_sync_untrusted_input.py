@@ -17,7 +17,7 @@ from crdtstore.sync.messages import (
     decode_message,
     encode_message,
 )
-from crdtstore.sync.simulator import Simulator
+from crdtstore.testing.simulator import Simulator
 
 _SIM = Simulator(2, seed=9, record=True)
 for _i in range(5):

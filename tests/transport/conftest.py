@@ -12,7 +12,14 @@ import pytest
 import zmq
 from transport_loopback import EPHEMERAL, Raw
 
-from transport import CurveKeys, Transport, TransportSettings, generate_keypair, load_keys
+from transport import (
+    CurveKeys,
+    Transport,
+    TransportFaults,
+    TransportSettings,
+    generate_keypair,
+    load_keys,
+)
 
 
 @pytest.fixture
@@ -27,6 +34,7 @@ def make_transport() -> Iterator[Callable[..., Transport]]:
         curve: CurveKeys | None = None,
         router: str | None = EPHEMERAL,
         pub: str | None = EPHEMERAL,
+        faults: TransportFaults | None = None,
     ) -> Transport:
         transport = Transport(
             identity,
@@ -34,6 +42,7 @@ def make_transport() -> Iterator[Callable[..., Transport]]:
             pub_bind=pub,
             settings=settings or TransportSettings(),
             curve=curve,
+            faults=faults,
         )
         made.append(transport)
         transport.start()

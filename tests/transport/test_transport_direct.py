@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from transport_loopback import connect, drain, recv_matching, wait_until
+from transport_loopback import Cut, connect, drain, recv_matching, wait_until
 
 from transport import Delivery, Transport
 
@@ -74,38 +74,40 @@ def test_disconnect_peer_stops_dealer_route(make_transport: Make) -> None:
     wait_until(lambda: a.stats()["send_dropped"] == 1)
 
 
-def test_drop_rule_partitions_a_peer_both_ways_and_heals(make_transport: Make) -> None:
-    a, b = make_transport(b"a"), make_transport(b"b")
+def test_blocked_peer_is_partitioned_both_ways_and_heals(make_transport: Make) -> None:
+    cut = Cut()
+    a, b = make_transport(b"a", faults=cut), make_transport(b"b")
     a.subscribe(b"t")
     connect(a, b)
     connect(b, a)
     recv_matching(a, is_publish_from_b(b"warm"), between=lambda: b.publish(b"t", b"warm"))
 
-    a.set_drop_rule(b"b", True)
+    cut.peers.add(b"b")
     a.send(b"b", b"out")  # to b: dropped at a
-    # The rule takes effect when a's I/O thread reads it, after what it is handling now
-    # (it may still be draining b's warm-up publications): frames from b sent before that
-    # would be delivered. a's commands run in order, so the first drop shows it is in force.
-    wait_until(lambda: a.stats()["partition_dropped"] >= 1, what="the rule in force")
+    # a's I/O thread may still be draining b's warm-up publications when the cut starts,
+    # and would deliver them; a's commands run in order, so the first drop shows it is in
+    # force for everything after.
+    wait_until(lambda: a.stats()["partition_dropped"] >= 1, what="the cut in force")
     b.send(b"a", b"in")  # from b: dropped at a
     b.publish(b"t", b"pub")  # from b's PUB to a's SUB: dropped at a
     wait_until(lambda: a.stats()["partition_dropped"] >= 3, what="three frames cut")
     assert drain(a, quiet=0.1) == []
     assert drain(b, quiet=0.1) == []
 
-    a.set_drop_rule(b"b", False)
+    cut.peers.clear()
     a.send(b"b", b"healed")
     recv_matching(b, is_direct(b"a", b"healed"))
     b.send(b"a", b"healed too")
     recv_matching(a, is_direct(b"b", b"healed too"))
 
 
-def test_drop_rule_applies_to_peers_reaching_us_through_router(make_transport: Make) -> None:
-    a, b = make_transport(b"a"), make_transport(b"b")
+def test_blocked_peer_reaching_us_through_router_is_cut(make_transport: Make) -> None:
+    cut = Cut()
+    a, b = make_transport(b"a", faults=cut), make_transport(b"b")
     connect(b, a, pub=False)  # b reaches a only through a's ROUTER
-    a.set_drop_rule(b"b", True)
-    a.send(b"b", b"probe")  # dropped by the rule: once counted, the rule is in force
-    wait_until(lambda: a.stats()["partition_dropped"] == 1, what="the rule in force")
+    cut.peers.add(b"b")
+    a.send(b"b", b"probe")  # dropped by the cut
+    wait_until(lambda: a.stats()["partition_dropped"] == 1, what="the cut in force")
     b.send(b"a", b"x")
     wait_until(lambda: a.stats()["partition_dropped"] == 2)
     assert a.stats()["received_direct"] == 0

@@ -8,7 +8,8 @@ from functools import partial
 import pytest
 from transport_loopback import connect, drain, recv_matching, wait_until
 
-from transport import Delivery, Transport, TransportSettings
+from crdtstore.testing.faults import FaultSpec
+from transport import Delivery, Transport
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -90,12 +91,12 @@ def accounted(t: Transport, total: int) -> bool:
     return stats["published"] + stats["publish_dropped"] == total
 
 
-def test_drop_publish_fraction_drops_about_half_reproducibly(make_transport: Make) -> None:
+def test_lossy_faults_drop_about_half_of_publications_reproducibly(make_transport: Make) -> None:
     total = 400
     counts = []
     for _ in range(2):
-        settings = TransportSettings(drop_publish_fraction=0.5, drop_seed=7)
-        a = make_transport(b"lossy", settings=settings, router=None)
+        faults = FaultSpec(drop_publish_fraction=0.5, drop_seed=7).build()
+        a = make_transport(b"lossy", faults=faults, router=None)
         for i in range(total):
             a.publish(b"t", b"%d" % i)
         wait_until(partial(accounted, a, total), what="all publications accounted for")

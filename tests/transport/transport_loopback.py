@@ -15,11 +15,26 @@ from collections.abc import Callable
 import pytest
 import zmq
 
-from transport import Delivery, Transport
+from transport import Delivery, FrameKind, Transport
 
 EPHEMERAL = "tcp://127.0.0.1:*"
 WAIT_S = 5.0
 Raw = Callable[[int], zmq.Socket[bytes]]
+
+
+class Cut:
+    """A ``TransportFaults`` that loses nothing and cuts off the peers in ``peers``
+    (changed by the test thread while the I/O thread reads it: a set's ``in`` and
+    ``add`` are atomic in CPython)."""
+
+    def __init__(self) -> None:
+        self.peers: set[bytes] = set()
+
+    def drop_outgoing(self, kind: FrameKind) -> bool:
+        return False
+
+    def blocked_peers(self) -> set[bytes]:
+        return self.peers
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S, what: str = "") -> None:

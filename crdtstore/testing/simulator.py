@@ -1,10 +1,16 @@
-"""A deterministic in-memory network driving N sync engines over memory replicas.
+"""A deterministic in-memory network driving N sync engines over any replicas.
+
+Each node's replica comes from a factory (``replicas``): a
+:class:`~crdtstore.testing.memory.MemoryReplica` by default, or an LMDB one in a
+temporary directory (:class:`~crdtstore.testing.lmdb_replica.SimLMDBReplica`), so the
+same schedules exercise the replica that production runs.
 
 Everything random comes from one seeded ``random.Random`` and time is simulated, so a
 run is a pure function of (seed, operations): a failing schedule replays exactly. The
 network can drop, duplicate, reorder and delay messages, partition nodes into groups,
 and crash-restart a node (its engine, all volatile state, is recreated; its replica is
-kept, as an LMDB directory would be).
+kept, as an LMDB directory would be). A replica reads time only from the simulated clock
+its factory is handed.
 
 Invariant: a message is delivered only to a node that is up and, at delivery time, in
 the same partition group as its sender; published frames go to every other node
@@ -19,15 +25,17 @@ import random
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, Protocol
 
 import msgpack
 
 from crdtstore.crdt import CausalContext, DotMap, HybridClock, LWWMap, ORSet
 from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, SyncEngine
-from crdtstore.sync.memory import MemoryReplica
 from crdtstore.sync.messages import DeltaBatch
+from crdtstore.sync.replica import Replica
 from crdtstore.sync.settings import SyncSettings
+from crdtstore.testing.memory import MemoryReplica
 
 START_MS = 1_700_000_000_000  # a realistic epoch, so hybrid timestamps look like real ones
 
@@ -50,10 +58,33 @@ class Faults:
 NO_FAULTS = Faults()
 
 
+class SimReplica(Replica, Protocol):
+    """A replica the simulator can write through and read back."""
+
+    def mutate(
+        self, namespace: str, type_name: str, fn: Callable[[DotMap[Any]], DotMap[Any]]
+    ) -> DeltaBatch:
+        """One local mutation: ``fn(state)`` returns its delta, consuming this node's next
+        dot; it is applied and logged as an own batch, which is returned."""
+        ...
+
+    def value(self, namespace: str) -> DotMap[Any]:
+        """A snapshot of the namespace's state and context."""
+        ...
+
+
+ReplicaFactory = Callable[[str, Callable[[], int]], SimReplica]
+"""``(node id, the node's simulated wall clock in ms) -> its replica``."""
+
+
+def memory_replicas(node_id: str, now_ms: Callable[[], int]) -> SimReplica:
+    return MemoryReplica(node_id)
+
+
 @dataclass(slots=True)
 class SimNode:
     node_id: str
-    replica: MemoryReplica
+    replica: SimReplica
     engine: SyncEngine
     topics: frozenset[str] | None
     clock: HybridClock = field(default_factory=HybridClock)
@@ -78,6 +109,7 @@ class Simulator:
         topics: Mapping[str, Iterable[str] | None] | None = None,
         record: bool = False,
         flush_ms: int | None = None,
+        replicas: ReplicaFactory = memory_replicas,
     ) -> None:
         ids = [f"n{i}" for i in range(nodes)] if isinstance(nodes, int) else list(nodes)
         self.settings = settings if settings is not None else SyncSettings()
@@ -96,7 +128,7 @@ class Simulator:
         for node_id in ids:
             wanted = None if topics is None else topics.get(node_id)
             held = None if wanted is None else frozenset(wanted)
-            replica = MemoryReplica(node_id)
+            replica = replicas(node_id, partial(self.local_ms, node_id))
             self.nodes[node_id] = SimNode(
                 node_id, replica, self._engine(node_id, replica, held), held
             )
@@ -141,7 +173,8 @@ class Simulator:
         return ts
 
     def local_ms(self, node: str) -> int:
-        return self.now + self.nodes[node].clock_offset_ms
+        sim_node = self.nodes.get(node)
+        return self.now + (0 if sim_node is None else sim_node.clock_offset_ms)
 
     # -- faults -----------------------------------------------------------------------------
 
@@ -261,7 +294,7 @@ class Simulator:
     def context(self, node: str, ns: str) -> CausalContext:
         return self.nodes[node].replica.context(ns)
 
-    def replica(self, node: str) -> MemoryReplica:
+    def replica(self, node: str) -> SimReplica:
         return self.nodes[node].replica
 
     def engine(self, node: str) -> SyncEngine:
@@ -287,9 +320,7 @@ class Simulator:
 
     # -- internals ----------------------------------------------------------------------------
 
-    def _engine(
-        self, node_id: str, replica: MemoryReplica, held: frozenset[str] | None
-    ) -> SyncEngine:
+    def _engine(self, node_id: str, replica: SimReplica, held: frozenset[str] | None) -> SyncEngine:
         engine = SyncEngine(node_id, replica, self.settings, topics=held)
         for other in self._ids:
             engine.add_peer(other)
@@ -371,4 +402,4 @@ def _lww(state: DotMap[Any]) -> LWWMap:
     return state
 
 
-__all__ = ["NO_FAULTS", "Faults", "SimNode", "Simulator"]
+__all__ = ["NO_FAULTS", "Faults", "ReplicaFactory", "SimNode", "SimReplica", "Simulator"]

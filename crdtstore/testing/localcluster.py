@@ -3,6 +3,8 @@
 Each :class:`ServeNode` is a separate OS process holding its directory's network role,
 started with the real command line and observed from outside: through ``crdt-inspect``
 and the ``status.json`` the node refreshes, never through objects inside the process.
+A node given faults runs ``python -m crdtstore.testing.serve``, the same command with
+them installed (:mod:`crdtstore.testing.faults`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from crdtstore.testing.faults import FaultSpec
 
 BIN = Path(sys.executable).parent
 DEFAULT_TIMEOUT = 60.0
@@ -87,8 +91,10 @@ class ServeNode:
         seeds: list[str],
         config: dict[str, Any] | None = None,
         log_level: str = "INFO",
+        faults: FaultSpec | None = None,
     ) -> None:
         self.name = name
+        self.faults = faults
         self.log_level = log_level
         self.data = root / name
         self.bind = f"tcp://127.0.0.1:{free_port()}"
@@ -98,11 +104,11 @@ class ServeNode:
         self.proc: subprocess.Popen[str] | None = None
 
     def command(self) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "crdtstore.cli",
-            "serve",
+        if self.faults is None:
+            cmd = [sys.executable, "-m", "crdtstore.cli", "serve"]
+        else:
+            cmd = [sys.executable, "-m", "crdtstore.testing.serve", *self.faults.args()]
+        cmd += [
             "--data",
             str(self.data),
             "--bind",
