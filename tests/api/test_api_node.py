@@ -170,16 +170,16 @@ def test_changes_and_watch_see_local_and_remote_changes(node: Any) -> None:
     s.add("local")
     batch = DeltaBatch("s", "peer", 1, 1, ORSet().add("peer", "remote"))
     node.replica.apply_batch(batch, encode_message(batch))
-    assert feed.get(timeout=10) == Change("s", "local", False, True, "n1")
-    assert feed.get(timeout=10) == Change("s", "remote", False, True, "peer")
+    assert feed.get(timeout=10) == Change("s", "local", False, True, "n1", "add")
+    assert feed.get(timeout=10) == Change("s", "remote", False, True, "peer", "add")
     assert done.wait(10)
     assert got == [
-        Change("s", "local", False, True, "n1"),
-        Change("s", "remote", False, True, "peer"),
+        Change("s", "local", False, True, "n1", "add"),
+        Change("s", "remote", False, True, "peer", "add"),
     ]
     handle.cancel()
     node.lww_map("m")["k"] = 1
-    assert feed.get(timeout=10) == Change("m", "k", None, 1, "n1")
+    assert feed.get(timeout=10) == Change("m", "k", None, 1, "n1", "put")
     assert len(got) == 2  # cancelled: no more deliveries
     feed.close()
     assert feed.get(timeout=0.01) is None
@@ -193,13 +193,13 @@ def test_a_corrupt_journal_row_is_passed_and_later_changes_still_arrive(tmp_path
         feed = node.changes("m")
         m = node.lww_map("m")
         m["a"] = 1
-        assert feed.get(timeout=10) == Change("m", "a", None, 1, "n1")
+        assert feed.get(timeout=10) == Change("m", "a", None, 1, "n1", "put")
         replica = node.replica
         with replica.env.begin(write=True) as txn:
             db = replica.dbs["journal"]
             txn.put(layout.u64(journal.last_seq(txn, db) + 1), b"\xc1", db=db)
         m["b"] = 2
-        assert feed.get(timeout=10) == Change("m", "b", None, 2, "n1")
+        assert feed.get(timeout=10) == Change("m", "b", None, 2, "n1", "put")
         assert replica.stats["journal_rows_corrupt"] == 1
         feed.close()
 
