@@ -39,6 +39,7 @@ from crdtstore.crdt.hlc import logical, physical_ms
 from crdtstore.errors import DecodeError, Error, StorageError
 from crdtstore.storage import layout
 from crdtstore.storage.local import count_live
+from crdtstore.storage.member_watch import pid_running
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.tables import table_bytes
 
@@ -343,18 +344,12 @@ STALE_AFTER_MS = 5_000
 
 
 def pid_alive(pid: object) -> bool:
-    """Whether process ``pid`` exists on this host (the status file is in a local
-    directory, so its writer ran here). A pid taken again by another process reads as
-    alive: the file's age still tells that one."""
+    """Whether the status file's writer, process ``pid``, is there (the file is in a local
+    directory, so its writer ran on this host). A pid taken again by another process reads
+    as alive: the file's age still tells that one."""
     if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
         return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process, but there
-    return True
+    return pid_running(pid)
 
 
 def live_status(path: str) -> dict[str, Any]:

@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from crdtstore.addresses import check_bind, check_seeds
 from crdtstore.crdt import check_key
-from crdtstore.errors import ClosedError, Error, InvalidValue, NotReplicated, RoleHeld
+from crdtstore.errors import (
+    ClosedError,
+    Error,
+    InvalidValue,
+    NotReplicated,
+    RoleHeld,
+    TypeMismatch,
+)
 from crdtstore.membership import MEMBERS_NAMESPACE, StatusChange
 from crdtstore.membership.observed import (
     MemberView,
@@ -57,6 +64,7 @@ from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
 from crdtstore.storage.local import Committed, count_live, encode_key, get_dots, scan_chunk
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
+from crdtstore.storage.namespaces import check_namespace
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
 
@@ -409,12 +417,15 @@ class Node:
     # -- namespaces ----------
 
     def lww_map(self, name: str) -> LWWMapView:
-        """The LWW-map ``name`` (created if new; TypeMismatch if it is another type)."""
+        """The LWW-map ``name`` (TypeMismatch if it is another type). A namespace that does
+        not exist yet reads as empty and is created by its first write, so a misspelt
+        name that is only read creates nothing and replicates nothing."""
         self._ensure(name, LWW)
         return LWWMapView(self, name)
 
     def or_set(self, name: str) -> ORSetView:
-        """The OR-Set ``name`` (created if new; TypeMismatch if it is another type)."""
+        """The OR-Set ``name`` (TypeMismatch if it is another type; created by its first
+        write, as :meth:`lww_map`)."""
         self._ensure(name, ORSET)
         return ORSetView(self, name)
 
@@ -433,10 +444,12 @@ class Node:
                 f"namespace {name!r} is not among this node's topics {sorted(topics)}"
             )
         w = self._current()
-        if w is not None:
-            w.ensure_namespace(name, type_name)
-        else:
-            self._replica.namespace_id(name, type_name)
+        if w is None:
+            self._replica.existing_namespace(name, type_name)
+            return
+        found = w.lookup(check_namespace(name))
+        if found is not None and found[1] != type_name:
+            raise TypeMismatch(f"namespace {name!r} holds a {found[1]}, not a {type_name}")
 
     # -- transactions ----------
 
@@ -501,7 +514,9 @@ class Node:
         prefix = view._prefix
         if prefix is None:
             # Resolved outside any transaction, then kept: namespace ids never change.
-            ns_id = self._replica.namespace_id(view._name, view.TYPE)
+            ns_id = self._replica.existing_namespace(view._name, view.TYPE)
+            if ns_id is None:
+                return None  # not created yet: absent, and reading creates nothing
             prefix = view._prefix = ns_prefix(ns_id)
         kt = type(key)
         # Only keys of these exact types are remembered: a dict would take True or 1.0 for 1.
@@ -522,7 +537,9 @@ class Node:
         w = self._current()
         if w is not None:
             return w.dots(name, ekey)
-        ns_id = self._replica.namespace_id(name, type_name)
+        ns_id = self._replica.existing_namespace(name, type_name)
+        if ns_id is None:
+            return None
         with self._replica.read_txn() as txn:
             return get_dots(txn, self._replica._state, ns_id, ekey)
 
@@ -531,7 +548,9 @@ class Node:
         w = self._current()
         if w is not None:
             return w.count(name)
-        ns_id = self._replica.namespace_id(name, type_name)
+        ns_id = self._replica.existing_namespace(name, type_name)
+        if ns_id is None:
+            return 0
         with self._replica.read_txn() as txn:
             return count_live(txn, self._replica._bucketdb, ns_id)
 
@@ -545,7 +564,9 @@ class Node:
             if w is not None:
                 chunk = w.scan(name, after, limit)
             else:
-                ns_id = self._replica.namespace_id(name, type_name)
+                ns_id = self._replica.existing_namespace(name, type_name)
+                if ns_id is None:
+                    return
                 with self._replica.read_txn() as txn:
                     chunk = scan_chunk(txn, self._replica._state, ns_id, after, limit)
             for _, key, dots in chunk:

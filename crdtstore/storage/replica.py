@@ -224,6 +224,21 @@ class LMDBReplica:
         self._names.remember(namespace, ns_id, tname)
         return ns_id
 
+    def existing_namespace(self, namespace: str, type_name: str) -> int | None:
+        """Id of ``namespace`` if it exists (TypeMismatch if it holds another type), else
+        None, creating nothing: a read of a namespace must not create it."""
+        self._env.check()
+        check_namespace(namespace)
+        found = self._names.cached(namespace)
+        if found is None:
+            found = self._env.read(lambda txn: self._names.lookup(txn, namespace))
+            if found is None:
+                return None
+            self._names.remember(namespace, *found)
+        if found[1] != type_name:
+            raise TypeMismatch(f"namespace {namespace!r} holds a {found[1]}, not a {type_name}")
+        return found[0]
+
     def context(self, namespace: str) -> CausalContext:
         def read(txn: lmdb.Transaction) -> CausalContext:
             found = self._names.lookup(txn, namespace)

@@ -273,3 +273,25 @@ def test_journal_is_trimmed_in_chunks_keeping_the_newest(tmp_path: Path) -> None
             assert seqs == list(range(first, i + 1))  # contiguous, up to the newest commit
             held.append(len(seqs))
     assert min(held[keep:]) == keep and max(held) == keep + 2
+
+
+def test_reading_a_namespace_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    # A misspelt name that is only read must not appear, here or (by replication) anywhere.
+    with crdtstore.open(tmp_path / "n", node_id="n1") as node:
+        node.lww_map("config")["k"] = 1
+        before = node.replica.env.info()["last_txnid"]
+        typo, hosts = node.lww_map("confgi"), node.or_set("hostz")
+        assert typo.get("k", "default") == "default" and "k" not in typo
+        assert len(typo) == 0 and list(typo) == [] and dict(typo.items()) == {}
+        assert "h" not in hosts and len(hosts) == 0 and list(hosts) == []
+        with node.transaction():
+            assert typo.get("k") is None and len(hosts) == 0
+        assert node.replica.env.info()["last_txnid"] == before  # no write transaction at all
+        assert node.namespaces() == {"config": "lww_map"}
+        with pytest.raises(crdtstore.TypeMismatch):
+            node.or_set("config")
+        typo["k"] = 2  # the first write creates it
+        assert node.namespaces() == {"config": "lww_map", "confgi": "lww_map"}
+        assert typo["k"] == 2
+        with pytest.raises(crdtstore.TypeMismatch):
+            node.or_set("confgi")
