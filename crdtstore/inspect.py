@@ -11,17 +11,24 @@ counters of the running node, from the ``status.json`` it refreshes) and
 ``crdt-inspect diff DIR_A DIR_B``.
 
 A damaged directory is what the inspector is for: ``dump`` and ``show`` list a corrupt row
-by its encoded key and what is wrong with it, and go on; anything else corrupt ends the
-command with one line saying what and where (exit status 2), not a traceback.
+by its namespace, encoded key and what is wrong with it, go on, and exit with status 1;
+anything else corrupt (a garbage ``data.mdb`` included) ends the command with one line
+saying what and where (exit status 2), not a traceback. ``diff`` exits 1 when the
+replicas differ, 0 (saying "identical") when they do not, like diff(1).
+
+Tables take the width they need when the output is not a terminal (a pipe, a file), so
+nothing is cut to 80 columns.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +36,12 @@ import lmdb
 
 from crdtstore.crdt import CausalContext, Dot
 from crdtstore.crdt.hlc import logical, physical_ms
-from crdtstore.errors import DecodeError, Error
+from crdtstore.errors import DecodeError, Error, StorageError
 from crdtstore.storage import layout
+from crdtstore.storage.member_watch import pid_running
 from crdtstore.storage.reads import count_live
 from crdtstore.storage.rows import winning_value
+from crdtstore.storage.tables import table_bytes
 
 
 class Snapshot:
@@ -41,19 +50,26 @@ class Snapshot:
     def __init__(self, path: str) -> None:
         if not (Path(path) / "data.mdb").exists():
             raise SystemExit(f"crdt-inspect: {path} is not a node directory (no data.mdb)")
-        # map_size=0 adopts the size recorded in the file.
-        self.env = lmdb.open(
-            path,
-            readonly=True,
-            lock=True,
-            max_dbs=len(layout.TABLES) + 1,
-            map_size=0,
-            subdir=True,
-            create=False,
-        )
-        meta = self.env.open_db(b"meta", create=False)
-        with self.env.begin() as txn:
-            fmt = txn.get(layout.META_FORMAT, db=meta)
+        try:
+            # map_size=0 adopts the size recorded in the file.
+            self.env = lmdb.open(
+                path,
+                readonly=True,
+                lock=True,
+                max_dbs=len(layout.TABLES) + 1,
+                map_size=0,
+                subdir=True,
+                create=False,
+            )
+        except lmdb.Error as exc:
+            raise StorageError(f"{path}: data.mdb is not a readable LMDB file: {exc}") from None
+        try:
+            meta = self.env.open_db(b"meta", create=False)
+            with self.env.begin() as txn:
+                fmt = txn.get(layout.META_FORMAT, db=meta)
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StorageError(f"{path}: not a node directory's LMDB file: {exc}") from None
         version = layout.read_u64(fmt) if fmt is not None and len(fmt) == 8 else fmt
         if version != layout.FORMAT_VERSION:
             self.env.close()
@@ -61,7 +77,13 @@ class Snapshot:
                 f"crdt-inspect: {path} has storage format {version!r}; this build reads "
                 f"{layout.FORMAT_VERSION} (opening it with crdtstore migrates an older one)"
             )
-        self.dbs = {name: self.env.open_db(name.encode(), create=False) for name in layout.TABLES}
+        try:
+            self.dbs = {
+                name: self.env.open_db(name.encode(), create=False) for name in layout.TABLES
+            }
+        except lmdb.Error as exc:
+            self.env.close()
+            raise StorageError(f"{path}: a table is missing or damaged: {exc}") from None
         self.txn = self.env.begin()
 
     def close(self) -> None:
@@ -78,6 +100,10 @@ class Snapshot:
             ns_id, type_name = layout.unpack_stored(data)
             out[bytes(name).decode()] = (int(ns_id), str(type_name))
         return out
+
+    def table_bytes(self) -> dict[str, int]:
+        """Bytes of pages each table holds (see :mod:`crdtstore.storage.tables`)."""
+        return {name: table_bytes(self.txn, db) for name, db in self.dbs.items()}
 
     def context(self, ns_id: int) -> CausalContext:
         data = self.txn.get(layout.context_key(ns_id), db=self.dbs["logorder"])
@@ -126,6 +152,15 @@ def to_json(value: Any) -> Any:
     return value
 
 
+def iso_ms(ms: int) -> str:
+    """Milliseconds since the epoch as an ISO 8601 UTC time."""
+    try:
+        when = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
+    except (OverflowError, OSError, ValueError):
+        return "out of range"
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 def read_row(rkey: bytes, data: bytes, stamped: bool) -> tuple[Any, list[list[Any]]]:
     """The key and dots of a state row; DecodeError, naming the row, if it is corrupt."""
     ekey = layout.row_ekey(rkey)
@@ -148,6 +183,7 @@ def dots_json(dots: list[list[Any]]) -> list[dict[str, Any]]:
             item.update(
                 timestamp=d[2],
                 wall_ms=physical_ms(d[2]),
+                time=iso_ms(physical_ms(d[2])),
                 logical=logical(d[2]),
                 value=to_json(d[3]),
             )
@@ -178,6 +214,7 @@ def summary(snap: Snapshot) -> dict[str, Any]:
         "format_version": None if fmt is None else layout.read_u64(fmt),
         "namespaces": namespaces,
         "journal": {"first": jfirst, "last": jlast},
+        "tables": snap.table_bytes(),
         "map": {
             "map_size": info["map_size"],
             "used_bytes": used,
@@ -203,7 +240,8 @@ def dump(snap: Snapshot, name: str) -> dict[str, Any]:
         try:
             key, dots = read_row(rkey, data, stamped)
         except DecodeError as exc:
-            entries.append({"key": to_json(bytes(layout.row_ekey(rkey))), "error": str(exc)})
+            error = f"namespace {name!r}: {exc}"
+            entries.append({"key": to_json(bytes(layout.row_ekey(rkey))), "error": error})
             continue
         item: dict[str, Any] = {"key": to_json(key), "dots": dots_json(dots)}
         if stamped:
@@ -222,7 +260,7 @@ def show(snap: Snapshot, name: str, key: Any) -> dict[str, Any]:
     try:
         dots = read_row(rkey, bytes(data), stamped)[1] if data is not None else []
     except DecodeError as exc:
-        out.update(present=True, error=str(exc))
+        out.update(present=True, error=f"namespace {name!r}: {exc}")
         return out
     out.update(present=bool(dots), dots=dots_json(dots))
     if stamped:
@@ -305,6 +343,15 @@ STALE_AFTER_MS = 5_000
 """A status file older than this is reported as stale: its node has probably stopped."""
 
 
+def pid_alive(pid: object) -> bool:
+    """Whether the status file's writer, process ``pid``, is there (the file is in a local
+    directory, so its writer ran on this host). A pid taken again by another process reads
+    as alive: the file's age still tells that one."""
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    return pid_running(pid)
+
+
 def live_status(path: str) -> dict[str, Any]:
     """The status the node holding the network role last wrote into ``path``."""
     file = Path(path) / "status.json"
@@ -321,7 +368,14 @@ def live_status(path: str) -> dict[str, Any]:
     # be the one that is off, and a node behind would read as stopped.
     age = (time.time_ns() - written_ns) // 1_000_000
     status["age_ms"] = age
-    status["stale"] = age > STALE_AFTER_MS
+    status["pid_alive"] = alive = pid_alive(status.get("pid"))
+    status["stale"] = age > STALE_AFTER_MS or not alive
+    if (Path(path) / "data.mdb").exists():
+        snap = Snapshot(path)
+        try:
+            status["tables"] = snap.table_bytes()
+        finally:
+            snap.close()
     return status
 
 
@@ -330,10 +384,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     as_json = "--json" in argv
     argv = [a for a in argv if a != "--json"]
     try:
-        return run(argv, as_json)
+        code = run(argv, as_json)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at exit
+        return code
     except Error as exc:  # a corrupt directory: what and where, not a traceback
         print(f"crdt-inspect: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # The reader (``| head``) has gone: stop quietly. Python would report the failed
+        # flush of stdout at exit, so point stdout at nothing first.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 def run(argv: list[str], as_json: bool) -> int:
@@ -362,20 +424,48 @@ def run(argv: list[str], as_json: bool) -> int:
         snap.close()
 
 
+PIPED_WIDTH = 4096
+"""Columns rich may use when the output is not a terminal: tables take the width they need
+(rich would cut them to 80 columns)."""
+
+
+def exit_status(result: dict[str, Any], kind: str) -> int:
+    """1 when replicas differ (diff) or a row is corrupt (dump, show), else 0."""
+    if kind == "diff":
+        return 1 if result["differences"] else 0
+    if kind == "dump":
+        return 1 if any("error" in e for e in result["entries"]) else 0
+    if kind == "show":
+        return 1 if "error" in result else 0
+    return 0
+
+
 def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
+    status = exit_status(result, kind)
+    for e in result.get("entries", ()) if kind == "dump" else ():
+        if "error" in e:
+            print(f"crdt-inspect: corrupt row: {e['error']}", file=sys.stderr)
+    if kind == "show" and "error" in result:
+        print(f"crdt-inspect: corrupt row: {result['error']}", file=sys.stderr)
     if as_json:
         print(json.dumps(result, sort_keys=True))
-        return 0
+        return status
+    if kind == "show":  # one entry: JSON reads better than any table
+        print(json.dumps(result, indent=2, sort_keys=True))
+        return status
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
     if kind == "summary":
         console.print(
-            f"node [bold]{result['node_id']}[/]  format v{result['format_version']}  "
-            f"map {result['map']['used_bytes']}/{result['map']['map_size']} bytes "
-            f"({result['map']['fill_pct']}%)  journal {result['journal']}"
+            f"node [bold]{escape(str(result['node_id']))}[/]  format v{result['format_version']}"
+            f"  map {result['map']['used_bytes']}/{result['map']['map_size']} bytes "
+            f"({result['map']['fill_pct']}%)  journal rows "
+            f"{result['journal']['first']}..{result['journal']['last']}"
         )
+        console.print(f"bytes per table: {tables_line(result['tables'])}", highlight=False)
         table = Table(
             "namespace",
             "type",
@@ -391,7 +481,7 @@ def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
                 for o, i in sorted(ns["log"].items())
             )
             table.add_row(
-                name,
+                escape(name),
                 ns["type"],
                 str(ns["entries"]),
                 str(ns["bytes"]),
@@ -401,34 +491,41 @@ def emit(result: dict[str, Any], as_json: bool, kind: str) -> int:
             )
         console.print(table)
     elif kind == "dump":
-        table = Table("key", "value", "dots", title=f"{result['namespace']} ({result['type']})")
+        title = escape(f"{result['namespace']} ({result['type']})")
+        table = Table("key", "value", "dots (replica:seq @HLC = time)", title=title)
         for e in result["entries"]:
+            key = escape(json.dumps(e["key"]))
             if "error" in e:
-                table.add_row(json.dumps(e["key"]), "[red]corrupt row[/]", e["error"])
+                table.add_row(key, "[red]corrupt row[/]", escape(e["error"]))
                 continue
-            dots = ", ".join(
-                f"{d['replica']}:{d['seq']}" + (f"@{d['timestamp']}" if "timestamp" in d else "")
+            dots = "\n".join(
+                f"{d['replica']}:{d['seq']}"
+                + (f" @{d['timestamp']} = {d['time']}" if "timestamp" in d else "")
                 for d in e["dots"]
             )
-            table.add_row(json.dumps(e["key"]), json.dumps(e.get("value", True)), dots)
+            table.add_row(key, escape(json.dumps(e.get("value", True))), escape(dots))
         console.print(table)
     elif kind == "status":
         emit_status(console, result)
-    elif kind == "show":
-        console.print(result)
+    elif not result["differences"]:
+        console.print("identical")
     else:
         table = Table("namespace", "key", "live on", "dot", "why")
         for d in result["differences"]:
             for r in d["dots"]:
                 table.add_row(
-                    d["namespace"],
-                    json.dumps(d["key"]),
+                    escape(d["namespace"]),
+                    escape(json.dumps(d["key"])),
                     r["live_on"],
                     f"{r['dot'][0]}:{r['dot'][1]}",
                     r["reason"],
                 )
         console.print(table)
-    return 0
+    return status
+
+
+def tables_line(tables: dict[str, int]) -> str:
+    return ", ".join(f"{name} {size}" for name, size in tables.items())
 
 
 def emit_status(console: Any, status: dict[str, Any]) -> None:
@@ -436,15 +533,29 @@ def emit_status(console: Any, status: dict[str, Any]) -> None:
 
     # The node's readings against the node's clock (which may be off), not ours.
     now = int(status["written_at_ms"]) + int(status["age_ms"])
-    state = "[red]STALE: node not running?[/]" if status["stale"] else "[green]live[/]"
+    if not status["pid_alive"]:
+        state = f"[red]NOT RUNNING: no process {status['pid']}[/]"
+    elif status["stale"]:
+        state = "[red]STALE: node not running?[/]"
+    else:
+        state = "[green]live[/]"
     console.print(
         f"node [bold]{status['node_id']}[/] pid {status['pid']}  router {status['router']}  "
         f"pub {status['pub']}  {state} (written {status['age_ms']} ms ago)"
     )
+    if "tables" in status:
+        console.print(f"bytes per table: {tables_line(status['tables'])}", highlight=False)
     for line in clock_lines(status):
         console.print(line, highlight=False)
     members = Table(
-        "member", "status", "incarnation", "last heard", "lag", "clock", "topics", "router"
+        "member",
+        "status",
+        "incarnation",
+        "last heard",
+        "this node behind it by (seqs)",
+        "clock",
+        "topics",
+        "router",
     )
     for m in status["members"]:
         heard = "-" if m["last_heard_ms"] is None else f"{now - m['last_heard_ms']} ms ago"

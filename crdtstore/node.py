@@ -39,7 +39,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from crdtstore.addresses import check_bind, check_seeds
 from crdtstore.crdt import check_key
-from crdtstore.errors import ClosedError, Error, InvalidValue, NotReplicated, RoleHeld
+from crdtstore.errors import (
+    ClosedError,
+    Error,
+    InvalidValue,
+    NotReplicated,
+    RoleHeld,
+    TypeMismatch,
+)
 from crdtstore.membership import MEMBERS_NAMESPACE, StatusChange
 from crdtstore.membership.observed import (
     MemberView,
@@ -57,6 +64,7 @@ from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
 from crdtstore.storage.local import Committed
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
+from crdtstore.storage.namespaces import check_namespace
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
 
@@ -417,12 +425,15 @@ class Node:
     # -- namespaces ----------
 
     def lww_map(self, name: str) -> LWWMapView:
-        """The LWW-map ``name`` (created if new; TypeMismatch if it is another type)."""
+        """The LWW-map ``name`` (TypeMismatch if it is another type). A namespace that does
+        not exist yet reads as empty and is created by its first write, so a misspelt
+        name that is only read creates nothing and replicates nothing."""
         self._ensure(name, LWW)
         return LWWMapView(self, name)
 
     def or_set(self, name: str) -> ORSetView:
-        """The OR-Set ``name`` (created if new; TypeMismatch if it is another type)."""
+        """The OR-Set ``name`` (TypeMismatch if it is another type; created by its first
+        write, as :meth:`lww_map`)."""
         self._ensure(name, ORSET)
         return ORSetView(self, name)
 
@@ -441,10 +452,12 @@ class Node:
                 f"namespace {name!r} is not among this node's topics {sorted(topics)}"
             )
         w = self._current()
-        if w is not None:
-            w.ensure_namespace(name, type_name)
-        else:
-            self._replica.namespace_id(name, type_name)
+        if w is None:
+            self._replica.existing_namespace(name, type_name)
+            return
+        found = w.lookup(check_namespace(name))
+        if found is not None and found[1] != type_name:
+            raise TypeMismatch(f"namespace {name!r} holds a {found[1]}, not a {type_name}")
 
     # -- transactions ----------
 
@@ -509,7 +522,9 @@ class Node:
         prefix = view._prefix
         if prefix is None:
             # Resolved outside any transaction, then kept: namespace ids never change.
-            ns_id = self._replica.namespace_id(view._name, view.TYPE)
+            ns_id = self._replica.existing_namespace(view._name, view.TYPE)
+            if ns_id is None:
+                return None  # not created yet: absent, and reading creates nothing
             prefix = view._prefix = ns_prefix(ns_id)
         kt = type(key)
         # Only keys of these exact types are remembered: a dict would take True or 1.0 for 1.
@@ -530,14 +545,20 @@ class Node:
         w = self._current()
         if w is not None:
             return w.dots(name, ekey)
-        return self._replica.read_dots(self._replica.namespace_id(name, type_name), ekey)
+        ns_id = self._replica.existing_namespace(name, type_name)
+        if ns_id is None:
+            return None
+        return self._replica.read_dots(ns_id, ekey)
 
     def _count(self, name: str, type_name: str) -> int:
         self._check()
         w = self._current()
         if w is not None:
             return w.count(name)
-        return self._replica.count_live(self._replica.namespace_id(name, type_name))
+        ns_id = self._replica.existing_namespace(name, type_name)
+        if ns_id is None:
+            return 0
+        return self._replica.count_live(ns_id)
 
     def _rows(self, name: str, type_name: str) -> Iterator[tuple[Any, list[list[Any]]]]:
         """Every live row, in chunks of ``iter_chunk`` per read transaction."""
@@ -549,7 +570,9 @@ class Node:
             if w is not None:
                 chunk = w.scan(name, after, limit)
             else:
-                ns_id = self._replica.namespace_id(name, type_name)
+                ns_id = self._replica.existing_namespace(name, type_name)
+                if ns_id is None:
+                    return
                 chunk = self._replica.scan_rows(ns_id, after, limit)
             for _, key, dots in chunk:
                 yield key, dots

@@ -83,8 +83,26 @@ class NodeSettings:
     how often ``watch_members`` reads the directory's member view."""
 
     journal_max_entries: int = 10_000
-    """Commits kept in the change journal. A watcher that falls further behind than this
-    skips the trimmed commits (counted in ``stats["journal_overrun"]``)."""
+    """Most commits kept in the change journal. A watcher that falls further behind than
+    the journal holds (this, ``journal_max_bytes`` or ``journal_max_age_ms``, whichever
+    binds first) skips the trimmed commits (counted in ``stats["journal_overrun"]``)."""
+
+    journal_max_bytes: int = 4 * 1024 * 1024
+    """Most bytes of pages the change journal holds (as LMDB counts them, so this bounds
+    its share of the file): commits of many events hold more per commit than the count
+    bound assumes. Watchers poll every ``watch_poll_interval_ms``; this is seconds of
+    history at the fastest write rates, which is all they need."""
+
+    log_max_bytes: int = 8 * 1024 * 1024
+    """Most bytes of pages the delta log holds (as LMDB counts them). Logged batches serve
+    peers' repairs; past this the oldest of the namespace being written go, whatever
+    peers have acknowledged, and a peer that still needed them reconciles by ranges
+    instead. (The sync engine's ``max_log_batches`` bounds each namespace by count, and
+    peers' acknowledgements trim sooner, where a replicator runs.)"""
+
+    journal_max_age_ms: int = 3_600_000
+    """Commits older than this leave the change journal (an hour: a journal of a quiet
+    node holds no old changes forever)."""
 
     role_standby: bool = False
     """With ``bind``, when another process already holds the directory's network role:

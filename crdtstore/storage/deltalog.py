@@ -10,6 +10,12 @@ Invariants (the row layout is :mod:`crdtstore.storage.layout`'s):
   the context dirties one page of ``logorder``.
 - A batch replaces a logged one with the same origin and first seq only if it reaches
   further; its order row and count follow.
+- The ``log`` table holds at most about ``max_bytes`` of pages (LMDB's own count, read in
+  O(1)), whatever the batches' sizes: a batch put beyond it drops its namespace's oldest
+  batches (never itself) down to 15/16 of it, in the same transaction. The count bound
+  and the peers' acknowledgements (:mod:`crdtstore.sync.trim`) trim more, but only where
+  a replicator runs; this bound holds for every process that writes, local-only ones too.
+  A peer that needed what went reconciles by ranges.
 """
 
 from __future__ import annotations
@@ -20,14 +26,16 @@ from typing import Any
 import lmdb
 
 from crdtstore.storage import layout
+from crdtstore.storage.tables import table_bytes
 
 
 class DeltaLog:
     """The ``log`` and ``logorder`` tables, read and written in the caller's transactions."""
 
-    def __init__(self, dbs: Mapping[str, Any]) -> None:
+    def __init__(self, dbs: Mapping[str, Any], max_bytes: int) -> None:
         self._log = dbs["log"]
         self._order = dbs["logorder"]
+        self._max_bytes = max_bytes
 
     def put(
         self, txn: lmdb.Transaction, ns_id: int, origin: str, first: int, last: int, encoded: bytes
@@ -43,6 +51,25 @@ class DeltaLog:
         txn.put(lkey, layout.pack_log(last, serial + 1, origin, encoded), db=self._log)
         txn.put(layout.log_order_key(ns_id, serial + 1), lkey, db=self._order)
         txn.put(layout.log_count_key(ns_id), layout.u64(count + 1), db=self._order)
+        if table_bytes(txn, self._log) > self._max_bytes:
+            self._shed(txn, ns_id, serial + 1)
+
+    def _shed(self, txn: lmdb.Transaction, ns_id: int, newest: int) -> None:
+        """Drop the oldest batches of ``ns_id`` logged before serial ``newest`` until the
+        table is 1/16 under its bound (so the next puts do not shed again)."""
+        target = self._max_bytes - self._max_bytes // 16
+        newest_key = layout.log_order_key(ns_id, newest)
+        dropped = 0
+        with txn.cursor(db=self._order) as cur:
+            ok = cur.set_range(layout.ns_prefix(ns_id))
+            while ok and bytes(cur.key()) < newest_key:
+                txn.delete(cur.value(), db=self._log)
+                ok = cur.delete()
+                dropped += 1
+                if table_bytes(txn, self._log) <= target:
+                    break
+        if dropped:
+            self._count(txn, ns_id, -dropped)
 
     def batches(
         self, txn: lmdb.Transaction, ns_id: int, origin: str, first: int, last: int

@@ -25,8 +25,10 @@ Invariants this module keeps (and ``crdt-inspect`` relies on):
   (``ns_id + 2**64-2``, ``pack_stored(encode_context(ctx))``) and the count of its logged
   batches (``ns_id + 2**64-1``, once it logged anything). A commit rewrites all three, and
   together they dirty one page.
-- A journal row ``seq (8 BE)`` holds ``msgpack([[namespace, origin, [key, old, new, ...]],
-  ...])``: the visible changes of one commit, grouped (:mod:`crdtstore.storage.journal`).
+- A journal row ``seq (8 BE)`` holds ``0x01 + written_ms (8 BE) + msgpack([[namespace,
+  origin, [key, old, new, kind, ...]], ...])``: the visible changes of one commit, grouped,
+  and when (:mod:`crdtstore.storage.journal`, which still reads the bare msgpack rows of
+  formats 4 to 6).
 """
 
 from __future__ import annotations

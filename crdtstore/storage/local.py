@@ -38,7 +38,7 @@ from crdtstore.storage import layout
 from crdtstore.storage.deltalog import DeltaLog
 from crdtstore.storage.environment import Environment
 from crdtstore.storage.inputs import SCALARS, encode_key, encode_value
-from crdtstore.storage.journal import Journal
+from crdtstore.storage.journal import ADD, DELETE, PUT, REMOVE, Journal
 from crdtstore.storage.kernel import (
     ENTRY_HEAD,
     NO_DOTS,
@@ -339,10 +339,11 @@ class LocalWrite:
         tally(self._buckets, nsw.bucket_base | bucket[0], old, digest)
         nsw.delta[ekey] = ENTRY_HEAD + ekey + new
         if old is None:
-            nsw.events.extend((key, None, value))
+            nsw.events.extend((key, None, value, PUT))
         else:
             observe(nsw.observed, dots)  # the usual old row: one dot, its own winner
-            nsw.events.extend((key, dots[0][3] if len(dots) == 1 else winning_value(dots), value))
+            before = dots[0][3] if len(dots) == 1 else winning_value(dots)
+            nsw.events.extend((key, before, value, PUT))
         self._ops.append((_PUT, namespace, key, value))
         return ts
 
@@ -387,7 +388,7 @@ class LocalWrite:
         nsw.delta[ekey] = ENTRY_HEAD + ekey + new
         self._ops.append((_ADD, namespace, element))
         if old is None:
-            nsw.events.extend((element, False, True))
+            nsw.events.extend((element, False, True, ADD))
             return True
         observe(nsw.observed, dots)
         return False
@@ -413,9 +414,10 @@ class LocalWrite:
         self._writer.put_row(nsw.bucket_base | bucket[0], rkey, old, None)
         nsw.delta[ekey] = ENTRY_HEAD + ekey + NO_DOTS  # [key, []]
         if dots:
-            before = winning_value(dots) if type_name == LWW_MAP else True
-            after = None if type_name == LWW_MAP else False
-            nsw.events.extend((key, before, after))
+            if type_name == LWW_MAP:
+                nsw.events.extend((key, winning_value(dots), None, DELETE))
+            else:
+                nsw.events.extend((key, True, False, REMOVE))
         return bool(dots)
 
     # -- reads (see this transaction's writes) -------------------------------------------------

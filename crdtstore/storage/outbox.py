@@ -40,7 +40,7 @@ class NamespaceWrite:
     observed: dict[str, list[int]]
     """Replica -> seqs of the dots the transaction's mutations replaced (see observe)."""
     events: list[Any]
-    """The namespace's change events, ``key, old, new`` each, flat: its journal group.
+    """The namespace's change events, ``key, old, new, kind`` each, flat: its journal group.
     (A commit's events are journaled by namespace: the changes of one key keep their
     order, and no other writer's come between.)"""
 

@@ -31,7 +31,7 @@ from crdtstore.settings import NodeSettings
 from crdtstore.storage import layout
 from crdtstore.storage.deltalog import DeltaLog
 from crdtstore.storage.environment import Environment
-from crdtstore.storage.journal import Journal
+from crdtstore.storage.journal import ADD, DELETE, EVENT_WIDTH, PUT, REMOVE, Journal
 from crdtstore.storage.kernel import Dots, join_dots, pack_row, tally, unseen_dots, winning_dot
 from crdtstore.storage.namespaces import Namespaces
 from crdtstore.storage.ranges import Ranges
@@ -189,7 +189,8 @@ class Receiver:
                         txn, writer, ns_id, namespace, stamped, ctx, lo, hi, value
                     )
                     received.extend(got if context is None else _not_in(got, context))
-                if sum(len(g[2]) for g in writer.groups) >= 3 * EVENTS_PER_JOURNAL_ROW:
+                held = sum(len(g[2]) for g in writer.groups)
+                if held >= EVENT_WIDTH * EVENTS_PER_JOURNAL_ROW:
                     # A bootstrap changes every key: journal its events as it goes rather
                     # than hold them (and the keys and values they name) to the end.
                     self._journal.record(txn, writer.groups)
@@ -305,9 +306,12 @@ def join_key(
         if now is None or (now[0], now[1]) != (was[0], was[1]):
             if origin is None and now is not None:
                 origin = now[0]
-            writer.event(namespace, key, was[3], None if now is None else now[3], origin)
+            if now is None:
+                writer.event(namespace, key, was[3], None, origin, DELETE)
+            else:
+                writer.event(namespace, key, was[3], now[3], origin, PUT)
     elif not row:  # an OR-Set row changes what a reader sees only when it goes
-        writer.event(namespace, key, True, False, origin)
+        writer.event(namespace, key, True, False, origin, REMOVE)
     return True
 
 
@@ -343,11 +347,11 @@ def insert_rows(
             by = origin or won[0]
             if by != source:
                 source, events = by, writer.group(namespace, by)
-            events += (key, None, won[3])
+            events += (key, None, won[3], PUT)
         else:
             if origin != source:
                 source, events = origin, writer.group(namespace, origin)
-            events += (key, False, True)
+            events += (key, False, True, ADD)
         put(prefix + position, row)  # the transaction's default: state
         tally(buckets, base | position[0], None, row)
 

@@ -50,7 +50,7 @@ from crdtstore.storage import layout, reads
 from crdtstore.storage.deltalog import DeltaLog
 from crdtstore.storage.environment import Environment
 from crdtstore.storage.flusher import Flusher
-from crdtstore.storage.journal import Change, Journal
+from crdtstore.storage.journal import Bounds, Change, Journal
 from crdtstore.storage.local import LastStamp, LocalWrite
 from crdtstore.storage.meta import DirectoryMeta
 from crdtstore.storage.migrations import FormatMigration
@@ -111,12 +111,12 @@ class LMDBReplica:
         except BaseException:
             env.env.close()
             raise
+        s = self.settings
         self._names = Namespaces(env.dbs)
-        self._log = DeltaLog(env.dbs)
+        self._log = DeltaLog(env.dbs, s.log_max_bytes)
         self._ranges = Ranges(env.dbs, self.path)
-        self._journal = Journal(
-            env.dbs["journal"], self.settings.journal_max_entries, self.stats, self.path
-        )
+        bounds = Bounds(s.journal_max_entries, s.journal_max_bytes, s.journal_max_age_ms)
+        self._journal = Journal(env.dbs["journal"], bounds, self.stats, self.path, now_ms)
         self._receiver = Receiver(env, self._names, self._log, self._ranges, self._journal, now_ms)
         self._stamps = LastStamp()
         self.get_row = env.get
@@ -223,6 +223,21 @@ class LMDBReplica:
         ns_id, tname, _ = self._env.write(lambda txn: self._names.ensure(txn, namespace, type_name))
         self._names.remember(namespace, ns_id, tname)
         return ns_id
+
+    def existing_namespace(self, namespace: str, type_name: str) -> int | None:
+        """Id of ``namespace`` if it exists (TypeMismatch if it holds another type), else
+        None, creating nothing: a read of a namespace must not create it."""
+        self._env.check()
+        check_namespace(namespace)
+        found = self._names.cached(namespace)
+        if found is None:
+            found = self._env.read(lambda txn: self._names.lookup(txn, namespace))
+            if found is None:
+                return None
+            self._names.remember(namespace, *found)
+        if found[1] != type_name:
+            raise TypeMismatch(f"namespace {namespace!r} holds a {found[1]}, not a {type_name}")
+        return found[0]
 
     def context(self, namespace: str) -> CausalContext:
         def read(txn: lmdb.Transaction) -> CausalContext:

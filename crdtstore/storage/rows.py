@@ -44,14 +44,17 @@ class RowWriter:
         """The transaction's change events, as the journal holds them (see :meth:`event`);
         a local write keeps one group per namespace, some maybe empty."""
 
-    def event(self, namespace: str, key: Any, old: Any, new: Any, origin: str | None) -> None:
-        """Record a visible change, after every one recorded before it."""
-        self.group(namespace, origin).extend((key, old, new))
+    def event(
+        self, namespace: str, key: Any, old: Any, new: Any, origin: str | None, kind: int
+    ) -> None:
+        """Record a visible change (``kind``: :data:`~.journal.PUT`, ...), after every one
+        recorded before it."""
+        self.group(namespace, origin).extend((key, old, new, kind))
 
     def group(self, namespace: str, origin: str | None) -> list[Any]:
         """The list of events that the next change of ``namespace`` by ``origin`` extends
-        by ``key, old, new``: the last group's if it is theirs, else a new group's. (A loop
-        holds it while the origin stays the same: a call less per event.)"""
+        by ``key, old, new, kind``: the last group's if it is theirs, else a new group's.
+        (A loop holds it while the origin stays the same: a call less per event.)"""
         groups = self.groups
         if groups:
             last = groups[-1]

@@ -170,16 +170,16 @@ def test_changes_and_watch_see_local_and_remote_changes(node: Any) -> None:
     s.add("local")
     batch = DeltaBatch("s", "peer", 1, 1, ORSet().add("peer", "remote"))
     node.replica.apply_batch(batch, encode_message(batch))
-    assert feed.get(timeout=10) == Change("s", "local", False, True, "n1")
-    assert feed.get(timeout=10) == Change("s", "remote", False, True, "peer")
+    assert feed.get(timeout=10) == Change("s", "local", False, True, "n1", "add")
+    assert feed.get(timeout=10) == Change("s", "remote", False, True, "peer", "add")
     assert done.wait(10)
     assert got == [
-        Change("s", "local", False, True, "n1"),
-        Change("s", "remote", False, True, "peer"),
+        Change("s", "local", False, True, "n1", "add"),
+        Change("s", "remote", False, True, "peer", "add"),
     ]
     handle.cancel()
     node.lww_map("m")["k"] = 1
-    assert feed.get(timeout=10) == Change("m", "k", None, 1, "n1")
+    assert feed.get(timeout=10) == Change("m", "k", None, 1, "n1", "put")
     assert len(got) == 2  # cancelled: no more deliveries
     feed.close()
     assert feed.get(timeout=0.01) is None
@@ -193,13 +193,13 @@ def test_a_corrupt_journal_row_is_passed_and_later_changes_still_arrive(tmp_path
         feed = node.changes("m")
         m = node.lww_map("m")
         m["a"] = 1
-        assert feed.get(timeout=10) == Change("m", "a", None, 1, "n1")
+        assert feed.get(timeout=10) == Change("m", "a", None, 1, "n1", "put")
         replica = node.replica
         with replica.env.begin(write=True) as txn:
             db = replica.dbs["journal"]
             txn.put(layout.u64(journal.last_seq(txn, db) + 1), b"\xc1", db=db)
         m["b"] = 2
-        assert feed.get(timeout=10) == Change("m", "b", None, 2, "n1")
+        assert feed.get(timeout=10) == Change("m", "b", None, 2, "n1", "put")
         assert replica.stats["journal_rows_corrupt"] == 1
         feed.close()
 
@@ -273,3 +273,25 @@ def test_journal_is_trimmed_in_chunks_keeping_the_newest(tmp_path: Path) -> None
             assert seqs == list(range(first, i + 1))  # contiguous, up to the newest commit
             held.append(len(seqs))
     assert min(held[keep:]) == keep and max(held) == keep + 2
+
+
+def test_reading_a_namespace_that_does_not_exist_creates_nothing(tmp_path: Path) -> None:
+    # A misspelt name that is only read must not appear, here or (by replication) anywhere.
+    with crdtstore.open(tmp_path / "n", node_id="n1") as node:
+        node.lww_map("config")["k"] = 1
+        before = node.replica.env.info()["last_txnid"]
+        typo, hosts = node.lww_map("confgi"), node.or_set("hostz")
+        assert typo.get("k", "default") == "default" and "k" not in typo
+        assert len(typo) == 0 and list(typo) == [] and dict(typo.items()) == {}
+        assert "h" not in hosts and len(hosts) == 0 and list(hosts) == []
+        with node.transaction():
+            assert typo.get("k") is None and len(hosts) == 0
+        assert node.replica.env.info()["last_txnid"] == before  # no write transaction at all
+        assert node.namespaces() == {"config": "lww_map"}
+        with pytest.raises(crdtstore.TypeMismatch):
+            node.or_set("config")
+        typo["k"] = 2  # the first write creates it
+        assert node.namespaces() == {"config": "lww_map", "confgi": "lww_map"}
+        assert typo["k"] == 2
+        with pytest.raises(crdtstore.TypeMismatch):
+            node.or_set("confgi")

@@ -951,20 +951,24 @@ def test_a_commit_journals_its_events_in_order_grouped(make_replica: Make) -> No
     w.delete("m", "k")
     w.commit()
     _, rows = a.journal_after(before, 10)
-    events = [(c.namespace, c.key, c.old, c.new, c.origin) for _, changes in rows for c in changes]
-    assert events == [
-        ("m", "k", "b1", "c1", "c"),
-        ("m", "nc", None, 1, "c"),
-        ("m", "k", "c1", "b2", "b"),
-        ("m", "k", "b2", "c2", "c"),
-        ("m", "k", "c2", "a1", "a"),
-        ("m", "k", "a1", "a2", "a"),
-        ("m", "k", "a2", None, "a"),
-        ("s", 1, False, True, "a"),
-        ("s", 2, False, True, "a"),
+    events = [
+        (c.namespace, c.key, c.old, c.new, c.origin, c.kind) for _, changes in rows for c in changes
     ]
+    assert events == [
+        ("m", "k", "b1", "c1", "c", "put"),
+        ("m", "nc", None, 1, "c", "put"),
+        ("m", "k", "c1", "b2", "b", "put"),
+        ("m", "k", "b2", "c2", "c", "put"),
+        ("m", "k", "c2", "a1", "a", "put"),
+        ("m", "k", "a1", "a2", "a", "put"),
+        ("m", "k", "a2", None, "a", "delete"),
+        ("s", 1, False, True, "a", "add"),
+        ("s", 2, False, True, "a", "add"),
+    ]
+    from crdtstore.storage import journal
+
     with a.env.begin() as txn:  # one group per namespace and run of one origin
-        stored = [unpack(bytes(v)) for _, v in txn.cursor(db=a.dbs["journal"])][-2:]
+        stored = [journal.stored_groups(v) for _, v in txn.cursor(db=a.dbs["journal"])][-2:]
     assert [[g[:2] for g in row] for row in stored] == [
         [["m", "c"], ["m", "b"], ["m", "c"]],
         [["m", "a"], ["s", "a"]],
