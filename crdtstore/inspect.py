@@ -33,6 +33,7 @@ from crdtstore.errors import DecodeError, Error
 from crdtstore.storage import layout
 from crdtstore.storage.local import count_live
 from crdtstore.storage.rows import winning_value
+from crdtstore.version import package_version
 
 
 class Snapshot:
@@ -282,6 +283,7 @@ def parse_key(args: argparse.Namespace) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crdt-inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--version", action="version", version=f"crdt-inspect {package_version()}")
     parser.add_argument("directory", help="a node directory, or 'diff' to compare two")
     sub = parser.add_subparsers(dest="command")
     p_dump = sub.add_parser("dump", help="every entry of a namespace")

@@ -205,6 +205,11 @@ class Replicator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
+        self.loop_beat = time.monotonic()
+        """When the thread last went round its loop: a stalled loop is an unhealthy node."""
+        self.last_status: dict[str, Any] | None = None
+        """The newest :meth:`status`, made by this thread every ``status_interval_ms``:
+        what other threads read, since the engine's state is this thread's alone."""
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -271,6 +276,7 @@ class Replicator:
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
         while not self._stop.is_set():
+            self.loop_beat = time.monotonic()
             now = self._clock()
             due = min(next_tick, next_membership)
             if self._commit_pending.is_set():
@@ -297,9 +303,11 @@ class Replicator:
                 if now >= next_membership:
                     next_membership = now + self._settings.heartbeat_interval_ms
                     self._membership_tick(now)
-                if now >= next_status and self._status_path is not None:
+                if now >= next_status:
                     next_status = now + self._settings.status_interval_ms
-                    self._write_status(now)
+                    self.last_status = self.status(now)
+                    if self._status_path is not None:
+                        self._write_status(self.last_status)
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
                 if now >= next_hello:
@@ -334,12 +342,12 @@ class Replicator:
             "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
         }
 
-    def _write_status(self, now: int) -> None:
+    def _write_status(self, status: dict[str, Any]) -> None:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.status(now), fh, sort_keys=True)
+                json.dump(status, fh, sort_keys=True)
             os.replace(tmp, self._status_path)  # readers never see a half-written file
         except OSError as exc:
             # Operators lose the live view, replication goes on: count, log the first one.
