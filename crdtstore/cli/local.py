@@ -228,9 +228,9 @@ def ls(args: argparse.Namespace) -> int:
             spaces = {n: t for n, t in node.namespaces().items() if not n.startswith("__")}
             if args.json:
                 emit(dumps({"namespaces": spaces}))
-            for name, kind in sorted(spaces.items()):
-                if not args.json:
-                    emit(f"{name}\t{kind}")
+            else:
+                for name, type_name in sorted(spaces.items()):
+                    emit(f"{name}\t{type_name}")
             return OK
         kind = _type_of(node, args.namespace)
         if kind is None:
