@@ -116,10 +116,10 @@ class KeyAllowList:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], keys_dir: str) -> None:
         # Imported here: zmq.auth.thread imports asyncio, a third of a node's start-up
         # imports, and only a node with CURVE keys needs it.
-        from zmq.auth.thread import ThreadAuthenticator
+        from transport.zap import LoggingAuthenticator
 
         self._keys_dir = keys_dir
-        self._auth = ThreadAuthenticator(context)
+        self._auth = LoggingAuthenticator(context, ZAP_DOMAIN)
 
     def start(self) -> None:
         self._auth.start()
