@@ -300,7 +300,29 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="the running node's members, per-peer lag and counters (status.json)"
     )
     p_status.add_argument("--json", action="store_true", dest="json_sub")
+    p_status.add_argument(
+        "--connect",
+        metavar="ADDR",
+        help="ask the node serving ADDR (its ROUTER) over the network; DIRECTORY is then "
+        "only a label",
+    )
+    p_status.add_argument("--secret-key", help="with --connect and CURVE: this client's key")
+    p_status.add_argument("--server-key", help="with --connect and CURVE: the node's .key")
+    p_status.add_argument("--timeout", type=float, default=5.0)
     return parser
+
+
+def remote_status(args: argparse.Namespace) -> dict[str, Any]:
+    """The status a running node answers over its ROUTER (``status_query``)."""
+    from crdtstore.status_query import QueryError, ask_status
+
+    try:
+        status = ask_status(args.connect, args.timeout, args.secret_key, args.server_key)
+    except QueryError as exc:
+        raise SystemExit(f"crdt-inspect: {exc}") from None
+    status["age_ms"] = 0  # asked now: as fresh as it gets
+    status["stale"] = False
+    return status
 
 
 STALE_AFTER_MS = 5_000
@@ -350,9 +372,12 @@ def run(argv: list[str], as_json: bool) -> int:
         finally:
             a.close()
             b.close()
+    if argv[:1] == ["status"] and "--connect" in argv:
+        argv = ["-", *argv]  # asking over the network: there is no directory to name
     args = build_parser().parse_args(argv)
     if args.command == "status":
-        return emit(live_status(args.directory), as_json, "status")
+        status = live_status(args.directory) if args.connect is None else remote_status(args)
+        return emit(status, as_json, "status")
     snap = Snapshot(args.directory)
     try:
         if args.command == "dump":

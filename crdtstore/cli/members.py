@@ -36,6 +36,14 @@ LEAVE_POLL_S = 0.1
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("members", parents=[common], help="members and their live status")
     p.add_argument("--watch", action="store_true", help="then stream status changes")
+    p.add_argument(
+        "--connect",
+        metavar="ADDR",
+        help="ask the node serving ADDR (its ROUTER, tcp://HOST:PORT) instead of --data",
+    )
+    p.add_argument("--secret-key", help="with --connect and CURVE: this client's .key_secret")
+    p.add_argument("--server-key", help="with --connect and CURVE: the node's public .key")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for --connect")
     p.set_defaults(run=members)
 
     p = sub.add_parser(
@@ -51,7 +59,29 @@ def member_json(member: Any) -> dict[str, Any]:
     return dataclasses.asdict(member)
 
 
+def remote_members(args: argparse.Namespace) -> int:
+    from crdtstore.status_query import QueryError, ask_status
+
+    if args.watch:
+        raise CliError(USAGE, "--watch reads a directory: use --data, not --connect")
+    try:
+        status = ask_status(args.connect, args.timeout, args.secret_key, args.server_key)
+    except QueryError as exc:
+        raise CliError(RUNTIME, str(exc)) from None
+    rows = [m for m in status["members"] if isinstance(m, dict)]
+    if args.json:
+        emit(dumps({"members": rows, "stale": None, "holder_pid": status.get("pid")}))
+    else:
+        try:
+            print_table(rows, None)
+        except (KeyError, TypeError) as exc:
+            raise CliError(RUNTIME, f"malformed member in the reply: {exc}") from None
+    return OK
+
+
 def members(args: argparse.Namespace) -> int:
+    if args.connect is not None:
+        return remote_members(args)
     stop = stop_on_signals() if args.watch else None
     with directory(args) as node:
         handle = None
@@ -103,9 +133,9 @@ def print_table(rows: list[dict[str, Any]], stale: str | None) -> None:
     lines = [header]
     for m in rows:
         heard = m.get("last_heard_ms")
-        ago = "-" if heard is None else f"{max(0.0, (now - heard) / 1000):.1f}s ago"
-        name = m["node_id"] + (" (self)" if m.get("is_self") else "")
-        lines.append((name, m["status"], str(m["incarnation"]), m["router"] or "-", ago))
+        ago = "-" if not isinstance(heard, int) else f"{max(0.0, (now - heard) / 1000):.1f}s ago"
+        name = str(m["node_id"]) + (" (self)" if m.get("is_self") else "")
+        lines.append((name, str(m["status"]), str(m["incarnation"]), m["router"] or "-", ago))
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for line in lines:
         emit("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
