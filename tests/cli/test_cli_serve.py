@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import CRDTSTORE, run, run_json
 
-from crdtstore.localcluster import BIN, ServeNode
-
-BIND = "tcp://127.0.0.1:1"  # never bound: every case fails before
+from crdtstore.localcluster import BIN, ServeNode, free_port
 
 
 @pytest.mark.parametrize(
@@ -32,7 +30,12 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
 ) -> None:
     data = tmp_path / "d"
     config = tmp_path / "node.toml"
-    args = ["serve", "--bind", BIND, *(f.format(tmp=tmp_path) for f in flags)]
+    args = [
+        "serve",
+        "--bind",
+        f"tcp://127.0.0.1:{free_port()}",
+        *(f.format(tmp=tmp_path) for f in flags),
+    ]
     if toml is not None:
         config.write_text(f'data = "{data}"\n{toml}')
         if "--config" not in flags:
@@ -54,7 +57,7 @@ def test_a_taken_metrics_port_fails_the_start_before_the_directory(tmp_path: Pat
         taken.listen()
         port = taken.getsockname()[1]
         done = run(
-            "serve", "--data", str(tmp_path / "d"), "--bind", BIND,
+            "serve", "--data", str(tmp_path / "d"), "--bind", f"tcp://127.0.0.1:{free_port()}",
             "--metrics-bind", f"127.0.0.1:{port}",
         )  # fmt: skip
     [line] = done.stderr.strip().splitlines()
