@@ -42,6 +42,7 @@ from crdtstore.storage.member_watch import pid_running
 from crdtstore.storage.reads import count_live
 from crdtstore.storage.rows import winning_value
 from crdtstore.storage.tables import table_bytes
+from crdtstore.version import package_version
 
 
 class Snapshot:
@@ -320,6 +321,7 @@ def parse_key(args: argparse.Namespace) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="crdt-inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", action="store_true", help="print JSON for scripts")
+    parser.add_argument("--version", action="version", version=f"crdt-inspect {package_version()}")
     parser.add_argument("directory", help="a node directory, or 'diff' to compare two")
     sub = parser.add_subparsers(dest="command")
     p_dump = sub.add_parser("dump", help="every entry of a namespace")
@@ -336,7 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
         "status", help="the running node's members, per-peer lag and counters (status.json)"
     )
     p_status.add_argument("--json", action="store_true", dest="json_sub")
+    p_status.add_argument(
+        "--connect",
+        metavar="ADDR",
+        help="ask the node serving ADDR (its ROUTER) over the network; DIRECTORY is then "
+        "only a label",
+    )
+    p_status.add_argument("--secret-key", help="with --connect and CURVE: this client's key")
+    p_status.add_argument("--server-key", help="with --connect and CURVE: the node's .key")
+    p_status.add_argument("--timeout", type=float, default=5.0)
     return parser
+
+
+def remote_status(args: argparse.Namespace) -> dict[str, Any]:
+    """The status a running node answers over its ROUTER (``status_query``)."""
+    from crdtstore.status_query import QueryError, ask_status
+
+    try:
+        status = ask_status(args.connect, args.timeout, args.secret_key, args.server_key)
+    except QueryError as exc:
+        raise SystemExit(f"crdt-inspect: {exc}") from None
+    status["age_ms"] = 0  # asked now: as fresh as it gets
+    status["stale"] = False
+    return status
 
 
 STALE_AFTER_MS = 5_000
@@ -410,9 +434,12 @@ def run(argv: list[str], as_json: bool) -> int:
         finally:
             a.close()
             b.close()
+    if argv[:1] == ["status"] and "--connect" in argv:
+        argv = ["-", *argv]  # asking over the network: there is no directory to name
     args = build_parser().parse_args(argv)
     if args.command == "status":
-        return emit(live_status(args.directory), as_json, "status")
+        status = live_status(args.directory) if args.connect is None else remote_status(args)
+        return emit(status, as_json, "status")
     snap = Snapshot(args.directory)
     try:
         if args.command == "dump":

@@ -181,6 +181,10 @@ class Node:
             try:
                 self._want_role()
             except BaseException:
+                if self._network is None:
+                    # Nothing was served under the id this open chose for a new directory
+                    # (the bind failed): take it back, or a retry with --node-id is refused.
+                    self._replica.forget_new_node_id()
                 self.close()
                 raise
 
@@ -219,6 +223,23 @@ class Node:
         """The address peers reach this node on (None until it holds the network role)."""
         network = self._network
         return None if network is None else network.router_address
+
+    def network_status(self) -> dict[str, Any] | None:
+        """This process's newest live status as role holder (what ``status.json`` holds,
+        refreshed every ``status_interval_ms``); None without the role, or before the first."""
+        network = self._network
+        return None if network is None else network.last_status
+
+    def network_loop_age_s(self) -> float | None:
+        """Seconds since the replicator's loop last went round (None without the role): how
+        a supervisor tells a node that holds the role but no longer serves it."""
+        network = self._network
+        return None if network is None else time.monotonic() - network.loop_beat
+
+    def map_use(self) -> tuple[int, int]:
+        """Bytes of the directory's LMDB map in use, and the map's current size."""
+        self._check()
+        return self._replica.map_use()
 
     def members(self) -> list[Member]:
         """Members as seen locally, with status, sorted by id; this node included.

@@ -50,6 +50,7 @@ from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.observed import observed_members
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.view import Member, parse_records
+from crdtstore.status_query import CHANNEL_QUERY, encode_status_reply, is_status_request
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
@@ -213,6 +214,12 @@ class Replicator:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
+        self.loop_beat = time.monotonic()
+        """When the thread last went round its loop: a stalled loop is an unhealthy node."""
+        self.last_status: dict[str, Any] | None = None
+        """The newest :meth:`status`, made by this thread every ``status_interval_ms``:
+        what other threads read, since the engine's state is this thread's alone."""
+        self._encoded_status: tuple[dict[str, Any], bytes] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -279,6 +286,7 @@ class Replicator:
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
         while not self._stop.is_set():
+            self.loop_beat = time.monotonic()
             now = self._clock()
             due = min(next_tick, next_membership)
             if self._commit_pending.is_set():
@@ -305,9 +313,11 @@ class Replicator:
                 if now >= next_membership:
                     next_membership = now + self._settings.membership.heartbeat_interval_ms
                     self._membership_tick(now)
-                if now >= next_status and self._status_path is not None:
+                if now >= next_status:
                     next_status = now + self._settings.status_interval_ms
-                    self._write_status(now)
+                    self.last_status = self.status(now)
+                    if self._status_path is not None:
+                        self._write_status(self.last_status)
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
                 if now >= next_hello:
@@ -342,12 +352,12 @@ class Replicator:
             "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
         }
 
-    def _write_status(self, now: int) -> None:
+    def _write_status(self, status: dict[str, Any]) -> None:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.status(now), fh, sort_keys=True)
+                json.dump(status, fh, sort_keys=True)
             os.replace(tmp, self._status_path)  # readers never see a half-written file
         except OSError as exc:
             # Operators lose the live view, replication goes on: count, log the first one.
@@ -395,9 +405,33 @@ class Replicator:
             elif channel == CHANNEL_MEMBERS:
                 self._engine_frames(frames, now)
                 self._on_membership_message(peer, body, now)
+            elif channel == CHANNEL_QUERY:
+                self._on_query(peer, body, now)
             else:
                 self.stats["rejected_channel"] += 1
         self._engine_frames(frames, now)
+
+    def _on_query(self, peer: str, body: bytes, now: int) -> None:
+        """An operator's status query (:mod:`crdtstore.status_query`), answered from the
+        newest status, encoded once per status interval however many ask."""
+        # A sender named like a node (recorded, introduced or connected) is refused: the
+        # answer would go to that node, on the connection to it.
+        named_like_a_node = (
+            peer == self.node_id
+            or peer in self._records
+            or peer in self._introduced
+            or peer in self._connected
+        )
+        if named_like_a_node or not is_status_request(body):
+            self.stats["rejected_query"] += 1
+            return
+        status = self.last_status
+        if status is None:
+            status = self.last_status = self.status(now)
+        if self._encoded_status is None or self._encoded_status[0] is not status:
+            self._encoded_status = (status, encode_status_reply(status))
+        self.stats["status_queries"] += 1
+        self.transport.send(peer.encode(), self._encoded_status[1])
 
     def _engine_frames(self, frames: list[tuple[str, bytes, str | None]], now: int) -> None:
         """Hand the frames collected so far to the engine together, and empty the list."""

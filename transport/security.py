@@ -11,6 +11,7 @@ Invariants:
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 
@@ -46,11 +47,31 @@ class CurveKeys:
 def generate_keypair(directory: str | os.PathLike[str], name: str) -> tuple[str, str]:
     """Write ``name.key`` (public) and ``name.key_secret`` into ``directory``.
 
-    Returns the two paths, public first. The directory is created if missing.
+    Returns the two paths, public first. The directory is created if missing. The secret
+    file is created with mode 0600 (never readable by others, not even for a moment) and
+    neither file may exist already (``FileExistsError``): a key is never overwritten.
+    The format is the ZPL certificate that ``zmq.auth.load_certificate`` reads.
     """
     os.makedirs(directory, exist_ok=True)
-    public_file, secret_file = zmq.auth.create_certificates(directory, name)
-    return str(public_file), str(secret_file)
+    public, secret = zmq.curve_keypair()
+    base = os.path.join(directory, name)
+    public_file, secret_file = f"{base}.key", f"{base}.key_secret"
+    for path in (public_file, secret_file):
+        if os.path.lexists(path):
+            raise FileExistsError(errno.EEXIST, "exists", path)
+    _write_certificate(secret_file, 0o600, public, secret)
+    _write_certificate(public_file, 0o644, public, None)
+    return public_file, secret_file
+
+
+def _write_certificate(path: str, mode: int, public: bytes, secret: bytes | None) -> None:
+    lines = ["#   ZeroMQ CURVE certificate, made by crdtstore keygen", "metadata", "curve"]
+    lines.append(f'    public-key = "{public.decode("ascii")}"')
+    if secret is not None:
+        lines.append(f'    secret-key = "{secret.decode("ascii")}"')
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write("\n".join(lines) + "\n")
 
 
 def load_keys(
@@ -95,10 +116,10 @@ class KeyAllowList:
     def __init__(self, context: zmq.Context[zmq.Socket[bytes]], keys_dir: str) -> None:
         # Imported here: zmq.auth.thread imports asyncio, a large share of a node's
         # start-up imports, and only a node with CURVE keys needs it.
-        from zmq.auth.thread import ThreadAuthenticator
+        from transport.zap import LoggingAuthenticator
 
         self._keys_dir = keys_dir
-        self._auth = ThreadAuthenticator(context)
+        self._auth = LoggingAuthenticator(context, ZAP_DOMAIN)
 
     def start(self) -> None:
         self._auth.start()

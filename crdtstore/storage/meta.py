@@ -29,6 +29,8 @@ class DirectoryMeta:
         self._path = path
         self._db = db
         self._migration = migration
+        self.chose_id = False
+        """Whether :meth:`open` wrote the node id (the directory had none before)."""
 
     def open(self, txn: lmdb.Transaction, node_id: str | None) -> str:
         """Check (or write, for a new directory) the format, migrating an older one, and
@@ -58,7 +60,18 @@ class DirectoryMeta:
             return stored_id
         chosen = node_id if node_id is not None else secrets.token_hex(4)
         txn.put(layout.META_NODE_ID, chosen.encode(), db=db)
+        self.chose_id = True
         return chosen
+
+    def forget_id(self, txn: lmdb.Transaction, node_id: str) -> bool:
+        """Take back the id :meth:`open` wrote, if it is still ``node_id``: a directory whose
+        first start failed has not yet become that node."""
+        stored = txn.get(layout.META_NODE_ID, db=self._db)
+        if not self.chose_id or stored is None or bytes(stored).decode() != node_id:
+            return False
+        txn.delete(layout.META_NODE_ID, db=self._db)
+        self.chose_id = False
+        return True
 
     def topics(self, txn: lmdb.Transaction) -> tuple[str, ...] | None:
         """The namespaces the directory replicates, as last declared (None: all)."""

@@ -146,6 +146,17 @@ class LMDBReplica:
     def node_id(self) -> str:
         return self._node_id
 
+    def forget_new_node_id(self) -> bool:
+        """Un-write the node id this open gave a new directory (True if it did): called when
+        the first start fails, so the next start may choose the id (``--node-id``)."""
+        return self._env.write(lambda txn: self._meta.forget_id(txn, self._node_id))
+
+    def map_use(self) -> tuple[int, int]:
+        """Bytes of the LMDB map in use (pages up to the last one written), and its size."""
+        info = self._env.env.info()
+        page = self._env.env.stat()["psize"]
+        return (info["last_pgno"] + 1) * page, info["map_size"]
+
     @property
     def env(self) -> lmdb.Environment:
         return self._env.env

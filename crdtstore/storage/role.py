@@ -22,6 +22,27 @@ from crdtstore.errors import StorageError
 LOCK_NAME = "network.lock"
 
 
+def held_elsewhere(directory: str | os.PathLike[str]) -> bool:
+    """Whether a process holds ``directory``'s role now. Asked with a shared lock that is
+    given back at once, never by taking the role, so a standby is not kept out."""
+    path = Path(directory) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise StorageError(f"cannot open the network role lock {path}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError as exc:
+        raise StorageError(f"cannot test the lock {path}: {exc}") from exc
+    finally:
+        os.close(fd)  # closing the description gives a shared lock taken here back
+    return False
+
+
 class NetworkRole:
     """Try-lock on a directory's network role. Thread-safe."""
 

@@ -3,9 +3,9 @@ network faults installed, for tests that need them between processes.
 
 FAULTS are the flags of :class:`~crdtstore.testing.faults.FaultSpec`
 (``--partition-file``, ``--drop-publish-fraction``, ``--drop-seed``); every other argument
-is ``crdtstore serve``'s own, handled by it unchanged. The production command line has no
-such flag: faults reach a node only through this entry point or ``crdtstore.open(...,
-faults=...)``.
+is ``crdtstore serve``'s own, handled by it unchanged (its errors and exit codes too).
+The production command line has no such flag: faults reach a node only through this
+entry point or ``crdtstore.open(..., faults=...)``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from crdtstore.cli import build_parser, serve
+from crdtstore.cli import main as cli_main
 from crdtstore.testing.faults import FaultSpec
 
 
@@ -33,8 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = FaultSpec(ours.partition_file, ours.drop_publish_fraction, ours.drop_seed)
     except ValueError as exc:
         parser.error(str(exc))
-    args = build_parser().parse_args(["serve", *rest])
-    return serve(args, faults=spec.build())
+    return cli_main(["serve", *rest], faults=spec.build())
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import zmq
+import zmq.auth
 from conftest import BIN, Cluster, ServeNode, same_state, wait_until
 
 import crdtstore
@@ -77,6 +78,11 @@ def test_allowed_keys_replicate_and_an_unknown_key_gets_and_changes_nothing(
     assert "backdoor" not in n1.namespaces() and "backdoor" not in n2.namespaces()
     assert [e["value"] for e in rogue.dump("secrets")] == ["pwned"]  # nothing reached it
     assert {m for m in n1.member_status()} == {"n1", "n2"}
+    # The refusals are logged with the rogue's address and key, once a minute, not each.
+    rogue_key = zmq.auth.load_certificate(str(tmp_path / "secrets" / "rogue.key"))[0].decode()
+    said = [line for line in n1.log.read_text().splitlines() if "refused CURVE client" in line]
+    assert len(said) == 1 < n1.counter("transport", "auth_failed"), said
+    assert f"refused CURVE client 127.0.0.1 with public key {rogue_key}" in said[0]
 
 
 class LoopbackCapture:

@@ -56,11 +56,11 @@ def test_args_round_trip_through_the_test_serve_entry_point(
     spec = FaultSpec(partition_file=str(tmp_path / "cut"), drop_publish_fraction=0.25, drop_seed=9)
     seen: list[tuple[list[str], object]] = []
 
-    def fake_serve(args: object, faults: object = None) -> int:
+    def fake_serve(args: object, clock: object = None, faults: object = None) -> int:
         seen.append((vars(args)["seed"], faults))
         return 0
 
-    monkeypatch.setattr("crdtstore.testing.serve.serve", fake_serve)
+    monkeypatch.setattr("crdtstore.cli.serve.serve", fake_serve)
     assert serve_main([*spec.args(), "--data", str(tmp_path), "--seed", "tcp://h:1"]) == 0
     [(seeds, faults)] = seen
     assert seeds == ["tcp://h:1"]

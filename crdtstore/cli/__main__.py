@@ -1,0 +1,5 @@
+import sys
+
+from crdtstore.cli import main
+
+sys.exit(main())
