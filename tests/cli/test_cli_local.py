@@ -6,7 +6,7 @@ import json
 import signal
 from pathlib import Path
 
-from conftest import Lines, run, run_json, spawn, wait_stderr
+from cli_support import Lines, run, run_json, spawn, wait_stderr
 
 import crdtstore
 from crdtstore.testing.localcluster import ServeNode

@@ -7,7 +7,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from conftest import FlaggedNode
+from cli_support import FlaggedNode
 
 from crdtstore.cli.logs import JsonFormatter
 from crdtstore.testing.localcluster import ServeNode

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from conftest import Lines, run, run_json, spawn
+from cli_support import Lines, run, run_json, spawn
 
 from crdtstore.testing.localcluster import ServeNode, wait_until
 

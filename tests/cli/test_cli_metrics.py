@@ -8,7 +8,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from conftest import FlaggedNode, run
+from cli_support import FlaggedNode, run
 from prometheus_client.parser import text_string_to_metric_families
 
 from crdtstore.testing.localcluster import ServeNode, free_port, wait_until

@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import CRDTSTORE, run, run_json
+from cli_support import CRDTSTORE, run, run_json
 
 from crdtstore.testing.localcluster import BIN, ServeNode, free_port
 

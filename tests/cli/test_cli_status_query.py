@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import zmq
-from conftest import run
+from cli_support import run
 
 from crdtstore.status_query import STATUS_REQUEST, QueryError, ask_status
 from crdtstore.testing.localcluster import BIN, ServeNode, wait_until

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import BIN, Cluster, ServeNode, inspect_json, wait_until
+from cluster_support import BIN, Cluster, ServeNode, inspect_json, wait_until
 
 import crdtstore
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 
+from cluster_support import Cluster, run_writer, same_state, wait_until
+
 import crdtstore
-from tests.cluster.conftest import Cluster, run_writer, same_state, wait_until
 
 WRITES = 600
 DOWN_S = 3.0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from conftest import Cluster, ServeNode, run_writer, same_state, wait_until
+from cluster_support import Cluster, ServeNode, run_writer, same_state, wait_until
 
 import crdtstore
 from crdtstore.testing.faults import FaultSpec

@@ -14,7 +14,7 @@ and checks that no node exited and that every write reached every node.
 
 from __future__ import annotations
 
-from conftest import Cluster, ServeNode, wait_until
+from cluster_support import Cluster, ServeNode, wait_until
 
 import crdtstore
 

@@ -8,7 +8,7 @@ import random
 
 import msgpack
 import zmq
-from conftest import Cluster, same_state, wait_until
+from cluster_support import Cluster, same_state, wait_until
 
 import crdtstore
 from crdtstore.crdt import make_timestamp

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from conftest import Cluster, ServeNode, wait_until
+from cluster_support import Cluster, ServeNode, wait_until
 
 READER = Path(__file__).with_name("member_reader.py")
 FAST = {

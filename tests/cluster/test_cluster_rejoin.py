@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from conftest import Cluster, ServeNode, same_state, wait_until
+from cluster_support import Cluster, ServeNode, same_state, wait_until
 
 import crdtstore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import subprocess
 
-from conftest import Cluster, run_writer, same_state, wait_until
+from cluster_support import Cluster, run_writer, same_state, wait_until
 
 import crdtstore
 from crdtstore.testing.faults import FaultSpec

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.auth
-from conftest import BIN, Cluster, ServeNode, same_state, wait_until
+from cluster_support import BIN, Cluster, ServeNode, same_state, wait_until
 
 import crdtstore
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import Cluster, ServeNode, free_port, run_writer, same_state, wait_until
+from cluster_support import Cluster, ServeNode, free_port, run_writer, same_state, wait_until
 
 from crdtstore.cli import build_parser, serve_options
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import BIN, Cluster, same_state, wait_until
+from cluster_support import BIN, Cluster, same_state, wait_until
 
 import crdtstore
 
