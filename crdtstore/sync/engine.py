@@ -125,6 +125,7 @@ class SyncEngine:
         ids = itertools.count(2)  # request and session ids: one sequence, one exchange per id
         stats = self.stats
         self._peers = PeerDigests(node_id)
+        self._full_digest_readers: set[str] = set()
         self.publisher = Publisher(node_id, replica, cfg, stats, reject, self.holds)
         self.ranges = RangeReconciler(node_id, replica, cfg, stats, reject, ids)
         self.range_server = RangeServer(replica, cfg, stats)
@@ -155,6 +156,19 @@ class SyncEngine:
         self.repairs.forget_peer(peer)
         for ns in self.ranges.forget_peer(peer):
             self.delivery.drain(ns)
+
+    def set_digest_form(self, peer: str, *, hashed: bool) -> None:
+        """Whether ``peer`` reads hashed digests (it speaks protocol version 2). Digests
+        are published to every subscriber at once, so the hashed form is published only
+        while every peer connected reads it; a peer never declared does."""
+        if hashed:
+            self._full_digest_readers.discard(peer)
+        else:
+            self._full_digest_readers.add(peer)
+
+    def forget_digest_form(self, peer: str) -> None:
+        """``peer`` is no longer connected: its form no longer decides what is published."""
+        self._full_digest_readers.discard(peer)
 
     @property
     def peers(self) -> frozenset[str]:
