@@ -180,3 +180,18 @@ def test_a_hello_with_no_common_version_is_refused_and_logged(cluster: Cluster) 
     versions = ", ".join(map(str, SPOKEN))
     assert "future" in lines[0] and "[99, 100]" in lines[0] and f"[{versions}]" in lines[0]
     assert n1.alive() and "Traceback" not in n1.log.read_text()
+
+
+def test_two_nodes_of_this_tree_agree_on_hashed_digests(cluster: Cluster) -> None:
+    n1, n2 = cluster.start(2)
+    wait_until(lambda: cluster.all_members_alive(2), "both see each other alive")
+    write(n1, "cfg", "k", 5)
+    wait_until(lambda: keys(n2, "cfg") == {f"k{i}": f"k{i}" for i in range(5)}, "n2 has n1's")
+    for node, other in ((n1, n2), (n2, n1)):
+        wait_until(
+            lambda n=node: n.counter("sync", "digests_sent_hashed") >= 3,  # type: ignore[misc]
+            f"{node.name} publishes hashed digests",
+        )
+        status = node.status()
+        assert status is not None and status["protocol_versions"] == {other.name: max(SPOKEN)}
+        assert status["sync"].get("decode_errors", 0) == 0
