@@ -10,7 +10,9 @@ from typing import Any
 
 import pytest
 
+from crdtstore.codec import FORMAT_VERSION, pack
 from crdtstore.crdt import CausalContext, Dot, ORSet
+from crdtstore.errors import DecodeError
 from crdtstore.sync.digests import vv_hash, vv_total
 from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, Send, SyncEngine
 from crdtstore.sync.memory import MemoryReplica
@@ -207,3 +209,42 @@ def test_a_cluster_of_both_forms_converges_and_never_sends_a_version_1_node_a_ha
     assert sim.wire is not None
     to_old = Counter(type(decode_message(d)).__name__ for _, dst, d in sim.wire if dst == old)
     assert to_old["Digest"] > 0 and to_old["DigestSummary"] == to_old["VectorRequest"] == 0
+
+
+def wire(kind: str, *fields: Any) -> bytes:
+    return pack([FORMAT_VERSION, kind, *fields])
+
+
+HASH = bytes(range(8))
+
+
+@pytest.mark.parametrize(
+    "kind, fields",
+    [
+        ("digest_h", ["a", [["s", "or_set", 3, HASH[:7]]]]),  # a short hash
+        ("digest_h", ["a", [["s", "or_set", 3, HASH + b"x"]]]),
+        ("digest_h", ["a", [["s", "or_set", -1, HASH]]]),  # a negative total
+        ("digest_h", ["a", [["s", "or_set", 3, HASH], ["s", "or_set", 3, HASH]]]),
+        ("digest_h", ["a", [["s", "or_set", 3]]]),
+        ("digest_h", ["a", [["", "or_set", 3, HASH]]]),
+        ("digest_h", ["", []]),
+        ("vv_req", []),
+        ("vv_req", ["s", "t"]),
+        ("vv", ["s", "or_set", [["a", 1]]]),  # not a map
+        ("vv", ["s", "or_set", {"a": -1}]),
+        ("vv", ["s", "or_set", {"": 1}]),
+        ("vv", ["s", "or_set"]),
+    ],
+)
+def test_each_broken_rule_of_the_new_kinds_is_refused(kind: str, fields: list[Any]) -> None:
+    with pytest.raises(DecodeError):
+        decode_message(wire(kind, *fields))
+
+
+def test_the_new_kinds_round_trip() -> None:
+    for msg in (
+        DigestSummary("a", (("s", "or_set", 3, HASH), (MEMBERS, "lww_map", 0, HASH))),
+        VectorRequest("s"),
+        VectorReply("s", "or_set", {"a": 1, "b": 7}),
+    ):
+        assert decode_message(encode_message(msg)) == msg
