@@ -49,6 +49,7 @@ from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
 from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.observed import observed_members
 from crdtstore.membership.seeds import SeedWatch
+from crdtstore.membership.versions import HASHED_DIGESTS, HelloForms, PeerVersions, Refusal
 from crdtstore.membership.view import Member, parse_records
 from crdtstore.status_query import CHANNEL_QUERY, encode_status_reply, is_status_request
 from crdtstore.storage.member_view import MemberViewStore
@@ -188,6 +189,7 @@ class Replicator:
         self._introduced_at: dict[str, int] = {}
         self.clocks = ClockOffsets(settings.max_clock_drift_ms)
         self._log_interval_ms = sync_settings.log_interval_ms
+        self._versions = PeerVersions(sync_settings.log_interval_ms)
         self._clock_logged: dict[str, int] = {}
         self._clocks_disagree: set[str] = set()
         # What members() shows of clocks, as of the last membership tick (other threads
@@ -344,6 +346,7 @@ class Replicator:
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
             "behind": self.engine.behind(),
+            "protocol_versions": self._versions.agreements(),
             "local_health": self.liveness.local_health,
             "sync": dict(self.engine.stats),
             "transport": self.transport.stats(),
@@ -400,7 +403,9 @@ class Replicator:
                 continue
             peer = (delivery.peer or b"").decode("utf-8", "replace")
             channel, body = delivery.payload[:1], delivery.payload[1:]
-            if channel == CHANNEL_SYNC:
+            if self._versions.refused(peer) and channel != CHANNEL_MEMBERS:
+                self.stats["refused_version_frames"] += 1  # only a new hello may change that
+            elif channel == CHANNEL_SYNC:
                 frames.append((peer, body, None))
             elif channel == CHANNEL_MEMBERS:
                 self._engine_frames(frames, now)
@@ -475,6 +480,13 @@ class Replicator:
                 return
             if peer.startswith(SEED_PREFIX.decode()):
                 self._seed_watch.answered(peer.removeprefix(SEED_PREFIX.decode()))
+            agreed = self._versions.heard(msg.node_id, msg.incarnation, msg.versions, now)
+            if isinstance(agreed, Refusal):
+                self._refuse(agreed)
+                return
+            if msg.versions is None and self._versions.forms(msg.node_id) is HelloForms.LISTED:
+                return  # its copy for older nodes, of the hello with versions acted on
+            self._set_digest_form(msg.node_id)
             self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
             offset = None
             if msg.clock_ms is not None:
@@ -495,6 +507,16 @@ class Replicator:
         else:
             self.stats["rejected_membership"] += 1
 
+    def _refuse(self, refusal: Refusal) -> None:
+        """A member with no protocol version in common: no connection, nothing it sends
+        is acted on, until a hello of it says otherwise."""
+        self.stats["refused_versions"] += 1
+        if refusal.log_now:
+            log.warning(
+                "%s (%d refused hellos so far)", refusal.reason(), self.stats["refused_versions"]
+            )
+        self._disconnect(refusal.node_id)
+
     def _greet_seeds(self, now: int) -> None:
         """Say hello to every seed until some member other than this node is connected."""
         if self._own is None:
@@ -505,7 +527,11 @@ class Replicator:
                 self.stats["seed_connections_closed"] += 1
             self._seed_aliases.clear()
             return
-        hello = self._hello(reply=False)
+        # A seed's versions are unknown: both forms, as to any member not heard yet.
+        hellos = [
+            encode_message(self._hello(reply=False, versions=True)),
+            encode_message(self._hello(reply=False, versions=False)),
+        ]
         for addr, key in self._seeds:
             if addr == self._own.router:
                 continue
@@ -523,7 +549,8 @@ class Replicator:
             if alias not in self._seed_aliases:
                 self.transport.connect_peer(alias, addr, None, key)
                 self._seed_aliases.add(alias)
-            self.transport.send(alias, CHANNEL_MEMBERS + encode_message(hello))
+            for hello in hellos:
+                self.transport.send(alias, CHANNEL_MEMBERS + hello)
 
     def _membership_tick(self, now: int) -> None:
         self._refresh_records(now)
@@ -592,6 +619,7 @@ class Replicator:
                     self._delete_record(node_id)
                     self._forget_introduction(node_id)
                     self.liveness.forget(node_id)
+                    self._versions.forget(node_id)
                     with self._clocks_lock:
                         self.clocks.forget(node_id)
                     self.stats["members_pruned"] += 1
@@ -624,6 +652,7 @@ class Replicator:
                 self._forget_introduction(node_id)
                 self._disconnect(node_id)
                 self.liveness.forget(node_id)
+                self._versions.forget(node_id)
                 with self._clocks_lock:
                     self.clocks.forget(node_id)
                 self.stats["members_pruned"] += 1
@@ -738,8 +767,9 @@ class Replicator:
     def _connect(
         self, node_id: str, router: str, pub: str, key: str | None, greet: bool = False
     ) -> None:
-        if self._connected.get(node_id) == (router, pub):
+        if self._connected.get(node_id) == (router, pub) or self._versions.refused(node_id):
             return
+        self._set_digest_form(node_id)
         self.transport.connect_peer(
             node_id.encode(), router, pub, None if key is None else key.encode()
         )
@@ -750,7 +780,13 @@ class Replicator:
             # they hold (they would need our PUB to receive the new one): tell them.
             self._send_hello(node_id, reply=False)
 
-    def _hello(self, *, reply: bool, offset_ms: int | None = None) -> Hello:
+    def _set_digest_form(self, node_id: str) -> None:
+        """Tell the engine which digests ``node_id`` reads; one not heard yet (a record led
+        here) gets the form every version reads."""
+        agreed = self._versions.agreed(node_id)
+        self.engine.set_digest_form(node_id, hashed=(agreed or 0) >= HASHED_DIGESTS)
+
+    def _hello(self, *, reply: bool, offset_ms: int | None = None, versions: bool) -> Hello:
         own = self._own
         assert own is not None  # callers check: a node without a record has no addresses
         return Hello(
@@ -764,19 +800,24 @@ class Replicator:
             started_at_ms=own.started_at_ms,
             clock_ms=self._clock(),
             offset_ms=offset_ms,
+            versions=self._versions.spoken if versions else None,
         )
 
     def _send_hello(self, node_id: str, *, reply: bool, offset_ms: int | None = None) -> None:
         """Our record, to ``node_id`` (``reply``: an answer to its Hello, with its clock's
         offset from ours as that hello showed it)."""
-        hello = self._hello(reply=reply, offset_ms=offset_ms)
-        self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+        forms = self._versions.forms(node_id)
+        for listed in (True, False):
+            if forms is HelloForms.BOTH or (forms is HelloForms.LISTED) == listed:
+                hello = self._hello(reply=reply, offset_ms=offset_ms, versions=listed)
+                self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _disconnect(self, node_id: str) -> None:
         self._record_addrs.pop(node_id, None)
         if self._connected.pop(node_id, None) is not None:
             self.transport.disconnect_peer(node_id.encode())
         self._engine_remove(node_id)
+        self.engine.forget_digest_form(node_id)
 
     def _engine_add(self, node_id: str) -> None:
         if node_id not in self._engine_peers and node_id in self._connected:

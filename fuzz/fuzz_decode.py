@@ -27,9 +27,12 @@ with atheris.instrument_imports():
     from crdtstore.sync.messages import (
         DeltaBatch,
         Digest,
+        DigestSummary,
         PackedRange,
         RangeReply,
         RepairRequest,
+        VectorReply,
+        VectorRequest,
         decode_message,
         encode_message,
     )
@@ -109,6 +112,10 @@ def seed_inputs() -> dict[str, bytes]:
     seeds["msg_delta_batch"] = encode_message(batch)
     seeds["msg_orset_batch"] = encode_message(DeltaBatch("hosts", "a", 4, 4, removed))
     seeds["msg_digest"] = encode_message(Digest("a", (("config", "lww_map", {"a": 5, "b": 1}),)))
+    summary = DigestSummary("a", (("config", "lww_map", 6, bytes(range(8))),))
+    seeds["msg_digest_hashed"] = encode_message(summary)
+    seeds["msg_vector_req"] = encode_message(VectorRequest("config"))
+    seeds["msg_vector"] = encode_message(VectorReply("config", "lww_map", {"a": 5, "b": 1}))
     seeds["msg_repair_req"] = encode_message(RepairRequest(7, "config", "b", 2, 9))
     seeds["range_entries_lww"] = PackedRange.of(m).data
     seeds["range_entries_orset"] = PackedRange.of(s).data

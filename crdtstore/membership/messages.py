@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from crdtstore.codec import MAX_SEQ, expect, expect_int, expect_list, expect_replica
 from crdtstore.errors import DecodeError
 from crdtstore.membership.records import MAX_TOPICS, MemberRecord
+from crdtstore.membership.versions import MAX_VERSION, MAX_VERSIONS
 from crdtstore.sync.messages import expect_namespace, register
 
 MAX_ADDRESS_LEN = 512
@@ -49,6 +50,16 @@ def _topics(obj: Any) -> tuple[str, ...] | None:
     return tuple(expect_namespace(t) for t in items)
 
 
+def _versions(obj: Any) -> tuple[int, ...]:
+    items = expect_list(obj, "protocol versions")
+    if not 1 <= len(items) <= MAX_VERSIONS:
+        raise DecodeError(f"hello lists {len(items)} protocol versions (1 to {MAX_VERSIONS})")
+    versions = tuple(expect_int(v, "protocol version", 1, MAX_VERSION) for v in items)
+    if len(set(versions)) != len(versions):
+        raise DecodeError("hello lists a protocol version twice")
+    return versions
+
+
 def _per_node(obj: Any, what: str, read: Callable[[Any, str], int]) -> dict[str, int]:
     """A heartbeat's map of node id -> int (whom it suspects, whose clock is off)."""
     raw = expect(obj, dict, what)
@@ -68,7 +79,12 @@ class Hello:
     stamped by a clock too far ahead). ``offset_ms``, in a reply: the addressee's clock
     minus the sender's, read from the hello being answered. The five-field form of
     earlier nodes has none of these (all None), and a hello without an incarnation is
-    written in that form."""
+    written in that form.
+
+    ``versions``: the protocol versions the sender speaks
+    (:mod:`crdtstore.membership.versions`), appended as the eleventh field; the ten-field
+    form (tag v0.1.0, which refuses the longer one) has none (None), and a hello without
+    versions is written in it."""
 
     KIND: ClassVar[str] = "hello"
     node_id: str
@@ -81,17 +97,20 @@ class Hello:
     started_at_ms: int | None = None
     clock_ms: int | None = None
     offset_ms: int | None = None
+    versions: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.incarnation is not None and (self.started_at_ms is None or self.clock_ms is None):
             raise ValueError("a hello with a record carries its start and a clock reading")
+        if self.versions is not None and self.incarnation is None:
+            raise ValueError("a hello with versions carries a record (the ten fields first)")
 
     def to_wire(self) -> list[Any]:
         head = [self.node_id, self.router, self.pub, self.public_key, self.reply]
         if self.incarnation is None:
             return head  # no record to tell: the earlier form
         topics = None if self.topics is None else list(self.topics)
-        return [
+        fields = [
             *head,
             self.incarnation,
             topics,
@@ -99,12 +118,15 @@ class Hello:
             self.clock_ms,
             self.offset_ms,
         ]
+        if self.versions is None:
+            return fields  # the form of v0.1.0 nodes, which refuse a longer one
+        return [*fields, list(self.versions)]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Hello:
         items = expect_list(fields, "hello")
-        if len(items) not in (5, 10):
-            raise DecodeError(f"hello: expected 5 or 10 items, got {len(items)}")
+        if len(items) not in (5, 10, 11):
+            raise DecodeError(f"hello: expected 5, 10 or 11 items, got {len(items)}")
         node_id, router, pub, key, reply = items[:5]
         if key is not None:
             key = expect(key, str, "public key")
@@ -117,7 +139,7 @@ class Hello:
         )
         if len(items) == 5:
             return hello
-        incarnation, topics, started, clock, offset = items[5:]
+        incarnation, topics, started, clock, offset = items[5:10]
         return cls(
             hello.node_id,
             hello.router,
@@ -129,6 +151,7 @@ class Hello:
             expect_int(started, "started at"),
             expect_int(clock, "clock reading"),
             None if offset is None else _offset(offset, "clock offset"),
+            _versions(items[10]) if len(items) == 11 else None,
         )
 
     def record(self) -> MemberRecord | None:

@@ -22,9 +22,12 @@ nothing below needs ordered or exactly-once delivery.
    (:mod:`~crdtstore.sync.delivery`); ``on_messages`` applies the ready batches of its
    frames in one replica commit.
 2. Digest (here). Every ``digest_interval_ms`` the node publishes, on
-   :data:`DIGEST_TOPIC`, its id and the version vector of each namespace it holds: its
-   size depends on namespaces and origins, never on state. Peers' digests are kept in
-   :mod:`~crdtstore.sync.peers`.
+   :data:`DIGEST_TOPIC`, its id and, per namespace it holds, a hash and total of its
+   version vector (:mod:`~crdtstore.sync.digests`): its size depends on namespaces only,
+   never on origins or state. A receiver that cannot tell the vector from the hash asks
+   for it (``VectorRequest``). While a peer that reads only full vectors (protocol
+   version 1, see ``set_digest_form``) is connected, the digest carries the vectors
+   themselves. Peers' vectors are kept in :mod:`~crdtstore.sync.peers`.
 3. Repair (:mod:`~crdtstore.sync.repair`). Seqs a digest or our cloud shows missing, for
    longer than ``repair_grace_ms``, are pulled from a peer's delta log.
 4. Range reconciliation (:mod:`~crdtstore.sync.reconcile`), on ``LogGap``, when we hold
@@ -54,15 +57,19 @@ from typing import Any
 from crdtstore.crdt import check_drift
 from crdtstore.errors import ClockDriftError, DecodeError, Error
 from crdtstore.sync.delivery import CausalDelivery
+from crdtstore.sync.digests import vv_hash, vv_total
 from crdtstore.sync.liveness import LivenessCheck
 from crdtstore.sync.messages import (
     DeltaBatch,
     Digest,
+    DigestSummary,
     LogGap,
     RangeQuery,
     RangeReply,
     RepairReply,
     RepairRequest,
+    VectorReply,
+    VectorRequest,
     decode_message,
     encode_message,
 )
@@ -125,6 +132,7 @@ class SyncEngine:
         ids = itertools.count(2)  # request and session ids: one sequence, one exchange per id
         stats = self.stats
         self._peers = PeerDigests(node_id)
+        self._full_digest_readers: set[str] = set()
         self.publisher = Publisher(node_id, replica, cfg, stats, reject, self.holds)
         self.ranges = RangeReconciler(node_id, replica, cfg, stats, reject, ids)
         self.range_server = RangeServer(replica, cfg, stats)
@@ -137,6 +145,9 @@ class SyncEngine:
         self._routes: dict[type, _Route] = {
             DeltaBatch: _Route(_Channel.PUBLISHED, self._on_batch),
             Digest: _Route(_Channel.EITHER, self._on_digest),
+            DigestSummary: _Route(_Channel.EITHER, self._on_summary),
+            VectorRequest: _Route(_Channel.DIRECT, self._on_vector_request),
+            VectorReply: _Route(_Channel.DIRECT, self._on_vector_reply),
             RepairRequest: _Route(_Channel.DIRECT, self._on_repair_request),
             RepairReply: _Route(_Channel.DIRECT, self._on_repair_reply),
             LogGap: _Route(_Channel.DIRECT, self._on_log_gap),
@@ -155,6 +166,20 @@ class SyncEngine:
         self.repairs.forget_peer(peer)
         for ns in self.ranges.forget_peer(peer):
             self.delivery.drain(ns)
+
+    def set_digest_form(self, peer: str, *, hashed: bool) -> None:
+        """Whether ``peer`` reads hashed digests (it speaks protocol version 2). Digests
+        are published to every subscriber at once, so the hashed form is published only
+        while there are peers and every one connected reads it; a peer never declared
+        does."""
+        if hashed:
+            self._full_digest_readers.discard(peer)
+        else:
+            self._full_digest_readers.add(peer)
+
+    def forget_digest_form(self, peer: str) -> None:
+        """``peer`` is no longer connected: its form no longer decides what is published."""
+        self._full_digest_readers.discard(peer)
 
     @property
     def peers(self) -> frozenset[str]:
@@ -212,7 +237,7 @@ class SyncEngine:
         out: list[Outgoing] = []
         if now_ms >= self._next_digest:
             self._next_digest = now_ms + self.settings.digest_interval_ms
-            out.append(Publish(DIGEST_TOPIC, encode_message(self._digest())))
+            out.append(Publish(DIGEST_TOPIC, self._published_digest()))
             self.stats["digests_sent"] += 1
             self.trimmer.trim(self._peers)
             held = self.delivery.buffer
@@ -373,36 +398,118 @@ class SyncEngine:
         )
         return Digest(self.node_id, items)
 
+    def _summary(self) -> DigestSummary:
+        items = []
+        for ns, type_name in sorted(self.replica.namespaces().items()):
+            if self.holds(ns):
+                vv = self.replica.context(ns).vv
+                items.append((ns, type_name, vv_total(vv), vv_hash(vv)))
+        return DigestSummary(self.node_id, tuple(items))
+
+    def _published_digest(self) -> bytes:
+        # With no peer yet, whoever subscribed is not known to read hashes (a node of
+        # v0.1.0 that joined through us subscribes before its hello reaches us).
+        if self._full_digest_readers or not self._peers:
+            return encode_message(self._digest())
+        self.stats["digests_sent_hashed"] += 1
+        return encode_message(self._summary())
+
+    def _from_peer(self, sender: str) -> bool:
+        """Whether a digest of ``sender`` is to be read (counted if so)."""
+        if sender == self.node_id:
+            return False
+        if sender not in self._peers:
+            self.stats["digests_from_unknown"] += 1
+            return False
+        self.stats["digests_received"] += 1
+        return True
+
     def _on_digest(self, msg: Digest, frame: _Received) -> list[Outgoing]:
         now_ms = frame.now_ms
-        if msg.sender == self.node_id:
+        if not self._from_peer(msg.sender):
             return []
-        if msg.sender not in self._peers:
-            self.stats["digests_from_unknown"] += 1
-            return []
-        self.stats["digests_received"] += 1
         out: list[Outgoing] = []
         vvs: dict[str, dict[str, int]] = {}
         for ns, type_name, vv in msg.namespaces:
             if not self.holds(ns) or not self._ensure_namespace(ns, type_name, now_ms):
                 continue
             vvs[ns] = vv
-            for origin, top in vv.items():
-                if origin != self.node_id:
-                    self.repairs.observe(ns, origin, top, now_ms)
-            if (
-                not self.replica.context(ns)
-                and any(vv.values())
-                and self.ranges.may_start(ns, now_ms)
-            ):
-                # Bootstrap: we hold nothing here; reconciling ranges costs O(state),
-                # replaying the log would cost O(history).
-                out.extend(self.ranges.start(msg.sender, ns, now_ms))
+            out.extend(self._observe_vector(msg.sender, ns, vv, vv_total(vv), now_ms))
         self._peers.record(msg.sender, vvs)
         out.extend(
             self.repairs.schedule(now_ms, self._peers, self.ranges, self.delivery.buffer.held_runs)
         )
         return out
+
+    def _on_summary(self, msg: DigestSummary, frame: _Received) -> list[Outgoing]:
+        now_ms, sender = frame.now_ms, msg.sender
+        if not self._from_peer(sender):
+            return []
+        out: list[Outgoing] = []
+        previous = self._peers.reported(sender)
+        vvs: dict[str, dict[str, int]] = {}
+        hashes: dict[str, bytes] = {}
+        for ns, type_name, total, digest in msg.namespaces:
+            if not self.holds(ns) or not self._ensure_namespace(ns, type_name, now_ms):
+                continue
+            mine = self.replica.context(ns).vv
+            if digest == vv_hash(mine):
+                vvs[ns], hashes[ns] = dict(mine), digest  # it holds what we hold
+            elif digest == self._peers.hash_of(sender, ns):
+                vvs[ns], hashes[ns] = previous[ns], digest  # unchanged since we last knew
+            else:
+                # What we last knew of it stands, a lower bound, until its vector comes.
+                vvs[ns] = previous.get(ns, {})
+                out.append(Send(sender, encode_message(VectorRequest(ns))))
+                self.stats["vectors_requested"] += 1
+                out.extend(self._observe_vector(sender, ns, {}, total, now_ms))
+                continue
+            out.extend(self._observe_vector(sender, ns, vvs[ns], total, now_ms))
+        self._peers.record(sender, vvs, hashes)
+        out.extend(
+            self.repairs.schedule(now_ms, self._peers, self.ranges, self.delivery.buffer.held_runs)
+        )
+        return out
+
+    def _on_vector_request(self, msg: VectorRequest, frame: _Received) -> list[Outgoing]:
+        if frame.peer not in self._peers:
+            self.stats["vector_requests_from_unknown"] += 1
+            return []
+        type_name = self.replica.namespaces().get(msg.namespace)
+        if type_name is None:
+            return []  # its digest will no longer list it either
+        vv = dict(self.replica.context(msg.namespace).vv)
+        self.stats["vectors_sent"] += 1
+        return [Send(frame.peer, encode_message(VectorReply(msg.namespace, type_name, vv)))]
+
+    def _on_vector_reply(self, msg: VectorReply, frame: _Received) -> list[Outgoing]:
+        peer, ns, now_ms = frame.peer, msg.namespace, frame.now_ms
+        if peer not in self._peers or ns not in self._peers.reported(peer):
+            self.stats["vectors_unasked"] += 1
+            return []
+        if not self._ensure_namespace(ns, msg.type_name, now_ms):
+            return []
+        self._peers.record_vector(peer, ns, msg.vv)
+        self.stats["vectors_received"] += 1
+        out = self._observe_vector(peer, ns, msg.vv, vv_total(msg.vv), now_ms)
+        out.extend(
+            self.repairs.schedule(now_ms, self._peers, self.ranges, self.delivery.buffer.held_runs)
+        )
+        return out
+
+    def _observe_vector(
+        self, sender: str, ns: str, vv: dict[str, int], total: int, now_ms: int
+    ) -> list[Outgoing]:
+        """What ``sender``'s vector of ``ns`` (total ``total``) shows: gaps to repair, or a
+        namespace to bootstrap."""
+        for origin, top in vv.items():
+            if origin != self.node_id:
+                self.repairs.observe(ns, origin, top, now_ms)
+        if not self.replica.context(ns) and total > 0 and self.ranges.may_start(ns, now_ms):
+            # Bootstrap: we hold nothing here; reconciling ranges costs O(state),
+            # replaying the log would cost O(history).
+            return self.ranges.start(sender, ns, now_ms)
+        return []
 
     # -- batches ---------------------------------------------------------------------------------
 

@@ -40,6 +40,7 @@ from crdtstore.codec import (
 )
 from crdtstore.crdt import CRDT_TYPES, CausalContext, DotMap, LWWMap
 from crdtstore.errors import DecodeError
+from crdtstore.sync.digests import MAX_TOTAL, VV_HASH_BYTES
 from crdtstore.sync.fingerprint import key_position, split_range
 
 MAX_NAMESPACE_LEN = 255
@@ -314,6 +315,89 @@ class Digest:
             seen.add(ns)
             out.append((ns, expect(type_obj, str, "crdt type"), expect_vv(vv_obj)))
         return cls(expect_replica(sender, "digest sender"), tuple(out))
+
+
+def expect_hash(obj: Any) -> bytes:
+    digest: bytes = expect(obj, bytes, "version vector hash")
+    if len(digest) != VV_HASH_BYTES:
+        raise DecodeError(f"a version vector hash is {VV_HASH_BYTES} bytes, not {len(digest)}")
+    return digest
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class DigestSummary:
+    """``sender``'s digest in hashed form (protocol version 2): ``(namespace, type,
+    total, hash)`` of each namespace's version vector (:mod:`crdtstore.sync.digests`).
+
+    Constant size while idle: it grows with namespaces, never with origins or state."""
+
+    KIND: ClassVar[str] = "digest_h"
+    sender: str
+    namespaces: tuple[tuple[str, str, int, bytes], ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.sender, [list(item) for item in self.namespaces]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> DigestSummary:
+        sender, items = expect_list(fields, "hashed digest", 2)
+        out: list[tuple[str, str, int, bytes]] = []
+        seen: set[str] = set()
+        for item in expect_list(items, "hashed digest namespaces"):
+            ns_obj, type_obj, total, digest = expect_list(item, "hashed digest entry", 4)
+            ns = expect_namespace(ns_obj)
+            if ns in seen:
+                raise DecodeError(f"namespace {ns!r} appears twice in a digest")
+            seen.add(ns)
+            out.append(
+                (
+                    ns,
+                    expect(type_obj, str, "crdt type"),
+                    expect_int(total, "version vector total", 0, MAX_TOTAL),
+                    expect_hash(digest),
+                )
+            )
+        return cls(expect_replica(sender, "digest sender"), tuple(out))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class VectorRequest:
+    """Please send your full version vector of ``namespace`` (its hash in your digest
+    was neither mine nor the last one you sent me)."""
+
+    KIND: ClassVar[str] = "vv_req"
+    namespace: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> VectorRequest:
+        (ns,) = expect_list(fields, "vector request", 1)
+        return cls(expect_namespace(ns))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class VectorReply:
+    """The sender's full version vector of ``namespace`` (of CRDT type ``type_name``).
+
+    Its origins are bounded by the decoder's container limit, as a full digest's are."""
+
+    KIND: ClassVar[str] = "vv"
+    namespace: str
+    type_name: str
+    vv: dict[str, int]
+
+    def to_wire(self) -> list[Any]:
+        return [self.namespace, self.type_name, self.vv]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> VectorReply:
+        ns, type_obj, vv_obj = expect_list(fields, "vector reply", 3)
+        return cls(expect_namespace(ns), expect(type_obj, str, "crdt type"), expect_vv(vv_obj))
 
 
 @register

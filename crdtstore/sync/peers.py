@@ -3,8 +3,11 @@
 Invariants: this node is never its own peer; a digest is kept only while its sender is
 a peer (a removed peer's digest no longer holds back trimming, nor makes it a candidate
 for repair); a digest replaces the sender's previous one whole (a namespace it no longer
-lists is forgotten). Digests are the only evidence used here of what a peer holds:
-what a peer *sends* proves nothing about what it has applied.
+lists is forgotten), a vector sent alone (``VectorReply``) replaces that namespace's.
+Digests are the only evidence used here of what a peer holds: what a peer *sends*
+proves nothing about what it has applied. A vector kept here is never more than its peer
+held when it said so (a hashed digest whose vector is not known yet keeps the previous
+one, or an empty one: see :mod:`crdtstore.sync.digests`).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterator
 
 from crdtstore.crdt import CausalContext
+from crdtstore.sync.digests import vv_hash
 
 VersionVector = dict[str, int]
 
@@ -23,6 +27,7 @@ class PeerDigests:
         self.node_id = node_id
         self._peers: set[str] = set()
         self._digests: dict[str, dict[str, VersionVector]] = {}  # peer -> ns -> vv
+        self._hashes: dict[str, dict[str, bytes]] = {}  # peer -> ns -> vv_hash of that vv
 
     def add(self, peer: str) -> None:
         if peer != self.node_id:
@@ -31,6 +36,7 @@ class PeerDigests:
     def remove(self, peer: str) -> None:
         self._peers.discard(peer)
         self._digests.pop(peer, None)
+        self._hashes.pop(peer, None)
 
     def __contains__(self, peer: object) -> bool:
         return peer in self._peers
@@ -42,9 +48,28 @@ class PeerDigests:
     def __len__(self) -> int:
         return len(self._peers)
 
-    def record(self, peer: str, vvs: dict[str, VersionVector]) -> None:
-        """``peer``'s digest, restricted to the namespaces this node holds."""
+    def record(
+        self, peer: str, vvs: dict[str, VersionVector], hashes: dict[str, bytes] | None = None
+    ) -> None:
+        """``peer``'s digest, restricted to the namespaces this node holds (``hashes``:
+        the ``vv_hash`` of those vectors already known)."""
+        known = hashes or {}
         self._digests[peer] = vvs
+        self._hashes[peer] = {ns: known.get(ns) or vv_hash(vv) for ns, vv in vvs.items()}
+
+    def record_vector(self, peer: str, namespace: str, vv: VersionVector) -> bool:
+        """``peer``'s full vector of ``namespace``, sent alone in answer to its digest;
+        False (nothing kept) before a digest of it listed the namespace: a digest is what
+        says which namespaces a peer holds, and trimming waits for the peers that do."""
+        if namespace not in self._digests.get(peer, {}):
+            return False
+        self._digests[peer][namespace] = vv
+        self._hashes[peer][namespace] = vv_hash(vv)
+        return True
+
+    def hash_of(self, peer: str, namespace: str) -> bytes | None:
+        """The hash of ``peer``'s vector of ``namespace`` kept here (None if none is)."""
+        return self._hashes.get(peer, {}).get(namespace)
 
     def reported(self, peer: str) -> dict[str, VersionVector]:
         """Namespace -> version vector of ``peer``'s last digest (empty before one)."""

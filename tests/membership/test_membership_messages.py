@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from crdtstore.codec import FORMAT_VERSION, pack
 from crdtstore.errors import DecodeError
 from crdtstore.membership.messages import MAX_OFFSET_MS, Heartbeat, Hello
+from crdtstore.membership.versions import MAX_VERSION, MAX_VERSIONS
 from crdtstore.sync.messages import decode_message, encode_message
 
 ADDR = "tcp://127.0.0.1:7101"
@@ -51,6 +52,19 @@ def test_a_hello_carries_its_record_and_clock(
     record = hello.record()
     assert record is not None and (record.node_id, record.incarnation) == ("b", incarnation)
     assert (record.router, record.pub, record.topics) == (ADDR, PUB, hello.topics)
+
+
+@given(
+    versions=st.lists(st.integers(1, MAX_VERSION), min_size=1, max_size=MAX_VERSIONS, unique=True)
+)
+def test_a_hello_lists_the_versions_its_sender_speaks(versions: list[int]) -> None:
+    hello = Hello("b", ADDR, PUB, None, False, 3, None, 1, 2, None, versions=tuple(versions))
+    data = encode_message(hello)
+    assert decode_message(data) == hello
+    # Without the list it is the ten-field form a v0.1.0 node reads, and nothing more.
+    plain = Hello("b", ADDR, PUB, None, False, 3, None, 1, 2, None)
+    assert decode_message(encode_message(plain)).versions is None
+    assert encode_message(plain) == wire("hello", "b", ADDR, PUB, None, False, 3, None, 1, 2, None)
 
 
 @given(clock=readings, off=st.dictionaries(st.sampled_from(["a", "b", "c"]), offsets))
@@ -100,6 +114,14 @@ def but(fields: list[Any], index: int, value: Any) -> list[Any]:
         ("hello", but(HELLO, 8, -7)),
         ("hello", but(HELLO, 9, 1.5)),
         ("hello", but(HELLO, 9, MAX_OFFSET_MS + 1)),
+        ("hello", [*HELLO, [1, 2], None]),  # an unknown field beyond the versions
+        ("hello", [*HELLO, []]),  # speaks nothing
+        ("hello", [*HELLO, [0]]),
+        ("hello", [*HELLO, [1, 1]]),
+        ("hello", [*HELLO, ["2"]]),
+        ("hello", [*HELLO, [MAX_VERSION + 1]]),
+        ("hello", [*HELLO, list(range(1, MAX_VERSIONS + 2))]),
+        ("hello", [*HELLO[:5], [1, 2]]),  # versions without the record before them
         ("heartbeat", BEAT[:2]),
         ("heartbeat", BEAT[:4]),
         ("heartbeat", [*BEAT, None]),
@@ -118,4 +140,5 @@ def test_each_broken_rule_is_refused(kind: str, fields: list[Any]) -> None:
 
 def test_the_hand_made_baselines_are_valid() -> None:
     assert decode_message(wire("hello", *HELLO)).offset_ms == -9
+    assert decode_message(wire("hello", *HELLO, [1, MAX_VERSION])).versions == (1, MAX_VERSION)
     assert decode_message(wire("heartbeat", *BEAT)).clocks_off == {"b": -9}

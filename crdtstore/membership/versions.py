@@ -1,0 +1,140 @@
+"""The protocol versions this build speaks, and which one it uses with each peer.
+
+A cluster upgrades one node at a time, so two builds must agree on what to say to each
+other. Every hello lists the versions its sender speaks; two nodes use the highest one
+both speak, per peer, and a peer with none in common is refused: not connected, its
+frames ignored, the reason logged (by the caller, at most every ``log_interval_ms`` per
+peer) and counted. No clock is read here.
+
+The versions:
+
+1. The protocol of tag ``v0.1.0``, whose hellos carry no version list: every digest
+   carries each namespace's whole version vector.
+2. Hashed digests: an idle digest carries per namespace a hash and total of its version
+   vector, and the full vector is asked for only when a hash differs (see
+   :mod:`crdtstore.sync.digests`).
+
+A v0.1.0 node refuses a hello longer than the form it knows, and sends hellos without the
+list. So a hello to a node whose versions are not known yet goes in both forms, the one
+with the list first; a node that answered in the form without it speaks only version 1
+and is sent that form from then on. A hello without the list cannot lower what a hello
+with it said at the same life (incarnation) of its sender: it is that sender's copy for
+older nodes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from enum import Enum
+
+HASHED_DIGESTS = 2
+"""The first version in which digests carry hashes of version vectors."""
+
+SPOKEN: tuple[int, ...] = (1, HASHED_DIGESTS)
+"""The versions this build speaks, oldest first."""
+
+UNLISTED: tuple[int, ...] = (1,)
+"""What a node whose hello has no version list speaks (tag v0.1.0)."""
+
+MAX_VERSION = 0xFFFF
+MAX_VERSIONS = 64
+"""Bounds of a hello's version list on the wire."""
+
+
+def negotiate(mine: Collection[int], theirs: Collection[int]) -> int | None:
+    """The highest version both sides speak; None if they share none."""
+    common = set(mine) & set(theirs)
+    return max(common) if common else None
+
+
+class HelloForms(Enum):
+    """Which forms of our hello a peer is sent."""
+
+    BOTH = "both"  # not known yet: the form with the version list, then the one without
+    LISTED = "listed"  # it lists its versions: it reads the form with the list
+    UNLISTED = "unlisted"  # a v0.1.0 node: it refuses the form with the list
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A peer with no version in common: what to log, and whether to log it now."""
+
+    node_id: str
+    theirs: tuple[int, ...]
+    mine: tuple[int, ...]
+    log_now: bool
+
+    def reason(self) -> str:
+        return (
+            f"refusing member {self.node_id}: it speaks protocol versions "
+            f"{list(self.theirs)}, this node speaks {list(self.mine)}, none in common "
+            "(not connected; its frames are ignored until it says hello in a common version)"
+        )
+
+
+@dataclass(slots=True)
+class _Heard:
+    incarnation: int
+    versions: tuple[int, ...]
+    listed: bool  # its hello carried the list (it reads the form with it)
+    agreed: int | None
+
+
+class PeerVersions:
+    """Per peer: the versions its hellos said it speaks, and the one agreed with it."""
+
+    def __init__(self, log_interval_ms: int, spoken: tuple[int, ...] = SPOKEN) -> None:
+        self.spoken = spoken
+        self._log_interval_ms = log_interval_ms
+        self._heard: dict[str, _Heard] = {}
+        self._logged_at: dict[str, int] = {}
+
+    def heard(
+        self, node_id: str, incarnation: int | None, versions: tuple[int, ...] | None, now_ms: int
+    ) -> int | Refusal:
+        """A hello of ``node_id`` at ``incarnation`` listing ``versions`` (None: a hello
+        without the list). The version agreed with it, or the refusal to act on."""
+        life = incarnation or 0
+        known = self._heard.get(node_id)
+        if versions is None and known is not None and known.listed and known.incarnation >= life:
+            pass  # the copy of its hello for older nodes: what the listed one said stands
+        elif known is None or life >= known.incarnation:
+            theirs = UNLISTED if versions is None else versions
+            agreed = negotiate(self.spoken, theirs)
+            known = _Heard(life, theirs, versions is not None, agreed)
+            self._heard[node_id] = known
+        # else: a hello of an older life, overtaken by a newer one; the newer one stands
+        if known.agreed is not None:
+            return known.agreed
+        last = self._logged_at.get(node_id)
+        log_now = last is None or now_ms - last >= self._log_interval_ms
+        if log_now:
+            self._logged_at[node_id] = now_ms
+        return Refusal(node_id, known.versions, self.spoken, log_now)
+
+    def agreed(self, node_id: str) -> int | None:
+        """The version agreed with ``node_id``; None before its first hello, or if refused."""
+        known = self._heard.get(node_id)
+        return None if known is None else known.agreed
+
+    def refused(self, node_id: str) -> bool:
+        """Whether ``node_id``'s last hello shared no version with this node."""
+        known = self._heard.get(node_id)
+        return known is not None and known.agreed is None
+
+    def forms(self, node_id: str) -> HelloForms:
+        """The forms of our hello to send ``node_id``."""
+        known = self._heard.get(node_id)
+        if known is None:
+            return HelloForms.BOTH
+        return HelloForms.LISTED if known.listed else HelloForms.UNLISTED
+
+    def agreements(self) -> dict[str, int | None]:
+        """Peer -> the version agreed (None: refused), for status and inspection."""
+        return {n: h.agreed for n, h in sorted(self._heard.items())}
+
+    def forget(self, node_id: str) -> None:
+        """A member pruned for good: its next hello is judged afresh."""
+        self._heard.pop(node_id, None)
+        self._logged_at.pop(node_id, None)

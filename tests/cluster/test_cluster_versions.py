@@ -1,0 +1,197 @@
+"""Protocol versions between real processes: a node of the release before them (tag
+v0.1.0, checked out of this repository) beside nodes of this tree, and a stranger whose
+hello shares no version with them."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+from cluster_support import WRITER, Cluster, ServeNode, wait_until
+
+from crdtstore.membership.messages import Hello
+from crdtstore.membership.versions import SPOKEN
+from crdtstore.sync.messages import RepairRequest, encode_message
+from transport import routing_id
+
+REPO = Path(__file__).resolve().parents[2]
+OLD_TAG = "v0.1.0"
+
+
+@pytest.fixture(scope="module")
+def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source tree of ``OLD_TAG``, exported into a temporary directory."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip(f"git is not installed: cannot check out {OLD_TAG}")
+    tag = f"{OLD_TAG}^{{commit}}"
+    found = subprocess.run(
+        [git, "-C", str(REPO), "rev-parse", "--verify", "--quiet", tag], capture_output=True
+    )
+    if found.returncode != 0:
+        pytest.skip(f"tag {OLD_TAG} is not in {REPO} (not a git clone, or cloned without tags)")
+    tar = subprocess.run(
+        [git, "-C", str(REPO), "archive", "--format=tar", OLD_TAG], capture_output=True, check=True
+    )
+    root = tmp_path_factory.mktemp("tree-v0.1.0")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        archive.extractall(root, filter="data")
+    return root
+
+
+def old_env(tree: Path) -> list[str]:
+    """``env`` arguments that make this venv's python import the old tree's packages:
+    PYTHONSAFEPATH keeps the working directory (this tree, in a test run) off sys.path."""
+    return ["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={tree}"]
+
+
+class OldServeNode(ServeNode):
+    """``crdtstore serve`` of the old tree, with this venv's interpreter and libraries;
+    read and written through the old tree's own tools."""
+
+    def __init__(self, tree: Path, *args: Any) -> None:
+        super().__init__(*args)
+        self.tree = tree
+
+    def command(self) -> list[str]:
+        return [*old_env(self.tree), *super().command()]
+
+    def dump(self, namespace: str) -> list[dict[str, Any]]:
+        base = [*old_env(self.tree), sys.executable, "-m", "crdtstore.inspect", "--json"]
+        summary = json.loads(subprocess.check_output([*base, str(self.data)], timeout=60))
+        if namespace not in summary["namespaces"]:
+            return []
+        out = subprocess.check_output([*base, str(self.data), "dump", namespace], timeout=60)
+        entries: list[dict[str, Any]] = json.loads(out)["entries"]
+        return entries
+
+    def write(self, ns: str, prefix: str, count: int) -> None:
+        cmd = [*old_env(self.tree), sys.executable, str(WRITER), str(self.data), "put", ns]
+        out = subprocess.run([*cmd, prefix, str(count)], capture_output=True, text=True)
+        assert out.stdout.count("ACK ") == count, out.stderr
+
+
+def write(node: ServeNode, ns: str, prefix: str, count: int) -> None:
+    cmd = [sys.executable, str(WRITER), str(node.data), "put", ns, prefix, str(count)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.stdout.count("ACK ") == count, out.stderr
+
+
+def keys(node: ServeNode, ns: str) -> dict[str, Any]:
+    return {e["key"]: e["value"] for e in node.dump(ns)}
+
+
+def sees_alive(node: ServeNode, others: list[ServeNode]) -> bool:
+    seen = node.member_status()
+    return all(seen.get(o.name, ("", 0))[0] == "alive" for o in others)
+
+
+def test_a_node_of_the_previous_release_and_this_one_replicate_both_ways(
+    cluster: Cluster, old_tree: Path
+) -> None:
+    old = OldServeNode(old_tree, cluster.root, "old", [])
+    cluster.nodes.append(old.start())
+    # This tree joins through the old node (the rolling upgrade's case: the old node
+    # refuses the hello with versions, and must still hear the one without), and a
+    # second old node joins through the new one.
+    new = cluster.add("new", seeds=[old.bind])
+    old2 = OldServeNode(old_tree, cluster.root, "old2", [new.bind])
+    cluster.nodes.append(old2.start())
+    nodes = [old, new, old2]
+    for node in nodes:
+        wait_until(
+            lambda n=node: sees_alive(n, [o for o in nodes if o is not n]),  # type: ignore[misc]
+            f"{node.name} sees the others alive",
+        )
+    old.write("cfg", "o", 20)
+    write(new, "cfg", "n", 20)
+    old2.write("cfg", "p", 20)
+    want = {f"{p}{i}": f"{p}{i}" for p in "onp" for i in range(20)}
+    for node in nodes:
+        wait_until(lambda n=node: keys(n, "cfg") == want, f"{node.name} holds every write")  # type: ignore[misc]
+
+    status = new.status()
+    assert status is not None
+    assert status["protocol_versions"] == {"old": 1, "old2": 1}
+    # Digests to version-1 peers stay in the form they read: they decoded every frame.
+    for node in (old, old2):
+        old_status = node.status()
+        assert old_status is not None
+        assert "protocol_versions" not in old_status, "the old tree must be what runs"
+        assert old_status["sync"].get("decode_errors", 0) == 0, old_status["sync"]
+    # The seed got the hello with versions first and refused it: the copy without them
+    # is what let the new node in.
+    old_status = old.status()
+    assert old_status is not None and old_status["replicator"]["rejected_membership"] >= 1
+    assert status["sync"].get("decode_errors", 0) == 0, status["sync"]
+
+
+def test_a_hello_with_no_common_version_is_refused_and_logged(cluster: Cluster) -> None:
+    [n1] = cluster.start(1)
+    status = n1.status() or wait_until(n1.status, "n1 wrote its status")
+    router = status["router"]
+    ctx = zmq.Context()
+    try:
+        xpub = ctx.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.LINGER, 0)
+        evil_pub = f"tcp://127.0.0.1:{xpub.bind_to_random_port('tcp://127.0.0.1')}"
+        prober = ctx.socket(zmq.DEALER)
+        prober.setsockopt(zmq.IDENTITY, routing_id.for_connection(b"future"))
+        prober.setsockopt(zmq.LINGER, 0)
+        prober.connect(router)
+        hello = Hello(
+            "future",
+            "tcp://127.0.0.1:9",
+            evil_pub,
+            None,
+            reply=False,
+            incarnation=1,
+            topics=None,
+            started_at_ms=1,
+            clock_ms=1,
+            versions=(99, 100),
+        )
+        for _ in range(3):
+            prober.send(b"M" + encode_message(hello))
+        wait_until(lambda: n1.counter("replicator", "refused_versions") == 3, "3 hellos refused")
+        # Its frames are ignored: a repair request gets no answer, and is counted.
+        prober.send(b"S" + encode_message(RepairRequest(1, "__members", "n1", 1, 1)))
+        wait_until(
+            lambda: n1.counter("replicator", "refused_version_frames") == 1, "the frame ignored"
+        )
+        assert not prober.poll(0), "a refused peer was answered"
+        assert not xpub.poll(0), "n1 subscribed to a refused peer's PUB"
+        status = n1.status()
+        assert status is not None
+        assert status["protocol_versions"] == {"future": None}
+        assert [m["node_id"] for m in status["members"]] == ["n1"]
+    finally:
+        ctx.destroy(linger=0)
+    lines = [line for line in n1.log.read_text().splitlines() if "refusing member" in line]
+    assert len(lines) == 1, lines  # rate-limited: three hellos, one line
+    versions = ", ".join(map(str, SPOKEN))
+    assert "future" in lines[0] and "[99, 100]" in lines[0] and f"[{versions}]" in lines[0]
+    assert n1.alive() and "Traceback" not in n1.log.read_text()
+
+
+def test_two_nodes_of_this_tree_agree_on_hashed_digests(cluster: Cluster) -> None:
+    n1, n2 = cluster.start(2)
+    wait_until(lambda: cluster.all_members_alive(2), "both see each other alive")
+    write(n1, "cfg", "k", 5)
+    wait_until(lambda: keys(n2, "cfg") == {f"k{i}": f"k{i}" for i in range(5)}, "n2 has n1's")
+    for node, other in ((n1, n2), (n2, n1)):
+        wait_until(
+            lambda n=node: n.counter("sync", "digests_sent_hashed") >= 3,  # type: ignore[misc]
+            f"{node.name} publishes hashed digests",
+        )
+        status = node.status()
+        assert status is not None and status["protocol_versions"] == {other.name: max(SPOKEN)}
+        assert status["sync"].get("decode_errors", 0) == 0
