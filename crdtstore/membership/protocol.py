@@ -44,6 +44,7 @@ from crdtstore.membership.wire import (
     PingReq,
     Shuffle,
     ShuffleReply,
+    MAX_UPDATES,
     Status,
     TableDigest,
     TableSync,
@@ -86,6 +87,10 @@ class ProtocolSettings:
     retransmit_mult: int = 3
     """Each update rides on ``retransmit_mult * ceil(log2(N + 1))`` probes (SWIM's lambda)."""
     max_piggyback: int = 8
+    gossip_interval_ms: int = 20
+    """Updates learned within this long leave together, one message per neighbour: a
+    burst (a mass start, a partition) costs a few frames per neighbour, not one per
+    update, for at most this much added latency per hop."""
     max_local_health: int = 8
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
 
@@ -185,6 +190,10 @@ class MembershipProtocol:
         }
         self._active_seen: frozenset[str] = frozenset()
         self._pending_changes: list[Command] = []
+        self._gossip_out: dict[str, dict[str, Update]] = {}
+        self._gossip_due: int | None = None
+        self._suspects: set[str] = set()
+        self._next_prune = now_ms + settings.prune_after_ms // 8
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -208,6 +217,8 @@ class MembershipProtocol:
 
     def next_deadline(self) -> int:
         deadline = min(self._next.values())
+        if self._gossip_due is not None:
+            deadline = min(deadline, self._gossip_due)
         for probe in self._probes.values():
             wait = self.settings.probe_timeout_ms if not probe.indirect else 0
             if wait:
@@ -245,6 +256,8 @@ class MembershipProtocol:
         s = self.settings
         nxt = self._next
         out += self._probe_timeouts(now_ms)
+        if self._gossip_due is not None and now_ms >= self._gossip_due:
+            out += self._flush_gossip()
         if now_ms >= nxt["probe"]:
             nxt["probe"] = now_ms + s.probe_interval_ms
             out += self._probe_round(now_ms)
@@ -401,15 +414,19 @@ class MembershipProtocol:
                 self._count("suspicions_raised")
                 out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
         dead_limit = self._stretch(self.settings.dead_after_ms)
-        for node_id, entry in list(self.table.items()):
-            if entry.status is Status.SUSPECT and now_ms - entry.since_ms > dead_limit:
+        for node_id in list(self._suspects):
+            entry = self.table[node_id]
+            if now_ms - entry.since_ms > dead_limit:
                 out += self._apply(Update(entry.contact, Status.DEAD), now_ms, source=None)
-            elif (
-                entry.status in (Status.DEAD, Status.LEFT)
-                and node_id != self.me.node_id
-                and now_ms - entry.since_ms > self.settings.prune_after_ms
-            ):
-                self._remove(node_id)
+        if now_ms >= self._next_prune:
+            self._next_prune = now_ms + self.settings.prune_after_ms // 8
+            for node_id, entry in list(self.table.items()):
+                if (
+                    entry.status in (Status.DEAD, Status.LEFT)
+                    and node_id != self.me.node_id
+                    and now_ms - entry.since_ms > self.settings.prune_after_ms
+                ):
+                    self._remove(node_id)
         return out
 
     # -- dissemination ---------------------------------------------------------------------
@@ -445,9 +462,27 @@ class MembershipProtocol:
             was, sends = self.overlay.neighbour_failed(node_id)
             out += self._sends(sends)
         self._retransmit[node_id] = (update, self._retransmits())
-        for contact in self.overlay.active.values():
-            if contact.node_id != source:
-                out.append(Send(contact, Gossip((update,))))
+        self._queue_gossip(update, now_ms, source)
+        return out
+
+    def _queue_gossip(self, update: Update, now_ms: int, source: str | None) -> None:
+        for neighbour in self.overlay.active:
+            if neighbour != source:
+                self._gossip_out.setdefault(neighbour, {})[update.node_id] = update
+        if self._gossip_out and self._gossip_due is None:
+            self._gossip_due = now_ms + self.settings.gossip_interval_ms
+
+    def _flush_gossip(self) -> list[Command]:
+        out: list[Command] = []
+        for neighbour, updates in self._gossip_out.items():
+            contact = self.overlay.active.get(neighbour)
+            if contact is None:
+                continue  # no longer a neighbour: the table exchange with new ones covers it
+            batch = list(updates.values())
+            for i in range(0, len(batch), MAX_UPDATES):
+                out.append(Send(contact, Gossip(tuple(batch[i : i + MAX_UPDATES]))))
+        self._gossip_out.clear()
+        self._gossip_due = None
         return out
 
     def _about_me(self, update: Update, now_ms: int) -> list[Command]:
@@ -464,9 +499,8 @@ class MembershipProtocol:
         self._set(self.me.node_id, self.me, Status.ALIVE, now_ms)
         alive = Update(self.me, Status.ALIVE)
         self._retransmit[self.me.node_id] = (alive, self._retransmits())
-        out: list[Command] = [Refuted(self.me.incarnation)]
-        out += [Send(c, Gossip((alive,))) for c in self.overlay.active.values()]
-        return out
+        self._queue_gossip(alive, now_ms, None)
+        return [Refuted(self.me.incarnation)]
 
     def _piggyback(self) -> tuple[Update, ...]:
         if not self._retransmit:
@@ -553,6 +587,10 @@ class MembershipProtocol:
     # -- table bookkeeping -----------------------------------------------------------------
 
     def _set(self, node_id: str, contact: Contact, status: Status, now_ms: int) -> None:
+        if status is Status.SUSPECT:
+            self._suspects.add(node_id)
+        else:
+            self._suspects.discard(node_id)
         entry = self.table.get(node_id)
         if entry is not None:
             self.table_hash ^= _entry_hash(node_id, entry.status, entry.contact.incarnation)
@@ -561,6 +599,7 @@ class MembershipProtocol:
 
     def _remove(self, node_id: str) -> None:
         entry = self.table.pop(node_id, None)
+        self._suspects.discard(node_id)
         if entry is not None:
             self.table_hash ^= _entry_hash(node_id, entry.status, entry.contact.incarnation)
         self._retransmit.pop(node_id, None)
