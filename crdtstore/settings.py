@@ -145,6 +145,13 @@ class NodeSettings:
     change, and at least this often otherwise (last-heard times, and a stamp that tells
     readers the view is current; one older than three intervals reads as stale)."""
 
+    overlay: bool = False
+    """Membership over a partial-view overlay (HyParView neighbours, probing, gossip;
+    :mod:`crdtstore.membership.protocol`) instead of every node connecting to, and
+    hearing the heartbeats of, every other: connections and idle cost per node stay flat
+    as the cluster grows, and deltas reach non-neighbours relayed by neighbours. Every
+    node of a cluster must use the same mode."""
+
     leave_on_terminate: bool = False
     """``crdtstore serve`` only: SIGTERM announces a graceful leave (peers see ``left`` at
     once) before stopping. False (the default): a stop is a restart to be, peers see the
@@ -178,7 +185,7 @@ class NodeSettings:
             raise InvalidValue(
                 f"setting topics={self.topics!r} must be a list of non-empty namespace names"
             )
-        for name in ("role_standby", "leave_on_terminate"):
+        for name in ("role_standby", "leave_on_terminate", "overlay"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidValue(f"setting {name}={getattr(self, name)!r} must be true or false")
         if self.pub_bind is not None:
@@ -237,6 +244,7 @@ NOT_COUNTS = frozenset(
         "drop_publish_fraction",
         "role_standby",
         "leave_on_terminate",
+        "overlay",
     }
 )
 

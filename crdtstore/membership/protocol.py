@@ -239,15 +239,19 @@ class MembershipProtocol:
             out.append(Send(contact, Disconnect(self.me.node_id)))
         return out
 
-    def learn(self, contact: Contact, now_ms: int) -> list[Command]:
+    def learn(self, contact: Contact, now_ms: int, left: bool = False) -> list[Command]:
         """A member record read from replicated state: a member this node may not have
-        heard of yet (taken as alive at that incarnation, and as a passive candidate)."""
+        heard of yet (taken as alive at that incarnation, and as a passive candidate),
+        or one whose record says it left (gone at that incarnation)."""
         if contact.node_id == self.me.node_id:
             return []
+        status = Status.LEFT if left else Status.ALIVE
         entry = self.table.get(contact.node_id)
-        if entry is not None and entry.contact.incarnation >= contact.incarnation:
+        if entry is not None and not supersedes(
+            status, contact.incarnation, entry.status, entry.contact.incarnation
+        ):
             return []
-        out = self._apply(Update(contact, Status.ALIVE), now_ms, source=None)
+        out = self._apply(Update(contact, status), now_ms, source=None)
         return out + self._neighbour_changes()
 
     def tick(self, now_ms: int) -> list[Command]:
@@ -285,7 +289,9 @@ class MembershipProtocol:
             nxt["reconnect"] = now_ms + s.reconnect_interval_ms
             dead = [e.contact for e in self.table.values() if e.status is Status.DEAD]
             if dead:
-                out.append(Send(self.rng.choice(dead), TableDigest(self.table_hash, len(self.table))))
+                out.append(
+                    Send(self.rng.choice(dead), TableDigest(self.table_hash, len(self.table)))
+                )
         return out + self._neighbour_changes()
 
     # -- messages --------------------------------------------------------------------------
@@ -451,7 +457,12 @@ class MembershipProtocol:
         old = None if entry is None else entry.status
         self._set(node_id, update.contact, update.status, now_ms)
         out: list[Command] = [
-            StatusChange(node_id, None if old is None else TO_STATUS[old], TO_STATUS[update.status], update.incarnation)
+            StatusChange(
+                node_id,
+                None if old is None else TO_STATUS[old],
+                TO_STATUS[update.status],
+                update.incarnation,
+            )
         ]
         if old is not None and old is update.status:
             out = []  # a new incarnation at the same status: not a change to report
@@ -580,7 +591,9 @@ class MembershipProtocol:
         for node_id in sorted(now - self._active_seen):
             out.append(NeighbourUp(self.overlay.active[node_id]))
             # A new neighbour: compare tables at once (it may know members we do not).
-            out.append(Send(self.overlay.active[node_id], TableDigest(self.table_hash, len(self.table))))
+            out.append(
+                Send(self.overlay.active[node_id], TableDigest(self.table_hash, len(self.table)))
+            )
         self._active_seen = now
         return out
 
@@ -621,3 +634,24 @@ class MembershipProtocol:
 
     def _count(self, name: str) -> None:
         self.stats[name] = self.stats.get(name, 0) + 1
+
+    # -- for the runtime (appended; see crdtstore.overlay_liveness) -------------------------
+
+    def member(self, node_id: str) -> tuple[MemberStatus, int, int] | None:
+        """(status, incarnation, since_ms) of one member, or None."""
+        entry = self.table.get(node_id)
+        if entry is None:
+            return None
+        return TO_STATUS[entry.status], entry.contact.incarnation, entry.since_ms
+
+    def raise_incarnation(self, at_least: int, now_ms: int) -> list[Command]:
+        """An earlier life of this node wrote a higher incarnation: live above it."""
+        if at_least <= self.me.incarnation:
+            return []
+        self.me = replace(self.me, incarnation=at_least)
+        self.overlay.me = self.me
+        self._set(self.me.node_id, self.me, Status.ALIVE, now_ms)
+        alive = Update(self.me, Status.ALIVE)
+        self._retransmit[self.me.node_id] = (alive, self._retransmits())
+        self._queue_gossip(alive, now_ms, None)
+        return []
