@@ -35,6 +35,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections import Counter
@@ -48,9 +49,11 @@ from crdtstore.membership import MEMBERS_NAMESPACE, MemberRecord, MemberStatus, 
 from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
 from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.observed import observed_members
+from crdtstore.membership.protocol import NeighbourUp, ProtocolSettings
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.versions import HASHED_DIGESTS, HelloForms, PeerVersions, Refusal
 from crdtstore.membership.view import Member, parse_records
+from crdtstore.overlay_liveness import CHANNEL_OVERLAY, OverlayLiveness
 from crdtstore.status_query import CHANNEL_QUERY, encode_status_reply, is_status_request
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
@@ -78,6 +81,8 @@ DRAIN_MAX = 64
 them are applied in one commit, so a node that fell behind is not held back by a
 commit (an fsync) per batch."""
 SEED_PREFIX = b"\x00seed:"
+TOPIC_LINKS = 2
+"""Overlay mode with topics: links kept per held topic to other holders of it."""
 STATUS_FILE = "status.json"
 """Written into the node directory every ``status_interval_ms`` by the role holder."""
 
@@ -155,34 +160,59 @@ class Replicator:
         self._status_path = status_path
         self._extra_stats = extra_stats
         self.stats: Counter[str] = Counter()
+        self.overlay = settings.membership.overlay
         self.transport = Transport(
             self.node_id.encode(),
             router_bind=bind,
             pub_bind=pub_bind,
             settings=transport_settings,
             curve=curve,
-            express_topics=frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
+            express_topics=frozenset()
+            if self.overlay
+            else frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
+            express_channels=frozenset({CHANNEL_OVERLAY}) if self.overlay else frozenset(),
             faults=faults,
         )
-        self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics)
+        self.engine = SyncEngine(
+            self.node_id, replica, sync_settings, topics=topics, relay=self.overlay
+        )
         self._member_view = member_view
         self.clocks = ClockOffsets(settings.max_clock_drift_ms)
         # The liveness thread observes clocks in heartbeats; this one in hellos and ticks.
         self._clocks_lock = threading.Lock()
-        self.liveness = Liveness(
-            node_id=self.node_id,
-            transport=self.transport,
-            heartbeat_topic=topic_bytes(HEARTBEAT_TOPIC),
-            heartbeat_interval_ms=settings.membership.heartbeat_interval_ms,
-            on_heartbeat=self._heard_clock,
-            heartbeat_clocks=self._clocks_off,
-            suspect_after_ms=settings.membership.suspect_after_ms,
-            dead_after_ms=settings.membership.dead_after_ms,
-            view_interval_ms=settings.membership.member_view_interval_ms,
-            view=member_view,
-            clock=clock,
-            poll_ms=settings.poll_ms,
-        )
+        self.liveness: Liveness
+        if self.overlay:
+            self.liveness = OverlayLiveness(
+                node_id=self.node_id,
+                transport=self.transport,
+                settings=ProtocolSettings(
+                    probe_interval_ms=settings.membership.heartbeat_interval_ms,
+                    suspect_after_ms=settings.membership.suspect_after_ms,
+                    dead_after_ms=settings.membership.dead_after_ms,
+                    join_interval_ms=settings.membership.hello_interval_ms,
+                    prune_after_ms=settings.membership.prune_after_ms,
+                ),
+                seeds=list(seeds),
+                view_interval_ms=settings.membership.member_view_interval_ms,
+                view=member_view,
+                clock=clock,
+                poll_ms=settings.poll_ms,
+            )
+        else:
+            self.liveness = Liveness(
+                node_id=self.node_id,
+                transport=self.transport,
+                heartbeat_topic=topic_bytes(HEARTBEAT_TOPIC),
+                heartbeat_interval_ms=settings.membership.heartbeat_interval_ms,
+                on_heartbeat=self._heard_clock,
+                heartbeat_clocks=self._clocks_off,
+                suspect_after_ms=settings.membership.suspect_after_ms,
+                dead_after_ms=settings.membership.dead_after_ms,
+                view_interval_ms=settings.membership.member_view_interval_ms,
+                view=member_view,
+                clock=clock,
+                poll_ms=settings.poll_ms,
+            )
         self._records: dict[str, MemberRecord] = {}
         # Records hellos brought, of lives newer than the replicated record (or with none).
         self._introduced: dict[str, MemberRecord] = {}
@@ -213,6 +243,8 @@ class Replicator:
             warn_every_ms=sync_settings.log_interval_ms,
         )
         self._record_addrs: dict[str, tuple[str, str]] = {}
+        self._learned: dict[str, int] = {}  # overlay mode: incarnation told the protocol
+        self._rng = random.Random()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # guards what members() reads from other threads
@@ -241,7 +273,10 @@ class Replicator:
         self._write_own_record(self._own)
         for topic in self._subscriptions():
             self.transport.subscribe(topic)
-        self.liveness.start(incarnation, router)
+        if isinstance(self.liveness, OverlayLiveness):
+            self.liveness.start_overlay(self._own)
+        else:
+            self.liveness.start(incarnation, router)
         self._thread = threading.Thread(
             target=self._run, name=f"crdtstore-replicator-{self.node_id}", daemon=True
         )
@@ -258,6 +293,8 @@ class Replicator:
             # repair if the publication was lost). Peers that never confirm still see
             # this node go dead, and get the record by anti-entropy if it ever returns.
             self._leave_confirmed.wait(timeout=self._leave_timeout_s)
+            if isinstance(self.liveness, OverlayLiveness):
+                self.liveness.leave()
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
@@ -322,7 +359,7 @@ class Replicator:
                         self._write_status(self.last_status)
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
-                if now >= next_hello:
+                if now >= next_hello and not self.overlay:
                     next_hello = now + self._settings.membership.hello_interval_ms
                     self._greet_seeds(now)
             except ClosedError:
@@ -352,7 +389,16 @@ class Replicator:
             "transport": self.transport.stats(),
             "replicator": dict(self.stats),
             "liveness": dict(self.liveness.stats),
+            "overlay": self._overlay_status(),
             "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
+        }
+
+    def _overlay_status(self) -> dict[str, Any] | None:
+        if not isinstance(self.liveness, OverlayLiveness):
+            return None
+        return {
+            "neighbours": self.liveness.neighbours(),
+            "connections": self.liveness.connections(),
         }
 
     def _write_status(self, status: dict[str, Any]) -> None:
@@ -398,7 +444,11 @@ class Replicator:
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
                     self.liveness.on_delivery(delivery, now)  # the express pipe carries them
                 else:
-                    source = (delivery.peer or b"").decode("utf-8", "replace")
+                    # A neighbour relays batches of every origin in the overlay mode: no
+                    # publisher to hold the batch's origin to (see SyncEngine.relay).
+                    source = (
+                        None if self.overlay else (delivery.peer or b"").decode("utf-8", "replace")
+                    )
                     frames.append(("", delivery.payload, source))
                 continue
             peer = (delivery.peer or b"").decode("utf-8", "replace")
@@ -450,7 +500,8 @@ class Replicator:
     def _subscriptions(self) -> list[bytes]:
         if self._topics is None:
             return [b""]  # every topic: this node replicates every namespace
-        names = {HEARTBEAT_TOPIC, MEMBERS_NAMESPACE, *self.engine.subscriptions(), *self._topics}
+        heartbeat = set() if self.overlay else {HEARTBEAT_TOPIC}
+        names = {*heartbeat, MEMBERS_NAMESPACE, *self.engine.subscriptions(), *self._topics}
         return [topic_bytes(name) for name in sorted(names)]
 
     def _on_membership_message(self, peer: str | None, body: bytes, now: int) -> None:
@@ -487,7 +538,10 @@ class Replicator:
             if msg.versions is None and self._versions.forms(msg.node_id) is HelloForms.LISTED:
                 return  # its copy for older nodes, of the hello with versions acted on
             self._set_digest_form(msg.node_id)
-            self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
+            if not self.overlay:
+                self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
+            elif not msg.reply:
+                self._pin_back(msg.record())
             offset = None
             if msg.clock_ms is not None:
                 offset = msg.clock_ms - now
@@ -553,11 +607,110 @@ class Replicator:
                 self.transport.send(alias, CHANNEL_MEMBERS + hello)
 
     def _membership_tick(self, now: int) -> None:
-        self._refresh_records(now)
+        if isinstance(self.liveness, OverlayLiveness):
+            self._refresh_overlay_records(now, self.liveness)
+        else:
+            self._refresh_records(now)
         self._check_clocks(now)
+
+    def _refresh_overlay_records(self, now: int, overlay: OverlayLiveness) -> None:
+        """The overlay mode's record refresh: records tell the protocol of members (it
+        connects to its neighbours itself); a member dead or gone longer than
+        ``prune_after_ms`` loses its record, as in the full mode."""
+        records, rejected = parse_records(self._read_records())
+        self.stats["rejected_member_record"] += rejected
+        with self._lock:
+            self._records = records
+        for node_id, record in records.items():
+            if node_id == self.node_id:
+                if self._own is not None and record.incarnation > self._own.incarnation:
+                    incarnation = overlay.raise_incarnation(record.incarnation + 1)
+                    self._own = _replace(self._own, incarnation=incarnation)
+                    self._write_own_record(self._own)
+                continue
+            if record.incarnation != self._learned.get(node_id):
+                self._learned[node_id] = record.incarnation
+                overlay.learn(record, now)
+            status = overlay.status(node_id)
+            if status in (MemberStatus.DEAD, MemberStatus.LEFT) or record.left:
+                since = overlay.last_heard_ms(node_id) or record.started_at_ms
+                if now - since > self._settings.membership.prune_after_ms:
+                    self._delete_record(node_id)
+                    self._learned.pop(node_id, None)
+                    self.stats["members_pruned"] += 1
+        self._keep_topic_links(records, overlay)
+
+    def _keep_topic_links(self, records: dict[str, MemberRecord], overlay: OverlayLiveness) -> None:
+        """With topics, keep ``TOPIC_LINKS`` links per held topic to members that hold it.
+
+        The overlay is one graph of all members, and a node relays only what it holds:
+        the holders of a topic could sit apart, behind nodes that drop its batches. A few
+        links per topic to random holders (pinned: kept whatever the overlay does, and
+        made two-way by the holder's answer to our hello, see ``_pin_back``) join every
+        topic's holders into a random graph of their own, connected with high
+        probability; a holder that dies is replaced at the next refresh."""
+        if self._topics is None:
+            return
+        pinned = overlay.pinned()
+        live = {
+            n: r
+            for n, r in records.items()
+            if n != self.node_id
+            and not r.left
+            and overlay.status(n) in (MemberStatus.ALIVE, MemberStatus.SUSPECT)
+        }
+        for node_id in pinned - live.keys():
+            overlay.unpin(node_id)
+            if not overlay.is_neighbour(node_id):
+                self._connected.pop(node_id, None)
+                self._engine_remove(node_id)
+        pinned &= live.keys()
+        for topic in sorted(self._topics):
+            holders = [n for n, r in live.items() if r.topics is None or topic in r.topics]
+            linked = [n for n in holders if n in pinned or overlay.is_neighbour(n)]
+            if len(linked) >= TOPIC_LINKS:
+                continue
+            spare = [n for n in holders if n not in linked]
+            for node_id in self._rng.sample(spare, min(TOPIC_LINKS - len(linked), len(spare))):
+                self._pin(live[node_id], overlay)
+                pinned.add(node_id)
+
+    def _pin(self, record: MemberRecord, overlay: OverlayLiveness) -> None:
+        overlay.pin(record)
+        self._connected[record.node_id] = (record.router, record.pub)
+        self._engine_add(record.node_id)
+        self.stats["topic_links"] += 1
+        if self._own is not None:
+            self._send_hello(record.node_id, reply=False)
+
+    def _pin_back(self, record: MemberRecord | None) -> None:
+        """A hello from a member that is neither neighbour nor pinned, holding a topic
+        we hold: it pinned us; link back, so each of us hears the other's publications."""
+        overlay = self.liveness
+        if record is None or not isinstance(overlay, OverlayLiveness):
+            return
+        node_id = record.node_id
+        if node_id in self._connected or overlay.is_neighbour(node_id):
+            return
+        mine, theirs = self._topics, record.topics
+        if mine is not None and theirs is not None and not set(mine) & set(theirs):
+            return
+        self._pin(record, overlay)
 
     def _take_liveness(self) -> None:
         """Act on what the liveness thread decided since the last call."""
+        if isinstance(self.liveness, OverlayLiveness):
+            for event in self.liveness.take_neighbour_events():
+                if isinstance(event, NeighbourUp):
+                    contact = event.contact
+                    self._connected[contact.node_id] = (contact.router, contact.pub)
+                    self._engine_add(contact.node_id)
+                    if self._own is not None:
+                        # Clocks, versions and a digest, as a hello exchange always gave.
+                        self._send_hello(contact.node_id, reply=False)
+                elif event.node_id not in self.liveness.pinned():
+                    self._connected.pop(event.node_id, None)
+                    self._engine_remove(event.node_id)
         self._status_changes(self.liveness.take_changes())
         refuted = self.liveness.take_refutation()
         if refuted is not None and self._own is not None and refuted > self._own.incarnation:

@@ -165,6 +165,8 @@ class IOThreadConfig:
     express_topics: frozenset[bytes] = frozenset()
     faults: TransportFaults | None = None
     """The test seam (``transport.faults``); None runs no fault code."""
+    express_channels: frozenset[bytes] = frozenset()
+    """Direct messages whose first byte is one of these go to ``express_endpoint`` too."""
 
 
 class IOThread(threading.Thread):
@@ -366,10 +368,17 @@ class IOThread(threading.Thread):
         self._router_peers.move_to_end(peer)
         if len(self._router_peers) > MAX_ROUTER_PEERS:
             self._router_peers.popitem(last=False)
-        event = [pipes.EV_DIRECT, peer, payload.bytes, self._authenticated_user(payload)]
+        body = payload.bytes
+        event = [pipes.EV_DIRECT, peer, body, self._authenticated_user(payload)]
         # Counted before the hand-over, so a consumer that sees the delivery sees the count.
         self._counters.add("received_direct")
-        self._emit(event)
+        self._emit(event, self._express_pipe_for(body))
+
+    def _express_pipe_for(self, payload: bytes) -> Socket | None:
+        """The express pipe for a direct message on an express channel, else None."""
+        if self._config.express_channels and payload[:1] in self._config.express_channels:
+            return self._express
+        return None
 
     def _authenticated_user(self, frame: zmq.Frame) -> bytes:
         if self._config.curve is None:
@@ -392,10 +401,11 @@ class IOThread(threading.Thread):
             return
         if self._blocked(peer):
             return
-        event = [pipes.EV_DIRECT, peer, frames[0].bytes, self._pinned_user(peer)]
+        payload = frames[0].bytes
+        event = [pipes.EV_DIRECT, peer, payload, self._pinned_user(peer)]
         # Counted before the hand-over, so a consumer that sees the delivery sees the count.
         self._counters.add("received_direct")
-        self._emit(event)
+        self._emit(event, self._express_pipe_for(payload))
 
     def _on_sub_ready(self, sock: Socket) -> None:
         peer = self._peer_of_socket[sock]
@@ -548,12 +558,14 @@ class IOThread(threading.Thread):
     ) -> None:
         existing = self._peers.get(peer)
         if existing is not None:
-            if (existing.router_addr, existing.pub_addr, existing.public_key) == (
-                router_addr,
-                pub_addr,
-                key,
-            ):
-                return
+            if (existing.router_addr, existing.public_key) == (router_addr, key):
+                if existing.pub_addr == pub_addr:
+                    return
+                if existing.pub_addr is None and pub_addr is not None:
+                    # A direct-only peer gains a subscription: its DEALER stays, with
+                    # whatever is queued on it (closing it at linger 0 would drop that).
+                    self._add_sub(peer, existing, pub_addr, key)
+                    return
             self._close_peer(peer)
         # Registered before connecting, so a failing connect is cleaned up by _close_peer.
         state = _Peer(router_addr, pub_addr, key, self._client_socket(zmq.DEALER, key), None, [])
@@ -565,14 +577,18 @@ class IOThread(threading.Thread):
             )
             state.dealer.connect(router_addr)
             if pub_addr is not None:
-                state.sub = self._client_socket(zmq.SUB, key)
-                self._add_peer_socket(peer, state, state.sub, self._on_sub_ready)
-                for topic in self._subscriptions:
-                    state.sub.setsockopt(zmq.SUBSCRIBE, topic)
-                state.sub.connect(pub_addr)
+                self._add_sub(peer, state, pub_addr, key)
         except zmq.ZMQError:
             self._close_peer(peer)
             raise
+
+    def _add_sub(self, peer: bytes, state: _Peer, pub_addr: str, key: bytes | None) -> None:
+        state.pub_addr = pub_addr
+        state.sub = self._client_socket(zmq.SUB, key)
+        self._add_peer_socket(peer, state, state.sub, self._on_sub_ready)
+        for topic in self._subscriptions:
+            state.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        state.sub.connect(pub_addr)
 
     def _add_peer_socket(
         self, peer: bytes, state: _Peer, sock: Socket, handler: Callable[[Socket], None]

@@ -12,7 +12,8 @@ threads never touch a network socket:
   as PUB/SUB itself. Control commands wait for room, at most ``COMMAND_TIMEOUT_MS``.
 - Deliveries come up the event pipe. ``recv`` is for ONE consumer thread at a time (a
   lock enforces it); it polls in short slices so ``close`` can take the pipe from it.
-- Publications whose topic is one of ``express_topics`` come up a pipe of their own, read
+- Publications whose topic is one of ``express_topics``, and direct messages whose first
+  byte is one of ``express_channels``, come up a pipe of their own, read
   by ``recv_express`` (one consumer thread too): a consumer busy with what ``recv``
   returned (a long apply, an fsync) must not hold back a message whose timing is the
   point, such as a heartbeat, and a full event pipe must not drop one.
@@ -75,6 +76,7 @@ class Transport:
         curve: CurveKeys | None = None,
         express_topics: frozenset[bytes] = frozenset(),
         faults: TransportFaults | None = None,
+        express_channels: frozenset[bytes] = frozenset(),
     ) -> None:
         if not identity:
             raise TransportError("identity must be non-empty bytes")
@@ -93,6 +95,7 @@ class Transport:
         self._curve = curve
         self._express_topics = express_topics
         self._faults = faults
+        self._express_channels = express_channels
         self._counters = Counters()
         self._state_lock = threading.Lock()
         self._command_lock = threading.Lock()
@@ -139,7 +142,7 @@ class Transport:
         self._events.setsockopt(zmq.RCVHWM, self._settings.rcvhwm)
         self._events.bind(name + "-events")
         express_endpoint = None
-        if self._express_topics:
+        if self._express_topics or self._express_channels:
             express_endpoint = name + "-express"
             self._express = self._context.socket(zmq.PAIR)
             self._express.setsockopt(zmq.LINGER, 0)
@@ -156,6 +159,7 @@ class Transport:
             express_endpoint=express_endpoint,
             express_topics=self._express_topics,
             faults=self._faults,
+            express_channels=self._express_channels,
         )
         self._thread = IOThread(self._context, config, self._counters)
         self._thread.start()
@@ -326,9 +330,9 @@ class Transport:
         return self._receive(self._recv_lock, "_events", timeout)
 
     def recv_express(self, timeout: float | None) -> Delivery | None:
-        """As ``recv``, for publications on an ``express_topics`` topic only. For one
+        """As ``recv``, for what ``express_topics`` and ``express_channels`` name. For one
         consumer thread at a time, which may be another than ``recv``'s."""
-        if not self._express_topics:
+        if not self._express_topics and not self._express_channels:
             raise TransportError("recv_express: this transport has no express_topics")
         return self._receive(self._express_lock, "_express", timeout)
 

@@ -37,3 +37,10 @@ class MembershipSettings:
     process sharing it: ``members()``, ``watch_members()``, tooz) at once on each status
     change, and at least this often otherwise (last-heard times, and a stamp that tells
     readers the view is current; one older than three intervals reads as stale)."""
+
+    overlay: bool = False
+    """Membership over a partial-view overlay (HyParView neighbours, probing, gossip;
+    :mod:`crdtstore.membership.protocol`) instead of every node connecting to, and
+    hearing the heartbeats of, every other: connections and idle cost per node stay flat
+    as the cluster grows, and deltas reach non-neighbours relayed by neighbours. Every
+    node of a cluster must use the same mode."""

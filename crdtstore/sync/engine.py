@@ -56,7 +56,7 @@ from typing import Any
 
 from crdtstore.crdt import check_drift
 from crdtstore.errors import ClockDriftError, DecodeError, Error
-from crdtstore.sync.delivery import CausalDelivery
+from crdtstore.sync.delivery import CausalDelivery, applied
 from crdtstore.sync.digests import vv_hash, vv_total
 from crdtstore.sync.liveness import LivenessCheck
 from crdtstore.sync.messages import (
@@ -122,8 +122,12 @@ class SyncEngine:
         replica: Replica,
         settings: SyncSettings | None = None,
         topics: Iterable[str] | None = None,
+        relay: bool = False,
     ) -> None:
+        """``relay``: republish every new batch received on a subscription (the overlay
+        mode, where a node hears only its neighbours, and they only theirs)."""
         self.node_id = node_id
+        self.relay = relay
         self.replica = replica
         self.settings = cfg = settings if settings is not None else SyncSettings()
         self.topics: frozenset[str] | None = None if topics is None else frozenset(topics)
@@ -339,8 +343,21 @@ class SyncEngine:
         return route.handler(msg, frame)
 
     def _on_batch(self, msg: DeltaBatch, frame: _Received) -> list[Outgoing]:
-        self._apply_batch(msg, frame.data, frame.now_ms)
-        return []
+        ns = msg.namespace
+        if self.relay and msg.origin == self.node_id:
+            self.stats["own_batches_relayed_back"] += 1  # a neighbour passing ours on
+            return []
+        if not self.relay or not self.holds(ns) or applied(msg, self.delivery.context(ns)):
+            self._apply_batch(msg, frame.data, frame.now_ms)
+            return []
+        held = self.delivery.buffer.held(ns)
+        taken = self._apply_batch(msg, frame.data, frame.now_ms)
+        if not taken and self.delivery.buffer.held(ns) <= held:
+            return []  # refused (or held before): nothing new to pass on
+        # New here, so new to some neighbours: pass the same bytes on. A node relays a
+        # batch once (a second copy is a duplicate above), so a flood ends.
+        self.stats["batches_relayed"] += 1
+        return self._count_sent([Publish(ns, frame.data)])
 
     def _on_repair_request(self, msg: RepairRequest, frame: _Received) -> list[Outgoing]:
         return self.repair_server.serve(frame.peer, msg)

@@ -1,0 +1,366 @@
+"""The overlay's and the failure detector's messages, and their wire form.
+
+They share the sync engine's envelope (``[version, kind, *fields]``, strict decoding,
+registered kinds) and travel on the membership channel, node to node. Every count is
+bounded: a list longer than its limit is refused whole, so a hostile peer cannot make a
+node allocate more than a few hundred kilobytes for one message.
+
+A :class:`Contact` is how a node reaches another before (or without) its replicated
+record: its addresses, key and the incarnation the contact was taken at.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from crdtstore.codec import expect, expect_int, expect_list, expect_replica
+from crdtstore.errors import DecodeError
+from crdtstore.sync.messages import register
+
+MAX_ADDRESS_LEN = 512
+MAX_KEY_LEN = 64
+MAX_CONTACTS = 64
+"""Contacts in one shuffle, join or forward-join: views are far smaller than this."""
+MAX_UPDATES = 256
+"""Status updates piggybacked on one message."""
+MAX_TABLE = 100_000
+"""Entries of one member-table exchange (a whole cluster's statuses)."""
+MAX_TTL = 32
+
+
+class Status(enum.IntEnum):
+    """What a member table says of a member. At one incarnation a later entry in this
+    order overrides an earlier one (SWIM's rule), and a higher incarnation overrides all
+    but ``LEFT`` and ``DEAD`` of a higher-or-equal one."""
+
+    ALIVE = 0
+    SUSPECT = 1
+    DEAD = 2
+    LEFT = 3
+
+
+def _address(obj: Any, what: str) -> str:
+    addr: str = expect(obj, str, what)
+    if not addr or len(addr) > MAX_ADDRESS_LEN:
+        raise DecodeError(f"{what}: length outside [1, {MAX_ADDRESS_LEN}]")
+    return addr
+
+
+@dataclass(frozen=True, slots=True)
+class Contact:
+    node_id: str
+    router: str
+    pub: str
+    public_key: str | None
+    incarnation: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.node_id, self.router, self.pub, self.public_key, self.incarnation]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Contact:
+        node_id, router, pub, key, incarnation = expect_list(obj, "contact", 5)
+        if key is not None:
+            key = expect(key, str, "public key")
+            if len(key) > MAX_KEY_LEN:
+                raise DecodeError("contact: public key too long")
+        return cls(
+            expect_replica(node_id, "contact node id"),
+            _address(router, "contact router"),
+            _address(pub, "contact pub"),
+            key,
+            expect_int(incarnation, "contact incarnation"),
+        )
+
+
+def _contacts(obj: Any, what: str, limit: int = MAX_CONTACTS) -> tuple[Contact, ...]:
+    items = expect_list(obj, what)
+    if len(items) > limit:
+        raise DecodeError(f"{what}: {len(items)} contacts (limit {limit})")
+    return tuple(Contact.from_wire(c) for c in items)
+
+
+@dataclass(frozen=True, slots=True)
+class Update:
+    """``contact``'s member is ``status`` at ``contact.incarnation``."""
+
+    contact: Contact
+    status: Status
+
+    @property
+    def node_id(self) -> str:
+        return self.contact.node_id
+
+    @property
+    def incarnation(self) -> int:
+        return self.contact.incarnation
+
+    def to_wire(self) -> list[Any]:
+        return [int(self.status), *self.contact.to_wire()]
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> Update:
+        items = expect_list(obj, "update", 6)
+        status = expect_int(items[0], "update status", 0, len(Status) - 1)
+        return cls(Contact.from_wire(items[1:]), Status(status))
+
+
+def _updates(obj: Any, what: str, limit: int = MAX_UPDATES) -> tuple[Update, ...]:
+    items = expect_list(obj, what)
+    if len(items) > limit:
+        raise DecodeError(f"{what}: {len(items)} updates (limit {limit})")
+    return tuple(Update.from_wire(u) for u in items)
+
+
+# -- HyParView -------------------------------------------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Join:
+    """To a contact (a seed): take me into your active view and walk my contact."""
+
+    KIND: ClassVar[str] = "ov_join"
+    joiner: Contact
+    versions: tuple[int, ...] = (2,)
+
+    def to_wire(self) -> list[Any]:
+        return [self.joiner.to_wire(), list(self.versions)]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Join:
+        joiner, versions = expect_list(fields, "join", 2)
+        return cls(Contact.from_wire(joiner), _versions(versions))
+
+
+def _versions(obj: Any) -> tuple[int, ...]:
+    items = expect_list(obj, "versions")
+    if not 1 <= len(items) <= 16:
+        raise DecodeError("versions: between 1 and 16 expected")
+    return tuple(expect_int(v, "version", 1, 1 << 16) for v in items)
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ForwardJoin:
+    KIND: ClassVar[str] = "ov_fwd_join"
+    joiner: Contact
+    ttl: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.joiner.to_wire(), self.ttl]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> ForwardJoin:
+        joiner, ttl = expect_list(fields, "forward join", 2)
+        return cls(Contact.from_wire(joiner), expect_int(ttl, "ttl", 0, MAX_TTL))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Neighbor:
+    """Ask to become a symmetric neighbour. ``high``: the sender has no neighbour left
+    and must be taken (the receiver evicts one if full)."""
+
+    KIND: ClassVar[str] = "ov_neighbor"
+    sender: Contact
+    high: bool
+
+    def to_wire(self) -> list[Any]:
+        return [self.sender.to_wire(), self.high]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Neighbor:
+        sender, high = expect_list(fields, "neighbor", 2)
+        return cls(Contact.from_wire(sender), expect(high, bool, "priority"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class NeighborReply:
+    KIND: ClassVar[str] = "ov_neighbor_reply"
+    sender: Contact
+    accepted: bool
+
+    def to_wire(self) -> list[Any]:
+        return [self.sender.to_wire(), self.accepted]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> NeighborReply:
+        sender, accepted = expect_list(fields, "neighbor reply", 2)
+        return cls(Contact.from_wire(sender), expect(accepted, bool, "accepted"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Disconnect:
+    """The sender drops the receiver from its active view (keeps it as passive)."""
+
+    KIND: ClassVar[str] = "ov_disconnect"
+    sender: str
+
+    def to_wire(self) -> list[Any]:
+        return [self.sender]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Disconnect:
+        (sender,) = expect_list(fields, "disconnect", 1)
+        return cls(expect_replica(sender, "disconnect sender"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Shuffle:
+    KIND: ClassVar[str] = "ov_shuffle"
+    origin: Contact
+    ttl: int
+    sample: tuple[Contact, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [self.origin.to_wire(), self.ttl, [c.to_wire() for c in self.sample]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Shuffle:
+        origin, ttl, sample = expect_list(fields, "shuffle", 3)
+        return cls(
+            Contact.from_wire(origin),
+            expect_int(ttl, "ttl", 0, MAX_TTL),
+            _contacts(sample, "shuffle sample"),
+        )
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class ShuffleReply:
+    KIND: ClassVar[str] = "ov_shuffle_reply"
+    sample: tuple[Contact, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [[c.to_wire() for c in self.sample]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> ShuffleReply:
+        (sample,) = expect_list(fields, "shuffle reply", 1)
+        return cls(_contacts(sample, "shuffle reply sample"))
+
+
+# -- failure detection and dissemination ----------------------------------------------
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A probe. ``on_behalf``: the requester of an indirect probe (its ack goes back to
+    it through this sender). Updates ride along (SWIM's piggybacking)."""
+
+    KIND: ClassVar[str] = "sw_ping"
+    seq: int
+    updates: tuple[Update, ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq, [u.to_wire() for u in self.updates]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Ping:
+        seq, updates = expect_list(fields, "ping", 2)
+        return cls(expect_int(seq, "ping seq"), _updates(updates, "ping updates"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Ack:
+    KIND: ClassVar[str] = "sw_ack"
+    seq: int
+    incarnation: int
+    updates: tuple[Update, ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq, self.incarnation, [u.to_wire() for u in self.updates]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Ack:
+        seq, incarnation, updates = expect_list(fields, "ack", 3)
+        return cls(
+            expect_int(seq, "ack seq"),
+            expect_int(incarnation, "ack incarnation"),
+            _updates(updates, "ack updates"),
+        )
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class PingReq:
+    """Probe ``target`` for me and ack my ``seq`` if it answers (SWIM's indirect probe)."""
+
+    KIND: ClassVar[str] = "sw_ping_req"
+    seq: int
+    target: Contact
+
+    def to_wire(self) -> list[Any]:
+        return [self.seq, self.target.to_wire()]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> PingReq:
+        seq, target = expect_list(fields, "ping req", 2)
+        return cls(expect_int(seq, "ping req seq"), Contact.from_wire(target))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class Gossip:
+    """Status updates sent at once to every neighbour by whoever learns them first."""
+
+    KIND: ClassVar[str] = "sw_gossip"
+    updates: tuple[Update, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [[u.to_wire() for u in self.updates]]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> Gossip:
+        (updates,) = expect_list(fields, "gossip", 1)
+        return cls(_updates(updates, "gossip updates"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TableSync:
+    """A whole member table (push-pull): sent to a new neighbour, and to one neighbour
+    now and then, so that what every update missed is repaired. ``reply``: the answer
+    to one (not answered again)."""
+
+    KIND: ClassVar[str] = "sw_table"
+    entries: tuple[Update, ...]
+    reply: bool
+
+    def to_wire(self) -> list[Any]:
+        return [[u.to_wire() for u in self.entries], self.reply]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> TableSync:
+        entries, reply = expect_list(fields, "table sync", 2)
+        return cls(_updates(entries, "table entries", MAX_TABLE), expect(reply, bool, "reply"))
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TableDigest:
+    """A member table's order-free hash and size: equal hashes mean equal tables, so the
+    periodic push-pull costs a few bytes until something differs (then the table)."""
+
+    KIND: ClassVar[str] = "sw_table_digest"
+    digest: int
+    count: int
+
+    def to_wire(self) -> list[Any]:
+        return [self.digest, self.count]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> TableDigest:
+        digest, count = expect_list(fields, "table digest", 2)
+        return cls(
+            expect_int(digest, "table hash", 0, (1 << 64) - 1),
+            expect_int(count, "table size", 0, MAX_TABLE),
+        )

@@ -1,0 +1,353 @@
+"""The overlay membership protocol's own thread (``membership = "overlay"``).
+
+What :mod:`crdtstore.liveness` is to the all-to-all heartbeats, this is to the sans-I/O
+:class:`~crdtstore.membership.protocol.MembershipProtocol`: it runs the protocol on a
+thread of its own, fed by the transport's express pipe, so that a probe is answered
+while the replicator's thread is busy with an apply or an fsync. It owns every
+connection of the node in this mode:
+
+- a neighbour (the protocol's active view) gets a DEALER and a SUB (``connect_peer``
+  with both addresses); the replicator hears of it (``take_neighbour_events``) to add it
+  to the sync engine and greet it;
+- any other member this thread must reach (a probe on behalf of a neighbour, a shuffle
+  reply, a reconnection attempt) gets a DEALER only, closed once idle for
+  ``3 * probe_interval_ms``; that bounds a node's connections by the active view's size
+  plus the few exchanges of the last seconds, whatever the cluster's size.
+
+Invariants: the protocol object is touched only under ``_lock``; connection bookkeeping
+too. Nothing here touches the replica or the sync engine.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from crdtstore.errors import DecodeError
+from crdtstore.liveness import Liveness, LivenessTransport
+from crdtstore.membership import MemberStatus, StatusChange
+from crdtstore.membership.observed import Observation
+from crdtstore.membership.protocol import (
+    SEED_PREFIX,
+    MembershipProtocol,
+    NeighbourDown,
+    NeighbourUp,
+    ProtocolSettings,
+    Refuted,
+    Send,
+)
+from crdtstore.membership.records import MemberRecord
+from crdtstore.membership.wire import Contact
+from crdtstore.storage.member_view import MemberViewStore
+from crdtstore.sync.messages import decode_message, encode_message
+from transport import Delivery
+
+log = logging.getLogger(__name__)
+
+CHANNEL_OVERLAY = b"O"
+DRAIN_MAX = 1024
+
+
+class OverlayTransport(LivenessTransport, Protocol):
+    def send(self, peer: bytes, payload: bytes) -> None: ...
+
+    def connect_peer(
+        self,
+        peer: bytes,
+        router_addr: str,
+        pub_addr: str | None,
+        peer_public_key: bytes | None = None,
+    ) -> None: ...
+
+    def disconnect_peer(self, peer: bytes) -> None: ...
+
+
+def contact_of(record: MemberRecord) -> Contact:
+    return Contact(record.node_id, record.router, record.pub, record.public_key, record.incarnation)
+
+
+class OverlayLiveness(Liveness):
+    """The overlay protocol on its own thread; the replicator's interface of ``Liveness``."""
+
+    def __init__(
+        self,
+        *,
+        node_id: str,
+        transport: OverlayTransport,
+        settings: ProtocolSettings,
+        seeds: list[tuple[str, bytes | None]],
+        view_interval_ms: int,
+        view: MemberViewStore | None,
+        clock: Callable[[], int],
+        poll_ms: int = 50,
+        rng: random.Random | None = None,
+    ) -> None:
+        super().__init__(
+            node_id=node_id,
+            transport=transport,
+            heartbeat_topic=b"",
+            heartbeat_interval_ms=settings.probe_interval_ms,
+            suspect_after_ms=settings.suspect_after_ms,
+            dead_after_ms=settings.dead_after_ms,
+            view_interval_ms=view_interval_ms,
+            view=view,
+            clock=clock,
+            poll_ms=poll_ms,
+        )
+        self._net: OverlayTransport = transport
+        self._settings = settings
+        self._seeds = seeds
+        self._rng = rng or random.Random()
+        self._protocol: MembershipProtocol | None = None
+        self._neighbours: dict[str, Contact] = {}
+        self._pinned: dict[str, Contact] = {}  # links kept for a topic's sake
+        self._transient: dict[str, int] = {}  # node id -> last use (ms)
+        self._seed_aliases: set[str] = set()
+        self._events: list[NeighbourUp | NeighbourDown] = []
+        self._heard_at: dict[str, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start_overlay(self, me: MemberRecord) -> None:
+        now = self._clock()
+        seeds = [
+            Contact(SEED_PREFIX + addr, addr, addr, None if key is None else key.decode(), 0)
+            for addr, key in self._seeds
+            if addr != me.router
+        ]
+        with self._lock:
+            self._incarnation = me.incarnation
+            self._protocol = MembershipProtocol(
+                contact_of(me), self._settings, self._rng, now, seeds
+            )
+        self.start(me.incarnation, me.router)
+
+    def leave(self) -> None:
+        """Tell the neighbours this node leaves (before the transport closes)."""
+        with self._lock:
+            if self._protocol is None:
+                return
+            self._run_commands(self._protocol.leave(self._clock()))
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def step(self) -> None:
+        with self._lock:
+            deadline = 0 if self._protocol is None else self._protocol.next_deadline()
+        now = self._clock()
+        wait_ms = max(0, min(deadline - now, self._poll_ms))
+        delivery = self._transport.recv_express(wait_ms / 1000)
+        handled = 0
+        while delivery is not None:
+            self.on_delivery(delivery, self._clock())
+            handled += 1
+            if handled >= DRAIN_MAX:
+                break
+            delivery = self._transport.recv_express(0)
+        now = self._clock()
+        with self._lock:
+            if self._protocol is not None and now >= self._protocol.next_deadline():
+                self._run_commands(self._protocol.tick(now))
+                self._close_idle(now)
+
+    def on_delivery(self, delivery: Delivery, now: int) -> None:
+        if delivery.kind != "direct" or not delivery.payload.startswith(CHANNEL_OVERLAY):
+            self.stats["rejected_overlay"] += 1
+            return
+        peer = (delivery.peer or b"").decode("utf-8", "replace")
+        try:
+            msg = decode_message(delivery.payload[1:])
+        except DecodeError as exc:
+            self.stats["rejected_overlay"] += 1
+            log.debug("overlay: undecodable message from %r: %s", peer, exc)
+            return
+        with self._lock:
+            if self._protocol is None:
+                return
+            if peer in self._transient:
+                self._transient[peer] = now
+            self._heard_at[peer] = now
+            self._run_commands(self._protocol.on_message(peer, msg, now))
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _run_commands(self, commands: Sequence[object]) -> None:
+        # Connections first: a reply to a new neighbour must leave on the connection it
+        # keeps, and one to a dropped neighbour on the connection still open.
+        ordered: list[object] = [c for c in commands if isinstance(c, (NeighbourUp, NeighbourDown))]
+        ordered += [c for c in commands if not isinstance(c, (NeighbourUp, NeighbourDown))]
+        for command in ordered:
+            if isinstance(command, Send):
+                self._send(command)
+            elif isinstance(command, StatusChange):
+                self._changes.append(command)
+                self._unlogged.append(command)
+                self._view_due.set()
+            elif isinstance(command, NeighbourUp):
+                self._neighbour_up(command.contact)
+            elif isinstance(command, NeighbourDown):
+                self._neighbour_down(command.node_id)
+            elif isinstance(command, Refuted):
+                self._incarnation = command.incarnation
+                self._refuted = command.incarnation
+                self.stats["refutations"] += 1
+
+    def _send(self, command: Send) -> None:
+        data = CHANNEL_OVERLAY + encode_message(command.msg)  # type: ignore[arg-type]
+        to = command.to
+        if isinstance(to, str):
+            self._net.send(to.encode(), data)
+            return
+        node_id = to.node_id
+        if node_id.startswith(SEED_PREFIX):
+            if node_id not in self._seed_aliases:
+                self._connect(node_id, to.router, None, to.public_key)
+                self._seed_aliases.add(node_id)
+        elif node_id not in self._neighbours and node_id not in self._pinned:
+            if node_id not in self._transient:
+                self._connect(node_id, to.router, None, to.public_key)
+            self._transient[node_id] = self._clock()
+        self._net.send(node_id.encode(), data)
+        self.stats["overlay_sent"] += 1
+
+    def _connect(self, node_id: str, router: str, pub: str | None, key: str | None) -> None:
+        try:
+            self._net.connect_peer(
+                node_id.encode(), router, pub, None if key is None else key.encode()
+            )
+        except Exception as exc:  # a bad address from a peer must not stop the thread
+            self.stats["overlay_connect_errors"] += 1
+            log.warning("overlay: cannot connect to %s at %s: %s", node_id, router, exc)
+
+    def _neighbour_up(self, contact: Contact) -> None:
+        self._transient.pop(contact.node_id, None)
+        self._neighbours[contact.node_id] = contact
+        self._connect(contact.node_id, contact.router, contact.pub, contact.public_key)
+        self._events.append(NeighbourUp(contact))
+        self.stats["neighbours_up"] += 1
+
+    def _neighbour_down(self, node_id: str) -> None:
+        if self._neighbours.pop(node_id, None) is None:
+            return
+        if node_id not in self._pinned:
+            # Closed once idle, not now: what was just queued for it (the Disconnect that
+            # ended the link, a leave) would die with a socket closed at linger 0.
+            self._transient[node_id] = self._clock()
+        self._events.append(NeighbourDown(node_id))
+        self.stats["neighbours_down"] += 1
+
+    def _close_idle(self, now: int) -> None:
+        limit = 3 * self._settings.probe_interval_ms
+        for node_id, used in list(self._transient.items()):
+            if now - used > limit:
+                del self._transient[node_id]
+                self._net.disconnect_peer(node_id.encode())
+        if self._neighbours and self._seed_aliases:
+            for alias in self._seed_aliases:
+                self._net.disconnect_peer(alias.encode())
+            self._seed_aliases.clear()
+
+    # -- the replicator's interface ------------------------------------------------------------
+
+    def take_neighbour_events(self) -> list[NeighbourUp | NeighbourDown]:
+        with self._lock:
+            events, self._events = self._events, []
+        return events
+
+    def connections(self) -> int:
+        with self._lock:
+            linked = self._neighbours.keys() | self._pinned.keys()
+            return len(linked) + len(self._transient) + len(self._seed_aliases)
+
+    def pin(self, record: MemberRecord) -> None:
+        """Keep a DEALER and a SUB to ``record``'s member whether or not it is a
+        neighbour (a holder of a topic this node holds; see the replicator)."""
+        with self._lock:
+            contact = contact_of(record)
+            self._pinned[contact.node_id] = contact
+            self._transient.pop(contact.node_id, None)
+            self._connect(contact.node_id, contact.router, contact.pub, contact.public_key)
+
+    def unpin(self, node_id: str) -> None:
+        with self._lock:
+            if self._pinned.pop(node_id, None) is not None and node_id not in self._neighbours:
+                self._transient[node_id] = self._clock()
+
+    def pinned(self) -> set[str]:
+        with self._lock:
+            return set(self._pinned)
+
+    def is_neighbour(self, node_id: str) -> bool:
+        with self._lock:
+            return node_id in self._neighbours
+
+    def neighbours(self) -> list[str]:
+        with self._lock:
+            return sorted(self._neighbours)
+
+    def learn(self, record: MemberRecord, now: int) -> None:
+        """A member record read from replicated state."""
+        with self._lock:
+            if self._protocol is None:
+                return
+            self._run_commands(self._protocol.learn(contact_of(record), now, left=record.left))
+
+    def add(
+        self, node_id: str, incarnation: int, now: int, left: bool = False
+    ) -> list[StatusChange]:
+        return []  # members come from records through learn() in this mode
+
+    def forget(self, node_id: str) -> None:
+        pass  # the protocol prunes on its own clock
+
+    def known(self) -> list[str]:
+        with self._lock:
+            return (
+                []
+                if self._protocol is None
+                else [n for n in self._protocol.members() if n != self.node_id]
+            )
+
+    def incarnation_of(self, node_id: str) -> int | None:
+        with self._lock:
+            row = None if self._protocol is None else self._protocol.member(node_id)
+        return None if row is None else row[1]
+
+    def status(self, node_id: str) -> MemberStatus | None:
+        with self._lock:
+            return None if self._protocol is None else self._protocol.status(node_id)
+
+    def last_heard_ms(self, node_id: str) -> int | None:
+        with self._lock:
+            return self._heard_at.get(node_id)
+
+    @property
+    def local_health(self) -> int:
+        with self._lock:
+            return 0 if self._protocol is None else self._protocol.local_health
+
+    def raise_incarnation(self, at_least: int) -> int:
+        with self._lock:
+            if self._protocol is not None:
+                self._run_commands(self._protocol.raise_incarnation(at_least, self._clock()))
+            self._incarnation = max(self._incarnation, at_least)
+            return self._incarnation
+
+    def _observations(self) -> dict[str, Observation]:
+        if self._protocol is None:
+            return {}
+        out = {}
+        for node_id, (status, incarnation, since) in self._protocol.members().items():
+            if node_id == self.node_id:
+                continue
+            heard = self._heard_at.get(node_id, since)
+            out[node_id] = Observation(status, incarnation, since, heard)
+        return out
+
+    def beat(self, now: int) -> None:
+        pass  # no heartbeats: neighbours are probed
+
+    def tick(self, now: int) -> None:
+        pass  # the protocol ticks in step()

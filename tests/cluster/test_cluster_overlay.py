@@ -1,0 +1,84 @@
+"""The overlay mode between real processes: partial connectivity, relayed deltas, SWIM.
+
+Every node is a ``crdtstore serve`` process with ``overlay = true``; more nodes than the
+active view holds, so that most pairs are not connected and what one node writes reaches
+most others only relayed by neighbours.
+"""
+
+from __future__ import annotations
+
+from cluster_support import Cluster, ServeNode, same_state, wait_until
+
+import crdtstore
+from crdtstore.membership.overlay import OverlaySettings
+
+FAST = {
+    "overlay": True,
+    "heartbeat_interval_ms": 200,
+    "suspect_after_ms": 1_000,
+    "dead_after_ms": 2_000,
+    "status_interval_ms": 100,
+}
+COUNT = 9  # > active view + 1: not everyone can be everyone's neighbour
+
+
+def seen_as(observers: list[ServeNode], node_id: str, status: str) -> bool:
+    return all(o.member_status().get(node_id, ("?", 0))[0] == status for o in observers)
+
+
+def overlay(node: ServeNode) -> dict[str, object]:
+    status = node.status() or {}
+    return status.get("overlay") or {}
+
+
+def test_overlay_nodes_see_all_connect_to_few_and_relay_writes(cluster: Cluster) -> None:
+    nodes = cluster.start(COUNT, **FAST)
+    wait_until(lambda: cluster.all_members_alive(COUNT), f"every node sees {COUNT} alive")
+    active = OverlaySettings().active_size
+    wait_until(
+        lambda: all(overlay(n).get("neighbours") for n in nodes), "every node has neighbours"
+    )
+    for node in nodes:
+        neighbours = overlay(node)["neighbours"]
+        assert isinstance(neighbours, list) and 1 <= len(neighbours) <= active, neighbours
+
+    # Symmetric: a neighbour of mine counts me among its own (checked once views settle).
+    def symmetric() -> bool:
+        views = {n.name: set(overlay(n).get("neighbours") or []) for n in nodes}
+        return all(a in views[b] for a, bs in views.items() for b in bs)
+
+    wait_until(symmetric, "neighbour views are symmetric", 30)
+    views = {n.name: set(overlay(n)["neighbours"]) for n in nodes}  # type: ignore[arg-type]
+    far = [(a, b) for a in views for b in views if a != b and b not in views[a]]
+    assert far, "with 9 nodes and views of 5, some pairs are not neighbours"
+
+    # A write on one node reaches one that is not its neighbour, relayed.
+    writer_name, reader_name = far[0]
+    writer = next(n for n in nodes if n.name == writer_name)
+    with crdtstore.open(writer.data) as handle:
+        handle.lww_map("cfg")["k"] = "relayed"
+    wait_until(lambda: same_state(nodes, ["cfg"]), "every replica holds the write", 30)
+    reader = next(n for n in nodes if n.name == reader_name)
+    assert (
+        reader.counter("sync", "batches_relayed")
+        + sum(n.counter("sync", "batches_relayed") for n in nodes)
+        > 0
+    )
+    assert [e["key"] for e in reader.dump("cfg")] == ["k"]
+
+
+def test_overlay_detects_a_kill_and_takes_the_member_back_after_restart(
+    cluster: Cluster,
+) -> None:
+    nodes = cluster.start(COUNT, **FAST)
+    wait_until(lambda: cluster.all_members_alive(COUNT), f"every node sees {COUNT} alive")
+    victim, observers = nodes[-1], nodes[:-1]
+    old = observers[0].member_status()[victim.name][1]
+    victim.kill()
+    wait_until(lambda: seen_as(observers, victim.name, "dead"), "all see the victim dead", 60)
+    victim.start()
+    wait_until(lambda: seen_as(observers, victim.name, "alive"), "the victim is back", 60)
+    assert all(o.member_status()[victim.name][1] > old for o in observers)
+    with crdtstore.open(victim.data) as handle:
+        handle.or_set("jobs").add("after-restart")
+    wait_until(lambda: same_state(nodes, ["jobs"]), "the restarted node's write is everywhere", 30)
