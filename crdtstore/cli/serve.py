@@ -61,6 +61,13 @@ def add_parser(sub: Any) -> None:
         "is a restart to be (peers see the node suspect, then dead, until it returns)",
     )
     serve.add_argument(
+        "--overlay",
+        action="store_true",
+        default=None,
+        help="membership over a partial-view overlay (few connections per node, flat idle "
+        "cost as the cluster grows); every node of a cluster must use the same mode",
+    )
+    serve.add_argument(
         "--metrics-bind",
         metavar="HOST:PORT",
         help="serve Prometheus /metrics and /healthz over HTTP there",
@@ -95,6 +102,7 @@ def serve_options(args: argparse.Namespace) -> dict[str, Any]:
         "secret_key": None if args.secret_key is None else str(args.secret_key),
         "keys_dir": None if args.keys_dir is None else str(args.keys_dir),
         "leave_on_terminate": args.leave_on_terminate,
+        "overlay": args.overlay,
     }
     options.update({k: v for k, v in flags.items() if v is not None})
     if "data" not in options:

@@ -101,3 +101,32 @@ def test_version_of_both_commands() -> None:
         assert done.returncode == 0, done.stderr
         name, version = done.stdout.split()
         assert name == Path(command).name and version[0].isdigit()
+
+
+def test_overlay_flag_runs_the_node_in_overlay_mode(tmp_path: Path) -> None:
+    from cli_support import FlaggedNode
+
+    from crdtstore.testing.localcluster import wait_until
+
+    first = FlaggedNode(tmp_path, "a", [], {"status_interval_ms": 100}, flags=["--overlay"])
+    second = FlaggedNode(
+        tmp_path, "b", [first.bind], {"status_interval_ms": 100}, flags=["--overlay"]
+    )
+    first.start()
+    second.start()
+    try:
+
+        def neighbours(node: ServeNode) -> list[str]:
+            status = node.status() or {}
+            return list((status.get("overlay") or {}).get("neighbours", []))
+
+        wait_until(lambda: neighbours(first) == ["b"] and neighbours(second) == ["a"], "linked")
+        plain = ServeNode(tmp_path, "c", [], {"status_interval_ms": 100}).start()
+        try:
+            wait_until(lambda: plain.status() is not None, "c writes its status")
+            assert (plain.status() or {}).get("overlay") is None  # the default: full mesh
+        finally:
+            plain.stop()
+    finally:
+        second.stop()
+        first.stop()
