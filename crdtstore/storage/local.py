@@ -140,6 +140,42 @@ class LocalWrite:
         self._release()
         self._broken = self._broken or "aborted"
 
+    @property
+    def active(self) -> bool:
+        """Whether mutations may still be made (neither committed, aborted nor broken)."""
+        return self._active
+
+    # A group commit (:mod:`.group`) runs several writers' mutations here. An op that
+    # raises one of the package's errors has recorded nothing and changed nothing (each
+    # validates before it writes, and the kernel puts a row back when it refuses it); any
+    # other failure is undone by rolling back to the mark taken before the mutation.
+
+    def savepoint(self) -> int:
+        """A mark of the ops so far, for :meth:`rollback`."""
+        return len(self._ops)
+
+    def rollback(self, mark: int) -> None:
+        """Undo every op after ``mark``: the transaction begins again and the ops before
+        it are replayed (LMDB's nested transactions would undo the rows, not this
+        object's account of them). As after map growth, reads made by those ops are not
+        re-validated: another process may commit in between."""
+        if not self._active:
+            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
+        del self._ops[mark:]
+        self._release()
+        try:
+            self._begin()
+            while True:
+                try:
+                    self._replay()
+                    return
+                except lmdb.MapFullError:
+                    self._regrow()
+        except lmdb.Error as exc:
+            self._broken = f"LMDB error: {exc}"
+            self._release()
+            raise StorageError(f"write to {self._env.path} failed: {exc}") from exc
+
     def _regrow(self) -> None:
         """Abort, grow the map, begin again; the caller replays."""
         seen = self._env.map_size
