@@ -185,13 +185,21 @@ def replication(root: Path, writers: int, per: int, table: Table) -> None:
         for peer in nodes[1:]:
             wait_until(lambda p=peer: entries(p.data, "load") == total, "replicated", 600, 0.02)
         elapsed = time.perf_counter() - start
+        # The receivers' side: batches applied per durable commit (one per group of
+        # frames queued at one moment), from their status files.
+        wait_until(lambda: all(n.status() for n in nodes[1:]), "status files", 30)
+        received = [
+            (n.counter("sync", "batches_applied"), n.counter("sync", "batch_group_commits"))
+            for n in nodes[1:]
+        ]
     finally:
         stop_all(nodes)
+    per_commit = ", ".join(f"{b:,} batches in {c:,} commits" for b, c in received)
     table.add_row(
         f"3 nodes, {writers} writer threads of single commits ({total:,} updates)",
         f"{total / elapsed:,.0f} upd/s replicated to 2 peers",
         f"written {run.rate:,.0f}/s, p99 {run.p99:.2f} ms",
-        "",
+        f"receivers: {per_commit}",
     )
 
 

@@ -5,16 +5,17 @@ with one transaction per write, concurrent writers only queue for LMDB's writer 
 buy nothing. Here a writer hands its mutation (a function of a
 :class:`~crdtstore.storage.local.LocalWrite`) to the queue of its replica. If no commit
 is in flight it becomes the leader: it begins a write transaction, takes every mutation
-queued by then (its own included), applies them in arrival order, commits (one fsync,
-with ``durability="sync"``), and hands each writer its own result or error. Writers that
-arrive meanwhile wait, and the first of them in line leads the next group. A writer alone
-leads a group of one at once: nothing waits for company.
+queued by then (its own included), applies them in arrival order and commits. It then
+hands the lead to the first writer waiting in line, waits for its commit to be on disk
+(:meth:`Environment.make_durable`: the meta page's flush, which the next group's commit
+may do for it), and hands each writer of its group its own result or error. A writer
+alone leads a group of one at once: nothing waits for company.
 
 Invariants:
 
-- A mutation's outcome is set only once the commit that holds it returned: a caller that
-  got a result has its write on disk (with sync durability); one that got an error has
-  nothing of its mutation written.
+- A mutation's outcome is set only once the commit that holds it is on disk (with sync
+  durability): a caller that got a result has its write there; one that got an error
+  has nothing of its mutation written (or, if only the flush failed, is told so).
 - A mutation that raises leaves the group's other mutations as if it had never run: a
   :class:`~crdtstore.errors.Error` from a ``LocalWrite`` op that recorded no op changed
   nothing (each op validates before it writes); anything else rolls the transaction back
@@ -91,10 +92,12 @@ class GroupCommit:
     def __init__(
         self,
         begin: Callable[[], LocalWrite],
+        durable: Callable[[int], None],
         stats: Counter[str],
         after: Callable[[Committed], None] | None = None,
     ) -> None:
         self._begin = begin
+        self._durable = durable
         self._stats = stats
         self.after = after
         """Called with each group's :class:`Committed` (the node's commit hooks)."""
@@ -135,15 +138,34 @@ class GroupCommit:
                 self._leading = True
                 wake = None
         if wake is not None:
-            wake.acquire()  # released once: committed, or handed the lead
+            wake.acquire()  # released once: settled, or handed the lead
             if req.done:
                 return
         group: list[_Request] = []
-        committed = None
         try:
-            committed = self._commit(group)
+            committed, results = self._commit(group)
         finally:
-            self._hand_over(group, req)
+            self._pass_lead()
+        interrupted: BaseException | None = None
+        if committed is not None:
+            # The next group applies and commits while this one's meta page is flushed.
+            try:
+                self._durable(committed.ticket)
+            except BaseException as exc:
+                committed = None
+                results = [(r, None, _as_error(exc) if r.fn else None) for r, _, _ in results]
+                if not isinstance(exc, Exception):
+                    interrupted = exc
+        for r, result, error in results:
+            r.settle(result, error)
+        with self._lock:
+            for r in group:
+                r.done = True
+        for r in group:
+            if r.wake is not None and r is not req:
+                r.wake.release()
+        if interrupted is not None:
+            raise interrupted
         if committed is not None and self.after is not None:
             self.after(committed)
 
@@ -153,35 +175,33 @@ class GroupCommit:
             group.extend(self._queue)
             self._queue.clear()
 
-    def _hand_over(self, group: list[_Request], me: _Request) -> None:
-        """Mark ``group`` done, wake its waiting writers and the next leader (the first
-        waiting thread in line), or give the lead up if no thread waits."""
+    def _pass_lead(self) -> None:
+        """Hand the lead to the first waiting thread in line, or give it up if none waits."""
         with self._lock:
-            for req in group:
-                req.done = True
             nxt = next((r for r in self._queue if r.wake is not None), None)
             if nxt is None:
                 self._leading = False
-        for req in group:
-            if req.wake is not None and req is not me:
-                req.wake.release()
         if nxt is not None:
             nxt.wake.release()
 
-    def _commit(self, group: list[_Request]) -> Committed | None:
+    def _commit(
+        self, group: list[_Request]
+    ) -> tuple[Committed | None, list[tuple[_Request, Any, BaseException | None]]]:
         """Begin the transaction, take every request queued by then into ``group``, apply
-        and commit them; settle every request. The group's :class:`Committed`, or None if
-        the transaction failed. (Taking the queue once the writer lock is ours lets the
-        writers that queued while another transaction or process held it join.)"""
+        and commit them (not yet flushed). The group's :class:`Committed` (None if the
+        transaction failed) and each request's outcome. (Taking the queue once the writer
+        lock is ours lets the writers that queued while another transaction or process
+        held it join.)"""
         results: list[tuple[_Request, Any, BaseException | None]] = []
         try:
             w = self._begin()
         except BaseException as exc:
             self._take(group)
-            _fail(group, exc)
             if not isinstance(exc, Exception):
+                _settle_all(group, exc)
                 raise
-            return None
+            err = _as_error(exc)
+            return None, [(r, None, err if r.fn else None) for r in group]
         self._take(group)
         try:
             for req in group:
@@ -197,33 +217,35 @@ class GroupCommit:
                     if not (isinstance(exc, Error) and w.savepoint() == mark):
                         w.rollback(mark)  # it may have written before it raised
                     results.append((req, None, exc))
-            committed = w.commit()
+            committed = w.commit(durable=False)
         except Exception as exc:
             w.abort()
             # Nothing is written: every request that had not failed alone gets the error
             # (the leader's own included: the leader raises it as its own outcome).
-            _fail([req for req, _, error in results if error is None], exc)
-            _fail(group[len(results) :], exc)
-            return None
+            err = _as_error(exc)
+            failed = [(r, None, error or (err if r.fn else None)) for r, _, error in results]
+            return None, failed + [(r, None, err if r.fn else None) for r in group[len(results) :]]
         except BaseException as exc:  # KeyboardInterrupt and such, in the leader thread
             w.abort()
-            _fail(group, exc)
+            _settle_all(group, exc)
             raise
         self._stats["group_commits"] += 1  # before any writer returns and reads them
         self._stats["group_commit_writes"] += sum(req.fn is not None for req in group)
-        for req, result, error in results:
-            req.settle(result, error)
-        return committed
+        return committed, results
 
 
-def _fail(requests: list[_Request], exc: BaseException) -> None:
-    """Settle every request with ``exc`` (as a StorageError unless it is an Error)."""
-    for req in requests:
-        if req.fn is None:
-            req.settle(None, None)
-        elif isinstance(exc, Error):
-            req.settle(None, exc)
-        else:
-            err = StorageError(f"the group commit failed; nothing was written: {exc!r}")
-            err.__cause__ = exc
-            req.settle(None, err)
+def _as_error(exc: BaseException) -> Error:
+    if isinstance(exc, Error):
+        return exc
+    err = StorageError(f"the group commit failed; nothing was written: {exc!r}")
+    err.__cause__ = exc
+    return err
+
+
+def _settle_all(group: list[_Request], exc: BaseException) -> None:
+    """Settle and wake every request of a group whose leader is interrupted."""
+    for req in group:
+        req.settle(None, _as_error(exc) if req.fn is not None else None)
+        req.done = True
+        if req.wake is not None and req.wake.locked():
+            req.wake.release()

@@ -81,6 +81,8 @@ class Committed:
     """Namespaces that got a new own delta batch."""
     changed: bool
     """Whether a visible change was journaled."""
+    ticket: int = 0
+    """The commit's ticket (:meth:`Environment.make_durable`)."""
 
 
 class LocalWrite:
@@ -240,14 +242,16 @@ class LocalWrite:
             self._release()
             raise StorageError(f"write to {self._env.path} failed: {err}") from err
 
-    def commit(self) -> Committed:
+    def commit(self, durable: bool = True) -> Committed:
+        """Commit; return once it is on disk (with sync durability), or at once if not
+        ``durable`` (the caller then calls ``make_durable`` with the ticket)."""
         if not self._active:
             raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
         try:
             while True:
                 try:
                     post = self._finish()
-                    self.txn.commit()
+                    ticket = self._env.commit(self.txn)
                     break
                 except lmdb.MapFullError:
                     while True:
@@ -270,9 +274,12 @@ class LocalWrite:
             self._names.remember(name, ns_id, tname)
         for ns_id, data, ctx in post:
             self._names.remember_context(ns_id, data, ctx)
+        if durable:
+            self._env.make_durable(ticket)
         return Committed(
             tuple(n.name for n in self._ns.values() if n.next_seq > n.first),
             self._writer.changed(),
+            ticket,
         )
 
     def _finish(self) -> list[tuple[int, bytes, CausalContext]]:

@@ -122,7 +122,7 @@ class LMDBReplica:
         )
         self._receiver = Receiver(env, self._names, self._log, self._ranges, self._journal, now_ms)
         self._stamps = LastStamp()
-        self.group = GroupCommit(self.begin_local, self.stats)
+        self.group = GroupCommit(self.begin_local, env.make_durable, self.stats)
         """Local writes outside ``transaction()`` go through it (see :mod:`.group`)."""
         self.get_row = env.get
         self._flusher: Flusher | None = None
