@@ -133,17 +133,20 @@ class Environment:
         """Begin a write transaction; the caller holds the gate shared."""
         return self.env.begin(write=True, db=self.state)
 
-    def commit(self, txn: lmdb.Transaction) -> int:
-        """Commit the write transaction ``txn``; its ticket for :meth:`make_durable`."""
+    def commit(self, txn: lmdb.Transaction, dirty: bool = False) -> int:
+        """Commit the write transaction ``txn``; its ticket for :meth:`make_durable`.
+        ``dirty``: the caller knows ``txn`` changed pages (LMDB flushes nothing for a
+        transaction that changed none)."""
         with self._tickets:  # under LMDB's writer lock still: tickets follow commit order
             self._issued += 1
             ticket = self._issued
         txn.commit()
         with self._tickets:
-            # This commit flushed its data pages, and with them the meta pages of every
-            # commit before it: those are on disk now.
             self._finished = max(self._finished, ticket)
-            self._durable = max(self._durable, ticket - 1)
+            if dirty and self._sync_commits:
+                # Its data flush took the meta pages of every earlier commit along (each
+                # finished before this one began): those are on disk now.
+                self._durable = max(self._durable, ticket - 1)
         return ticket
 
     def make_durable(self, ticket: int) -> None:

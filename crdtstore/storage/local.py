@@ -251,7 +251,7 @@ class LocalWrite:
             while True:
                 try:
                     post = self._finish()
-                    ticket = self._env.commit(self.txn)
+                    ticket = self._env.commit(self.txn, dirty=bool(post))
                     break
                 except lmdb.MapFullError:
                     while True:

@@ -28,12 +28,13 @@ def env(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Environment]
     e.close()
 
 
-def commit_one(env: Environment, key: bytes) -> int:
+def commit_one(env: Environment, key: bytes | None) -> int:
     env.gate.enter()
     try:
         txn = env.begin_write()
-        txn.put(key, b"v")
-        return env.commit(txn)
+        if key is not None:
+            txn.put(key, b"v")
+        return env.commit(txn, dirty=key is not None)
     finally:
         env.gate.exit()
 
@@ -56,3 +57,12 @@ def test_a_later_commit_makes_the_earlier_durable_and_one_flush_covers_many(
     env.make_durable(t3)
     env.make_durable(t1)
     assert env.flushes == (1 if sync else 0)  # type: ignore[attr-defined]
+
+
+def test_a_commit_that_changed_nothing_flushed_nothing_for_the_one_before(
+    env: Environment,
+) -> None:
+    t1 = commit_one(env, b"a")
+    commit_one(env, None)  # LMDB flushes nothing for it: t1's meta page is not on disk
+    env.make_durable(t1)
+    assert env.flushes == (1 if env.settings.durability == "sync" else 0)  # type: ignore[attr-defined]
