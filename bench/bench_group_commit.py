@@ -8,7 +8,10 @@ the ratios. Then replication: a 3-node cluster of ``crdtstore serve`` processes,
 threads of single commits into n1's directory, and updates/s until both peers hold all.
 
     .venv/bin/python bench/bench_group_commit.py [--per-writer 300] [--rounds 3]
-                                                 [--only local|replication]
+        [--only local|replication|processes] [--baseline ../main]
+
+``--baseline`` runs the processes part (several processes writing one directory) with
+another checkout's package too, interleaved, for a before/after.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import asyncio
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -196,30 +200,114 @@ def replication(root: Path, writers: int, per: int, table: Table) -> None:
         stop_all(nodes)
     per_commit = ", ".join(f"{b:,} batches in {c:,} commits" for b, c in received)
     table.add_row(
-        f"3 nodes, {writers} writer threads of single commits ({total:,} updates)",
+        f"3 nodes, {writers} writer thread(s) of single commits ({total:,} updates)",
         f"{total / elapsed:,.0f} upd/s replicated to 2 peers",
         f"written {run.rate:,.0f}/s, p99 {run.p99:.2f} ms",
         f"receivers: {per_commit}",
     )
 
 
+PROCESS_WRITER = """
+import sys, threading, time, crdtstore
+path, me, threads, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+with crdtstore.open(path) as node:
+    m = node.lww_map("m")
+    m[me] = 0
+    print("ready", flush=True)
+    sys.stdin.readline()  # every process starts together
+    def work(t):
+        for i in range(per):
+            m[f"{me}-{t}-{i}"] = "v" * 20
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    start = time.perf_counter()
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    print(time.perf_counter() - start, flush=True)
+"""
+
+
+def processes(root: Path, code: Path, count: int, threads_each: int, per: int) -> float:
+    """``count`` processes (the package from ``code``), ``threads_each`` writer threads
+    each, single durable puts into ONE directory: total ops/s."""
+    env = dict(os.environ, PYTHONPATH=str(code))
+    path = root / f"shared-{code.name}-{count}-{threads_each}"
+    crdtstore.open(path, node_id="shared").close()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", PROCESS_WRITER, str(path), f"p{i}", str(threads_each), str(per)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(count)
+    ]
+    for p in procs:
+        assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+    start = time.perf_counter()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    for p in procs:
+        p.communicate(timeout=600)
+    return count * threads_each * per / (time.perf_counter() - start)
+
+
+def shared_directory(
+    root: Path, baseline: Path | None, per: int, rounds: int, table: Table
+) -> None:
+    """Several processes writing one directory, this tree against ``baseline`` (another
+    checkout, e.g. main's worktree), interleaved round by round."""
+    here = Path(__file__).resolve().parents[1]
+    trees = [here] if baseline is None else [here, baseline]
+    for count, threads_each in ((1, 1), (2, 1), (4, 1), (4, 8)):
+        rates: dict[Path, list[float]] = {t: [] for t in trees}
+        for _ in range(rounds):
+            for tree in trees:
+                rates[tree].append(processes(root, tree, count, threads_each, per))
+        mine = _med(rates[here])
+        ref = "" if baseline is None else f"{_med(rates[baseline]):,.0f}/s at {baseline}"
+        ratio = "" if baseline is None else f"{mine / _med(rates[baseline]):.2f}x"
+        table.add_row(
+            f"{count} processes x {threads_each} threads, one directory",
+            f"{mine:,.0f}/s",
+            ref,
+            ratio,
+        )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-writer", type=int, default=300, help="puts per writer")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
-    parser.add_argument("--only", choices=("local", "replication"), action="append")
+    parser.add_argument("--only", choices=("local", "replication", "processes"), action="append")
+    parser.add_argument(
+        "--baseline", type=Path, help="another checkout to compare the processes part with"
+    )
     args = parser.parse_args()
-    parts = set(args.only or ("local", "replication"))
+    parts = set(args.only or ("local", "replication", "processes"))
     load = os.getloadavg()[0]
     table = Table(title=f"bench_group_commit ({os.cpu_count()} cores, load {load:.2f})")
     for col in ("writers", "crdtstore (durable put)", "Redis SET, appendfsync always", "ratio"):
         table.add_column(col)
+    other = Table(title="replication, and several processes writing one directory")
+    for col in ("measure", "result", "reference", "ratio"):
+        other.add_column(col)
     with tempfile.TemporaryDirectory(prefix="crdtstore-bench-") as tmp:
         if "local" in parts:
             local(Path(tmp), args.per_writer, args.rounds, table)
         if "replication" in parts:
-            replication(Path(tmp), 8, 1_000, table)
-    console.print(table)
+            for writers, per in ((1, 2_000), (8, 1_000)):
+                replication(Path(tmp) / f"r{writers}", writers, per, other)
+        if "processes" in parts:
+            shared_directory(Path(tmp), args.baseline, args.per_writer, args.rounds, other)
+    if table.row_count:
+        console.print(table)
+    if other.row_count:
+        console.print(other)
     return 0
 
 
