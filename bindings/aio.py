@@ -2,9 +2,10 @@
 
 Every call that may wait (a durable commit's fsync, opening, closing) runs on the node's
 own single worker thread, so writes from one task keep their order and a slow disk never
-stalls the loop. Single writes are queued for the node's group commit from the loop and
-committed by that worker: the writes of every task that arrive while a commit is in
-flight share the next one (one fsync), as concurrent threads' writes do. Change events
+stalls the loop. Single writes are queued for the node's group commit from the loop, in
+the order they are made, and committed by two threads of their own (one commits while
+the other waits for its commit's flush): the writes of every task that arrive while a
+commit is in flight share the next one, as concurrent threads' writes do. Change events
 reach the loop through ``call_soon_threadsafe`` and are consumed as an async iterator::
 
     async with await AsyncNode.open("data/n1") as node:
@@ -35,6 +36,9 @@ from crdtstore.storage.local import LocalWrite
 from crdtstore.storage.member_watch import MemberWatchHandle
 
 T = TypeVar("T")
+COMMIT_THREADS = 2
+"""Threads that lead the group commits of an AsyncNode's writes: while one waits for its
+group's flush, the other commits the next group."""
 E = TypeVar("E")
 _MISSING = object()
 
@@ -45,6 +49,9 @@ class AsyncNode:
     def __init__(self, node: crdtstore.Node, executor: ThreadPoolExecutor) -> None:
         self.node = node
         self._executor = executor
+        self._leaders = ThreadPoolExecutor(
+            max_workers=COMMIT_THREADS, thread_name_prefix="crdtstore-aio-commit"
+        )
 
     @classmethod
     async def open(cls, path: str, **options: Any) -> AsyncNode:
@@ -63,16 +70,17 @@ class AsyncNode:
 
     async def _write(self, fn: Callable[[LocalWrite], T]) -> T:
         """``fn`` committed through the node's group commit: queued here, without
-        blocking the loop; the worker leads the commit unless a thread of the process
-        already does."""
+        blocking the loop; a commit thread leads the commit unless another thread of the
+        process already does."""
         done = self.node._submit(fn)
-        leading = asyncio.get_running_loop().run_in_executor(self._executor, self.node._lead_writes)
-        # Not awaited: the write is settled by whichever leader commits it, and the
-        # worker's turn may come a group later. (It raises only what interrupts a thread.)
+        leading = asyncio.get_running_loop().run_in_executor(self._leaders, self.node._lead_writes)
+        # Not awaited: the write is settled by whichever leader commits it, and this
+        # call's turn may come a group later. (It raises only what interrupts a thread.)
         leading.add_done_callback(_consume)
         return await asyncio.wrap_future(done)
 
     async def close(self) -> None:
+        await self._run(self._leaders.shutdown)  # the writes queued so far are committed
         await self._run(self.node.close)
         self._executor.shutdown(wait=True)
 
