@@ -5,7 +5,8 @@ with one transaction per write, concurrent writers only queue for LMDB's writer 
 buy nothing. Here a writer hands its mutation (a function of a
 :class:`~crdtstore.storage.local.LocalWrite`) to the queue of its replica. If no commit
 is in flight it becomes the leader: it begins a write transaction, takes every mutation
-queued by then (its own included), applies them in arrival order and commits. It then
+queued by then (its own included), applies them in arrival order (taking in those that
+arrive meanwhile, up to :data:`MAX_GROUP`) and commits. It then
 hands the lead to the first writer waiting in line, waits for its commit to be on disk
 (:meth:`Environment.make_durable`: the meta page's flush, which the next group's commit
 may do for it), and hands each writer of its group its own result or error. A writer
@@ -47,6 +48,11 @@ from crdtstore.errors import Error, StorageError
 from crdtstore.storage.local import Committed, LocalWrite
 
 T = TypeVar("T")
+
+
+MAX_GROUP = 1024
+"""Requests a leader takes in after it began (arrivals while it applies the group join
+until the group is this large): bounds how long the group's first writer waits."""
 
 
 class _Request:
@@ -204,7 +210,10 @@ class GroupCommit:
             return None, [(r, None, err if r.fn else None) for r in group]
         self._take(group)
         try:
-            for req in group:
+            while len(results) < len(group):
+                req = group[len(results)]
+                if len(results) + 1 == len(group) and len(group) < MAX_GROUP:
+                    self._take(group)  # late arrivals join: no waiting, one flush fewer
                 if req.fn is None:
                     results.append((req, None, None))
                     continue

@@ -77,6 +77,20 @@ def test_writers_arriving_during_a_commit_share_the_next(make_replica: Make) -> 
     assert held(r) == {"held": 0, **{f"k{i}": i for i in range(8)}}
 
 
+def test_a_write_arriving_while_the_leader_applies_joins_its_group(make_replica: Make) -> None:
+    r = make_replica("a")
+    late: list[Future[Any]] = []
+
+    def first(w: LocalWrite) -> int:
+        late.append(r.group.submit(put("late", 2)))  # arrives mid-apply, as from a thread
+        return w.put("m", "first", 1)
+
+    (done,) = queued(r, first)
+    assert done.result() and late[0].done() and late[0].result()
+    assert r.stats["group_commits"] == 1 and r.stats["group_commit_writes"] == 2
+    assert held(r) == {"first": 1, "late": 2}
+
+
 # -- a failing mutation fails alone ----------------------------------------------------------------
 
 
