@@ -2,8 +2,11 @@
 
 Every call that may wait (a durable commit's fsync, opening, closing) runs on the node's
 own single worker thread, so writes from one task keep their order and a slow disk never
-stalls the loop. Change events reach the loop through ``call_soon_threadsafe`` and are
-consumed as an async iterator::
+stalls the loop. Single writes are queued for the node's group commit from the loop, in
+the order they are made, and committed by two threads of their own (one commits while
+the other waits for its commit's flush): the writes of every task that arrive while a
+commit is in flight share the next one, as concurrent threads' writes do. Change events
+reach the loop through ``call_soon_threadsafe`` and are consumed as an async iterator::
 
     async with await AsyncNode.open("data/n1") as node:
         config = node.lww_map("config")
@@ -29,9 +32,13 @@ from crdtstore.membership import StatusChange
 from crdtstore.membership.observed import MemberView
 from crdtstore.membership.view import Member
 from crdtstore.storage.journal import Change
+from crdtstore.storage.local import LocalWrite
 from crdtstore.storage.member_watch import MemberWatchHandle
 
 T = TypeVar("T")
+COMMIT_THREADS = 2
+"""Threads that lead the group commits of an AsyncNode's writes: while one waits for its
+group's flush, the other commits the next group."""
 E = TypeVar("E")
 _MISSING = object()
 
@@ -42,6 +49,9 @@ class AsyncNode:
     def __init__(self, node: crdtstore.Node, executor: ThreadPoolExecutor) -> None:
         self.node = node
         self._executor = executor
+        self._leaders = ThreadPoolExecutor(
+            max_workers=COMMIT_THREADS, thread_name_prefix="crdtstore-aio-commit"
+        )
 
     @classmethod
     async def open(cls, path: str, **options: Any) -> AsyncNode:
@@ -58,7 +68,19 @@ class AsyncNode:
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    async def _write(self, fn: Callable[[LocalWrite], T]) -> T:
+        """``fn`` committed through the node's group commit: queued here, without
+        blocking the loop; a commit thread leads the commit unless another thread of the
+        process already does."""
+        done = self.node._submit(fn)
+        leading = asyncio.get_running_loop().run_in_executor(self._leaders, self.node._lead_writes)
+        # Not awaited: the write is settled by whichever leader commits it, and this
+        # call's turn may come a group later. (It raises only what interrupts a thread.)
+        leading.add_done_callback(_consume)
+        return await asyncio.wrap_future(done)
+
     async def close(self) -> None:
+        await self._run(self._leaders.shutdown)  # the writes queued so far are committed
         await self._run(self.node.close)
         self._executor.shutdown(wait=True)
 
@@ -118,6 +140,11 @@ class AsyncNode:
                 yield await queue.get()
         finally:
             handle.cancel()
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class MemberChanges:
@@ -181,7 +208,8 @@ class AsyncLWWMap:
         return await self._anode._run(lambda: self._view().get(key, default))
 
     async def set(self, key: Any, value: Any) -> None:
-        await self._anode._run(self._view().__setitem__, key, value)
+        name = self._view().name  # checks the namespace, as the view does
+        await self._anode._write(lambda w: w.put(name, key, value))
 
     async def delete(self, key: Any) -> bool:
         """Remove ``key``; False if it was absent."""
@@ -208,10 +236,12 @@ class AsyncORSet:
         return self._anode.node.or_set(self.name)
 
     async def add(self, element: Any) -> None:
-        await self._anode._run(self._view().add, element)
+        name = self._view().name  # checks the namespace, as the view does
+        await self._anode._write(lambda w: w.add(name, element))
 
     async def discard(self, element: Any) -> None:
-        await self._anode._run(self._view().discard, element)
+        name = self._view().name
+        await self._anode._write(lambda w: w.remove(name, element))
 
     async def contains(self, element: Any) -> bool:
         return await self._anode._run(self._view().__contains__, element)

@@ -5,8 +5,10 @@ watcher thread that delivers changes, and, with ``bind``, the network role. Ever
 starts it stops in ``close()``, which is idempotent.
 
 Reads go straight to LMDB (no cache of state), so every process sharing the directory
-sees every other's commits at once. Each mutation outside ``transaction()`` is its own
-commit; inside, all mutations of the thread share one commit, and reads see them.
+sees every other's commits at once. Each mutation outside ``transaction()`` returns once
+committed; mutations of other threads arriving while a commit is in flight share the next
+commit (:mod:`crdtstore.storage.group`). Inside ``transaction()``, all mutations of the
+thread share one commit of their own, and reads see them.
 
 Network seam (for the sync engine and transport, attached later): ``node.replica`` is the
 :class:`~crdtstore.sync.replica.Replica` the engine drives; ``node.on_commit`` holds
@@ -34,6 +36,7 @@ from collections.abc import (
     Set,
     ValuesView,
 )
+from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -163,6 +166,7 @@ class Node:
             else LMDBReplica(path, node_id, self.settings, now_ms=clock)
         )
         self.stats = self._replica.stats  # one set of counters per node
+        self._replica.group.after = self._after_commit
         self._watcher = JournalWatcher(
             self._replica, self.settings.watch_poll_interval_ms / 1000, self.stats
         )
@@ -512,19 +516,24 @@ class Node:
         self._after_commit(committed)
 
     def _write(self, fn: Callable[[LocalWrite], T]) -> T:
+        """``fn`` in this thread's transaction if it has one, else committed through the
+        group commit: with the mutations of other threads that arrive meanwhile, in one
+        commit, each returning only once that commit is durable."""
         self._check()
         w = self._current()
         if w is not None:
             return fn(w)
-        w = self._replica.begin_local()
-        try:
-            result = fn(w)
-        except BaseException:
-            w.abort()
-            raise
-        committed = w.commit()
-        self._after_commit(committed)
-        return result
+        return self._replica.group.run(fn)
+
+    def _submit(self, fn: Callable[[LocalWrite], T]) -> Future[T]:
+        """Queue ``fn`` for the group commit without waiting (an event loop's write);
+        some thread that may block must then call :meth:`_lead_writes`."""
+        self._check()
+        return self._replica.group.submit(fn)
+
+    def _lead_writes(self) -> None:
+        """Return once every write queued by :meth:`_submit` so far is committed."""
+        self._replica.group.lead()
 
     def _after_commit(self, committed: Committed) -> None:
         if committed.changed:

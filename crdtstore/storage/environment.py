@@ -12,12 +12,21 @@ Invariants:
   to ``max_map_size``); a process that finds the map grown by another adopts the new size.
 - The environment is never used in a process other than the one that opened it (LMDB
   forbids using it after ``fork()``), nor after :meth:`Environment.close`.
+- With ``durability="sync"`` a write returns only once its commit is on disk. LMDB is
+  opened with ``metasync=False`` (``MDB_NOMETASYNC``): a commit flushes its data pages
+  (under LMDB's writer lock) and writes the meta page without flushing it; the meta
+  page reaches the disk with the next commit's data flush or :meth:`make_durable`'s
+  ``fsync``, which runs outside the writer lock, so the next commit proceeds meanwhile
+  and one ``fsync`` covers every commit finished before it. Integrity does not depend on
+  it: the data a meta page points to is always on disk first (LMDB's documented
+  guarantee for this flag); only the last commits wait for their meta flush.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Callable
 from functools import partial
@@ -45,6 +54,15 @@ class Environment:
         self.stats = stats
         self.gate = Gate()
         self.closed = False
+        self._sync_commits = settings.durability == "sync"
+        self._tickets = threading.Lock()  # the counters below
+        self._flushing = threading.Lock()  # one fsync at a time
+        self._issued = 0
+        """Tickets handed out: one per commit, in commit order (taken under the writer lock)."""
+        self._finished = 0
+        """The highest ticket whose commit returned (its meta page written)."""
+        self._durable = 0
+        """Every commit with a ticket up to this one is on disk."""
         self._pid = os.getpid()
         self.env = self._open()
         try:
@@ -71,7 +89,7 @@ class Environment:
                 map_size=self.settings.map_size,
                 max_dbs=len(layout.TABLES) + 1,
                 sync=sync,
-                metasync=sync,
+                metasync=False,  # the meta page's flush is make_durable's (see above)
                 lock=True,
                 subdir=True,
                 max_spare_txns=1,
@@ -115,21 +133,56 @@ class Environment:
         """Begin a write transaction; the caller holds the gate shared."""
         return self.env.begin(write=True, db=self.state)
 
+    def commit(self, txn: lmdb.Transaction, dirty: bool = False) -> int:
+        """Commit the write transaction ``txn``; its ticket for :meth:`make_durable`.
+        ``dirty``: the caller knows ``txn`` changed pages (LMDB flushes nothing for a
+        transaction that changed none)."""
+        with self._tickets:  # under LMDB's writer lock still: tickets follow commit order
+            self._issued += 1
+            ticket = self._issued
+        txn.commit()
+        with self._tickets:
+            self._finished = max(self._finished, ticket)
+            if dirty and self._sync_commits:
+                # Its data flush took the meta pages of every earlier commit along (each
+                # finished before this one began): those are on disk now.
+                self._durable = max(self._durable, ticket - 1)
+        return ticket
+
+    def make_durable(self, ticket: int) -> None:
+        """Return once the commit of ``ticket`` is on disk (with sync durability)."""
+        if not self._sync_commits or self._durable >= ticket:
+            return
+        with self._flushing:
+            if self._durable >= ticket:
+                return  # the fsync this thread waited for covered it
+            with self._tickets:
+                covered = self._finished
+            try:
+                self.sync()
+            except lmdb.Error as exc:
+                raise StorageError(
+                    f"{self.path}: committed, but flushing it to disk failed: {exc}"
+                ) from exc
+            with self._tickets:
+                self._durable = max(self._durable, covered)
+
     def write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
-        """Run ``fn`` in one write transaction, growing the map and retrying as needed.
+        """Run ``fn`` in one write transaction, growing the map and retrying as needed;
+        return once it is committed (and durable, with sync durability).
 
         ``fn`` may run several times; it must change Python state only through its result.
         """
         gate = self.gate
         while True:
             seen = self.map_size
+            ticket = 0
             gate.enter()
             try:
                 txn = self.begin_write()
                 try:
                     result = fn(txn)
-                    txn.commit()
-                    return result
+                    ticket = self.commit(txn)
                 except BaseException:
                     txn.abort()
                     raise
@@ -141,6 +194,9 @@ class Environment:
                 raise StorageError(f"write to {self.path} failed: {exc}") from exc
             finally:
                 gate.exit()
+            if ticket:
+                self.make_durable(ticket)
+                return result
             if seen < 0:
                 self.adopt_map_size()
             else:

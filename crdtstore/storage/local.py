@@ -72,6 +72,8 @@ class Committed:
     """Namespaces that got a new own delta batch."""
     changed: bool
     """Whether a visible change was journaled."""
+    ticket: int = 0
+    """The commit's ticket (:meth:`Environment.make_durable`)."""
 
 
 class LocalWrite:
@@ -130,6 +132,42 @@ class LocalWrite:
         """Drop every mutation of this transaction (idempotent)."""
         self._release()
         self._broken = self._broken or "aborted"
+
+    @property
+    def active(self) -> bool:
+        """Whether mutations may still be made (neither committed, aborted nor broken)."""
+        return self._active
+
+    # A group commit (:mod:`.group`) runs several writers' mutations here. An op that
+    # raises one of the package's errors has recorded nothing and changed nothing (each
+    # validates before it writes, and the kernel puts a row back when it refuses it); any
+    # other failure is undone by rolling back to the mark taken before the mutation.
+
+    def savepoint(self) -> int:
+        """A mark of the ops so far, for :meth:`rollback`."""
+        return len(self._ops)
+
+    def rollback(self, mark: int) -> None:
+        """Undo every op after ``mark``: the transaction begins again and the ops before
+        it are replayed (LMDB's nested transactions would undo the rows, not this
+        object's account of them). As after map growth, reads made by those ops are not
+        re-validated: another process may commit in between."""
+        if not self._active:
+            raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
+        del self._ops[mark:]
+        self._release()
+        try:
+            self._begin()
+            while True:
+                try:
+                    self._replay()
+                    return
+                except lmdb.MapFullError:
+                    self._regrow()
+        except lmdb.Error as exc:
+            self._broken = f"LMDB error: {exc}"
+            self._release()
+            raise StorageError(f"write to {self._env.path} failed: {exc}") from exc
 
     def _regrow(self) -> None:
         """Abort, grow the map, begin again; the caller replays."""
@@ -195,14 +233,16 @@ class LocalWrite:
             self._release()
             raise StorageError(f"write to {self._env.path} failed: {err}") from err
 
-    def commit(self) -> Committed:
+    def commit(self, durable: bool = True) -> Committed:
+        """Commit; return once it is on disk (with sync durability), or at once if not
+        ``durable`` (the caller then calls ``make_durable`` with the ticket)."""
         if not self._active:
             raise ClosedError(f"transaction is finished ({self._broken or 'committed'})")
         try:
             while True:
                 try:
                     post = self._finish()
-                    self.txn.commit()
+                    ticket = self._env.commit(self.txn, dirty=bool(post))
                     break
                 except lmdb.MapFullError:
                     while True:
@@ -225,9 +265,12 @@ class LocalWrite:
             self._names.remember(name, ns_id, tname)
         for ns_id, data, ctx in post:
             self._names.remember_context(ns_id, data, ctx)
+        if durable:
+            self._env.make_durable(ticket)
         return Committed(
             tuple(n.name for n in self._ns.values() if n.next_seq > n.first),
             self._writer.changed(),
+            ticket,
         )
 
     def _finish(self) -> list[tuple[int, bytes, CausalContext]]:

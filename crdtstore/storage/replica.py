@@ -20,6 +20,8 @@ others they need:
 - :class:`~.journal.Journal`: the change events every process's watchers follow;
 - :class:`~.receive.Receiver` and :class:`~.local.LocalWrite`: the writes, remote and
   local, which build every row with :mod:`~.kernel`;
+- :class:`~.group.GroupCommit`: the queue through which concurrent local writers share
+  a commit (and its fsync);
 - :class:`~.flusher.Flusher`: the background flush of async durability.
 
 Rules of use:
@@ -50,6 +52,7 @@ from crdtstore.storage import layout, reads
 from crdtstore.storage.deltalog import DeltaLog
 from crdtstore.storage.environment import Environment
 from crdtstore.storage.flusher import Flusher
+from crdtstore.storage.group import GroupCommit
 from crdtstore.storage.journal import Bounds, Change, Journal
 from crdtstore.storage.local import LastStamp, LocalWrite
 from crdtstore.storage.meta import DirectoryMeta
@@ -119,6 +122,8 @@ class LMDBReplica:
         self._journal = Journal(env.dbs["journal"], bounds, self.stats, self.path, now_ms)
         self._receiver = Receiver(env, self._names, self._log, self._ranges, self._journal, now_ms)
         self._stamps = LastStamp()
+        self.group = GroupCommit(self.begin_local, env.make_durable, self.stats)
+        """Local writes outside ``transaction()`` go through it (see :mod:`.group`)."""
         self.get_row = env.get
         self._flusher: Flusher | None = None
         if self.settings.durability == "async":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,48 @@ def test_durable_writes_do_not_block_the_event_loop(tmp_path: Path) -> None:
     assert size == 50
     # Had set() run its fsync on the loop, the ticker could not have run between writes.
     assert during >= 50
+
+
+def test_concurrent_task_writes_share_a_group_commit(tmp_path: Path) -> None:
+    """Eight tasks write while another thread's transaction holds the writer lock: their
+    writes queue for the node's group commit and land in one commit after it."""
+
+    async def main() -> None:
+        async with await AsyncNode.open(str(tmp_path / "n"), node_id="a") as anode:
+            node, m, s = anode.node, anode.lww_map("m"), anode.or_set("s")
+            await m.set("warm", 0)
+            await s.add("warm")  # the views' namespaces exist before the lock is taken
+            await s.discard("warm")
+            before = dict(node.stats)
+            entered, leave = threading.Event(), threading.Event()
+
+            def hold() -> None:
+                with node.transaction():
+                    node.lww_map("m")["tx"] = 1
+                    entered.set()
+                    leave.wait(60)
+
+            holder = threading.Thread(target=hold)
+            holder.start()
+            entered.wait(60)
+            writes = [
+                asyncio.ensure_future(m.set(f"k{i}", i) if i % 2 else s.add(f"e{i}"))
+                for i in range(8)
+            ]
+            for _ in range(3000):  # bounded poll: eight writes and the worker's turn queued
+                if len(node.replica.group._queue) >= 9:
+                    break
+                await asyncio.sleep(0.01)
+            leave.set()
+            await asyncio.gather(*writes)
+            holder.join()
+            assert node.stats["group_commits"] - before["group_commits"] == 1
+            assert node.stats["group_commit_writes"] - before["group_commit_writes"] == 8
+            assert await m.size() == 6 and await s.elements() == {"e0", "e2", "e4", "e6"}
+            with pytest.raises(crdtstore.InvalidValue):
+                await m.set("bad", object())
+
+    run(main())
 
 
 def test_changes_from_another_process_arrive_as_an_async_iterator(tmp_path: Path) -> None:
