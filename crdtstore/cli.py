@@ -1,4 +1,4 @@
-"""The ``crdtstore`` command line: ``serve``, ``demo`` and ``keygen``."""
+"""The ``crdtstore`` command line: ``serve``, ``demo``, ``keygen`` and ``drop``."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from crdtstore import cli_drop
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     keygen = sub.add_parser("keygen", help="make a CurveZMQ key pair")
     keygen.add_argument("directory", type=Path)
     keygen.add_argument("name")
+    cli_drop.add_parser(sub)
     return parser
 
 
@@ -172,6 +175,8 @@ def main(argv: Sequence[str] | None = None, clock: Callable[[], int] | None = No
         return serve(args, clock)
     if args.command == "keygen":
         return keygen(args)
+    if args.command == "drop":
+        return cli_drop.run(args)
     from crdtstore.demo import run_demo
 
     return run_demo(keep=args.keep)

@@ -290,6 +290,8 @@ class Replicator:
                     self._emit(self.engine.on_local_commit(now))
                 if now >= next_tick:
                     next_tick = now + interval
+                    # Drops of namespaces received since the last tick (storage.drops).
+                    self._replica.apply_drops()
                     # Other processes sharing the directory commit without notifying us.
                     self._emit(self.engine.on_local_commit(now))
                     self._emit(self.engine.on_tick(now))
