@@ -31,6 +31,7 @@ Its one clock is a parameter (the node's), so a test can run a node whose clock 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -299,9 +300,6 @@ class Replicator:
                 if now >= next_membership:
                     next_membership = now + self._settings.heartbeat_interval_ms
                     self._membership_tick(now)
-                if now >= next_status and self._status_path is not None:
-                    next_status = now + self._settings.status_interval_ms
-                    self._write_status(now)
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
                 if now >= next_hello:
@@ -312,6 +310,11 @@ class Replicator:
             except Exception:  # one bad message or bug must not kill the node's replication
                 self.stats["replicator_errors"] += 1
                 log.exception("replicator: error handling an event (counted, continuing)")
+            # Apart from the steps above: one failing every time (a full disk fails every
+            # write) must not stop the operator's view of the node.
+            if now >= next_status and self._status_path is not None:
+                next_status = now + self._settings.status_interval_ms
+                self._write_status(now)
 
     def status(self, now: int | None = None) -> dict[str, Any]:
         """Live state for operators (``crdt-inspect DIR status``): members, lag, clocks,
@@ -340,11 +343,23 @@ class Replicator:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
         try:
+            status = self.status(now)
+        except ClosedError:
+            return  # the node is closing
+        except Exception:  # reading a counter must not kill the thread that writes them
+            self.stats["status_write_errors"] += 1
+            log.exception("cannot build the status for %s (counted)", self._status_path)
+            return
+        try:
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(self.status(now), fh, sort_keys=True)
+                json.dump(status, fh, sort_keys=True)
             os.replace(tmp, self._status_path)  # readers never see a half-written file
         except OSError as exc:
             # Operators lose the live view, replication goes on: count, log the first one.
+            # (crdt-inspect tells a full file system from a stopped node.) A partial
+            # temporary file would hold space a full disk lacks.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             self.stats["status_write_errors"] += 1
             if self.stats["status_write_errors"] == 1:
                 log.error("cannot write %s: %s (counted; replication continues)", tmp, exc)
