@@ -376,6 +376,24 @@ def pid_alive(pid: object) -> bool:
     return pid_running(pid)
 
 
+FULL_BELOW_BYTES = 1 << 20
+"""Free space under which a file system counts as full: a status file, a commit's pages,
+no longer fit."""
+
+
+def stale_reason(directory: Path, full_below: int = FULL_BELOW_BYTES) -> str:
+    """Why a node whose process runs may not have refreshed its status file: its file
+    system full (less than ``full_below`` bytes free), or else its own failure."""
+    try:
+        fs = os.statvfs(directory)
+    except OSError as exc:
+        return f"cannot check {directory}'s file system: {exc}"
+    free = fs.f_bavail * fs.f_frsize
+    if free < full_below:
+        return f"the file system of {directory} is full ({free} bytes free): it cannot write"
+    return "it has stopped writing it: stuck or failing (see its log)"
+
+
 def live_status(path: str) -> dict[str, Any]:
     """The status the node holding the network role last wrote into ``path``."""
     file = Path(path) / "status.json"
@@ -394,6 +412,8 @@ def live_status(path: str) -> dict[str, Any]:
     status["age_ms"] = age
     status["pid_alive"] = alive = pid_alive(status.get("pid"))
     status["stale"] = age > STALE_AFTER_MS or not alive
+    if status["stale"] and alive:
+        status["stale_reason"] = stale_reason(Path(path))
     if (Path(path) / "data.mdb").exists():
         snap = Snapshot(path)
         try:
@@ -563,7 +583,7 @@ def emit_status(console: Any, status: dict[str, Any]) -> None:
     if not status["pid_alive"]:
         state = f"[red]NOT RUNNING: no process {status['pid']}[/]"
     elif status["stale"]:
-        state = "[red]STALE: node not running?[/]"
+        state = f"[red]STALE: process {status['pid']} runs, but {status['stale_reason']}[/]"
     else:
         state = "[green]live[/]"
     console.print(
@@ -572,6 +592,13 @@ def emit_status(console: Any, status: dict[str, Any]) -> None:
     )
     if "tables" in status:
         console.print(f"bytes per table: {tables_line(status['tables'])}", highlight=False)
+    failures = status.get("sync", {}).get("local_storage_failures", 0)
+    if failures:
+        map_full = status.get("storage", {}).get("map_full", 0)
+        console.print(
+            f"[red]storage: {failures} local storage failures ({map_full} with the map full "
+            "at max_map_size): what peers send is not stored here; see the node's log[/]"
+        )
     for line in clock_lines(status):
         console.print(line, highlight=False)
     members = Table(

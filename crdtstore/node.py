@@ -463,9 +463,29 @@ class Node:
         return ORSetView(self, name)
 
     def namespaces(self) -> dict[str, str]:
-        """Namespace name -> CRDT type, of every namespace in the directory."""
+        """Namespace name -> CRDT type, of every namespace in the directory, except those
+        dropped that hold nothing (:meth:`drop`)."""
         self._check()
-        return dict(self._replica.namespaces())
+        dropped = self._replica.dropped_namespaces()
+        return {n: t for n, t in self._replica.namespaces().items() if n not in dropped}
+
+    def drop(self, name: str) -> bool:
+        """Remove namespace ``name`` everywhere: every entry this node has seen there, here
+        at once (rows and logged batches freed) and on every node that replicates it as the
+        drop reaches it; False if there is nothing to drop (no namespace ``name`` here, or
+        nothing written there since it was dropped).
+
+        A replicated decision made safe by causality, not by a lock: the drop carries this
+        node's causal context of ``name`` and removes exactly the writes it covers,
+        wherever and whenever it is applied, so every node converges to the same state; a
+        write concurrent to the drop (one this node had not seen) survives it
+        (:mod:`crdtstore.storage.drops` says why). Not inside :meth:`transaction`."""
+        self._check()
+        if check_namespace(name).startswith(RESERVED_PREFIX):
+            raise InvalidValue(f"namespace {name!r}: names starting with '__' are reserved")
+        if self._current() is not None:
+            raise Error(f"drop({name!r}) cannot run inside transaction(): it commits alone")
+        return self._write(lambda w: w.drop_namespace(name))
 
     def _ensure(self, name: str, type_name: str) -> None:
         self._check()

@@ -31,6 +31,7 @@ Its one clock is a parameter (the node's), so a test can run a node whose clock 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -345,6 +346,8 @@ class Replicator:
                     self._emit(self.engine.on_local_commit(now))
                 if now >= next_tick:
                     next_tick = now + interval
+                    # Drops of namespaces received since the last tick (storage.drops).
+                    self._replica.apply_drops()
                     # Other processes sharing the directory commit without notifying us.
                     self._emit(self.engine.on_local_commit(now))
                     self._emit(self.engine.on_tick(now))
@@ -352,11 +355,6 @@ class Replicator:
                 if now >= next_membership:
                     next_membership = now + self._settings.membership.heartbeat_interval_ms
                     self._membership_tick(now)
-                if now >= next_status:
-                    next_status = now + self._settings.status_interval_ms
-                    self.last_status = self.status(now)
-                    if self._status_path is not None:
-                        self._write_status(self.last_status)
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
                 if now >= next_hello and not self.overlay:
@@ -367,6 +365,22 @@ class Replicator:
             except Exception:  # one bad message or bug must not kill the node's replication
                 self.stats["replicator_errors"] += 1
                 log.exception("replicator: error handling an event (counted, continuing)")
+            # Apart from the steps above: one failing every time (a full disk fails every
+            # write) must not stop the operator's view of the node.
+            if now >= next_status:
+                next_status = now + self._settings.status_interval_ms
+                self._refresh_status(now)
+
+    def _refresh_status(self, now: int) -> None:
+        """The status snapshot for metrics and queries, and ``status.json``."""
+        try:
+            self.last_status = self.status(now)
+        except Exception:  # a bug here must not stop replication; counted and logged
+            self.stats["status_errors"] += 1
+            log.exception("replicator: cannot build the status (counted, continuing)")
+            return
+        if self._status_path is not None:
+            self._write_status(self.last_status)
 
     def status(self, now: int | None = None) -> dict[str, Any]:
         """Live state for operators (``crdt-inspect DIR status``): members, lag, clocks,
@@ -405,11 +419,23 @@ class Replicator:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
         try:
+            status = self.status(now)
+        except ClosedError:
+            return  # the node is closing
+        except Exception:  # reading a counter must not kill the thread that writes them
+            self.stats["status_write_errors"] += 1
+            log.exception("cannot build the status for %s (counted)", self._status_path)
+            return
+        try:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(status, fh, sort_keys=True)
             os.replace(tmp, self._status_path)  # readers never see a half-written file
         except OSError as exc:
             # Operators lose the live view, replication goes on: count, log the first one.
+            # (crdt-inspect tells a full file system from a stopped node.) A partial
+            # temporary file would hold space a full disk lacks.
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
             self.stats["status_write_errors"] += 1
             if self.stats["status_write_errors"] == 1:
                 log.error("cannot write %s: %s (counted; replication continues)", tmp, exc)

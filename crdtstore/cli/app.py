@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from crdtstore.cli import local, members, serve
+from crdtstore.cli import drop, local, members, serve
 from crdtstore.cli.exits import OK, RUNTIME, USAGE, CliError
 from crdtstore.version import package_version
 
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     local.add_parsers(sub, common)
     members.add_parsers(sub, common)
+    drop.add_parser(sub)
 
     demo = sub.add_parser("demo", help="run a 3-node cluster on loopback and show it converge")
     demo.add_argument("--keep", action="store_true", help="keep the temporary directory")

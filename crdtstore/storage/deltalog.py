@@ -20,7 +20,7 @@ Invariants (the row layout is :mod:`crdtstore.storage.layout`'s):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import lmdb
@@ -127,6 +127,26 @@ class DeltaLog:
                 dropped += 1
         if dropped:
             self._count(txn, ns_id, -dropped)
+        return dropped
+
+    def drop_where(
+        self, txn: lmdb.Transaction, ns_id: int, covered: Callable[[str, int, int], bool]
+    ) -> int:
+        """Drop the batches ``(origin, first, last)`` of ``ns_id`` that ``covered`` says
+        to (a namespace's drop: :mod:`.drops`); how many went."""
+        prefix = layout.ns_prefix(ns_id)
+        dropped = 0
+        with txn.cursor(db=self._log) as cur:
+            ok = cur.set_range(prefix)
+            while ok and cur.key()[:4] == prefix:
+                value = cur.value()
+                last, origin, _ = layout.unpack_log(value)
+                if covered(origin, layout.log_first(cur.key()), last):
+                    self._forget(txn, ns_id, value)
+                    ok = cur.delete()
+                    dropped += 1
+                else:
+                    ok = cur.next()
         return dropped
 
     def _tail(self, txn: lmdb.Transaction, ns_id: int) -> tuple[int, int]:

@@ -71,6 +71,9 @@ META_NODE_ID = b"node_id"
 META_TOPICS = b"topics"
 """msgpack list of the namespaces the directory replicates (absent: all)."""
 META_NEXT_NS = b"next_ns_id"
+META_DROPPED = b"dropped:"
+"""+ ns id (4 bytes BE): ``pack_stored(encode_context(ctx))``, the join of the drops
+applied to that namespace (:mod:`crdtstore.storage.drops`)."""
 META_V1_LOG_SERIAL = b"log_serial"  # format 1 only (migrated away on open)
 META_V1_LOG_COUNT = b"log_count:"  # format 1 only: + ns id -> logged batches
 

@@ -36,6 +36,13 @@ from crdtstore.errors import ClosedError, DecodeError, InvalidValue, StorageErro
 from crdtstore.keyhash import hash_key_encoding
 from crdtstore.storage import layout
 from crdtstore.storage.deltalog import DeltaLog
+from crdtstore.storage.drops import (
+    DROPS_NAMESPACE,
+    DropRecord,
+    record_key,
+    record_value,
+    remove_dropped,
+)
 from crdtstore.storage.environment import Environment
 from crdtstore.storage.inputs import SCALARS, encode_key, encode_value
 from crdtstore.storage.journal import ADD, DELETE, PUT, REMOVE, Journal
@@ -314,6 +321,35 @@ class LocalWrite:
         ns_id, tname, created = self._names.ensure(self.txn, name, type_name)
         if created:
             self._created[name] = (ns_id, tname)
+
+    def drop_namespace(self, name: str) -> bool:
+        """Drop ``name`` as everything this node has seen there (:mod:`.drops`): remove
+        its entries, free its rows and logged batches, and write the drop record that
+        replicates the drop, all in this transaction. False, doing nothing, if ``name``
+        does not exist here or nothing was written there since its last drop. Refused
+        after a write to ``name`` in this transaction (its context is not stored yet)."""
+        if name in self._ns:
+            raise InvalidValue(
+                f"namespace {name!r} was written in this transaction: drop it in its own"
+            )
+        found: tuple[str, CausalContext] | None = self._run(LocalWrite._drop_namespace, name)
+        if found is None:
+            return False
+        record = DropRecord(name, found[0], self.me, found[1])
+        self.put(DROPS_NAMESPACE, record_key(name, self.me), record_value(record))
+        return True
+
+    def _drop_namespace(self, name: str) -> tuple[str, CausalContext] | None:
+        found = self._names.lookup(self.txn, name)
+        if found is None:
+            return None
+        ns_id, type_name = found
+        ctx = self._names.load_context(self.txn, ns_id)
+        done = remove_dropped(
+            self.txn, self._writer, self._names, self._log, self._env.dbs["meta"],
+            ns_id, name, type_name, ctx, self.me,
+        )  # fmt: skip
+        return None if done is None else (type_name, ctx)
 
     def lookup(self, name: str) -> tuple[int, str] | None:
         if not self._active:

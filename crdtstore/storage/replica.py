@@ -50,6 +50,7 @@ from crdtstore.errors import InvalidValue, TypeMismatch
 from crdtstore.settings import NodeSettings
 from crdtstore.storage import layout, reads
 from crdtstore.storage.deltalog import DeltaLog
+from crdtstore.storage.drops import ReceivedDrops
 from crdtstore.storage.environment import Environment
 from crdtstore.storage.flusher import Flusher
 from crdtstore.storage.group import GroupCommit
@@ -124,6 +125,10 @@ class LMDBReplica:
         self._stamps = LastStamp()
         self.group = GroupCommit(self.begin_local, env.make_durable, self.stats)
         """Local writes outside ``transaction()`` go through it (see :mod:`.group`)."""
+        self._drops = ReceivedDrops(
+            env.write, env.read, env.dbs, self._names, self._log, self._journal,
+            self._meta.topics, self.stats, self.path,
+        )  # fmt: skip
         self.get_row = env.get
         self._flusher: Flusher | None = None
         if self.settings.durability == "async":
@@ -254,6 +259,28 @@ class LMDBReplica:
         if found[1] != type_name:
             raise TypeMismatch(f"namespace {namespace!r} holds a {found[1]}, not a {type_name}")
         return found[0]
+
+    def apply_drops(self) -> list[str]:
+        """Apply the drop records received since the last call (:mod:`.drops`); the
+        namespaces whose entries went. One read when there is none."""
+        self._env.check()
+        return self._drops.apply()
+
+    def dropped_namespaces(self) -> set[str]:
+        """Namespaces dropped here that hold no entry (none written since the drop)."""
+
+        def read(txn: lmdb.Transaction) -> set[str]:
+            meta, buckets = self._env.dbs["meta"], self._env.dbs["buckets"]
+            out = set()
+            for name, data in txn.cursor(db=self._env.dbs["namespaces"]):
+                ns_id = int(layout.unpack_stored(data)[0])
+                if txn.get(layout.META_DROPPED + layout.ns_prefix(ns_id), db=meta) is None:
+                    continue
+                if reads.count_live(txn, buckets, ns_id) == 0:
+                    out.add(bytes(name).decode())
+            return out
+
+        return self._env.read(read)
 
     def context(self, namespace: str) -> CausalContext:
         def read(txn: lmdb.Transaction) -> CausalContext:

@@ -28,7 +28,7 @@ from collections import Counter
 from collections.abc import Callable, Container, Iterator
 
 from crdtstore.crdt import CausalContext, Dot
-from crdtstore.errors import Error
+from crdtstore.errors import Error, StorageError
 from crdtstore.sync.messages import DeltaBatch
 from crdtstore.sync.rejections import Rejections
 from crdtstore.sync.replica import Replica
@@ -205,6 +205,10 @@ class CausalDelivery:
         self._group_ctx.clear()
         try:
             results = self._replica.apply_batches(group)
+        except StorageError as exc:
+            # This node cannot store them (a full map or disk), not one bad batch: each
+            # alone would fail the same way. Repair fetches them again.
+            self._reject.local_failure(now_ms, f"a group of {len(group)} batches", exc)
         except Error:
             # One of them cannot be applied: each in its own commit, so the others are,
             # each checked against what is applied for real.
@@ -240,5 +244,7 @@ class CausalDelivery:
         else:
             try:
                 self._apply_ready(batch, data)
+            except StorageError as exc:
+                self._reject.local_failure(now_ms, f"batch {ns} {batch.origin}", exc)
             except Error as exc:
                 self._reject("rejected_invalid", now_ms, f"batch {ns}: {exc}")

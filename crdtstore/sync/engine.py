@@ -55,7 +55,7 @@ from enum import Enum
 from typing import Any
 
 from crdtstore.crdt import check_drift
-from crdtstore.errors import ClockDriftError, DecodeError, Error
+from crdtstore.errors import ClockDriftError, DecodeError, Error, StorageError
 from crdtstore.sync.delivery import CausalDelivery, applied
 from crdtstore.sync.digests import vv_hash, vv_total
 from crdtstore.sync.liveness import LivenessCheck
@@ -243,7 +243,10 @@ class SyncEngine:
             self._next_digest = now_ms + self.settings.digest_interval_ms
             out.append(Publish(DIGEST_TOPIC, self._published_digest()))
             self.stats["digests_sent"] += 1
-            self.trimmer.trim(self._peers)
+            try:
+                self.trimmer.trim(self._peers)
+            except StorageError as exc:  # trimming writes; the rest of the tick does not
+                self._reject.local_failure(now_ms, "a log trim", exc)
             held = self.delivery.buffer
             held.expire(now_ms)
             ranges = self.ranges
@@ -295,6 +298,9 @@ class SyncEngine:
             self.delivery.flush_group(now_ms)  # what follows sees the batches before it
         try:
             out = self._dispatch(msg, _Received(peer, data, now_ms, progress))
+        except StorageError as exc:  # this node's disk, not the peer's message
+            self._reject.local_failure(now_ms, f"{type(msg).__name__} from {peer!r}", exc)
+            return []
         except Error as exc:  # an invariant a peer's message broke, surfaced by the replica
             self._reject("rejected_invalid", now_ms, f"{type(msg).__name__} from {peer!r}: {exc}")
             return []
@@ -563,6 +569,9 @@ class SyncEngine:
     def _ensure_namespace(self, ns: str, type_name: str, now_ms: int) -> bool:
         try:
             self.replica.ensure_namespace(ns, type_name)
+        except StorageError as exc:
+            self._reject.local_failure(now_ms, f"namespace {ns!r}", exc)
+            return False
         except Error as exc:  # TypeMismatch, or a type this build does not know
             self._reject("rejected_type_mismatch", now_ms, f"{ns}: {exc}")
             return False

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from crdtstore.crdt import CausalContext
-from crdtstore.errors import ClockDriftError, Error
+from crdtstore.errors import ClockDriftError, Error, StorageError
 from crdtstore.sync.fingerprint import HASH_SPACE, split_range
 from crdtstore.sync.messages import (
     RANGE_ENTRIES,
@@ -302,14 +302,18 @@ class RangeReconciler:
         try:
             self._replica.apply_ranges(ns, ranges, base, session.kept_bytes)
         except Error as exc:
-            # A shipped entry broke a rule (checked only now): nothing was applied. Not
-            # restarted at once, so a peer that keeps sending it costs little.
-            reason = (
-                "rejected_clock_drift"
-                if isinstance(exc, ClockDriftError)
-                else "rejected_range_invalid"
-            )
-            self._reject(reason, now_ms, f"{ns} ranges from {peer!r}: {exc}")
+            # A shipped entry broke a rule (checked only now), or this node cannot store
+            # the ranges: nothing was applied. Not restarted at once, so a peer that keeps
+            # sending it, or a full disk, costs little.
+            if isinstance(exc, StorageError):
+                self._reject.local_failure(now_ms, f"{ns} ranges from {peer!r}", exc)
+            else:
+                reason = (
+                    "rejected_clock_drift"
+                    if isinstance(exc, ClockDriftError)
+                    else "rejected_range_invalid"
+                )
+                self._reject(reason, now_ms, f"{ns} ranges from {peer!r}: {exc}")
             self._fire(session, Event.APPLY_FAILED)
             self._not_before[ns] = now_ms + self._settings.range_session_timeout_ms
             return

@@ -118,5 +118,6 @@ class SyncSettings:
     """Rejections and protocol errors are logged at most once per reason per interval
     (every one is counted in ``engine.stats`` regardless)."""
 
-    reserved_namespaces: tuple[str, ...] = ("__members",)
-    """Namespaces every node replicates whatever its ``topics`` (cluster membership)."""
+    reserved_namespaces: tuple[str, ...] = ("__members", "__drops")
+    """Namespaces every node replicates whatever its ``topics``: cluster membership, and
+    the records of dropped namespaces (``crdtstore.storage.drops``)."""

@@ -33,7 +33,7 @@ class LogTrimmer:
                 for origin in self._replica.context(ns).vv:
                     upto = min(vv.get(origin, 0) for vv in reports)
                     if upto > self._trimmed.get((ns, origin), 0):
-                        self._trimmed[(ns, origin)] = upto
                         self._stats["log_trimmed"] += self._replica.trim_log(ns, origin, upto)
+                        self._trimmed[(ns, origin)] = upto  # once done: a failed trim is retried
             bound = self._settings.max_log_batches
             self._stats["log_bounded"] += self._replica.bound_log(ns, bound)

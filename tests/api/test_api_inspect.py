@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import lmdb
 import pytest
 
 import crdtstore
+from crdtstore import inspect
 from crdtstore.crdt.hlc import physical_ms
 from crdtstore.inspect import main
 from crdtstore.storage import layout
@@ -255,3 +257,31 @@ def test_status_of_a_stopped_node_is_not_live(tmp_path: Path) -> None:
     status["pid"] = os.getpid()  # a writer that is there: live
     (path / "status.json").write_text(json.dumps(status))
     assert run(str(path), "status")["stale"] is False
+
+
+def test_status_of_a_running_node_that_stopped_writing_it_says_why(tmp_path: Path) -> None:
+    path = tmp_path / "n"
+    crdtstore.open(path, node_id="n1").close()
+    status = {
+        "node_id": "n1",
+        "pid": os.getpid(),  # running
+        "router": "",
+        "pub": "",
+        "written_at_ms": 0,
+        "members": [],
+        "peer_lag": {},
+        "sync": {"local_storage_failures": 3},
+        "storage": {"map_full": 3},
+    }
+    (path / "status.json").write_text(json.dumps(status))
+    old = time.time() - 60
+    os.utime(path / "status.json", (old, old))  # last written a minute ago
+    got = run(str(path), "status")
+    assert got["stale"] is True and got["pid_alive"] is True
+    assert got["stale_reason"] == "it has stopped writing it: stuck or failing (see its log)"
+    done = inspect_cmd(str(path), "status")
+    assert f"STALE: process {os.getpid()} runs, but it has stopped writing it" in done.stdout
+    assert "not running?" not in done.stdout
+    assert "3 local storage failures (3 with the map full" in done.stdout
+    # A file system with less free space than a commit needs is named as the cause.
+    assert "is full" in inspect.stale_reason(path, full_below=1 << 62)
