@@ -33,12 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench_replication import entries, start_cluster, stop_all
 from bench_storage import redis_server
-from crdtstore.testing.localcluster import wait_until
 from rich.console import Console
 from rich.table import Table
 
 import crdtstore
 from bindings.aio import AsyncNode
+from crdtstore.testing.localcluster import wait_until
 
 console = Console()
 VALUE = "v" * 20

@@ -375,9 +375,11 @@ class Replicator:
         """The status snapshot for metrics and queries, and ``status.json``."""
         try:
             self.last_status = self.status(now)
-        except Exception:  # a bug here must not stop replication; counted and logged
-            self.stats["status_errors"] += 1
-            log.exception("replicator: cannot build the status (counted, continuing)")
+        except ClosedError:
+            return  # the node is closing
+        except Exception:  # reading a counter must not kill the thread that writes them
+            self.stats["status_write_errors"] += 1
+            log.exception("cannot build the node's status (counted)")
             return
         if self._status_path is not None:
             self._write_status(self.last_status)
@@ -418,14 +420,6 @@ class Replicator:
     def _write_status(self, status: dict[str, Any]) -> None:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
-        try:
-            status = self.status(now)
-        except ClosedError:
-            return  # the node is closing
-        except Exception:  # reading a counter must not kill the thread that writes them
-            self.stats["status_write_errors"] += 1
-            log.exception("cannot build the status for %s (counted)", self._status_path)
-            return
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(status, fh, sort_keys=True)
