@@ -97,7 +97,9 @@ class Overlay:
             return []
         s = self.settings
         sample = [self.me]
-        sample += self.rng.sample(list(self.active.values()), min(s.shuffle_active, len(self.active)))
+        sample += self.rng.sample(
+            list(self.active.values()), min(s.shuffle_active, len(self.active))
+        )
         sample += self.rng.sample(
             list(self.passive.values()), min(s.shuffle_passive, len(self.passive))
         )
@@ -113,6 +115,19 @@ class Overlay:
             del self.passive[self.rng.choice(list(self.passive))]
         self.passive[node_id] = contact
 
+    def offer_passive(self, contact: Contact) -> None:
+        """A member learned alive: refresh its contact if held, take it if there is room.
+        Unlike :meth:`add_passive` it evicts nothing: in a start storm every node learns
+        every joiner, and evicting for each kept the passive view full of the newest
+        joiners (and cost a random draw per member learned)."""
+        node_id = contact.node_id
+        if node_id in self.passive:
+            self.passive[node_id] = contact
+        elif node_id in self.active:
+            self.active[node_id] = contact
+        elif node_id != self.me.node_id and len(self.passive) < self.settings.passive_size:
+            self.passive[node_id] = contact
+
     def rotate(self, candidate: Contact) -> Out:
         """Ask ``candidate`` (a random live member) to become a neighbour: continuous
         rewiring keeps the overlay random and joins the halves of a healed partition,
@@ -121,6 +136,15 @@ class Overlay:
             return []
         self.pending[candidate.node_id] = candidate
         return [(candidate, Neighbor(self.me, high=False))]
+
+    def confirm(self, neighbour: Contact) -> Out:
+        """``neighbour`` answered a probe saying it does not hold this node (a one-sided
+        link: a lost reply or disconnect). Ask it again; a refusal drops the link here
+        (:meth:`on_neighbor_reply`), an acceptance makes it symmetric."""
+        if neighbour.node_id not in self.active or neighbour.node_id in self.pending:
+            return []
+        self.pending[neighbour.node_id] = neighbour
+        return [(neighbour, Neighbor(self.me, high=False))]
 
     # -- messages --------------------------------------------------------------------------
 
@@ -171,6 +195,9 @@ class Overlay:
         sender = msg.sender
         self.pending.pop(sender.node_id, None)
         if not msg.accepted:
+            # A refusal says the sender does not hold this node: a link this side still
+            # holds is one-sided, and goes.
+            self.active.pop(sender.node_id, None)
             self.add_passive(sender)
             return self.fill()
         if sender.node_id in self.active:
