@@ -24,6 +24,11 @@ Design choices, each made after a simulated run showed the problem:
 - The silence clock of a neighbour starts when it becomes a neighbour. It used to be
   the time the member was last learned alive, so a member that became a neighbour long
   after (a shuffle, a rotation) was suspected in the same tick it was first pinged.
+- Besides its neighbours, each node probes one random member every
+  ``random_probe_interval_ms`` (SWIM's probing, at a rate that keeps connections within
+  bounds), and a member that stays silent to it as long as a neighbour would have to is
+  suspected. Neighbours alone left a hole: after a partition, a member whose neighbours
+  were all on its own side was never found dead on the other side.
 - A ping to a member this node holds suspect carries that suspicion. The flood and the
   piggybacked copies of it may all have been sent while the member was paused; without
   this it learned it was suspected only when declared dead, and came back through a
@@ -110,6 +115,10 @@ class ProtocolSettings:
     probe_timeout_ms: int = 200
     """A ping unanswered this long goes out again through ``indirect_probes`` others."""
     indirect_probes: int = 3
+    random_probe_interval_ms: int = 2_000
+    """Besides its neighbours, a node probes one random member this often (see the
+    module's notes: a member whose neighbours all share its side of a partition is
+    otherwise never found dead on the other side)."""
     suspect_after_ms: int = 2_000
     """A neighbour unanswered (directly and indirectly) this long is suspected."""
     dead_after_ms: int = 6_000
@@ -192,6 +201,7 @@ class MembershipProtocol:
         self.me = me
         self.overlay = Overlay(me, settings.overlay, rng)
         self.seeds = list(seeds)
+        self._seed_answered = False
         self.table = MemberTable()
         self.table.set(Update(me, Status.ALIVE), now_ms)
         self.local_health = 0
@@ -203,12 +213,16 @@ class MembershipProtocol:
         self._last_ack: dict[str, int] = {}
         """Neighbour -> when it was last heard from (set when it becomes a neighbour)."""
         self._relayed: dict[int, tuple[str, int, int]] = {}
+        self._watch: dict[str, int] = {}
+        """Non-neighbours whose probe went unanswered -> since when: probed every round
+        until they answer, suspected once silent as long as a neighbour would be."""
         self._seq = 0
         self._last_tick: int | None = None
         self._hold_health_until = 0
         s = settings
         self._next = {
             "probe": now_ms,
+            "random_probe": now_ms + s.random_probe_interval_ms,
             "join": now_ms,
             "shuffle": now_ms + s.shuffle_interval_ms,
             "rotate": now_ms + s.rotate_interval_ms,
@@ -300,6 +314,9 @@ class MembershipProtocol:
             nxt["probe"] = now_ms + s.probe_interval_ms
             out += self._probe_round(now_ms)
             out += self._timers(now_ms)
+        if now_ms >= nxt["random_probe"]:
+            nxt["random_probe"] = now_ms + s.random_probe_interval_ms
+            out += self._random_probe(now_ms)
         if now_ms >= nxt["join"]:
             nxt["join"] = now_ms + s.join_interval_ms
             out += self._join()
@@ -362,7 +379,9 @@ class MembershipProtocol:
                 out += self._sends(self.overlay.on_neighbor(msg))
         elif isinstance(msg, NeighborReply):
             self._heard(msg.sender, now_ms)
-            self.seeds = [s for s in self.seeds if s.router != msg.sender.router]
+            seeds = [s for s in self.seeds if s.router != msg.sender.router]
+            self._seed_answered |= len(seeds) < len(self.seeds)
+            self.seeds = seeds
             if not self.leaving:
                 out += self._sends(self.overlay.on_neighbor_reply(msg))
                 node_id = msg.sender.node_id
@@ -384,14 +403,28 @@ class MembershipProtocol:
 
     def _probe_round(self, now_ms: int) -> list[Command]:
         out: list[Command] = []
-        for node_id, contact in self.overlay.active.items():
-            if node_id in self._probing:
-                continue
-            self._seq += 1
-            self._probes[self._seq] = _Probe(node_id, now_ms)
-            self._probing[node_id] = self._seq
-            out.append(Send(contact, Ping(self._seq, self._ping_updates(node_id))))
+        for contact in self.overlay.active.values():
+            out += self._probe(contact, now_ms)
+        for node_id in list(self._watch):
+            entry = self.table.get(node_id)
+            if entry is not None and node_id not in self.overlay.active:
+                out += self._probe(entry.contact, now_ms)
         return out
+
+    def _random_probe(self, now_ms: int) -> list[Command]:
+        contact = self._random_live()
+        if contact is None or contact.node_id in self.overlay.active:
+            return []
+        return self._probe(contact, now_ms)
+
+    def _probe(self, contact: Contact, now_ms: int) -> list[Command]:
+        node_id = contact.node_id
+        if node_id in self._probing:
+            return []
+        self._seq += 1
+        self._probes[self._seq] = _Probe(node_id, now_ms)
+        self._probing[node_id] = self._seq
+        return [Send(contact, Ping(self._seq, self._ping_updates(node_id)))]
 
     def _ping_updates(self, target: str) -> tuple[Update, ...]:
         """The piggyback of a ping; a suspect target is told first that it is suspected,
@@ -409,6 +442,8 @@ class MembershipProtocol:
             if probe.indirect:
                 if now_ms - probe.sent_ms > give_up:
                     self._drop_probe(seq)  # the next round pings it again
+                    if probe.target not in self.overlay.active:
+                        self._watch.setdefault(probe.target, probe.sent_ms)
                 continue
             if now_ms - probe.sent_ms < timeout:
                 continue
@@ -439,6 +474,7 @@ class MembershipProtocol:
             return []
         self._drop_probe(msg.seq)
         target = probe.target
+        self._watch.pop(target, None)
         out: list[Command] = []
         if target in self.overlay.active:
             self._last_ack[target] = now_ms
@@ -466,6 +502,14 @@ class MembershipProtocol:
             entry = self.table.get(node_id)
             last = self._last_ack.setdefault(node_id, now_ms)
             if entry is not None and entry.status is Status.ALIVE and now_ms - last > silent_limit:
+                self._count("suspicions_raised")
+                out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
+        for node_id, since in list(self._watch.items()):
+            entry = self.table.get(node_id)
+            if entry is None or entry.status is not Status.ALIVE or node_id in self.overlay.active:
+                del self._watch[node_id]  # settled, or a neighbour (watched as one)
+            elif now_ms - since > silent_limit:
+                del self._watch[node_id]
                 self._count("suspicions_raised")
                 out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
         dead_limit = self._stretch(self.settings.dead_after_ms)
@@ -619,10 +663,14 @@ class MembershipProtocol:
     # -- overlay glue ----------------------------------------------------------------------
 
     def _join(self) -> list[Command]:
-        if self.overlay.active or self.leaving:
+        """Ask a seed (or, with no neighbour left, any known member) to take this node in.
+        Seeds are asked again until one answers, neighbours or not: a node that others
+        joined through before its own join was answered otherwise stayed, with them, an
+        overlay of its own that nothing ever merged (seen at 5% loss)."""
+        if self.leaving or (self.overlay.active and (self._seed_answered or not self.seeds)):
             return []
         contacts = list(self.seeds)
-        live = self._random_live()
+        live = None if self.overlay.active else self._random_live()
         if live is not None:
             contacts.append(live)
         if not contacts:
