@@ -6,6 +6,11 @@ Invariants (held after every call):
 - The active view is symmetric in steady state: a node enters it only through a
   handshake the other side took part in (join, neighbor request, forward-join end), and a
   node that drops another tells it (``Disconnect``), so the other side drops it too.
+  A lost reply or disconnect leaves a one-sided link; the probes' acks reveal it (the
+  protocol's concern) and :meth:`Overlay.confirm` makes it symmetric or drops it.
+- Learning a member alive never evicts from the passive view (:meth:`offer_passive`);
+  only shuffles and failures rotate it, so a start storm does not fill every passive
+  view with the newest joiners.
 
 Steady traffic (probes, relayed deltas, anti-entropy) flows only along active links, so a
 node's connections stay at ``active_size`` plus a few short-lived ones, whatever N. The

@@ -260,6 +260,10 @@ class MembershipProtocol:
             for n, e in self.table.items()
         }
 
+    def pending_updates(self) -> int:
+        """Updates still to be flooded or piggybacked (0 once this node has gone quiet)."""
+        return len(self._retransmit) + sum(len(u) for u in self._gossip_out.values())
+
     def neighbours(self) -> list[str]:
         return sorted(self.overlay.active)
 
