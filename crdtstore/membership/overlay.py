@@ -204,7 +204,10 @@ class Overlay:
             # holds is one-sided, and goes.
             self.active.pop(sender.node_id, None)
             self.add_passive(sender)
-            return self.fill()
+            # The next request waits for the periodic fill unless this node has no
+            # neighbour at all: asking at once looped at network speed (120 requests a
+            # second from a node one short of full, every candidate being full).
+            return [] if self.active else self.fill()
         if sender.node_id in self.active:
             self.active[sender.node_id] = sender
             return []
