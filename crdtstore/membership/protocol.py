@@ -655,14 +655,16 @@ class MembershipProtocol:
         return out
 
     def _sync_next_neighbour(self, now_ms: int) -> list[Command]:
-        while self._sync_queue:
-            node_id = next(iter(self._sync_queue))
-            del self._sync_queue[node_id]
-            contact = self.overlay.active.get(node_id)
-            if contact is not None:
-                self._sync_free_at = now_ms + self.settings.table_exchange_ms
-                return [Send(contact, self._digest())]
-        return []
+        # Sent even if the link is gone by now: a joiner evicted by its contact at once
+        # (a full view) otherwise never got the table, and stayed with the few members
+        # it met in an overlay component of its own.
+        node_id = next(iter(self._sync_queue))
+        del self._sync_queue[node_id]
+        entry = self.table.get(node_id)
+        if entry is None:
+            return []
+        self._sync_free_at = now_ms + self.settings.table_exchange_ms
+        return [Send(entry.contact, self._digest())]
 
     # -- overlay glue ----------------------------------------------------------------------
 
