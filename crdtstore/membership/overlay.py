@@ -6,6 +6,11 @@ Invariants (held after every call):
 - The active view is symmetric in steady state: a node enters it only through a
   handshake the other side took part in (join, neighbor request, forward-join end), and a
   node that drops another tells it (``Disconnect``), so the other side drops it too.
+  A lost reply or disconnect leaves a one-sided link; the probes' acks reveal it (the
+  protocol's concern) and :meth:`Overlay.confirm` makes it symmetric or drops it.
+- Learning a member alive never evicts from the passive view (:meth:`offer_passive`);
+  only shuffles and failures rotate it, so a start storm does not fill every passive
+  view with the newest joiners.
 
 Steady traffic (probes, relayed deltas, anti-entropy) flows only along active links, so a
 node's connections stay at ``active_size`` plus a few short-lived ones, whatever N. The
@@ -115,6 +120,19 @@ class Overlay:
             del self.passive[self.rng.choice(list(self.passive))]
         self.passive[node_id] = contact
 
+    def offer_passive(self, contact: Contact) -> None:
+        """A member learned alive: refresh its contact if held, take it if there is room.
+        Unlike :meth:`add_passive` it evicts nothing: in a start storm every node learns
+        every joiner, and evicting for each kept the passive view full of the newest
+        joiners (and cost a random draw per member learned)."""
+        node_id = contact.node_id
+        if node_id in self.passive:
+            self.passive[node_id] = contact
+        elif node_id in self.active:
+            self.active[node_id] = contact
+        elif node_id != self.me.node_id and len(self.passive) < self.settings.passive_size:
+            self.passive[node_id] = contact
+
     def rotate(self, candidate: Contact) -> Out:
         """Ask ``candidate`` (a random live member) to become a neighbour: continuous
         rewiring keeps the overlay random and joins the halves of a healed partition,
@@ -123,6 +141,15 @@ class Overlay:
             return []
         self.pending[candidate.node_id] = candidate
         return [(candidate, Neighbor(self.me, high=False))]
+
+    def confirm(self, neighbour: Contact) -> Out:
+        """``neighbour`` answered a probe saying it does not hold this node (a one-sided
+        link: a lost reply or disconnect). Ask it again; a refusal drops the link here
+        (:meth:`on_neighbor_reply`), an acceptance makes it symmetric."""
+        if neighbour.node_id not in self.active or neighbour.node_id in self.pending:
+            return []
+        self.pending[neighbour.node_id] = neighbour
+        return [(neighbour, Neighbor(self.me, high=False))]
 
     # -- messages --------------------------------------------------------------------------
 
@@ -173,8 +200,14 @@ class Overlay:
         sender = msg.sender
         self.pending.pop(sender.node_id, None)
         if not msg.accepted:
+            # A refusal says the sender does not hold this node: a link this side still
+            # holds is one-sided, and goes.
+            self.active.pop(sender.node_id, None)
             self.add_passive(sender)
-            return self.fill()
+            # The next request waits for the periodic fill unless this node has no
+            # neighbour at all: asking at once looped at network speed (120 requests a
+            # second from a node one short of full, every candidate being full).
+            return [] if self.active else self.fill()
         if sender.node_id in self.active:
             self.active[sender.node_id] = sender
             return []

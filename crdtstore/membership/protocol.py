@@ -8,22 +8,52 @@ It composes three things:
   member is watched by each of its neighbours: an observer topology, at a cost per node
   set by the active view's size, not by N. Lifeguard's local health stretches every
   timeout while this node itself runs late or hears itself suspected;
-- a member table, complete (every member, as every node holds every member record):
-  status and incarnation, with SWIM's precedence (alive < suspect < dead < left at one
-  incarnation; a higher incarnation wins, except over a leave or death at a higher or
-  equal one). A change is sent at once to every neighbour (so it floods the overlay in
-  a few hops), retransmitted on ``lambda * log N`` probes, and repaired by a push-pull
-  of the whole table whenever two neighbours' table hashes differ.
+- a member table (:mod:`crdtstore.membership.table`), complete (every member, as every
+  node holds every member record): status and incarnation, with SWIM's precedence. A
+  change is flooded to every neighbour (so it crosses the overlay in a few hops),
+  retransmitted on ``lambda * log N`` probes and acks, and repaired by anti-entropy
+  between neighbours.
 
 Invariants: this node's own entry is alive at ``incarnation`` unless it left; an
 update that claims it suspect or dead at its incarnation or above is refuted by raising
 the incarnation above it. Nothing here reads a clock or a socket; randomness comes
-from the ``random.Random`` given.
+from the ``random.Random`` given, and no decision depends on a set's iteration order,
+so a simulation replays from its seed.
+
+Design choices, each made after a simulated run showed the problem:
+- The silence clock of a neighbour starts when it becomes a neighbour. It used to be
+  the time the member was last learned alive, so a member that became a neighbour long
+  after (a shuffle, a rotation) was suspected in the same tick it was first pinged.
+- Besides its neighbours, each node probes one random member every
+  ``random_probe_interval_ms`` (SWIM's probing, at a rate that keeps connections within
+  bounds), and a member that stays silent to it as long as a neighbour would have to is
+  suspected. Neighbours alone left a hole: after a partition, a member whose neighbours
+  were all on its own side was never found dead on the other side.
+- A ping to a member this node holds suspect carries that suspicion. The flood and the
+  piggybacked copies of it may all have been sent while the member was paused; without
+  this it learned it was suspected only when declared dead, and came back through a
+  death instead of a refutation.
+- An ack says whether the acker holds the prober as a neighbour; a one-sided link (a
+  lost reply or disconnect) is then re-requested or dropped, so links stay symmetric
+  and every member stays watched by its neighbours.
+- Anti-entropy compares table digests, then per-bucket hashes, then ships only the
+  entries of the buckets that differ: a difference that is only an update in flight
+  costs a kilobyte or two at 1,000 members, not the whole table (60 kB) each way.
+- A new link is synchronised by the side that asked for it only, one exchange at a
+  time per node: a joiner takes the table from its first neighbour, and its next ones
+  find it equal, instead of five whole tables arriving at once in both directions.
+- Entries learned from a table exchange are flooded on only when they change what this
+  node knew of a member (a refutation, a death); members it had never heard of are not
+  news to its neighbours, who hold the same table. Otherwise every joiner re-flooded
+  the whole table it had just been given.
+- Only changes to known members (suspicions, deaths, leaves, refutations, restarts) are
+  piggybacked after the flood; a member's first appearance (a join) is flooded once and
+  left to anti-entropy if a copy is lost. No timer waits on a join, and piggybacking
+  every join of a 1,000-node start kept every ping carrying joins for a minute after.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections.abc import Iterable
@@ -31,7 +61,10 @@ from dataclasses import dataclass, field, replace
 
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.overlay import Out, Overlay, OverlaySettings
+from crdtstore.membership.retransmit import RetransmitQueue
+from crdtstore.membership.table import MemberTable, granularity_for, supersedes
 from crdtstore.membership.wire import (
+    MAX_UPDATES,
     Ack,
     Contact,
     Disconnect,
@@ -44,12 +77,25 @@ from crdtstore.membership.wire import (
     PingReq,
     Shuffle,
     ShuffleReply,
-    MAX_UPDATES,
     Status,
+    TableBuckets,
     TableDigest,
     TableSync,
     Update,
 )
+
+__all__ = [
+    "SEED_PREFIX",
+    "Command",
+    "MembershipProtocol",
+    "NeighbourDown",
+    "NeighbourUp",
+    "ProtocolSettings",
+    "Refuted",
+    "Send",
+    "StatusChange",
+    "supersedes",
+]
 
 SEED_PREFIX = "\x00seed:"
 """Node id of a contact known only by address (a seed), until it answers."""
@@ -69,6 +115,10 @@ class ProtocolSettings:
     probe_timeout_ms: int = 200
     """A ping unanswered this long goes out again through ``indirect_probes`` others."""
     indirect_probes: int = 3
+    random_probe_interval_ms: int = 2_000
+    """Besides its neighbours, a node probes one random member this often (see the
+    module's notes: a member whose neighbours all share its side of a partition is
+    otherwise never found dead on the other side)."""
     suspect_after_ms: int = 2_000
     """A neighbour unanswered (directly and indirectly) this long is suspected."""
     dead_after_ms: int = 6_000
@@ -80,12 +130,18 @@ class ProtocolSettings:
     """How often a node swaps one neighbour for a random live member."""
     table_sync_interval_ms: int = 5_000
     """How often a node compares its member table's hash with one neighbour's."""
+    table_exchange_ms: int = 200
+    """How long a table exchange with a new neighbour is given before the next new
+    neighbour's starts (one at a time: the first one usually makes the rest equal)."""
     reconnect_interval_ms: int = 10_000
     """How often a node offers its table to one member it holds dead, so that both
     sides of a healed partition learn of each other (and the living refute)."""
     prune_after_ms: int = 24 * 3600 * 1000
-    retransmit_mult: int = 3
-    """Each update rides on ``retransmit_mult * ceil(log2(N + 1))`` probes (SWIM's lambda)."""
+    retransmit_mult: int = 1
+    """Each update rides on ``retransmit_mult * ceil(log2(N + 1))`` probes and acks
+    (SWIM's lambda). The flood already carries it once to every neighbour, and probes
+    go only to neighbours, so these copies only repair losses: SWIM's 3 or 4 (it has no
+    flood) made a 1,000-node start storm drain its queues for minutes."""
     max_piggyback: int = 8
     gossip_interval_ms: int = 20
     """Updates learned within this long leave together, one message per neighbour: a
@@ -125,31 +181,10 @@ Command = Send | NeighbourUp | NeighbourDown | Refuted | StatusChange
 
 
 @dataclass(slots=True)
-class _Entry:
-    contact: Contact
-    status: Status
-    since_ms: int
-
-
-@dataclass(slots=True)
 class _Probe:
     target: str
     sent_ms: int
     indirect: bool = False
-
-
-def _entry_hash(node_id: str, status: Status, incarnation: int) -> int:
-    h = hashlib.blake2b(f"{node_id}\x00{int(status)}\x00{incarnation}".encode(), digest_size=8)
-    return int.from_bytes(h.digest(), "big")
-
-
-def supersedes(new: Status, new_inc: int, old: Status, old_inc: int) -> bool:
-    """SWIM's precedence: does an update (new, new_inc) override (old, old_inc)?"""
-    if old in (Status.LEFT, Status.DEAD):
-        return new_inc > old_inc or (new_inc == old_inc and new > old)
-    if new is Status.ALIVE:
-        return new_inc > old_inc
-    return new_inc > old_inc or (new_inc == old_inc and new > old)
 
 
 class MembershipProtocol:
@@ -166,40 +201,53 @@ class MembershipProtocol:
         self.me = me
         self.overlay = Overlay(me, settings.overlay, rng)
         self.seeds = list(seeds)
-        self.table: dict[str, _Entry] = {me.node_id: _Entry(me, Status.ALIVE, now_ms)}
-        self.table_hash = _entry_hash(me.node_id, Status.ALIVE, me.incarnation)
+        self._seed_answered = False
+        self.table = MemberTable()
+        self.table.set(Update(me, Status.ALIVE), now_ms)
         self.local_health = 0
         self.stats: dict[str, int] = {}
         self.leaving = False
-        self._retransmit: dict[str, tuple[Update, int]] = {}
+        self._retransmit = RetransmitQueue()
         self._probes: dict[int, _Probe] = {}
         self._probing: dict[str, int] = {}
         self._last_ack: dict[str, int] = {}
+        """Neighbour -> when it was last heard from (set when it becomes a neighbour)."""
         self._relayed: dict[int, tuple[str, int, int]] = {}
+        self._watch: dict[str, int] = {}
+        """Non-neighbours whose probe went unanswered -> since when: probed every round
+        until they answer, suspected once silent as long as a neighbour would be."""
         self._seq = 0
         self._last_tick: int | None = None
         self._hold_health_until = 0
         s = settings
         self._next = {
             "probe": now_ms,
+            "random_probe": now_ms + s.random_probe_interval_ms,
             "join": now_ms,
             "shuffle": now_ms + s.shuffle_interval_ms,
             "rotate": now_ms + s.rotate_interval_ms,
             "table": now_ms + s.table_sync_interval_ms,
             "reconnect": now_ms + s.reconnect_interval_ms,
         }
-        self._active_seen: frozenset[str] = frozenset()
+        self._active_seen: dict[str, None] = {}
         self._pending_changes: list[Command] = []
         self._gossip_out: dict[str, dict[str, Update]] = {}
         self._gossip_due: int | None = None
-        self._suspects: set[str] = set()
+        self._sync_queue: dict[str, None] = {}
+        """New neighbours this node asked for, whose tables it has yet to compare."""
+        self._sync_free_at = now_ms
         self._next_prune = now_ms + settings.prune_after_ms // 8
+        self._next_timer = min(self._next.values())
 
     # -- queries ---------------------------------------------------------------------------
 
     @property
     def incarnation(self) -> int:
         return self.me.incarnation
+
+    @property
+    def table_hash(self) -> int:
+        return self.table.digest
 
     def status(self, node_id: str) -> MemberStatus | None:
         entry = self.table.get(node_id)
@@ -212,17 +260,23 @@ class MembershipProtocol:
             for n, e in self.table.items()
         }
 
+    def pending_updates(self) -> int:
+        """Updates still to be flooded or piggybacked (0 once this node has gone quiet)."""
+        return len(self._retransmit) + sum(len(u) for u in self._gossip_out.values())
+
     def neighbours(self) -> list[str]:
         return sorted(self.overlay.active)
 
     def next_deadline(self) -> int:
-        deadline = min(self._next.values())
+        deadline = self._next_timer
         if self._gossip_due is not None:
             deadline = min(deadline, self._gossip_due)
+        if self._sync_queue:
+            deadline = min(deadline, self._sync_free_at)
+        timeout = self._stretch(self.settings.probe_timeout_ms)
         for probe in self._probes.values():
-            wait = self.settings.probe_timeout_ms if not probe.indirect else 0
-            if wait:
-                deadline = min(deadline, probe.sent_ms + self._stretch(wait))
+            if not probe.indirect:
+                deadline = min(deadline, probe.sent_ms + timeout)
         return deadline
 
     # -- events of this node ---------------------------------------------------------------
@@ -231,7 +285,7 @@ class MembershipProtocol:
         """Tell the neighbours this node leaves (the update floods from them)."""
         self.leaving = True
         update = Update(self.me, Status.LEFT)
-        self._set(self.me.node_id, self.me, Status.LEFT, now_ms)
+        self.table.set(update, now_ms)
         out: list[Command] = []
         for contact in self.overlay.active.values():
             out.append(Send(contact, Gossip((update,))))
@@ -252,7 +306,7 @@ class MembershipProtocol:
         ):
             return []
         out = self._apply(Update(contact, status), now_ms, source=None)
-        return out + self._neighbour_changes()
+        return out + self._neighbour_changes(now_ms)
 
     def tick(self, now_ms: int) -> list[Command]:
         out: list[Command] = []
@@ -262,13 +316,18 @@ class MembershipProtocol:
         out += self._probe_timeouts(now_ms)
         if self._gossip_due is not None and now_ms >= self._gossip_due:
             out += self._flush_gossip()
+        if self._sync_queue and now_ms >= self._sync_free_at:
+            out += self._sync_next_neighbour(now_ms)
         if now_ms >= nxt["probe"]:
             nxt["probe"] = now_ms + s.probe_interval_ms
             out += self._probe_round(now_ms)
             out += self._timers(now_ms)
+        if now_ms >= nxt["random_probe"]:
+            nxt["random_probe"] = now_ms + s.random_probe_interval_ms
+            out += self._random_probe(now_ms)
         if now_ms >= nxt["join"]:
             nxt["join"] = now_ms + s.join_interval_ms
-            out += self._join(now_ms)
+            out += self._join()
         if now_ms >= nxt["shuffle"]:
             nxt["shuffle"] = now_ms + s.shuffle_interval_ms
             self.overlay.forget_pending()
@@ -277,22 +336,21 @@ class MembershipProtocol:
             out += self._sends(self.overlay.fill())
         if now_ms >= nxt["rotate"]:
             nxt["rotate"] = now_ms + s.rotate_interval_ms
-            live = self._live_others()
-            if live and len(self.overlay.active) >= s.overlay.active_size:
-                out += self._sends(self.overlay.rotate(self.rng.choice(live)))
+            live = self._random_live()
+            if live is not None and len(self.overlay.active) >= s.overlay.active_size:
+                out += self._sends(self.overlay.rotate(live))
         if now_ms >= nxt["table"]:
             nxt["table"] = now_ms + s.table_sync_interval_ms
             if self.overlay.active:
                 target = self.rng.choice(list(self.overlay.active.values()))
-                out.append(Send(target, TableDigest(self.table_hash, len(self.table))))
+                out.append(Send(target, self._digest()))
         if now_ms >= nxt["reconnect"]:
             nxt["reconnect"] = now_ms + s.reconnect_interval_ms
-            dead = [e.contact for e in self.table.values() if e.status is Status.DEAD]
-            if dead:
-                out.append(
-                    Send(self.rng.choice(dead), TableDigest(self.table_hash, len(self.table)))
-                )
-        return out + self._neighbour_changes()
+            if self.table.dead:
+                dead = self.table[self.rng.choice(list(self.table.dead))]
+                out.append(Send(dead.contact, self._digest()))
+        self._next_timer = min(nxt.values())
+        return out + self._neighbour_changes(now_ms)
 
     # -- messages --------------------------------------------------------------------------
 
@@ -301,7 +359,9 @@ class MembershipProtocol:
         out: list[Command] = []
         if isinstance(msg, Ping):
             out += self._absorb(msg.updates, now_ms, sender)
-            out.append(Send(sender, Ack(msg.seq, self.me.incarnation, self._piggyback())))
+            neighbour = sender in self.overlay.active
+            ack = Ack(msg.seq, self.me.incarnation, self._piggyback(), neighbour)
+            out.append(Send(sender, ack))
         elif isinstance(msg, Ack):
             out += self._absorb(msg.updates, now_ms, sender)
             out += self._on_ack(msg, now_ms)
@@ -311,13 +371,8 @@ class MembershipProtocol:
             out.append(Send(msg.target, Ping(self._seq)))
         elif isinstance(msg, Gossip):
             out += self._absorb(msg.updates, now_ms, sender)
-        elif isinstance(msg, TableDigest):
-            if msg.digest != self.table_hash:
-                out.append(Send(sender, TableSync(self._entries(), reply=False)))
-        elif isinstance(msg, TableSync):
-            out += self._absorb(msg.entries, now_ms, sender)
-            if not msg.reply and self._differs(msg.entries):
-                out.append(Send(sender, TableSync(self._entries(), reply=True)))
+        elif isinstance(msg, TableDigest | TableBuckets | TableSync):
+            out += self._on_table(sender, msg, now_ms)
         elif isinstance(msg, Join):
             self._heard(msg.joiner, now_ms)
             out += self._sends(self.overlay.on_join(msg))
@@ -332,9 +387,14 @@ class MembershipProtocol:
                 out += self._sends(self.overlay.on_neighbor(msg))
         elif isinstance(msg, NeighborReply):
             self._heard(msg.sender, now_ms)
-            self.seeds = [s for s in self.seeds if s.router != msg.sender.router]
+            seeds = [s for s in self.seeds if s.router != msg.sender.router]
+            self._seed_answered |= len(seeds) < len(self.seeds)
+            self.seeds = seeds
             if not self.leaving:
                 out += self._sends(self.overlay.on_neighbor_reply(msg))
+                node_id = msg.sender.node_id
+                if msg.accepted and node_id in self.overlay.active:
+                    self._sync_queue[node_id] = None
         elif isinstance(msg, Disconnect):
             _, sends = self.overlay.on_disconnect(msg)
             out += self._sends(sends)
@@ -345,29 +405,53 @@ class MembershipProtocol:
             self.overlay.on_shuffle_reply(msg)
         else:
             self._count("rejected_membership_kind")
-        return out + self._neighbour_changes()
+        return out + self._neighbour_changes(now_ms)
 
     # -- probing ---------------------------------------------------------------------------
 
     def _probe_round(self, now_ms: int) -> list[Command]:
         out: list[Command] = []
-        for node_id, contact in self.overlay.active.items():
-            self._last_ack.setdefault(node_id, now_ms)
-            if node_id in self._probing:
-                continue
-            self._seq += 1
-            self._probes[self._seq] = _Probe(node_id, now_ms)
-            self._probing[node_id] = self._seq
-            out.append(Send(contact, Ping(self._seq, self._piggyback())))
+        for contact in self.overlay.active.values():
+            out += self._probe(contact, now_ms)
+        for node_id in list(self._watch):
+            entry = self.table.get(node_id)
+            if entry is not None and node_id not in self.overlay.active:
+                out += self._probe(entry.contact, now_ms)
         return out
+
+    def _random_probe(self, now_ms: int) -> list[Command]:
+        contact = self._random_live()
+        if contact is None or contact.node_id in self.overlay.active:
+            return []
+        return self._probe(contact, now_ms)
+
+    def _probe(self, contact: Contact, now_ms: int) -> list[Command]:
+        node_id = contact.node_id
+        if node_id in self._probing:
+            return []
+        self._seq += 1
+        self._probes[self._seq] = _Probe(node_id, now_ms)
+        self._probing[node_id] = self._seq
+        return [Send(contact, Ping(self._seq, self._ping_updates(node_id)))]
+
+    def _ping_updates(self, target: str) -> tuple[Update, ...]:
+        """The piggyback of a ping; a suspect target is told first that it is suspected,
+        so that it refutes at the first ping it hears (see the module's notes)."""
+        entry = self.table.get(target)
+        if entry is not None and entry.status is Status.SUSPECT:
+            return (entry.update, *self._piggyback(self.settings.max_piggyback - 1))
+        return self._piggyback()
 
     def _probe_timeouts(self, now_ms: int) -> list[Command]:
         out: list[Command] = []
         timeout = self._stretch(self.settings.probe_timeout_ms)
+        give_up = self._stretch(self.settings.probe_interval_ms * 2)
         for seq, probe in list(self._probes.items()):
             if probe.indirect:
-                if now_ms - probe.sent_ms > self._stretch(self.settings.probe_interval_ms * 2):
+                if now_ms - probe.sent_ms > give_up:
                     self._drop_probe(seq)  # the next round pings it again
+                    if probe.target not in self.overlay.active:
+                        self._watch.setdefault(probe.target, probe.sent_ms)
                 continue
             if now_ms - probe.sent_ms < timeout:
                 continue
@@ -381,9 +465,10 @@ class MembershipProtocol:
             for helper in self.rng.sample(helpers, k):
                 out.append(Send(helper, PingReq(seq, target.contact)))
             # The target gets a second direct ping too: one lost frame is the common case.
-            out.append(Send(target.contact, Ping(seq)))
+            suspicion = (target.update,) if target.status is Status.SUSPECT else ()
+            out.append(Send(target.contact, Ping(seq, suspicion)))
         for seq, (_, _, at) in list(self._relayed.items()):
-            if now_ms - at > self._stretch(self.settings.probe_interval_ms * 2):
+            if now_ms - at > give_up:
                 del self._relayed[seq]
         return out
 
@@ -396,13 +481,21 @@ class MembershipProtocol:
         if probe is None:
             return []
         self._drop_probe(msg.seq)
-        self._last_ack[probe.target] = now_ms
-        entry = self.table.get(probe.target)
-        if entry is not None and entry.status is Status.SUSPECT:
-            if msg.incarnation > entry.contact.incarnation:
-                contact = replace(entry.contact, incarnation=msg.incarnation)
-                return self._apply(Update(contact, Status.ALIVE), now_ms, source=None)
-        return []
+        target = probe.target
+        self._watch.pop(target, None)
+        out: list[Command] = []
+        if target in self.overlay.active:
+            self._last_ack[target] = now_ms
+            if not msg.neighbour and target not in self.overlay.pending:
+                # A one-sided link: ask to be taken back (a refusal drops it here).
+                self._count("one_sided_links")
+                out += self._sends(self.overlay.confirm(self.overlay.active[target]))
+        entry = self.table.get(target)
+        suspected = entry is not None and entry.status is Status.SUSPECT
+        if entry is not None and suspected and msg.incarnation > entry.contact.incarnation:
+            contact = replace(entry.contact, incarnation=msg.incarnation)
+            out += self._apply(Update(contact, Status.ALIVE), now_ms, source=None)
+        return out
 
     def _drop_probe(self, seq: int) -> None:
         probe = self._probes.pop(seq, None)
@@ -415,12 +508,20 @@ class MembershipProtocol:
         silent_limit = self._stretch(self.settings.suspect_after_ms)
         for node_id in list(self.overlay.active):
             entry = self.table.get(node_id)
-            last = self._last_ack.get(node_id, now_ms)
+            last = self._last_ack.setdefault(node_id, now_ms)
             if entry is not None and entry.status is Status.ALIVE and now_ms - last > silent_limit:
                 self._count("suspicions_raised")
                 out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
+        for node_id, since in list(self._watch.items()):
+            entry = self.table.get(node_id)
+            if entry is None or entry.status is not Status.ALIVE or node_id in self.overlay.active:
+                del self._watch[node_id]  # settled, or a neighbour (watched as one)
+            elif now_ms - since > silent_limit:
+                del self._watch[node_id]
+                self._count("suspicions_raised")
+                out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
         dead_limit = self._stretch(self.settings.dead_after_ms)
-        for node_id in list(self._suspects):
+        for node_id in list(self.table.suspects):
             entry = self.table[node_id]
             if now_ms - entry.since_ms > dead_limit:
                 out += self._apply(Update(entry.contact, Status.DEAD), now_ms, source=None)
@@ -437,15 +538,21 @@ class MembershipProtocol:
 
     # -- dissemination ---------------------------------------------------------------------
 
-    def _absorb(self, updates: Iterable[Update], now_ms: int, sender: str) -> list[Command]:
+    def _absorb(
+        self, updates: Iterable[Update], now_ms: int, sender: str, news_only: bool = False
+    ) -> list[Command]:
         out: list[Command] = []
         if sender in self.overlay.active:
             self._last_ack[sender] = now_ms  # any frame from a neighbour says it is there
         for update in updates:
-            out += self._apply(update, now_ms, source=sender)
+            out += self._apply(update, now_ms, source=sender, news_only=news_only)
         return out
 
-    def _apply(self, update: Update, now_ms: int, source: str | None) -> list[Command]:
+    def _apply(
+        self, update: Update, now_ms: int, source: str | None, news_only: bool = False
+    ) -> list[Command]:
+        """Take ``update`` if it supersedes what the table holds. ``news_only``: pass it
+        on (flood, piggyback) only if it changes a member this node already knew."""
         node_id = update.node_id
         if node_id == self.me.node_id:
             return self._about_me(update, now_ms)
@@ -455,24 +562,23 @@ class MembershipProtocol:
         ):
             return []
         old = None if entry is None else entry.status
-        self._set(node_id, update.contact, update.status, now_ms)
-        out: list[Command] = [
-            StatusChange(
-                node_id,
-                None if old is None else TO_STATUS[old],
-                TO_STATUS[update.status],
-                update.incarnation,
+        self.table.set(update, now_ms)
+        out: list[Command] = []
+        if old is not update.status:  # a new incarnation at the same status is no change
+            old_status = None if old is None else TO_STATUS[old]
+            out.append(
+                StatusChange(node_id, old_status, TO_STATUS[update.status], update.incarnation)
             )
-        ]
-        if old is not None and old is update.status:
-            out = []  # a new incarnation at the same status: not a change to report
         if update.status is Status.ALIVE:
-            self._last_ack[node_id] = now_ms
-            self.overlay.add_passive(update.contact)
+            self.overlay.offer_passive(update.contact)
         elif update.status in (Status.DEAD, Status.LEFT):
-            was, sends = self.overlay.neighbour_failed(node_id)
+            _, sends = self.overlay.neighbour_failed(node_id)
             out += self._sends(sends)
-        self._retransmit[node_id] = (update, self._retransmits())
+        if entry is None:
+            if not news_only:
+                self._queue_gossip(update, now_ms, source)
+            return out
+        self._retransmit.put(update, self._retransmits())
         self._queue_gossip(update, now_ms, source)
         return out
 
@@ -507,41 +613,76 @@ class MembershipProtocol:
         self._count("refutations")
         self.me = replace(self.me, incarnation=update.incarnation + 1)
         self.overlay.me = self.me
-        self._set(self.me.node_id, self.me, Status.ALIVE, now_ms)
         alive = Update(self.me, Status.ALIVE)
-        self._retransmit[self.me.node_id] = (alive, self._retransmits())
+        self.table.set(alive, now_ms)
+        self._retransmit.put(alive, self._retransmits())
         self._queue_gossip(alive, now_ms, None)
         return [Refuted(self.me.incarnation)]
 
-    def _piggyback(self) -> tuple[Update, ...]:
-        if not self._retransmit:
-            return ()
-        chosen = sorted(self._retransmit.items(), key=lambda kv: -kv[1][1])
-        chosen = chosen[: self.settings.max_piggyback]
-        for node_id, (update, left) in chosen:
-            if left <= 1:
-                del self._retransmit[node_id]
-            else:
-                self._retransmit[node_id] = (update, left - 1)
-        return tuple(update for _, (update, _) in chosen)
+    def _piggyback(self, k: int | None = None) -> tuple[Update, ...]:
+        return self._retransmit.take(self.settings.max_piggyback if k is None else k)
 
     def _retransmits(self) -> int:
         return self.settings.retransmit_mult * max(1, math.ceil(math.log2(len(self.table) + 1)))
 
-    def _entries(self) -> tuple[Update, ...]:
-        return tuple(Update(e.contact, e.status) for e in self.table.values())
+    # -- anti-entropy ----------------------------------------------------------------------
 
-    def _differs(self, entries: Iterable[Update]) -> bool:
-        theirs = {u.node_id: (u.status, u.incarnation) for u in entries}
-        mine = {n: (e.status, e.contact.incarnation) for n, e in self.table.items()}
-        return theirs != mine
+    def _digest(self) -> TableDigest:
+        return TableDigest(self.table.digest, len(self.table))
+
+    def _on_table(
+        self, sender: str, msg: TableDigest | TableBuckets | TableSync, now_ms: int
+    ) -> list[Command]:
+        """Digest -> bucket hashes -> entries of the differing buckets -> what differs
+        back: each step only when the previous one found a difference."""
+        if isinstance(msg, TableDigest):
+            if msg.digest == self.table.digest:
+                return []
+            granularity = granularity_for(max(msg.count, len(self.table)))
+            return [Send(sender, TableBuckets(self.table.folded(granularity)))]
+        if isinstance(msg, TableBuckets):
+            granularity = len(msg.hashes)
+            buckets = self.table.differing(granularity, msg.hashes)
+            if not buckets:
+                return []
+            entries = self.table.in_buckets(granularity, buckets)
+            return [Send(sender, TableSync(entries, False, granularity, buckets))]
+        self._count("table_entries_received")
+        out = self._absorb(msg.entries, now_ms, sender, news_only=True)
+        if msg.reply:
+            return out
+        theirs = {u.node_id: (u.status, u.incarnation) for u in msg.entries}
+        mine = self.table.in_buckets(msg.granularity, msg.buckets)
+        differ = tuple(u for u in mine if theirs.get(u.node_id) != (u.status, u.incarnation))
+        if differ:
+            out.append(Send(sender, TableSync(differ, True, msg.granularity, msg.buckets)))
+        return out
+
+    def _sync_next_neighbour(self, now_ms: int) -> list[Command]:
+        # Sent even if the link is gone by now: a joiner evicted by its contact at once
+        # (a full view) otherwise never got the table, and stayed with the few members
+        # it met in an overlay component of its own.
+        node_id = next(iter(self._sync_queue))
+        del self._sync_queue[node_id]
+        entry = self.table.get(node_id)
+        if entry is None:
+            return []
+        self._sync_free_at = now_ms + self.settings.table_exchange_ms
+        return [Send(entry.contact, self._digest())]
 
     # -- overlay glue ----------------------------------------------------------------------
 
-    def _join(self, now_ms: int) -> list[Command]:
-        if self.overlay.active or self.leaving:
+    def _join(self) -> list[Command]:
+        """Ask a seed (or, with no neighbour left, any known member) to take this node in.
+        Seeds are asked again until one answers, neighbours or not: a node that others
+        joined through before its own join was answered otherwise stayed, with them, an
+        overlay of its own that nothing ever merged (seen at 5% loss)."""
+        if self.leaving or (self.overlay.active and (self._seed_answered or not self.seeds)):
             return []
-        contacts = list(self.seeds) + self._live_others()
+        contacts = list(self.seeds)
+        live = None if self.overlay.active else self._random_live()
+        if live is not None:
+            contacts.append(live)
         if not contacts:
             return []
         self._count("join_attempts")
@@ -549,16 +690,13 @@ class MembershipProtocol:
 
     def _top_up_passive(self) -> None:
         room = self.settings.overlay.passive_size - len(self.overlay.passive)
-        live = [c for c in self._live_others() if c.node_id not in self.overlay.active]
-        for contact in self.rng.sample(live, min(room, len(live))):
-            self.overlay.add_passive(contact)
+        for _ in range(room):
+            contact = self._random_live()
+            if contact is not None and contact.node_id not in self.overlay.active:
+                self.overlay.add_passive(contact)
 
-    def _live_others(self) -> list[Contact]:
-        return [
-            e.contact
-            for n, e in self.table.items()
-            if e.status is Status.ALIVE and n != self.me.node_id
-        ]
+    def _random_live(self) -> Contact | None:
+        return self.table.random_with(self.rng, Status.ALIVE, exclude=self.me.node_id)
 
     def _heard(self, contact: Contact, now_ms: int) -> None:
         """A message signed by its sender's connection: alive at that incarnation."""
@@ -576,46 +714,32 @@ class MembershipProtocol:
     def _sends(self, out: Out) -> list[Command]:
         return [Send(to, msg) for to, msg in out]
 
-    def _neighbour_changes(self) -> list[Command]:
+    def _neighbour_changes(self, now_ms: int) -> list[Command]:
         """What the overlay's active view gained and lost since the last call (and the
         changes learned on the way)."""
         out: list[Command] = list(self._pending_changes)
         self._pending_changes.clear()
-        now = frozenset(self.overlay.active)
-        for node_id in sorted(self._active_seen - now):
+        active = self.overlay.active
+        seen = self._active_seen
+        if active.keys() == seen.keys():
+            return out
+        for node_id in sorted(n for n in seen if n not in active):
             self._last_ack.pop(node_id, None)
             seq = self._probing.get(node_id)
             if seq is not None:
                 self._drop_probe(seq)
             out.append(NeighbourDown(node_id))
-        for node_id in sorted(now - self._active_seen):
-            out.append(NeighbourUp(self.overlay.active[node_id]))
-            # A new neighbour: compare tables at once (it may know members we do not).
-            out.append(
-                Send(self.overlay.active[node_id], TableDigest(self.table_hash, len(self.table)))
-            )
-        self._active_seen = now
+        for node_id in sorted(n for n in active if n not in seen):
+            self._last_ack[node_id] = now_ms  # its silence is counted from now
+            out.append(NeighbourUp(active[node_id]))
+        self._active_seen = dict.fromkeys(active)
         return out
 
     # -- table bookkeeping -----------------------------------------------------------------
 
-    def _set(self, node_id: str, contact: Contact, status: Status, now_ms: int) -> None:
-        if status is Status.SUSPECT:
-            self._suspects.add(node_id)
-        else:
-            self._suspects.discard(node_id)
-        entry = self.table.get(node_id)
-        if entry is not None:
-            self.table_hash ^= _entry_hash(node_id, entry.status, entry.contact.incarnation)
-        self.table[node_id] = _Entry(contact, status, now_ms)
-        self.table_hash ^= _entry_hash(node_id, status, contact.incarnation)
-
     def _remove(self, node_id: str) -> None:
-        entry = self.table.pop(node_id, None)
-        self._suspects.discard(node_id)
-        if entry is not None:
-            self.table_hash ^= _entry_hash(node_id, entry.status, entry.contact.incarnation)
-        self._retransmit.pop(node_id, None)
+        self.table.remove(node_id)
+        self._retransmit.discard(node_id)
         self.overlay.passive.pop(node_id, None)
         self._count("members_pruned")
 
@@ -650,8 +774,8 @@ class MembershipProtocol:
             return []
         self.me = replace(self.me, incarnation=at_least)
         self.overlay.me = self.me
-        self._set(self.me.node_id, self.me, Status.ALIVE, now_ms)
         alive = Update(self.me, Status.ALIVE)
-        self._retransmit[self.me.node_id] = (alive, self._retransmits())
+        self.table.set(alive, now_ms)
+        self._retransmit.put(alive, self._retransmits())
         self._queue_gossip(alive, now_ms, None)
         return []

@@ -28,6 +28,8 @@ MAX_UPDATES = 256
 MAX_TABLE = 100_000
 """Entries of one member-table exchange (a whole cluster's statuses)."""
 MAX_TTL = 32
+MAX_BUCKETS = 256
+"""Buckets of one table comparison (a power of two): see :mod:`crdtstore.membership.table`."""
 
 
 class Status(enum.IntEnum):
@@ -271,21 +273,28 @@ class Ping:
 @register
 @dataclass(frozen=True, slots=True)
 class Ack:
+    """``neighbour``: whether the acker holds the prober in its active view. A probe
+    between neighbours answered with False shows a one-sided link (a lost reply or
+    disconnect); the prober then asks to be taken back or drops the link, so links
+    stay symmetric and every member stays watched."""
+
     KIND: ClassVar[str] = "sw_ack"
     seq: int
     incarnation: int
     updates: tuple[Update, ...] = ()
+    neighbour: bool = True
 
     def to_wire(self) -> list[Any]:
-        return [self.seq, self.incarnation, [u.to_wire() for u in self.updates]]
+        return [self.seq, self.incarnation, [u.to_wire() for u in self.updates], self.neighbour]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Ack:
-        seq, incarnation, updates = expect_list(fields, "ack", 3)
+        seq, incarnation, updates, neighbour = expect_list(fields, "ack", 4)
         return cls(
             expect_int(seq, "ack seq"),
             expect_int(incarnation, "ack incarnation"),
             _updates(updates, "ack updates"),
+            expect(neighbour, bool, "ack neighbour"),
         )
 
 
@@ -324,24 +333,70 @@ class Gossip:
         return cls(_updates(updates, "gossip updates"))
 
 
+def _granularity(obj: Any) -> int:
+    g = expect_int(obj, "granularity", 0, MAX_BUCKETS)
+    if g & (g - 1):
+        raise DecodeError(f"granularity: {g} is not a power of two")
+    return g
+
+
 @register
 @dataclass(frozen=True, slots=True)
 class TableSync:
-    """A whole member table (push-pull): sent to a new neighbour, and to one neighbour
-    now and then, so that what every update missed is repaired. ``reply``: the answer
-    to one (not answered again)."""
+    """Member table entries (push-pull). ``granularity`` 0: the whole table; otherwise
+    the entries in ``buckets`` of that many (the buckets a :class:`TableBuckets`
+    comparison found different), so a transient difference ships a few entries, not
+    N. ``reply``: the answer to one (not answered again)."""
 
     KIND: ClassVar[str] = "sw_table"
     entries: tuple[Update, ...]
     reply: bool
+    granularity: int = 0
+    buckets: tuple[int, ...] = ()
 
     def to_wire(self) -> list[Any]:
-        return [[u.to_wire() for u in self.entries], self.reply]
+        return [
+            [u.to_wire() for u in self.entries],
+            self.reply,
+            self.granularity,
+            list(self.buckets),
+        ]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> TableSync:
-        entries, reply = expect_list(fields, "table sync", 2)
-        return cls(_updates(entries, "table entries", MAX_TABLE), expect(reply, bool, "reply"))
+        entries, reply, granularity, buckets = expect_list(fields, "table sync", 4)
+        g = _granularity(granularity)
+        items = expect_list(buckets, "table sync buckets")
+        if len(items) > g:
+            raise DecodeError(f"table sync buckets: {len(items)} (granularity {g})")
+        return cls(
+            _updates(entries, "table entries", MAX_TABLE),
+            expect(reply, bool, "reply"),
+            g,
+            tuple(expect_int(b, "bucket", 0, max(0, g - 1)) for b in items),
+        )
+
+
+@register
+@dataclass(frozen=True, slots=True)
+class TableBuckets:
+    """The answer to a :class:`TableDigest` that differs: this table's hash per bucket
+    (``len(hashes)`` buckets, a power of two chosen for the table's size). The receiver
+    sends its entries of the buckets that differ, and gets this side's back."""
+
+    KIND: ClassVar[str] = "sw_table_buckets"
+    hashes: tuple[int, ...]
+
+    def to_wire(self) -> list[Any]:
+        return [list(self.hashes)]
+
+    @classmethod
+    def from_wire(cls, fields: list[Any]) -> TableBuckets:
+        (hashes,) = expect_list(fields, "table buckets", 1)
+        items = expect_list(hashes, "bucket hashes")
+        if _granularity(len(items)) == 0:
+            raise DecodeError("bucket hashes: none")
+        return cls(tuple(expect_int(h, "bucket hash", 0, (1 << 64) - 1) for h in items))
 
 
 @register

@@ -1,12 +1,17 @@
 """A deterministic network of membership protocols, for thousands of nodes in one process.
 
 Each node is a :class:`~crdtstore.membership.protocol.MembershipProtocol`; every frame
-between two nodes is encoded and decoded with the real codec (so sizes are real and
-decoding is exercised) and travels with a delay drawn from ``delay_ms``, is lost with
-probability ``loss``, and is dropped whole across a partition. A node works through its
-frames and timers one at a time, each taking ``work_ms`` (``slow_factor`` times that on a
-slow node), so a slow node answers late and its own timers fire late, as a loaded
-process would. Everything is driven by one seeded ``random.Random``: a run replays.
+between two nodes is encoded with the real codec (so sizes are real) and, unless
+``decode=False``, decoded again on arrival (so decoding is exercised; tests keep it on).
+A benchmark may turn decoding off: the receiver then gets the sender's message object,
+which is what decoding would rebuild, and the run costs about half as much.
+
+A frame travels with a delay drawn from ``delay_ms``, is lost with probability
+``loss``, and is dropped whole across a partition or by a paused node. A node works
+through its frames and timers one at a time, each taking ``work_ms`` (``slow_factor``
+times that on a slow node), so a slow node answers late and its own timers fire late,
+as a loaded process would. Everything is driven by one seeded ``random.Random`` and no
+outcome depends on a set's iteration order: a run replays from its seed.
 """
 
 from __future__ import annotations
@@ -14,21 +19,23 @@ from __future__ import annotations
 import heapq
 import random
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.protocol import (
     SEED_PREFIX,
+    Command,
     MembershipProtocol,
-    NeighbourDown,
-    NeighbourUp,
     ProtocolSettings,
     Refuted,
     Send,
 )
 from crdtstore.membership.wire import Contact
-from crdtstore.sync.messages import decode_message, encode_message
+from crdtstore.sync.messages import Message, decode_message, encode_message
+
+_Frame = tuple[str, int, object]
+"""A frame in flight: sender, encoded size, and the bytes (or the message object)."""
 
 
 def address(node_id: str) -> str:
@@ -43,6 +50,7 @@ class SimNode:
     busy_until: float = 0.0
     tick_at: float = -1.0
     up: bool = True
+    paused: bool = False
     sent_msgs: int = 0
     sent_bytes: int = 0
     recv_msgs: int = 0
@@ -66,6 +74,7 @@ class NetSim:
         loss: float = 0.0,
         work_ms: float = 0.05,
         slow_factor: float = 10.0,
+        decode: bool = True,
     ) -> None:
         self.rng = random.Random(seed)
         self.settings = settings or ProtocolSettings()
@@ -73,11 +82,15 @@ class NetSim:
         self.loss = loss
         self.work_ms = work_ms
         self.slow_factor = slow_factor
+        self.decode = decode
         self.now = 0.0
         self.nodes: dict[str, SimNode] = {}
         self.observations: list[Observation] = []
         self.refutations: list[tuple[float, str, int]] = []
-        self._heap: list[tuple[float, int, str, str, object]] = []
+        self.by_kind: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+        """Message class name -> [frames, bytes] sent (all nodes)."""
+        self._by_subject: dict[str, list[Observation]] = defaultdict(list)
+        self._heap: list[tuple[float, int, str, str, _Frame | None]] = []
         self._seq = 0
         self._groups: dict[str, int] | None = None
         self.record_observations = True
@@ -87,6 +100,8 @@ class NetSim:
     def add_node(
         self, node_id: str, seeds: Iterable[str] = (), slow: bool = False, incarnation: int = 1
     ) -> SimNode:
+        """Start ``node_id`` (again, after a crash or leave: a restart under the same id,
+        whose ``incarnation`` must exceed the one it had)."""
         me = Contact(node_id, address(node_id), address(node_id) + "/pub", None, incarnation)
         contacts = [
             Contact(SEED_PREFIX + address(s), address(s), address(s) + "/pub", None, 0)
@@ -108,7 +123,19 @@ class NetSim:
         self._run_commands(node, node.protocol.leave(int(self.now)))
         node.up = False
 
+    def pause(self, node_id: str) -> None:
+        """The node stops: frames sent to it are lost and its timers do not run (a
+        stopped process, a long GC pause), until :meth:`resume`."""
+        self.nodes[node_id].paused = True
+
+    def resume(self, node_id: str) -> None:
+        node = self.nodes[node_id]
+        node.paused = False
+        node.tick_at = -1.0
+        self._schedule_tick(node, self.now)
+
     def partition(self, *groups: Iterable[str]) -> None:
+        """Cut the network between ``groups``; a node in none of them is cut off alone."""
         self._groups = {n: i for i, group in enumerate(groups) for n in group}
 
     def heal(self) -> None:
@@ -120,7 +147,7 @@ class NetSim:
             at, _, kind, node_id, payload = heapq.heappop(heap)
             self.now = at
             node = self.nodes.get(node_id)
-            if node is None or not node.up:
+            if node is None or not node.up or node.paused:
                 continue
             if kind == "tick":
                 if at != node.tick_at:
@@ -133,18 +160,32 @@ class NetSim:
                     continue
                 self._run_commands(node, node.protocol.tick(int(at)))
             else:
-                sender, data = payload  # type: ignore[misc]
                 start = self._work(node, at)
                 if start > at:
                     self._push(start, "frame", node_id, payload)
                     continue
+                assert payload is not None
+                sender, size, msg = payload
                 node.recv_msgs += 1
-                node.recv_bytes += len(data)
+                node.recv_bytes += size
                 node.last_contact[sender] = at
-                msg = decode_message(data)
+                if isinstance(msg, bytes):
+                    msg = decode_message(msg)
                 self._run_commands(node, node.protocol.on_message(sender, msg, int(at)))
             self._schedule_tick(node, at)
         self.now = t_ms
+
+    def run_until_true(
+        self, condition: Callable[[], bool], limit_ms: float, step_ms: float = 100.0
+    ) -> float | None:
+        """Run in steps of ``step_ms`` until ``condition`` holds (the time it first held,
+        to within a step) or ``limit_ms`` passes (None)."""
+        while True:
+            if condition():
+                return self.now
+            if self.now >= limit_ms:
+                return None
+            self.run_until(min(limit_ms, self.now + step_ms))
 
     # -- measurements ----------------------------------------------------------------------
 
@@ -158,8 +199,9 @@ class NetSim:
             return 1.0
         seen = 0
         for node in others:
-            row = node.protocol.members().get(subject)
-            if row is not None and row[0] is status and row[1] >= incarnation:
+            st = node.protocol.status(subject)
+            entry = node.protocol.table.get(subject)
+            if st is status and entry is not None and entry.contact.incarnation >= incarnation:
                 seen += 1
         return seen / len(others)
 
@@ -168,13 +210,44 @@ class NetSim:
         recent = {p for p, t in node.last_contact.items() if self.now - t <= window_ms}
         return len(recent | set(node.protocol.overlay.active))
 
-    def first_time(self, subject: str, status: MemberStatus, share: float) -> float | None:
-        """When ``share`` of the nodes then live first saw ``subject`` at ``status``."""
+    def components(self) -> list[list[str]]:
+        """Connected components of the live nodes' active views (links taken both ways)."""
+        live = {n.node_id for n in self.live()}
+        adjacent: dict[str, set[str]] = {n: set() for n in live}
+        for node_id in live:
+            for other in self.nodes[node_id].protocol.overlay.active:
+                if other in live:
+                    adjacent[node_id].add(other)
+                    adjacent[other].add(node_id)
+        out: list[list[str]] = []
+        unseen = set(live)
+        for start in sorted(live):
+            if start not in unseen:
+                continue
+            unseen.discard(start)
+            stack, part = [start], [start]
+            while stack:
+                for other in adjacent[stack.pop()]:
+                    if other in unseen:
+                        unseen.discard(other)
+                        stack.append(other)
+                        part.append(other)
+            out.append(sorted(part))
+        return out
+
+    def observations_of(self, subject: str) -> list[Observation]:
+        return self._by_subject.get(subject, [])
+
+    def first_time(
+        self, subject: str, status: MemberStatus, share: float, after_ms: float = 0.0
+    ) -> float | None:
+        """When ``share`` of the nodes now live (other than ``subject``) had first seen
+        ``subject`` at ``status`` (at or after ``after_ms``)."""
         others = len([n for n in self.live() if n.node_id != subject])
         need = max(1, int(share * others + 0.999999))
         seen: set[str] = set()
-        for obs in self.observations:
-            if obs.change.node_id == subject and obs.change.new is status:
+        for obs in self.observations_of(subject):
+            if obs.at_ms >= after_ms and obs.change.new is status:
                 seen.add(obs.observer)
                 if len(seen) >= need:
                     return obs.at_ms
@@ -197,38 +270,43 @@ class NetSim:
             node.tick_at = deadline
             self._push(deadline, "tick", node.node_id, None)
 
-    def _push(self, at: float, kind: str, node_id: str, payload: object) -> None:
+    def _push(self, at: float, kind: str, node_id: str, payload: _Frame | None) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (at, self._seq, kind, node_id, payload))
 
-    def _run_commands(self, node: SimNode, commands: list[object]) -> None:
+    def _run_commands(self, node: SimNode, commands: Sequence[Command]) -> None:
         for command in commands:
             if isinstance(command, Send):
                 self._send(node, command)
             elif isinstance(command, StatusChange):
                 if self.record_observations:
-                    self.observations.append(Observation(self.now, node.node_id, command))
+                    obs = Observation(self.now, node.node_id, command)
+                    self.observations.append(obs)
+                    self._by_subject[command.node_id].append(obs)
             elif isinstance(command, Refuted):
                 self.refutations.append((self.now, node.node_id, command.incarnation))
-            elif isinstance(command, (NeighbourUp, NeighbourDown)):
-                pass
 
     def _send(self, node: SimNode, command: Send) -> None:
         to = command.to
-        if isinstance(to, Contact):
-            dst = to.router.removeprefix("sim://")
-        else:
-            dst = to
-        data = encode_message(command.msg)  # type: ignore[arg-type]
+        dst = to.router.removeprefix("sim://") if isinstance(to, Contact) else to
+        msg: Message = command.msg  # type: ignore[assignment]
+        data = encode_message(msg)
+        size = len(data)
         node.sent_msgs += 1
-        node.sent_bytes += len(data)
+        node.sent_bytes += size
+        kind = self.by_kind[type(msg).__name__]
+        kind[0] += 1
+        kind[1] += size
         node.last_contact[dst] = self.now
-        if self._groups is not None and self._groups.get(node.node_id) != self._groups.get(dst):
+        if self._groups is not None and self._groups.get(node.node_id, -1) != self._groups.get(
+            dst, -2
+        ):
             return
         if self.loss and self.rng.random() < self.loss:
             return
         low, high = self.delay_ms
-        self._push(self.now + self.rng.uniform(low, high), "frame", dst, (node.node_id, data))
+        payload: _Frame = (node.node_id, size, data if self.decode else msg)
+        self._push(self.now + self.rng.uniform(low, high), "frame", dst, payload)
 
 
 def counters(nodes: Iterable[SimNode]) -> dict[str, float]:
