@@ -128,10 +128,18 @@ class Liveness:
             return
         self._stop.set()
         self._view_due.set()
+        self._wake()
         for thread in self._threads:
             thread.join(timeout=5)
         if self._threads:
             self._write_view(self._clock(), stopped=True)
+
+    def _wake(self) -> None:
+        """End the thread's wait for its next deadline now (it waits that long, not a
+        short poll: a node's idle cost is mostly its threads' wake-ups)."""
+        wake = getattr(self._transport, "wake_express", None)
+        if wake is not None:
+            wake()
 
     # -- the thread ----------------------------------------------------------------------------
 
@@ -148,7 +156,7 @@ class Liveness:
         has arrived, then beat and tick if due."""
         now = self._clock()
         wait_ms = max(0, self._next_beat - now)
-        delivery = self._transport.recv_express(min(wait_ms, self._poll_ms) / 1000)
+        delivery = self._transport.recv_express(wait_ms / 1000)
         handled = 0
         while delivery is not None:
             self.on_delivery(delivery, self._clock())

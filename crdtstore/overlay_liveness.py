@@ -137,7 +137,7 @@ class OverlayLiveness(Liveness):
         with self._lock:
             deadline = 0 if self._protocol is None else self._protocol.next_deadline()
         now = self._clock()
-        wait_ms = max(0, min(deadline - now, self._poll_ms))
+        wait_ms = max(0, deadline - now)
         delivery = self._transport.recv_express(wait_ms / 1000)
         handled = 0
         while delivery is not None:
@@ -293,6 +293,7 @@ class OverlayLiveness(Liveness):
             if self._protocol is None:
                 return
             self._run_commands(self._protocol.learn(contact_of(record), now, left=record.left))
+        self._wake()  # what it learned may be due sooner than this thread's next deadline
 
     def add(
         self, node_id: str, incarnation: int, now: int, left: bool = False
@@ -332,6 +333,7 @@ class OverlayLiveness(Liveness):
         with self._lock:
             if self._protocol is not None:
                 self._run_commands(self._protocol.raise_incarnation(at_least, self._clock()))
+                self._wake()
             self._incarnation = max(self._incarnation, at_least)
             return self._incarnation
 

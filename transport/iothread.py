@@ -502,7 +502,8 @@ class IOThread(threading.Thread):
         elif op == pipes.DISCONNECT:
             self._close_peer(args[0])
         elif op == pipes.WAKE:
-            self._emit([pipes.EV_WOKEN])
+            express = bool(args) and args[0] == b"express" and self._express is not None
+            self._emit([pipes.EV_WOKEN], self._express if express else None)
         elif op == pipes.STOP:
             self.stop_requested.set()
         else:

@@ -312,6 +312,12 @@ class Transport:
         """Make a ``recv`` blocked in another thread return None soon. Never blocks."""
         self._command(pipes.WAKE, wait=False)
 
+    def wake_express(self) -> None:
+        """Make a ``recv_express`` blocked now return None at once (as ``wake`` does for
+        ``recv``): its consumer can wait for its next deadline, not poll for a stop."""
+        if self._express_topics or self._express_channels:
+            self._command(pipes.WAKE, b"express", wait=False)
+
     def reload_keys(self) -> None:
         """Re-read ``keys_dir`` into the ZAP allow-list (no-op with CURVE off)."""
         self._check_running()
