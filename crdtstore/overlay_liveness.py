@@ -39,7 +39,8 @@ from crdtstore.membership.protocol import (
     Send,
 )
 from crdtstore.membership.records import MemberRecord
-from crdtstore.membership.wire import Contact
+from crdtstore.membership.seeds import SeedWatch
+from crdtstore.membership.wire import Contact, Join, NeighborReply
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.messages import decode_message, encode_message
 from transport import Delivery
@@ -83,7 +84,10 @@ class OverlayLiveness(Liveness):
         clock: Callable[[], int],
         poll_ms: int = 50,
         rng: random.Random | None = None,
+        seed_watch: SeedWatch | None = None,
     ) -> None:
+        """``seed_watch``: counts (``seed_unanswered``) and logs seeds that a join asked and
+        that never answered, as the full mode's greetings do."""
         super().__init__(
             node_id=node_id,
             transport=transport,
@@ -107,6 +111,7 @@ class OverlayLiveness(Liveness):
         self._seed_aliases: set[str] = set()
         self._events: list[NeighbourUp | NeighbourDown] = []
         self._heard_at: dict[str, int] = {}
+        self._seed_watch = seed_watch
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -123,6 +128,16 @@ class OverlayLiveness(Liveness):
                 contact_of(me), self._settings, self._rng, now, seeds
             )
         self.start(me.incarnation, me.router)
+
+    def prepare_leave(self) -> None:
+        """This node is about to write its record as left: from now on a claim that it
+        left is its own, not one to refute. Without this, peers that read the record
+        before the leave's gossip said "left" back, this node refuted at a higher
+        incarnation, its record followed, and so on until the leave went out (seen:
+        sixteen lives spent on one leave)."""
+        with self._lock:
+            if self._protocol is not None:
+                self._protocol.leaving = True
 
     def leave(self) -> None:
         """Tell the neighbours this node leaves (before the transport closes)."""
@@ -169,6 +184,8 @@ class OverlayLiveness(Liveness):
             if peer in self._transient:
                 self._transient[peer] = now
             self._heard_at[peer] = now
+            if isinstance(msg, NeighborReply) and self._seed_watch is not None:
+                self._seed_watch.answered(msg.sender.router)  # a seed took our join
             self._run_commands(self._protocol.on_message(peer, msg, now))
 
     # -- commands ------------------------------------------------------------------------------
@@ -176,19 +193,19 @@ class OverlayLiveness(Liveness):
     def _run_commands(self, commands: Sequence[object]) -> None:
         # Connections first: a reply to a new neighbour must leave on the connection it
         # keeps, and one to a dropped neighbour on the connection still open.
-        ordered: list[object] = [c for c in commands if isinstance(c, (NeighbourUp, NeighbourDown))]
-        ordered += [c for c in commands if not isinstance(c, (NeighbourUp, NeighbourDown))]
-        for command in ordered:
+        for command in commands:
+            if isinstance(command, NeighbourUp):
+                self._neighbour_up(command.contact)
+            elif isinstance(command, NeighbourDown):
+                self._neighbour_down(command.node_id)
+        self._readdress_neighbours()
+        for command in commands:
             if isinstance(command, Send):
                 self._send(command)
             elif isinstance(command, StatusChange):
                 self._changes.append(command)
                 self._unlogged.append(command)
                 self._view_due.set()
-            elif isinstance(command, NeighbourUp):
-                self._neighbour_up(command.contact)
-            elif isinstance(command, NeighbourDown):
-                self._neighbour_down(command.node_id)
             elif isinstance(command, Refuted):
                 self._incarnation = command.incarnation
                 self._refuted = command.incarnation
@@ -202,6 +219,8 @@ class OverlayLiveness(Liveness):
             return
         node_id = to.node_id
         if node_id.startswith(SEED_PREFIX):
+            if isinstance(command.msg, Join):
+                self._greeted_seed(to.router)
             if node_id not in self._seed_aliases:
                 self._connect(node_id, to.router, None, to.public_key)
                 self._seed_aliases.add(node_id)
@@ -211,6 +230,24 @@ class OverlayLiveness(Liveness):
             self._transient[node_id] = self._clock()
         self._net.send(node_id.encode(), data)
         self.stats["overlay_sent"] += 1
+
+    def _greeted_seed(self, addr: str) -> None:
+        """A join sent to a seed: a wrong address or a seed that is down answers nothing
+        while ZeroMQ retries without a word, so a seed silent too long is said."""
+        if self._seed_watch is None:
+            return
+        now = self._clock()
+        silent_ms = self._seed_watch.greeted(addr, now)
+        if silent_ms is None:
+            return
+        self.stats["seed_unanswered"] += 1
+        if self._seed_watch.should_warn(addr, now):
+            log.warning(
+                "seed %s has not answered for %.0f s (not running, or not reachable from "
+                "here?); still trying",
+                addr,
+                silent_ms / 1000,
+            )
 
     def _connect(self, node_id: str, router: str, pub: str | None, key: str | None) -> None:
         try:
@@ -227,6 +264,41 @@ class OverlayLiveness(Liveness):
         self._connect(contact.node_id, contact.router, contact.pub, contact.public_key)
         self._events.append(NeighbourUp(contact))
         self.stats["neighbours_up"] += 1
+
+    def _readdress_neighbours(self) -> None:
+        """Follow a neighbour that came back as a new life while still in the active view.
+
+        A member restarted before it was declared dead joins again and is taken back in
+        place: the protocol swaps its contact and reports no NeighbourUp, as the set of
+        neighbours did not change. Its new life has a new PUB port (and may have new
+        addresses or key): the old SUB would hear nothing of it again, so its writes would
+        reach this node only by repair, and never be relayed. Reconnected here, and told
+        to the replicator as a new neighbour (a hello: its clock and versions may differ
+        too)."""
+        assert self._protocol is not None
+        active, table = self._protocol.overlay.active, self._protocol.table
+        for node_id, held in list(self._neighbours.items()):
+            contact = active.get(node_id)
+            if contact is None:
+                continue
+            # A new life that joined elsewhere is known from gossip or its record only.
+            entry = table.get(node_id)
+            if entry is not None and entry.contact.incarnation > contact.incarnation:
+                contact = entry.contact
+            if contact == held:
+                continue
+            self._neighbours[node_id] = contact
+            if (contact.router, contact.pub, contact.public_key) == (
+                held.router,
+                held.pub,
+                held.public_key,
+            ) and contact.incarnation <= held.incarnation:
+                continue
+            if node_id in self._pinned:
+                self._pinned[node_id] = contact
+            self._connect(node_id, contact.router, contact.pub, contact.public_key)
+            self._events.append(NeighbourUp(contact))
+            self.stats["neighbours_readdressed"] += 1
 
     def _neighbour_down(self, node_id: str) -> None:
         if self._neighbours.pop(node_id, None) is None:
@@ -247,11 +319,14 @@ class OverlayLiveness(Liveness):
         if self._neighbours and self._seed_aliases:
             for alias in self._seed_aliases:
                 self._net.disconnect_peer(alias.encode())
+                self.stats["seed_connections_closed"] += 1
             self._seed_aliases.clear()
 
     # -- the replicator's interface ------------------------------------------------------------
 
     def take_neighbour_events(self) -> list[NeighbourUp | NeighbourDown]:
+        """Links gained and lost since the last call. A NeighbourUp also says that a linked
+        member (neighbour or topic link) came back as a new life, connected anew."""
         with self._lock:
             events, self._events = self._events, []
         return events
@@ -292,6 +367,14 @@ class OverlayLiveness(Liveness):
         with self._lock:
             if self._protocol is None:
                 return
+            held = self._pinned.get(record.node_id)
+            if held is not None and held.incarnation < record.incarnation:
+                # A topic link's member restarted: its new life publishes on a new port.
+                contact = contact_of(record)
+                self._pinned[record.node_id] = contact
+                if record.node_id not in self._neighbours:
+                    self._connect(record.node_id, record.router, record.pub, record.public_key)
+                    self._events.append(NeighbourUp(contact))
             self._run_commands(self._protocol.learn(contact_of(record), now, left=record.left))
         self._wake()  # what it learned may be due sooner than this thread's next deadline
 

@@ -198,6 +198,10 @@ class Replicator:
                 view=member_view,
                 clock=clock,
                 poll_ms=settings.poll_ms,
+                seed_watch=SeedWatch(
+                    patience_ms=3 * settings.membership.hello_interval_ms,
+                    warn_every_ms=sync_settings.log_interval_ms,
+                ),
             )
         else:
             self.liveness = Liveness(
@@ -244,7 +248,8 @@ class Replicator:
             warn_every_ms=sync_settings.log_interval_ms,
         )
         self._record_addrs: dict[str, tuple[str, str]] = {}
-        self._learned: dict[str, int] = {}  # overlay mode: incarnation told the protocol
+        # Overlay mode: the life (incarnation, left) of each record told the protocol.
+        self._learned: dict[str, tuple[int, bool]] = {}
         self._rng = random.Random()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -286,6 +291,8 @@ class Replicator:
     def close(self, leave: bool = False) -> None:
         """Stop the thread, then the transport. Idempotent; never hangs."""
         if leave and self._own is not None and not self._stop.is_set():
+            if isinstance(self.liveness, OverlayLiveness):
+                self.liveness.prepare_leave()
             self._own = _replace(self._own, left=True)
             self._write_own_record(self._own)
             self._leaving.set()
@@ -648,8 +655,10 @@ class Replicator:
                     self._own = _replace(self._own, incarnation=incarnation)
                     self._write_own_record(self._own)
                 continue
-            if record.incarnation != self._learned.get(node_id):
-                self._learned[node_id] = record.incarnation
+            # A leave keeps its incarnation: told too, as gossip of it may have been lost.
+            life = (record.incarnation, record.left)
+            if life != self._learned.get(node_id):
+                self._learned[node_id] = life
                 overlay.learn(record, now)
             status = overlay.status(node_id)
             if status in (MemberStatus.DEAD, MemberStatus.LEFT) or record.left:
@@ -711,6 +720,16 @@ class Replicator:
             return
         node_id = record.node_id
         if node_id in self._connected or overlay.is_neighbour(node_id):
+            return
+        held = self._records.get(node_id)
+        known = (held is not None and not held.left) or overlay.status(
+            node_id
+        ) is MemberStatus.ALIVE
+        if not known:
+            # Neither its record nor the membership protocol vouches for it: linking back
+            # would subscribe this node to a stranger that only said hello, and what a link
+            # publishes is taken as relayed batches of any origin.
+            self.stats["pin_back_refused"] += 1
             return
         mine, theirs = self._topics, record.topics
         if mine is not None and theirs is not None and not set(mine) & set(theirs):

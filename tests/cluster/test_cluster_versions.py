@@ -102,7 +102,9 @@ def test_a_node_of_the_previous_release_and_this_one_replicate_both_ways(
     # This tree joins through the old node (the rolling upgrade's case: the old node
     # refuses the hello with versions, and must still hear the one without), and a
     # second old node joins through the new one.
-    new = cluster.add("new", seeds=[old.bind])
+    # The previous release knows only the full mesh (heartbeats, every node connected to
+    # every node): an upgrade from it runs this tree in that mode too.
+    new = cluster.add("new", seeds=[old.bind], overlay=False)
     old2 = OldServeNode(old_tree, cluster.root, "old2", [new.bind])
     cluster.nodes.append(old2.start())
     nodes = [old, new, old2]
