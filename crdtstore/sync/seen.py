@@ -16,6 +16,10 @@ from __future__ import annotations
 import bisect
 
 
+def _start(run: tuple[int, int]) -> int:
+    return run[0]
+
+
 class SeenRuns:
     __slots__ = ("hwm", "max_runs", "runs")
 
@@ -29,7 +33,7 @@ class SeenRuns:
         if last <= self.hwm:
             return True
         lo = max(first, self.hwm + 1)
-        at = bisect.bisect_right(self.runs, (lo, last)) - 1
+        at = bisect.bisect_right(self.runs, lo, key=_start) - 1
         return at >= 0 and self.runs[at][0] <= lo and self.runs[at][1] >= last
 
     def unseen(self, first: int, last: int) -> list[tuple[int, int]]:

@@ -45,7 +45,7 @@ from crdtstore.sync.relay import (
     Subscribe,
     Unsubscribe,
 )
-from crdtstore.sync.relay_topics import DATA, parse_topic, topic_links
+from crdtstore.sync.relay_topics import parse_topic, topic_links
 from crdtstore.testing.netsim import NetSim
 
 FRAME = 2
@@ -143,6 +143,34 @@ class _FetchAnswer:
     key: BatchKey
 
 
+@dataclass(frozen=True, slots=True)
+class _Subscription:
+    subscriber: str
+    topics: tuple[bytes, ...]
+    delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Publication:
+    publisher: str
+    topic: bytes
+    body: BatchKey | Have
+
+
+@dataclass(frozen=True, slots=True)
+class _Direct:
+    sender: str
+    msg: Prune | Graft | RepairRequest | _FetchAnswer
+
+
+@dataclass(frozen=True, slots=True)
+class _Own:
+    namespace: str
+
+
+_Event = _Subscription | _Publication | _Direct | _Own | None
+
+
 @dataclass
 class RelayNode:
     node_id: str
@@ -153,6 +181,8 @@ class RelayNode:
     """Bytes received per kind, batches' own bytes aside (they are ``copies``)."""
     copies: int = 0
     """Copies of batches received (published or fetched)."""
+    heard: Counter[str] = field(default_factory=Counter)
+    """Publications received per namespace (data and have notices)."""
     delivered: dict[BatchKey, float] = field(default_factory=dict)
     tick_at: float = -1.0
 
@@ -176,7 +206,7 @@ class RelaySim:
         self.stats: Counter[str] = Counter()
         self.published: dict[BatchKey, float] = {}
         self._seqs: Counter[tuple[str, str]] = Counter()
-        self._heap: list[tuple[float, int, str, str, object]] = []
+        self._heap: list[tuple[float, int, str, _Event]] = []
         self._order = 0
         self._fifo: dict[tuple[str, str, str], float] = {}
         self._filters: dict[str, dict[str, _Filter]] = {n: {} for n in overlay}
@@ -227,23 +257,23 @@ class RelaySim:
         return key
 
     def publish_at(self, at_ms: float, origin: str, namespace: str) -> None:
-        self._push(at_ms, "own", origin, namespace)
+        self._push(at_ms, origin, _Own(namespace))
 
     def run_until(self, t_ms: float) -> None:
         heap = self._heap
         while heap and heap[0][0] <= t_ms:
-            at, _, kind, node_id, payload = heapq.heappop(heap)
+            at, _, node_id, event = heapq.heappop(heap)
             self.now = at
             node = self.nodes[node_id]
-            if kind == "tick":
+            if event is None:  # a tick
                 if at != node.tick_at:
                     continue  # superseded
                 node.tick_at = -1.0
                 self._run(node, node.relay.tick(int(at)))
-            elif kind == "own":
-                self.publish(node_id, payload)  # type: ignore[arg-type]
+            elif isinstance(event, _Own):
+                self.publish(node_id, event.namespace)
             else:
-                self._receive(node, kind, payload)
+                self._receive(node, event)
             self._schedule_tick(node)
         self.now = max(self.now, t_ms)
 
@@ -282,30 +312,18 @@ class RelaySim:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _receive(self, node: RelayNode, kind: str, payload: object) -> None:
+    def _receive(self, node: RelayNode, event: _Subscription | _Publication | _Direct) -> None:
         relay, now = node.relay, int(self.now)
-        if kind == "sub":
-            subscriber, topics, delta = payload  # type: ignore[misc]
-            flt = self._filters[node.node_id].setdefault(subscriber, _Filter())
-            for topic in topics:
+        if isinstance(event, _Subscription):
+            flt = self._filters[node.node_id].setdefault(event.subscriber, _Filter())
+            for topic in event.topics:
                 node.received["subscribe"] += len(topic) + 1 + FRAME
-                if not flt.change(topic, delta):
+                if not flt.change(topic, event.delta):
                     self.stats["unsubscribed_unknown"] += 1
-        elif kind == "pub":
-            publisher, raw, obj = payload  # type: ignore[misc]
-            topic = parse_topic(raw)
-            if topic.publisher != publisher:
-                self.stats["topic_names_another"] += 1
-                return
-            if topic.kind == DATA:
-                node.received["data"] += len(raw) + 2 * FRAME
-                node.copies += 1
-                self._run(node, relay.on_batch(topic, obj, now))
-            else:
-                node.received["have"] += len(raw) + len(encode_message(obj)) + 2 * FRAME
-                self._run(node, relay.on_have(topic, obj, now))
+        elif isinstance(event, _Publication):
+            self._publication(node, event, now)
         else:
-            sender, msg = payload  # type: ignore[misc]
+            sender, msg = event.sender, event.msg
             if isinstance(msg, _FetchAnswer):
                 node.received["fetched"] += REPLY_OVERHEAD + FRAME
                 node.copies += 1
@@ -316,11 +334,26 @@ class RelaySim:
                 self._run(node, relay.on_prune(sender, msg))
             elif isinstance(msg, Graft):
                 self._run(node, relay.on_graft(sender, msg))
-            elif isinstance(msg, RepairRequest):
+            else:
                 for seq in range(msg.first, msg.last + 1):
                     key = BatchKey(msg.namespace, msg.origin, seq, seq)
                     if key in node.delivered:
                         self._send(node.node_id, sender, "direct", _FetchAnswer(key))
+
+    def _publication(self, node: RelayNode, event: _Publication, now: int) -> None:
+        topic = parse_topic(event.topic)
+        if topic.publisher != event.publisher:  # what the connection's key vouches for
+            self.stats["topic_names_another"] += 1
+            return
+        node.heard[topic.namespace] += 1
+        body = event.body
+        if isinstance(body, BatchKey):
+            node.received["data"] += len(event.topic) + 2 * FRAME
+            node.copies += 1
+            self._run(node, node.relay.on_batch(topic, body, now))
+        else:
+            node.received["have"] += len(event.topic) + len(encode_message(body)) + 2 * FRAME
+            self._run(node, node.relay.on_have(topic, body, now))
 
     def _run(self, node: RelayNode, commands: list[Command]) -> None:
         me = node.node_id
@@ -334,12 +367,8 @@ class RelaySim:
             elif isinstance(cmd, (Subscribe, Unsubscribe)):
                 delta = 1 if isinstance(cmd, Subscribe) else -1
                 for publisher in node.publishers:  # one SUB socket: it tells every PUB
-                    self._push(
-                        self._arrival(me, publisher, "sub"),
-                        "sub",
-                        publisher,
-                        (me, cmd.topics, delta),
-                    )
+                    at = self._arrival(me, publisher, "sub")
+                    self._push(at, publisher, _Subscription(me, cmd.topics, delta))
             elif isinstance(cmd, SendTo):
                 self._send(me, cmd.neighbour, "direct", cmd.msg)
             elif isinstance(cmd, Fetch):
@@ -352,15 +381,16 @@ class RelaySim:
                 if self.loss and self.rng.random() < self.loss:
                     self.stats["lost"] += 1
                     continue
-                self._push(
-                    self._arrival(me, subscriber, "pub"), "pub", subscriber, (me, topic, obj)
-                )
+                at = self._arrival(me, subscriber, "pub")
+                self._push(at, subscriber, _Publication(me, topic, obj))
 
-    def _send(self, me: str, to: str, channel: str, msg: object) -> None:
+    def _send(
+        self, me: str, to: str, channel: str, msg: Prune | Graft | RepairRequest | _FetchAnswer
+    ) -> None:
         if self.loss and self.rng.random() < self.loss:
             self.stats["lost"] += 1
             return
-        self._push(self._arrival(me, to, channel), "msg", to, (me, msg))
+        self._push(self._arrival(me, to, channel), to, _Direct(me, msg))
 
     def _arrival(self, src: str, dst: str, channel: str) -> float:
         """When a frame sent now arrives, keeping each channel's order (TCP)."""
@@ -378,8 +408,8 @@ class RelaySim:
         at = max(float(deadline), self.now)
         if node.tick_at < 0 or at < node.tick_at:
             node.tick_at = at
-            self._push(at, "tick", node.node_id, None)
+            self._push(at, node.node_id, None)
 
-    def _push(self, at: float, kind: str, node_id: str, payload: object) -> None:
+    def _push(self, at: float, node_id: str, event: _Event) -> None:
         self._order += 1
-        heapq.heappush(self._heap, (at, self._order, kind, node_id, payload))
+        heapq.heappush(self._heap, (at, self._order, node_id, event))
