@@ -18,18 +18,34 @@ Plumtree (Leitao, Pereira, Rodrigues, SRDS 2007) keeps this from flooding: a lin
 neighbour ``X`` is *eager* for a namespace (subscribed to ``X``'s data topic, less the
 batches ``X`` got from this node: see :mod:`~crdtstore.sync.relay_topics`) or *lazy* (not
 subscribed to it). Every link, eager or lazy, hears ``X``'s "have" notices: the runs
-``X`` learned, gathered over ``have_interval_ms``. New links start eager. A batch that
-arrives again over an eager link makes that link lazy (unsubscribe, and send ``X`` a
-:class:`~crdtstore.sync.messages.Prune` so it unsubscribes from this node's side too):
-the eager links settle into a spanning tree and each node receives each batch about
-once. A have notice for a batch still missing after ``graft_timeout_ms`` is fetched from
-the neighbour that announced it (a repair request, which its log answers), then from the
-next announcer; only when ``graft_after_misses`` batches of a namespace in a row had to
-be fetched (the tree has a hole, not a stray loss), or no eager link is left, is the
-announcer's link made eager again (a graft, and a
-:class:`~crdtstore.sync.messages.Graft` to it). Plumtree grafts on every miss; here PUB
-drops a frame now and then (1% in the simulation), and grafting on each would churn
-the tree (graft, duplicate, prune) for nothing.
+``X`` learned, gathered over ``have_interval_ms``. New links start eager.
+
+Pruning. A batch that arrives twice came over two paths from its origin, which together
+hold a cycle of eager links. Plumtree makes the link of the second copy lazy. Here a
+link is made lazy (unsubscribe, and a :class:`~crdtstore.sync.messages.Prune` so that
+``X`` unsubscribes from this node's side too) only if it is the *heaviest* link of both
+paths, by a weight both ends compute (:func:`~crdtstore.sync.relay_topics.edge_weight`;
+each data topic carries the heaviest weight of its batch's path so far). With many
+origins publishing at once, Plumtree's rule prunes two links of one cycle at once and
+cuts the tree: in the simulation at 200 nodes and 100 batches/s it never settled,
+fetching and grafting without end. The heaviest link of a cycle belongs to no minimum
+spanning tree of the overlay, so pruning by this rule, however many at once, never
+removes a link of that tree: the eager links stay connected, and settle into it (each
+node then receives each batch once). Batches that came off a repair (below) carry no
+path, and their duplicates prune nothing.
+
+Repair and grafting. A have notice for a batch still missing after ``graft_timeout_ms``
+is fetched from a neighbour that announced it (the engine's repair request, which its
+log answers), a tree neighbour first, then the next announcer. If no tree neighbour
+announced it, the loss was further up the tree and the node below it will fetch and
+relay it: the fetch waits one more ``graft_timeout_ms`` (else a loss high in the tree
+made its whole subtree fetch). A fetched batch is relayed on, marked as repaired. The
+link is made eager again (a graft, and a :class:`~crdtstore.sync.messages.Graft` so the
+other side subscribes too) only when the tree has a hole here: no eager link left, or
+over half of the namespace's last ``graft_sample`` batches fetched (a neighbour left
+and took the tree's only path), at most once per ``graft_window_ms``. Plumtree grafts
+on every miss; PUB/SUB drops a frame now and then (1% in the simulation), and grafting
+on each churned the tree.
 
 Eager links hear have notices too, which Plumtree's lazy push does not: PUB/SUB loses
 frames on eager links as well (high-water marks, reconnects), and a node whose links are
@@ -55,7 +71,7 @@ holders stay connected).
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from crdtstore.sync.messages import MAX_HAVE_RUNS, Graft, Have, Prune
@@ -77,11 +93,13 @@ from crdtstore.sync.seen import SeenRuns
 class RelaySettings:
     have_interval_ms: int = 25
     """Have notices learned within this long leave together, one frame per namespace."""
-    graft_timeout_ms: int = 250
+    graft_timeout_ms: int = 150
     """How long a batch a neighbour announced may stay missing before it is fetched
     (and between fetches from successive announcers). Longer than a tree path usually
     takes: a fetch the tree would have made unneeded costs a duplicate."""
-    graft_after_misses: int = 2
+    graft_sample: int = 16
+    """A link is grafted when over half of a namespace's last this-many batches had to
+    be fetched (and at least a quarter of them were seen): the tree has a hole."""
     """Batches of a namespace fetched in a row (none brought by the tree in between)
     that make the announcer's link eager again: the tree has a hole, not a stray loss."""
     graft_window_ms: int = 2_000
@@ -165,6 +183,7 @@ class _Missing:
     announcers: list[str] = field(default_factory=list)
     tried: int = 0
     fetched: bool = False
+    waited: bool = False
 
 
 class Relay:
@@ -178,7 +197,8 @@ class Relay:
         """Per namespace, each linked neighbour and whether its link is eager."""
         self._seen: dict[tuple[str, str], SeenRuns] = {}
         self._missing: dict[BatchKey, _Missing] = {}
-        self._misses: Counter[str] = Counter()
+        self._recent: dict[str, deque[bool]] = {}
+        """Per namespace, how its last batches came: fetched (True) or by the tree."""
         """Per namespace, batches fetched since the tree last brought one."""
         self._grafted: dict[str, int] = {}
         """When this node last grafted a link of each namespace."""
@@ -258,10 +278,10 @@ class Relay:
                 self.stats["relay_duplicates_of_repairs"] += 1
                 return []
             return self._prune_heaviest(ns, first, (self._path(topic), neighbour))
+        if eager:
+            self._arrivals(ns).append(False)
         if topic.repaired:
             return self._learn(neighbour, key, now_ms, None)
-        if eager:
-            self._misses[ns] = 0
         return self._learn(neighbour, key, now_ms, self._path(topic))
 
     def on_fetched(self, neighbour: str, key: BatchKey, now_ms: int) -> list[Command]:
@@ -346,6 +366,23 @@ class Relay:
             self.stats["relay_rejected_not_neighbour"] += 1
         return eager
 
+    def _arrivals(self, ns: str) -> deque[bool]:
+        recent = self._recent.get(ns)
+        if recent is None:
+            recent = self._recent[ns] = deque(maxlen=self.settings.graft_sample)
+        return recent
+
+    def _hole(self, ns: str, now_ms: int) -> bool:
+        """Whether the tree has a hole here: no eager link left, or most recent batches
+        of ``ns`` fetched (and no graft within ``graft_window_ms``)."""
+        if not self.eager(ns):
+            return True
+        window = self.settings.graft_window_ms
+        if now_ms - self._grafted.get(ns, -window) <= window:
+            return False
+        recent = self._arrivals(ns)
+        return len(recent) * 4 >= self.settings.graft_sample and sum(recent) * 2 > len(recent)
+
     def _path(self, topic: Topic) -> int:
         """The heaviest link on the path ``topic``'s batch took to this node."""
         return max(topic.path_max, edge_weight(topic.publisher, self.node_id))
@@ -422,6 +459,16 @@ class Relay:
     def _fetch(self, key: BatchKey, missing: _Missing, now_ms: int) -> list[Command]:
         ns = key.namespace
         links = self._links.get(ns, {})
+        timeout = self.settings.graft_timeout_ms
+        if not missing.waited and self.eager(ns):
+            missing.waited = True
+            if not any(links.get(n, False) for n in missing.announcers):
+                # No tree neighbour has it either: the loss was further up, and the tree
+                # neighbour below it fetches and relays it to us. Give it that time.
+                missing.deadline = now_ms + timeout
+                return []
+            # A tree neighbour has it: our copy was lost on the way; ask that one first.
+            missing.announcers.sort(key=lambda n: not links.get(n, False))
         while missing.tried < len(missing.announcers):
             neighbour = missing.announcers[missing.tried]
             missing.tried += 1
@@ -430,18 +477,11 @@ class Relay:
             out: list[Command] = []
             if not missing.fetched:
                 missing.fetched = True
-                self._misses[ns] += 1
-            window = self.settings.graft_window_ms
-            if not links[neighbour] and (
-                not self.eager(ns)
-                or (
-                    self._misses[ns] >= self.settings.graft_after_misses
-                    and now_ms - self._grafted.get(ns, -window) > window
-                )
-            ):
+                self._arrivals(ns).append(True)
+            if not links[neighbour] and self._hole(ns, now_ms):
                 links[neighbour] = True
                 self._grafted[ns] = now_ms
-                self._misses[ns] = 0
+                self._arrivals(ns).clear()
                 self.stats["relay_grafts_sent"] += 1
                 out.append(Subscribe(neighbour, data_subscriptions(neighbour, ns, self.node_id)))
                 out.append(SendTo(neighbour, Graft(ns)))
@@ -450,7 +490,7 @@ class Relay:
             for first, last in unseen:
                 out.append(Fetch(neighbour, ns, key.origin, first, last))
                 self.stats["relay_fetches"] += 1
-            missing.deadline = now_ms + self.settings.graft_timeout_ms
+            missing.deadline = now_ms + timeout
             return out
         del self._missing[key]
         self.stats["relay_gave_up"] += 1  # every announcer tried: anti-entropy's turn

@@ -266,22 +266,53 @@ def test_a_missing_batch_is_fetched_from_its_announcers_in_turn() -> None:
     announce(r, "y", k, 0)
     announce(r, "z", k, 10)
     assert r.tick(99) == [] and r.next_deadline() == 100
-    assert r.tick(100) == [Fetch("y", NS, "o", 1, 1)]  # one miss: a loss, no graft
-    assert r.tick(200) == [Fetch("z", NS, "o", 1, 1)]
-    assert r.tick(300) == [] and r.stats["relay_gave_up"] == 1
-    assert r.eager(NS) == ["x"]
+    # No tree neighbour has it: the loss was upstream, whose repair comes down the tree.
+    assert r.tick(100) == [] and r.next_deadline() == 200
+    assert r.tick(200) == [Fetch("y", NS, "o", 1, 1)]  # one miss: a loss, no graft
+    assert r.tick(300) == [Fetch("z", NS, "o", 1, 1)]
+    assert r.tick(400) == [] and r.stats["relay_gave_up"] == 1
+    assert r.eager(NS) == ["x"] and r.next_deadline() is None
 
 
-def test_misses_in_a_row_graft_the_announcer() -> None:
+def test_a_batch_a_tree_neighbour_announced_is_fetched_from_it_at_once() -> None:
     r = relay("x", "y")
     r.on_prune("y", Prune(NS))
-    for seq, now in ((1, 0), (2, 150)):
-        announce(r, "y", key("o", seq), now)
-        out = r.tick(now + 100)
-        assert Fetch("y", NS, "o", seq, seq) in out
-        fetched = r.on_fetched("y", key("o", seq), now + 110)
-        assert of(Deliver, fetched) and parse_topic(of(PublishBatch, fetched)[0].topic).repaired
-    assert SendTo("y", Graft(NS)) in out and r.eager(NS) == ["x", "y"]
+    k = key("o", 1)
+    announce(r, "y", k, 0)
+    announce(r, "x", k, 30)  # x had it: our copy from x was lost on the way
+    assert r.tick(100) == [Fetch("x", NS, "o", 1, 1)]
+
+
+def fetch_through(r: Relay, by: str, k: BatchKey, now: int) -> list[Command]:
+    """``by`` announces ``k``; it is fetched (after the upstream wait) and comes back."""
+    announce(r, by, k, now)
+    assert not of(Fetch, r.tick(now + 100))
+    out = r.tick(now + 200)
+    assert Fetch(by, NS, k.origin, k.first, k.last) in out
+    fetched = r.on_fetched(by, k, now + 210)
+    assert of(Deliver, fetched) and parse_topic(of(PublishBatch, fetched)[0].topic).repaired
+    return out
+
+
+def test_a_tree_bringing_too_little_grafts_the_announcer() -> None:
+    r = relay("x", "y")
+    r.on_prune("y", Prune(NS))
+    tree = key("t", 1)
+    r.on_batch(published("x", tree), tree, 0)
+    outs = [fetch_through(r, "y", key("o", seq), 300 * seq) for seq in (1, 2, 3)]
+    assert [SendTo("y", Graft(NS)) in out for out in outs] == [False, False, True]
+    assert r.eager(NS) == ["x", "y"] and r.stats["relay_grafts_sent"] == 1
+
+
+def test_stray_losses_graft_nothing() -> None:
+    r = relay("x", "y")
+    r.on_prune("y", Prune(NS))
+    for seq in range(1, 40):
+        k = key("t", seq)
+        r.on_batch(published("x", k), k, seq)
+        if seq % 8 == 0:
+            fetch_through(r, "y", key("o", seq), 1_000 * seq)
+    assert r.eager(NS) == ["x"] and r.stats["relay_grafts_sent"] == 0
 
 
 def test_a_batch_the_tree_brings_before_the_timeout_is_not_fetched() -> None:
@@ -299,7 +330,7 @@ def test_without_an_eager_link_the_first_miss_grafts() -> None:
     r = relay("y")
     r.on_prune("y", Prune(NS))
     announce(r, "y", key(), 0)
-    out = r.tick(100)
+    out = r.tick(100)  # no eager link: nothing upstream to wait for
     assert SendTo("y", Graft(NS)) in out and Fetch("y", NS, "o", 1, 1) in out
 
 
