@@ -36,16 +36,16 @@ path, and their duplicates prune nothing.
 
 Repair and grafting. A have notice for a batch still missing after ``graft_timeout_ms``
 is fetched from a neighbour that announced it (the engine's repair request, which its
-log answers), a tree neighbour first, then the next announcer. If no tree neighbour
-announced it, the loss was further up the tree and the node below it will fetch and
-relay it: the fetch waits one more ``graft_timeout_ms`` (else a loss high in the tree
-made its whole subtree fetch). A fetched batch is relayed on, marked as repaired. The
-link is made eager again (a graft, and a :class:`~crdtstore.sync.messages.Graft` so the
-other side subscribes too) only when the tree has a hole here: no eager link left, or
-over half of the namespace's last ``graft_sample`` batches fetched (a neighbour left
-and took the tree's only path), at most once per ``graft_window_ms``. Plumtree grafts
-on every miss; PUB/SUB drops a frame now and then (1% in the simulation), and grafting
-on each churned the tree.
+log answers), a tree neighbour first, then the next announcer, ``fetch_attempts`` times
+in all. If no tree neighbour announced it, the loss was further up the tree and the node
+below it will fetch and relay it: the fetch waits one more ``graft_timeout_ms`` (else a
+loss high in the tree made its whole subtree fetch). A fetched batch is relayed on,
+marked as repaired. The link is made eager again (a graft, and a
+:class:`~crdtstore.sync.messages.Graft` so the other side subscribes too) only when the
+tree has a hole here: no eager link left, or over half of the namespace's last
+``graft_sample`` batches fetched (a neighbour left and took the tree's only path), at
+most once per ``graft_window_ms``. Plumtree grafts on every miss; PUB/SUB drops a frame
+now and then (1% in the simulation), and grafting on each churned the tree.
 
 Eager links hear have notices too, which Plumtree's lazy push does not: PUB/SUB loses
 frames on eager links as well (high-water marks, reconnects), and a node whose links are
@@ -105,6 +105,9 @@ class RelaySettings:
     graft_window_ms: int = 2_000
     """At most one graft per namespace this often (unless no eager link is left): the
     nodes along a hole all see it, and each grafting makes cycles to prune again."""
+    fetch_attempts: int = 4
+    """Fetches of one missing batch, from its announcers in turn, before it is left to
+    anti-entropy (a fetch or its answer can be lost too)."""
     max_seen_runs: int = 32
     """Out-of-order runs remembered per (namespace, origin) (see :mod:`.seen`)."""
     max_missing: int = 4_096
@@ -469,11 +472,10 @@ class Relay:
                 return []
             # A tree neighbour has it: our copy was lost on the way; ask that one first.
             missing.announcers.sort(key=lambda n: not links.get(n, False))
-        while missing.tried < len(missing.announcers):
-            neighbour = missing.announcers[missing.tried]
+        missing.announcers = [n for n in missing.announcers if n in links]  # not gone
+        if missing.announcers and missing.tried < self.settings.fetch_attempts:
+            neighbour = missing.announcers[missing.tried % len(missing.announcers)]
             missing.tried += 1
-            if neighbour not in links:
-                continue  # gone since it announced
             out: list[Command] = []
             if not missing.fetched:
                 missing.fetched = True
@@ -493,5 +495,5 @@ class Relay:
             missing.deadline = now_ms + timeout
             return out
         del self._missing[key]
-        self.stats["relay_gave_up"] += 1  # every announcer tried: anti-entropy's turn
+        self.stats["relay_gave_up"] += 1  # anti-entropy's turn
         return []
