@@ -97,9 +97,7 @@ class Overlay:
             return []
         s = self.settings
         sample = [self.me]
-        sample += self.rng.sample(
-            list(self.active.values()), min(s.shuffle_active, len(self.active))
-        )
+        sample += self.rng.sample(list(self.active.values()), min(s.shuffle_active, len(self.active)))
         sample += self.rng.sample(
             list(self.passive.values()), min(s.shuffle_passive, len(self.passive))
         )

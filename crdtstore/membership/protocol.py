@@ -285,9 +285,7 @@ class MembershipProtocol:
             nxt["reconnect"] = now_ms + s.reconnect_interval_ms
             dead = [e.contact for e in self.table.values() if e.status is Status.DEAD]
             if dead:
-                out.append(
-                    Send(self.rng.choice(dead), TableDigest(self.table_hash, len(self.table)))
-                )
+                out.append(Send(self.rng.choice(dead), TableDigest(self.table_hash, len(self.table))))
         return out + self._neighbour_changes()
 
     # -- messages --------------------------------------------------------------------------
@@ -453,12 +451,7 @@ class MembershipProtocol:
         old = None if entry is None else entry.status
         self._set(node_id, update.contact, update.status, now_ms)
         out: list[Command] = [
-            StatusChange(
-                node_id,
-                None if old is None else TO_STATUS[old],
-                TO_STATUS[update.status],
-                update.incarnation,
-            )
+            StatusChange(node_id, None if old is None else TO_STATUS[old], TO_STATUS[update.status], update.incarnation)
         ]
         if old is not None and old is update.status:
             out = []  # a new incarnation at the same status: not a change to report
@@ -587,9 +580,7 @@ class MembershipProtocol:
         for node_id in sorted(now - self._active_seen):
             out.append(NeighbourUp(self.overlay.active[node_id]))
             # A new neighbour: compare tables at once (it may know members we do not).
-            out.append(
-                Send(self.overlay.active[node_id], TableDigest(self.table_hash, len(self.table)))
-            )
+            out.append(Send(self.overlay.active[node_id], TableDigest(self.table_hash, len(self.table))))
         self._active_seen = now
         return out
 

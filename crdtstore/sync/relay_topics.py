@@ -32,14 +32,14 @@ Scoped topics (:func:`topic_links`). A node subscribes only to the namespaces it
 and does not relay others, so a namespace's relay graph is the overlay restricted to its
 holders, which is not connected when they are few (10% of 1,000 nodes on a 5-regular
 overlay average half a holder-neighbour each). The rule: a namespace held by every live
-member (the membership namespace, say) uses the overlay as it is (connected). Otherwise each holder also links to its
-successor and predecessor on a ring of the holders ordered by a hash of (namespace, id),
-which connects every holder whenever the member tables agree (every node holds every
-member record, topics included), plus ``chords`` holders picked by hash, which keep the
-ring's diameter near log n. Both ends compute the same links from the member table, so
-a link needs no handshake and is symmetric. The cost: per scoped namespace a holder
-keeps about ``2 + 2 * chords`` more connections, and a non-holder receives none of its
-bytes.
+member (the membership namespace, say) uses the overlay as it is (connected). Otherwise
+each holder also links to its successor and predecessor on a ring of the holders ordered
+by a hash of (namespace, id), which connects every holder whenever the member tables
+agree (every node holds every member record, topics included), plus ``chords`` holders
+picked by hash, which keep the ring's diameter near log n. Both ends compute the same
+links from the member table, so a link needs no handshake and is symmetric. The cost:
+per scoped namespace a holder keeps about ``2 + 2 * chords`` more connections, and a
+non-holder receives none of its bytes.
 """
 
 from __future__ import annotations

@@ -205,6 +205,7 @@ class RelaySim:
         self.now = 0.0
         self.stats: Counter[str] = Counter()
         self.published: dict[BatchKey, float] = {}
+        self.down: set[str] = set()
         self._seqs: Counter[tuple[str, str]] = Counter()
         self._heap: list[tuple[float, int, str, _Event]] = []
         self._order = 0
@@ -256,6 +257,18 @@ class RelaySim:
         self._schedule_tick(node)
         return key
 
+    def crash(self, node_id: str) -> None:
+        """``node_id`` stops for good, and its neighbours hear so (as the membership
+        protocol would tell them): they drop its link, their SUB its connection. The
+        overlay is not repaired (the test picks a node it can lose)."""
+        self.down.add(node_id)
+        self._filters[node_id].clear()
+        for node in self.nodes.values():
+            if node_id in node.publishers:
+                node.publishers = tuple(p for p in node.publishers if p != node_id)
+                self._filters[node.node_id].pop(node_id, None)
+                self._run(node, node.relay.neighbour_down(node_id))
+
     def publish_at(self, at_ms: float, origin: str, namespace: str) -> None:
         self._push(at_ms, origin, _Own(namespace))
 
@@ -265,6 +278,8 @@ class RelaySim:
             at, _, node_id, event = heapq.heappop(heap)
             self.now = at
             node = self.nodes[node_id]
+            if node_id in self.down:
+                continue
             if event is None:  # a tick
                 if at != node.tick_at:
                     continue  # superseded
@@ -288,6 +303,8 @@ class RelaySim:
         """Time from ``key``'s publication until every holder of its namespace had it."""
         last = 0.0
         for holder in self.holders[key.namespace]:
+            if holder in self.down:
+                continue
             at = self.nodes[holder].delivered.get(key)
             if at is None:
                 return None

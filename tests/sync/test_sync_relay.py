@@ -40,7 +40,7 @@ from crdtstore.sync.relay_topics import (
     topic_links,
 )
 from crdtstore.sync.seen import SeenRuns
-from crdtstore.testing.relaysim import RelaySim, converged_overlay, reachable
+from crdtstore.testing.relaysim import RelaySim, converged_overlay, reachable, symmetric
 
 NS = "config"
 ME = "me"
@@ -386,6 +386,36 @@ def test_the_eager_links_settle_into_a_spanning_tree(overlay: dict[str, tuple[st
     got, churn = sim.received(NS) - before, sim.relay_stats() - stats
     assert got["copies"] == (len(sim.published) - keys) * (len(overlay) - 1)  # once each
     assert churn["relay_duplicates"] == churn["relay_fetches"] == churn["relay_prunes_sent"] == 0
+
+
+def connected_without(links: dict[str, list[str]], gone: str) -> bool:
+    rest = {n: [x for x in near if x != gone] for n, near in links.items() if n != gone}
+    return reachable(rest, min(rest)) == set(rest)
+
+
+def test_a_tree_cut_by_a_crash_is_grafted_back_together(
+    overlay: dict[str, tuple[str, ...]],
+) -> None:
+    holders = {n: frozenset({NS}) for n in overlay}
+    sim = RelaySim(overlay, holders, seed=6, loss=0.01, settings=SETTINGS)
+    workload(sim, NS, 150, 0, 5)
+    assert sim.run_quiet(60_000)
+    flows = eager_links(sim)
+    victim = next(
+        n
+        for n in sorted(overlay, key=lambda n: (-len(flows[n]), n))
+        if len(flows[n]) >= 3 and connected_without(symmetric(overlay), n)
+    )  # an inner node of the tree, whose loss leaves the overlay connected
+    grafts = sim.relay_stats()["relay_grafts_sent"]
+    sim.crash(victim)
+    start = len(sim.published)
+    for _ in range(2):  # holes are grafted at most once per graft_window_ms per node
+        workload(sim, NS, 150, sim.now + 10, 5)
+        assert sim.run_quiet(sim.now + 60_000)
+    assert all(sim.completion_ms(k) is not None for k in list(sim.published)[start:])
+    assert sim.relay_stats()["relay_grafts_sent"] > grafts
+    live = set(overlay) - {victim}
+    assert all(reachable(eager_links(sim), n) >= live for n in sorted(live))
 
 
 def test_a_scoped_namespace_reaches_its_holders_and_costs_others_nothing(
