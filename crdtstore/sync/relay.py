@@ -298,7 +298,8 @@ class Relay:
         return self._learn(neighbour, key, now_ms, None)
 
     def learned(self, key: BatchKey) -> None:
-        """The engine applied ``key`` by another path (anti-entropy): do not fetch it."""
+        """The engine applied ``key`` by another path (anti-entropy), or, at start, holds
+        it (``first`` 1, ``last`` the version vector's entry): do not fetch it."""
         if key.namespace in self.topics:
             self._mark_seen(key)
 

@@ -330,6 +330,15 @@ def test_a_batch_the_tree_brings_before_the_timeout_is_not_fetched() -> None:
     assert r.next_deadline() is None
 
 
+def test_what_the_engine_holds_already_is_neither_fetched_nor_relayed() -> None:
+    r = relay("x", "y")
+    r.learned(BatchKey(NS, "o", 1, 5))  # the replica's version vector at start
+    announce(r, "y", key("o", 4), 0)
+    assert r.next_deadline() is None
+    assert r.on_batch(published("x", key("o", 5)), key("o", 5), 1) == []
+    assert of(Deliver, r.on_batch(published("x", key("o", 6)), key("o", 6), 2))
+
+
 def test_without_an_eager_link_the_first_miss_grafts() -> None:
     r = relay("y")
     r.on_prune("y", Prune(NS))
