@@ -1,9 +1,10 @@
 """A deterministic simulation of relayed deltas (:mod:`crdtstore.sync.relay`) on an overlay.
 
 The overlay is taken from :class:`~crdtstore.testing.netsim.NetSim` once it settled
-(:func:`converged_overlay`: each node's HyParView active view, as it is, asymmetries
-included). On it each node runs a :class:`~crdtstore.sync.relay.Relay`, and the network
-behaves as ZeroMQ's does:
+(:func:`converged_overlay`: each node's HyParView active view; a link one side lists is
+used both ways, :func:`symmetric`). A namespace not every node holds adds the ring links
+of :func:`~crdtstore.sync.relay_topics.topic_links` among its holders. On it each node
+runs a :class:`~crdtstore.sync.relay.Relay`, and the network behaves as ZeroMQ's does:
 
 - a node's SUB socket is connected to the PUB of every node it links to; a subscription
   goes to *every* PUB it is connected to (subscriptions are per socket), takes one link
@@ -19,6 +20,8 @@ behaves as ZeroMQ's does:
   are encoded with the real codec; subscriptions count their topic and flag byte.
 
 Nothing else runs (no membership traffic, no digests): what is measured is the relay.
+A crash (:meth:`RelaySim.crash`) tells the victim's neighbours at once, as the
+membership protocol would, and leaves the overlay unrepaired.
 One seeded ``random.Random`` drives delays, loss and the workload, and nothing iterates
 a set, so a run replays whatever ``PYTHONHASHSEED`` is.
 """
