@@ -43,18 +43,11 @@ def start(root: Path, count: int, config: dict[str, Any]) -> tuple[list[ServeNod
     return nodes, time.monotonic()
 
 
-def alive_everywhere(nodes: list[ServeNode], names: set[str]) -> bool:
+def seen_everywhere(nodes: list[ServeNode], names: set[str], status: str) -> bool:
+    """Whether every node's status file shows every one of ``names`` at ``status``."""
     for node in nodes:
         seen = node.member_status()
-        if any(seen.get(name, ("?", 0))[0] != "alive" for name in names):
-            return False
-    return True
-
-
-def dead_everywhere(nodes: list[ServeNode], names: set[str]) -> bool:
-    for node in nodes:
-        seen = node.member_status()
-        if any(seen.get(name, ("?", 0))[0] != "dead" for name in names):
+        if any(seen.get(name, ("?", 0))[0] != status for name in names):
             return False
     return True
 
@@ -68,7 +61,9 @@ def run(root: Path, count: int, overlay: bool, idle_s: float, kills: int) -> dic
     nodes, last_start = start(root, count, config)
     names = {n.name for n in nodes}
     try:
-        wait_until(lambda: alive_everywhere(nodes, names), f"{count} alive everywhere", 600, 0.5)
+        wait_until(
+            lambda: seen_everywhere(nodes, names, "alive"), f"{count} alive everywhere", 600, 0.5
+        )
         converged = time.monotonic() - last_start
         time.sleep(2 * 0.25)  # two status intervals: the counters below are current
         cpu0 = {n.name: cpu_seconds(n.pid) for n in nodes}
@@ -91,7 +86,7 @@ def run(root: Path, count: int, overlay: bool, idle_s: float, kills: int) -> dic
         for v in victims:
             v.kill()
         dead_names = {v.name for v in victims}
-        wait_until(lambda: dead_everywhere(survivors, dead_names), "victims dead", 300, 0.2)
+        wait_until(lambda: seen_everywhere(survivors, dead_names, "dead"), "victims dead", 300, 0.2)
         detected = time.monotonic() - killed
         time.sleep(0.5)
         # Each survivor may suspect each victim once before declaring it dead.

@@ -154,8 +154,17 @@ class Liveness:
     def step(self) -> None:
         """One turn: wait for heartbeats until a beat is due, handle every heartbeat that
         has arrived, then beat and tick if due."""
+        self.receive_until(self._next_beat)
         now = self._clock()
-        wait_ms = max(0, self._next_beat - now)
+        if now >= self._next_beat:
+            self._next_beat = now + self._interval
+            self.beat(now)
+            self.tick(now)
+
+    def receive_until(self, deadline_ms: int) -> None:
+        """Wait for express deliveries until ``deadline_ms`` (or a wake), then handle
+        every one that has arrived, ``DRAIN_MAX`` at most."""
+        wait_ms = max(0, deadline_ms - self._clock())
         delivery = self._transport.recv_express(wait_ms / 1000)
         handled = 0
         while delivery is not None:
@@ -164,11 +173,6 @@ class Liveness:
             if handled >= DRAIN_MAX:
                 break
             delivery = self._transport.recv_express(0)
-        now = self._clock()
-        if now >= self._next_beat:
-            self._next_beat = now + self._interval
-            self.beat(now)
-            self.tick(now)
 
     def _run_view(self) -> None:
         while not self._stop.is_set():

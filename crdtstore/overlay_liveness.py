@@ -48,7 +48,6 @@ from transport import Delivery
 log = logging.getLogger(__name__)
 
 CHANNEL_OVERLAY = b"O"
-DRAIN_MAX = 1024
 
 
 class OverlayTransport(LivenessTransport, Protocol):
@@ -151,16 +150,7 @@ class OverlayLiveness(Liveness):
     def step(self) -> None:
         with self._lock:
             deadline = 0 if self._protocol is None else self._protocol.next_deadline()
-        now = self._clock()
-        wait_ms = max(0, deadline - now)
-        delivery = self._transport.recv_express(wait_ms / 1000)
-        handled = 0
-        while delivery is not None:
-            self.on_delivery(delivery, self._clock())
-            handled += 1
-            if handled >= DRAIN_MAX:
-                break
-            delivery = self._transport.recv_express(0)
+        self.receive_until(deadline)
         now = self._clock()
         with self._lock:
             if self._protocol is not None and now >= self._protocol.next_deadline():

@@ -644,16 +644,9 @@ class Replicator:
         """The overlay mode's record refresh: records tell the protocol of members (it
         connects to its neighbours itself); a member dead or gone longer than
         ``prune_after_ms`` loses its record, as in the full mode."""
-        records, rejected = parse_records(self._read_records())
-        self.stats["rejected_member_record"] += rejected
-        with self._lock:
-            self._records = records
+        records = self._load_records()
         for node_id, record in records.items():
             if node_id == self.node_id:
-                if self._own is not None and record.incarnation > self._own.incarnation:
-                    incarnation = overlay.raise_incarnation(record.incarnation + 1)
-                    self._own = _replace(self._own, incarnation=incarnation)
-                    self._write_own_record(self._own)
                 continue
             # A leave keeps its incarnation: told too, as gossip of it may have been lost.
             life = (record.incarnation, record.left)
@@ -774,18 +767,24 @@ class Replicator:
         with self._clocks_lock:
             return self.clocks.beyond_limit(live)
 
-    def _refresh_records(self, now: int) -> None:
+    def _load_records(self) -> dict[str, MemberRecord]:
+        """The replicated member records, kept for ``members()``; this node's own, if an
+        older life of it wrote a higher incarnation (clock of restarts), is raised above."""
         records, rejected = parse_records(self._read_records())
         self.stats["rejected_member_record"] += rejected
         with self._lock:
             self._records = records
+        own = records.get(self.node_id)
+        if own is not None and self._own is not None and own.incarnation > self._own.incarnation:
+            incarnation = self.liveness.raise_incarnation(own.incarnation + 1)
+            self._own = _replace(self._own, incarnation=incarnation)
+            self._write_own_record(self._own)
+        return records
+
+    def _refresh_records(self, now: int) -> None:
+        records = self._load_records()
         for node_id, record in records.items():
             if node_id == self.node_id:
-                if self._own is not None and record.incarnation > self._own.incarnation:
-                    # An older life of this node wrote a higher one (clock of restarts).
-                    incarnation = self.liveness.raise_incarnation(record.incarnation + 1)
-                    self._own = _replace(self._own, incarnation=incarnation)
-                    self._write_own_record(self._own)
                 continue
             # A record of a past life: the member came back (a hello, a heartbeat) before
             # its new record arrived. Acting on its left flag or its addresses would
