@@ -485,7 +485,10 @@ class Node:
             raise InvalidValue(f"namespace {name!r}: names starting with '__' are reserved")
         if self._current() is not None:
             raise Error(f"drop({name!r}) cannot run inside transaction(): it commits alone")
-        return self._write(lambda w: w.drop_namespace(name))
+        # Its own commit, never a group's: a drop refuses a namespace written in the same
+        # commit, and another thread's write to it may share a group.
+        with self.transaction():
+            return self._write(lambda w: w.drop_namespace(name))
 
     def _ensure(self, name: str, type_name: str) -> None:
         self._check()

@@ -715,19 +715,17 @@ class Replicator:
         if node_id in self._connected or overlay.is_neighbour(node_id):
             return
         held = self._records.get(node_id)
-        known = (held is not None and not held.left) or overlay.status(
-            node_id
-        ) is MemberStatus.ALIVE
-        if not known:
-            # Neither its record nor the membership protocol vouches for it: linking back
-            # would subscribe this node to a stranger that only said hello, and what a link
-            # publishes is taken as relayed batches of any origin.
+        if held is None or held.left or held.incarnation < record.incarnation:
+            # Only its replicated record vouches for it, and only that record's addresses
+            # and key are linked to: a hello is the sender's word, and any client may send
+            # one in a member's name, while what a link publishes is taken as relayed
+            # batches of any origin. (A new life is linked back once its record arrives.)
             self.stats["pin_back_refused"] += 1
             return
-        mine, theirs = self._topics, record.topics
+        mine, theirs = self._topics, held.topics
         if mine is not None and theirs is not None and not set(mine) & set(theirs):
             return
-        self._pin(record, overlay)
+        self._pin(held, overlay)
 
     def _take_liveness(self) -> None:
         """Act on what the liveness thread decided since the last call."""
@@ -1005,7 +1003,13 @@ class Replicator:
 
     def _disconnect(self, node_id: str) -> None:
         self._record_addrs.pop(node_id, None)
-        if self._connected.pop(node_id, None) is not None:
+        if isinstance(self.liveness, OverlayLiveness):
+            # The overlay's thread owns the connections in that mode: ending the link
+            # there keeps its books right (a neighbour it still counted would never be
+            # connected again).
+            self._connected.pop(node_id, None)
+            self.liveness.unpin(node_id)
+        elif self._connected.pop(node_id, None) is not None:
             self.transport.disconnect_peer(node_id.encode())
         self._engine_remove(node_id)
         self.engine.forget_digest_form(node_id)

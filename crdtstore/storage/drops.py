@@ -51,7 +51,7 @@ import lmdb
 
 from crdtstore.codec import LWW_MAP, STORED_MAX_CLOUD_DOTS, decode_context, encode_context
 from crdtstore.crdt import CRDT_TYPES, CausalContext
-from crdtstore.errors import DecodeError, Error
+from crdtstore.errors import DecodeError, Error, StorageError
 from crdtstore.storage import layout
 from crdtstore.storage.deltalog import DeltaLog
 from crdtstore.storage.journal import DELETE, PUT, REMOVE, Journal
@@ -227,6 +227,7 @@ class ReceivedDrops:
         self._stats = stats
         self._path = path
         self._seen: bytes | None = None  # DROPS_NAMESPACE's context row when last applied
+        self._failing: bytes | None = None  # the records whose apply last met a full store
 
     def _version(self, txn: lmdb.Transaction) -> bytes | None:
         found = self._names.lookup(txn, DROPS_NAMESPACE)
@@ -242,10 +243,20 @@ class ReceivedDrops:
             return []
         try:
             dropped: list[str] = self._write(self._apply)
+        except StorageError as exc:
+            # Nothing was applied (one transaction), and room may come back (a full map
+            # or disk): tried again next tick, as repair tries its batches again; said
+            # once per set of records, counted every time.
+            if self._failing != version:
+                self._failing = version
+                self._refuse("drops_failed", f"applying the drop records failed: {exc}")
+            else:
+                self._stats["drops_failed"] += 1
+            return []
         except Error as exc:
-            # Nothing was applied (one transaction). Tried again when a record changes
-            # or the role holder restarts, not each tick: the cause (a corrupt row, a
-            # full disk) is an operator's to fix, and was said once.
+            # Nothing was applied. Tried again when a record changes or the role holder
+            # restarts, not each tick: the cause (a corrupt row) is an operator's to fix,
+            # and was said once.
             self._refuse("drops_failed", f"applying the drop records failed: {exc}")
             dropped = []
         self._seen = version

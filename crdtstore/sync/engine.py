@@ -80,6 +80,7 @@ from crdtstore.sync.reconcile import Progress, RangeReconciler, RangeServer
 from crdtstore.sync.rejections import Rejections
 from crdtstore.sync.repair import RepairScheduler, RepairServer
 from crdtstore.sync.replica import Replica
+from crdtstore.sync.seen import SeenRuns
 from crdtstore.sync.settings import SyncSettings
 from crdtstore.sync.trim import LogTrimmer
 
@@ -90,6 +91,10 @@ class _Channel(Enum):
     PUBLISHED = "published"  # batches: only from a publisher, or inside a RepairReply
     DIRECT = "direct"  # a request or a reply, for a namespace this node holds
     EITHER = "either"  # digests: published, or sent to a peer that just joined
+
+
+RELAY_SEEN_RUNS = 32
+"""Out-of-order runs remembered per (namespace, origin) of relayed batches (``SeenRuns``)."""
 
 
 @dataclass(slots=True)
@@ -128,6 +133,7 @@ class SyncEngine:
         mode, where a node hears only its neighbours, and they only theirs)."""
         self.node_id = node_id
         self.relay = relay
+        self._relayed: dict[tuple[str, str], SeenRuns] = {}
         self.replica = replica
         self.settings = cfg = settings if settings is not None else SyncSettings()
         self.topics: frozenset[str] | None = None if topics is None else frozenset(topics)
@@ -360,8 +366,16 @@ class SyncEngine:
         taken = self._apply_batch(msg, frame.data, frame.now_ms)
         if not taken and self.delivery.buffer.held(ns) <= held:
             return []  # refused (or held before): nothing new to pass on
-        # New here, so new to some neighbours: pass the same bytes on. A node relays a
-        # batch once (a second copy is a duplicate above), so a flood ends.
+        # New here, so new to some neighbours: pass the same bytes on, once. The context
+        # alone cannot say "passed on already": a batch that joined a group and then
+        # failed to apply is still missing from it, and would go round a cycle forever.
+        seen = self._relayed.get((ns, msg.origin))
+        if seen is None:
+            seen = self._relayed[(ns, msg.origin)] = SeenRuns(RELAY_SEEN_RUNS)
+        if seen.covers(msg.first, msg.last):
+            self.stats["relay_repeats_dropped"] += 1
+            return []
+        seen.add(msg.first, msg.last)
         self.stats["batches_relayed"] += 1
         return self._count_sent([Publish(ns, frame.data)])
 

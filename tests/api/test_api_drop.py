@@ -63,3 +63,16 @@ def test_the_drop_command_exit_codes(tmp_path: Path) -> None:
     missing = drop_cli("hosts", "--data", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "not a node directory" in missing.stderr
     assert not (tmp_path / "nowhere").exists()  # nothing created
+
+
+def test_a_drop_commits_alone_whatever_other_writers_have_queued(tmp_path: Path) -> None:
+    # Another thread's write to the namespace, waiting for the next group commit when the
+    # drop comes: in one commit with it, the drop would refuse a namespace "written in
+    # this transaction" (and fail or not depending on timing).
+    with crdtstore.open(tmp_path / "n", node_id="n") as node:
+        node.lww_map("cfg")["a"] = 1
+        queued = node._submit(lambda w: w.put("cfg", "b", 2))
+        assert node.drop("cfg") is True
+        node._lead_writes()
+        queued.result(timeout=10)
+        assert dict(node.lww_map("cfg").items()) == {"b": 2}  # written after the drop

@@ -82,3 +82,28 @@ def test_overlay_detects_a_kill_and_takes_the_member_back_after_restart(
     with crdtstore.open(victim.data) as handle:
         handle.or_set("jobs").add("after-restart")
     wait_until(lambda: same_state(nodes, ["jobs"]), "the restarted node's write is everywhere", 30)
+
+
+def test_overlay_topics_reach_every_holder_and_no_other_node(cluster: Cluster) -> None:
+    # Half the nodes hold "a", half "b": a node relays only what it holds, so the holders
+    # of a topic stay joined by their topic links, whatever the overlay looks like.
+    nodes = [cluster.add(f"n{i + 1}", **FAST, topics=["a"] if i % 2 else ["b"]) for i in range(8)]
+    wait_until(lambda: cluster.all_members_alive(8), "every node sees 8 alive")
+    holders_a = [n for i, n in enumerate(nodes) if i % 2]
+    holders_b = [n for i, n in enumerate(nodes) if not i % 2]
+    with crdtstore.open(holders_a[0].data) as handle:
+        handle.lww_map("a")["k"] = "for a"
+    with crdtstore.open(holders_b[-1].data) as handle:
+        handle.or_set("b").add("for b")
+    wait_until(
+        lambda: all(n.dump("a") for n in holders_a) and same_state(holders_a, ["a"]),
+        "every holder of a has the write",
+        30,
+    )
+    wait_until(
+        lambda: all(n.dump("b") for n in holders_b) and same_state(holders_b, ["b"]),
+        "every holder of b has the write",
+        30,
+    )
+    assert not any(n.dump("a") for n in holders_b)
+    assert not any(n.dump("b") for n in holders_a)

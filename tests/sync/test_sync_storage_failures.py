@@ -131,3 +131,23 @@ def test_what_a_full_replica_could_not_store_is_repaired_once_there_is_room(
     finally:
         r.close()
         w.close()
+
+
+def test_a_relayed_batch_the_replica_could_not_store_is_passed_on_once(tmp_path: Path) -> None:
+    # In the overlay mode a node passes on each new batch it hears. One that joined a group
+    # commit and then failed to apply is still missing from the context, so each copy from
+    # another neighbour looks new again: without a record of what was passed on, it would
+    # go round every cycle of the overlay for ever.
+    w, raw = writer(tmp_path / "w")
+    r = filled(tmp_path / "r")
+    try:
+        engine = SyncEngine("r", r, SYNC, relay=True)
+        out = []
+        for _ in range(3):  # the same batch, from three neighbours in turn
+            out += engine.on_messages([("", raw, None)], wall_ms())
+        assert engine.stats["local_storage_failures"] == 3
+        assert [o.data for o in out if isinstance(o, Publish)] == [raw]
+        assert engine.stats["relay_repeats_dropped"] == 2
+    finally:
+        r.close()
+        w.close()
