@@ -74,7 +74,6 @@ class Liveness:
         view_interval_ms: int,
         view: MemberViewStore | None,
         clock: Callable[[], int],
-        poll_ms: int = 50,
         on_heartbeat: Callable[[Heartbeat, int], None] | None = None,
         heartbeat_clocks: Callable[[], dict[str, int]] | None = None,
     ) -> None:
@@ -88,7 +87,6 @@ class Liveness:
         self._view_interval = view_interval_ms
         self._view = view
         self._clock = clock
-        self._poll_ms = poll_ms
         self._on_heartbeat = on_heartbeat
         self._heartbeat_clocks = heartbeat_clocks
         self.stats: Counter[str] = Counter()

@@ -81,7 +81,6 @@ class OverlayLiveness(Liveness):
         view_interval_ms: int,
         view: MemberViewStore | None,
         clock: Callable[[], int],
-        poll_ms: int = 50,
         rng: random.Random | None = None,
         seed_watch: SeedWatch | None = None,
     ) -> None:
@@ -97,7 +96,6 @@ class OverlayLiveness(Liveness):
             view_interval_ms=view_interval_ms,
             view=view,
             clock=clock,
-            poll_ms=poll_ms,
         )
         self._net: OverlayTransport = transport
         self._settings = settings

@@ -197,7 +197,6 @@ class Replicator:
                 view_interval_ms=settings.membership.member_view_interval_ms,
                 view=member_view,
                 clock=clock,
-                poll_ms=settings.poll_ms,
                 seed_watch=SeedWatch(
                     patience_ms=3 * settings.membership.hello_interval_ms,
                     warn_every_ms=sync_settings.log_interval_ms,
@@ -216,7 +215,6 @@ class Replicator:
                 view_interval_ms=settings.membership.member_view_interval_ms,
                 view=member_view,
                 clock=clock,
-                poll_ms=settings.poll_ms,
             )
         self._records: dict[str, MemberRecord] = {}
         # Records hellos brought, of lives newer than the replicated record (or with none).
