@@ -8,7 +8,7 @@ the ratios. Then replication: a 3-node cluster of ``crdtstore serve`` processes,
 threads of single commits into n1's directory, and updates/s until both peers hold all.
 
     .venv/bin/python bench/bench_group_commit.py [--per-writer 300] [--rounds 3]
-        [--only local|replication|propagation|processes] [--rate 5000 --seconds 10]
+        [--only local|replication|receive|propagation|processes] [--rate 5000 --seconds 10]
         [--baseline ../main]
 
 ``--baseline`` runs the processes part (several processes writing one directory) with
@@ -346,6 +346,40 @@ def replication(root: Path, writers: int, per: int, table: Table) -> None:
     )
 
 
+def receive(root: Path, updates: int, batch: int, table: Table) -> None:
+    """The receivers' side: one writer of ``transaction()``s of ``batch`` puts into n1's
+    directory as fast as it can; updates/s until n2 and n3 hold all, and the batches the
+    receivers applied per durable commit. (The receivers run the code the ``crdtstore
+    serve`` processes import: ``PYTHONPATH=<other tree>`` runs another tree's.)"""
+    nodes = start_cluster(root / "cluster", 3)
+    try:
+        start = time.perf_counter()
+        with crdtstore.open(nodes[0].data) as node:
+            m = node.lww_map("load")
+            for first in range(0, updates, batch):
+                with node.transaction():
+                    for i in range(first, min(first + batch, updates)):
+                        m[f"k{i}"] = i
+        written = updates / (time.perf_counter() - start)
+        for peer in nodes[1:]:
+            wait_until(lambda p=peer: entries(p.data, "load") == updates, "replicated", 600, 0.02)
+        elapsed = time.perf_counter() - start
+        wait_until(lambda: all(n.status() for n in nodes[1:]), "status files", 30)
+        received = [
+            (n.counter("sync", "batches_applied"), n.counter("sync", "batch_group_commits"))
+            for n in nodes[1:]
+        ]
+    finally:
+        stop_all(nodes)
+    per_commit = ", ".join(f"{b:,} batches in {c:,} commits" for b, c in received)
+    table.add_row(
+        f"3 nodes, transaction() of {batch:,} ({updates:,} updates)",
+        f"{updates / elapsed:,.0f} upd/s replicated to 2 peers",
+        f"written {written:,.0f}/s",
+        f"receivers: {per_commit}",
+    )
+
+
 PROCESS_WRITER = """
 import sys, threading, time, crdtstore
 path, me, threads, per = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -423,7 +457,9 @@ def main() -> int:
     parser.add_argument("--per-writer", type=int, default=300, help="puts per writer")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument(
-        "--only", choices=("local", "replication", "propagation", "processes"), action="append"
+        "--only",
+        choices=("local", "replication", "receive", "propagation", "processes"),
+        action="append",
     )
     parser.add_argument("--rate", type=int, default=5_000, help="propagation: updates/s")
     parser.add_argument("--seconds", type=float, default=10, help="propagation: duration")
@@ -431,7 +467,7 @@ def main() -> int:
         "--baseline", type=Path, help="another checkout to compare the processes part with"
     )
     args = parser.parse_args()
-    parts = set(args.only or ("local", "replication", "propagation", "processes"))
+    parts = set(args.only or ("local", "replication", "receive", "propagation", "processes"))
     load = os.getloadavg()[0]
     table = Table(title=f"bench_group_commit ({os.cpu_count()} cores, load {load:.2f})")
     for col in ("writers", "crdtstore (durable put)", "Redis SET, appendfsync always", "ratio"):
@@ -445,6 +481,8 @@ def main() -> int:
         if "replication" in parts:
             for writers, per in ((1, 2_000), (8, 1_000)):
                 replication(Path(tmp) / f"r{writers}", writers, per, other)
+        if "receive" in parts:
+            receive(Path(tmp) / "recv", 100_000, 1_000, other)
         if "propagation" in parts:
             propagation(Path(tmp) / "prop", 8, args.rate, args.seconds, other)
         if "processes" in parts:
