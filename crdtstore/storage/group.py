@@ -152,22 +152,21 @@ class GroupCommit:
         in line joins its group) or in a group taken already, in flight: those are waited
         for too, every one (a group taken earlier may land after a later one, whose flush
         covered both)."""
-        req: _Request | None = _Request(None)
-        wake = None
+        place = _Request(None)
         with self._lock:
             flights = [f.landed for f in self._flights]
-            if self._queue:
-                wake = self._enqueue(req)
+            queued = bool(self._queue)
+            if queued:
+                wake = self._enqueue(place)
             else:
-                req = None
                 self._waiting_leads += 1
         try:
-            if req is not None:
-                self._wait_or_lead(req, wake)
+            if queued:
+                self._wait_or_lead(place, wake)
             for landed in flights:
                 landed.wait()
         finally:
-            if req is None:
+            if not queued:
                 with self._lock:
                     self._waiting_leads -= 1
 
