@@ -32,13 +32,13 @@ Invariants:
 - ``after`` runs once per group that committed, in the leader's thread, after every
   writer of the group was woken: also when only the flush failed (the commit is visible
   to every reader of the directory, so its watchers must hear of it).
-- :meth:`GroupCommit.lead` returns only once every request queued before it is settled,
-  including those another thread's group took and has not settled yet (a group is in
-  flight from its take until its writers are woken): whoever closes the replica after it
-  closes nothing under a commit.
+- :meth:`GroupCommit.settle` returns only once every request queued before it is
+  settled, including those another thread's group took and has not settled yet (a group
+  is in flight from its take until its writers are woken): whoever closes the replica
+  after it closes nothing under a commit.
 
 Threads wait in :meth:`GroupCommit.run`; an event loop uses :meth:`submit` (no wait) and
-has a worker thread call :meth:`lead`.
+has a worker thread call :meth:`lead`, and :meth:`settle` before it closes.
 """
 
 from __future__ import annotations
@@ -126,7 +126,7 @@ class GroupCommit:
         self._queue: list[_Request] = []
         self._leading = False
         self._flights: list[_Flight] = []  # groups taken, their writers not woken yet
-        self._waiting_leads = 0  # lead() calls waiting for groups in flight (tests read it)
+        self._settling = 0  # settle() calls under way (tests read it)
 
     def run(self, fn: Callable[[LocalWrite], T]) -> T:
         """``fn(write)`` committed durably, maybe with other writers' mutations; its result
@@ -147,28 +147,38 @@ class GroupCommit:
         return future
 
     def lead(self) -> None:
+        """Lead the commit of what is queued unless another thread does: return once the
+        group that holds what was queued before the call is settled, or at once if a
+        group in flight took all of it (:meth:`settle` waits for that one too). An event
+        loop's commit threads call it after each write: one that finds the queue taken
+        is free at once to lead the next group."""
+        place = _Request(None)
+        with self._lock:
+            if not self._queue:
+                return
+            wake = self._enqueue(place)
+        self._wait_or_lead(place, wake)
+
+    def settle(self) -> None:
         """Return once everything queued before the call is settled, leading the commit
         if no other thread does. What was queued is in the queue still (the call's place
         in line joins its group) or in a group taken already, in flight: those are waited
         for too, every one (a group taken earlier may land after a later one, whose flush
-        covered both)."""
+        covered both). Whoever closes the replica after it closes nothing under a commit."""
         place = _Request(None)
         with self._lock:
             flights = [f.landed for f in self._flights]
             queued = bool(self._queue)
-            if queued:
-                wake = self._enqueue(place)
-            else:
-                self._waiting_leads += 1
+            wake = self._enqueue(place) if queued else None
+            self._settling += 1
         try:
             if queued:
                 self._wait_or_lead(place, wake)
             for landed in flights:
                 landed.wait()
         finally:
-            if not queued:
-                with self._lock:
-                    self._waiting_leads -= 1
+            with self._lock:
+                self._settling -= 1
 
     def _enqueue(self, req: _Request) -> Any:
         """Queue ``req`` (the caller holds ``_lock``); the lock its thread waits on, or

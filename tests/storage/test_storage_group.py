@@ -205,10 +205,10 @@ def test_a_failed_flush_fails_its_writers_but_still_wakes_the_watchers(
     assert r.stats["group_flush_errors"] == 1
 
 
-def test_lead_waits_for_a_group_in_flight_that_took_its_write(make_replica: Make) -> None:
-    """A thread's group took a queued write and is still applying when lead() is called
-    with the queue empty: lead() returns only once that write is settled (an AsyncNode
-    closes the node after its lead() calls return)."""
+def test_settle_waits_for_a_group_in_flight_that_took_its_write(make_replica: Make) -> None:
+    """A thread's group took a queued write and is still applying when settle() is called
+    with the queue empty: settle() returns only once that write is settled (an AsyncNode
+    closes the node once it returns; lead() alone returned at once)."""
     r = make_replica("a")
     applying, release = threading.Event(), threading.Event()
 
@@ -231,14 +231,14 @@ def test_lead_waits_for_a_group_in_flight_that_took_its_write(make_replica: Make
     assert not r.group._queue
     outcome: list[bool] = []
 
-    def lead() -> None:
-        r.group.lead()
+    def settle() -> None:
+        r.group.settle()
         outcome.append(future.done())
 
-    waiter = threading.Thread(target=lead)
+    waiter = threading.Thread(target=settle)
     waiter.start()
-    for _ in range(2000):  # bounded poll: lead() returned, or waits for the flight
-        if not waiter.is_alive() or getattr(r.group, "_waiting_leads", 0):
+    for _ in range(2000):  # bounded poll: settle() returned, or waits for the flight
+        if not waiter.is_alive() or r.group._settling:
             break
         poll.wait(0.01)
     release.set()
