@@ -269,7 +269,7 @@ class GroupCommit:
         group = flight.requests
         results: list[tuple[_Request, Any, BaseException | None]] = []
         with self._lock:
-            if all(r.fn is None for r in self._queue):  # lead() calls' places in line only
+            if all(r.fn is None for r in self._queue):  # places in line of lead() or settle()
                 self._flights.append(flight)
                 group.extend(self._queue)
                 self._queue.clear()
