@@ -50,7 +50,7 @@ from crdtstore.membership import MEMBERS_NAMESPACE, MemberRecord, MemberStatus, 
 from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
 from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.observed import observed_members
-from crdtstore.membership.protocol import NeighbourUp, ProtocolSettings
+from crdtstore.membership.protocol import ClockReading, NeighbourUp, ProtocolSettings
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.versions import HASHED_DIGESTS, HelloForms, PeerVersions, Refusal
 from crdtstore.membership.view import Member, parse_records
@@ -201,6 +201,7 @@ class Replicator:
                     patience_ms=3 * settings.membership.hello_interval_ms,
                     warn_every_ms=sync_settings.log_interval_ms,
                 ),
+                on_clock=self._probed_clock,
             )
         else:
             self.liveness = Liveness(
@@ -755,6 +756,17 @@ class Replicator:
             with self._clocks_lock:
                 self.clocks.observe(beat.node_id, beat.clock_ms, now)
                 self.clocks.told(beat.node_id, beat.clocks_off.get(self.node_id))
+
+    def _probed_clock(self, reading: ClockReading) -> None:
+        """On the overlay's thread: a member's clock reading from a probe or an ack (any
+        member probed or probing, not only neighbours, whose hellos bring theirs)."""
+        with self._clocks_lock:
+            if reading.sent_ms is None:
+                self.clocks.observe(reading.node_id, reading.clock_ms, reading.received_ms)
+            else:
+                self.clocks.observe_round_trip(
+                    reading.node_id, reading.clock_ms, reading.sent_ms, reading.received_ms
+                )
 
     def _clocks_off(self) -> dict[str, int]:
         """On the liveness thread: the live members whose clocks are beyond the limit of
