@@ -389,6 +389,13 @@ class OverlayLiveness(Liveness):
                 else [n for n in self._protocol.members() if n != self.node_id]
             )
 
+    def contacts(self) -> dict[str, Contact]:
+        """Every member the protocol knows (but this node), as it knows it."""
+        with self._lock:
+            if self._protocol is None:
+                return {}
+            return {n: e.contact for n, e in self._protocol.table.items() if n != self.node_id}
+
     def incarnation_of(self, node_id: str) -> int | None:
         with self._lock:
             row = None if self._protocol is None else self._protocol.member(node_id)

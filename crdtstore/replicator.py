@@ -1049,6 +1049,26 @@ class Replicator:
                 held is None or held.incarnation < record.incarnation
             ) and heard >= record.incarnation:
                 records[node_id] = record
+        if isinstance(self.liveness, OverlayLiveness):
+            for node_id, contact in self.liveness.contacts().items():
+                seen = observations.get(node_id)
+                if seen is None or seen.status not in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
+                    continue
+                if node_id not in records:
+                    # Known to the overlay only: a live non-neighbour (no hello) whose
+                    # record this node refuses (stamped by a clock too far ahead), listed
+                    # with its clock as the full mesh lists it from its hello. Its topics
+                    # are not known here (None). A dead one stays unlisted, as before (a
+                    # pruned record is not brought back until the protocol prunes too).
+                    records[node_id] = MemberRecord(
+                        node_id=node_id,
+                        router=contact.router,
+                        pub=contact.pub,
+                        topics=None,
+                        public_key=contact.public_key,
+                        incarnation=contact.incarnation,
+                        started_at_ms=seen.since_ms,
+                    )
         if self._own is not None:
             records[self.node_id] = self._own
         rows = observed_members(self.node_id, records, observations, self._clock(), stale=False)
