@@ -159,6 +159,10 @@ class OverlayLiveness(Liveness):
             if self._protocol is not None and now >= self._protocol.next_deadline():
                 self._run_commands(self._protocol.tick(now))
                 self._close_idle(now)
+                # The protocol's own counters (suspicions raised, indirect probes, acks
+                # refused), shown with this thread's (its "refutations" are this thread's).
+                for name, count in self._protocol.stats.items():
+                    self.stats[name] = count
 
     def on_delivery(self, delivery: Delivery, now: int) -> None:
         if delivery.kind != "direct" or not delivery.payload.startswith(CHANNEL_OVERLAY):
