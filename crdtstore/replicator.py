@@ -1052,14 +1052,13 @@ class Replicator:
         if isinstance(self.liveness, OverlayLiveness):
             for node_id, contact in self.liveness.contacts().items():
                 seen = observations.get(node_id)
-                if seen is None or seen.status not in (MemberStatus.ALIVE, MemberStatus.SUSPECT):
-                    continue
-                if node_id not in records:
-                    # Known to the overlay only: a live non-neighbour (no hello) whose
-                    # record this node refuses (stamped by a clock too far ahead), listed
-                    # with its clock as the full mesh lists it from its hello. Its topics
-                    # are not known here (None). A dead one stays unlisted, as before (a
-                    # pruned record is not brought back until the protocol prunes too).
+                if seen is not None and node_id not in records:
+                    # Known to the overlay only: a non-neighbour (no hello) whose record
+                    # has not arrived, or is refused here (stamped by a clock too far
+                    # ahead), listed with its status and clock as the full mesh lists one
+                    # from its hello; a member killed before its record spread is seen
+                    # dead. Its topics are not known here (None). The protocol prunes it
+                    # as the replicator prunes records (prune_after_ms).
                     records[node_id] = MemberRecord(
                         node_id=node_id,
                         router=contact.router,
