@@ -393,7 +393,8 @@ class MembershipProtocol:
             clock = None
             if msg.clock_ms is not None:
                 self._reads_clock(sender)
-                out.append(ClockReading(sender, msg.clock_ms, None, now_ms))
+                if sender in self.table:  # not a stranger's: what is kept per member stays bounded
+                    out.append(ClockReading(sender, msg.clock_ms, None, now_ms))
                 clock = now_ms  # answered in the form it came in
             ack = Ack(msg.seq, self.me.incarnation, self._piggyback(), neighbour, clock)
             out.append(Send(sender, ack))

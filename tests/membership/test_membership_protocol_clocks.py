@@ -172,3 +172,11 @@ def test_every_node_finds_a_clock_that_runs_ahead_neighbour_or_not() -> None:
     # Its timers run on its own clock: a skewed clock alone makes nobody suspect anybody.
     assert not [o for o in sim.observations if o.change.new.value == "suspect"]
     assert MAX_CLOCK_DRIFT_MS < HOUR_MS
+
+
+def test_a_stranger_s_clock_reading_is_not_kept() -> None:
+    b = protocol("b", 5_000, "a")
+    out = b.on_message("zz", Ping(1, (), 1_000), 5_010)
+    assert not readings(out)  # answered, but nothing kept for a node id no member has
+    [ack] = sends(out, Ack)
+    assert ack.msg.clock_ms == 5_010
