@@ -1,25 +1,25 @@
 """The whole node protocol on the deterministic simulator: 1,000 nodes, 2-10 ms links, 1% loss.
 
-    .venv/bin/python bench/bench_nodesim.py            # 1,000 nodes, ~5 minutes
+    .venv/bin/python bench/bench_nodesim.py            # 1,000 nodes, ~7 minutes of CPU
     .venv/bin/python bench/bench_nodesim.py --quick    # 200 nodes, about a minute
     .venv/bin/python bench/bench_nodesim.py --nodes 500 --seed 2
 
 Every node runs the membership protocol and a relaying sync engine over a memory replica
 (``crdtstore.testing.nodesim``): sync frames travel only between linked members. Every
 node holds namespace ``cfg``; a random tenth also holds ``t1`` (so ``t1``'s holders are
-joined by topic links; a node receives no batch of a topic it does not hold, as its
-SUB does not subscribe to it). Nodes start ``--stagger-ms`` apart; once membership agrees and
-every namespace has converged, the idle cluster is measured at 50, 200 and ``--nodes``
-nodes (messages and bytes received per node per second, sync and membership). At
-``--nodes``: ``--writes`` LWW writes of a ``--payload``-byte value at random holders,
-one every ``--write-gap-ms``, alternately to ``cfg`` and ``t1``, each timed until every
-live holder has it (p50/p99/max); delta bytes received per holder per update against
-the batch's encoded size (and whether a non-holder of ``t1`` received any); then a
-partition into two halves for ``--partition-ms`` with writes on both sides, and the time
-from the heal until every namespace has converged and until membership agrees.
-Membership frames are encoded (sizes are real) but not decoded; sync frames are real
-bytes, decoded by the engines. All times are simulated; wall time is printed for the
-simulator's sake.
+joined by topic links; a node receives no batch of a topic it does not hold, as its SUB
+does not subscribe to it); 5% of the nodes are slowed 10x. Nodes start
+``--stagger-ms`` apart; once membership agrees and every namespace has converged, the
+idle cluster is measured at 50, 200 and ``--nodes`` nodes (messages and bytes received
+per node per second, sync and membership). At ``--nodes``: ``--writes`` LWW writes of a
+``--payload``-byte value at random holders, one every ``--write-gap-ms``, alternately to
+``cfg`` and ``t1``, each timed until every live holder has it (p50/p99/max); delta bytes
+received per holder per update against the batch's encoded size; the suspicions raised
+so far (all false); then a partition into two halves for ``--partition-ms`` with writes
+on both sides, and the time from the heal until every namespace has converged and until
+membership agrees. Membership frames are encoded (sizes are real) but not decoded; sync
+frames are real bytes, decoded by the engines. All times are simulated; wall time is
+printed for the simulator's sake.
 """
 
 from __future__ import annotations
@@ -33,12 +33,14 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from crdtstore.membership.detector import MemberStatus
 from crdtstore.sync.messages import encode_message
 from crdtstore.testing.nodesim import NodeSim
 
 console = Console()
 LOSS = 0.01
 TOPIC_SHARE = 0.1
+SLOW_SHARE = 0.05
 
 
 @dataclass
@@ -62,11 +64,12 @@ def start(n: int, seed: int, stagger_ms: float) -> tuple[NodeSim, float]:
     rng = random.Random(seed)
     names = ids(n)
     with_t1 = set(rng.sample(names, max(3, int(n * TOPIC_SHARE))))
+    slow = set(rng.sample(names, int(n * SLOW_SHARE)))
     for i, node_id in enumerate(names):
         sim.run_until(i * stagger_ms)
         seeds = [names[rng.randrange(i)]] if i else []
         topics = ["cfg", "t1"] if node_id in with_t1 else ["cfg"]
-        sim.add_node(node_id, seeds=seeds, topics=topics)
+        sim.add_node(node_id, seeds=seeds, slow=node_id in slow, topics=topics)
     last_start = sim.now
     # An idle cluster has no namespace yet: one write each makes convergence mean something.
     for ns in ("cfg", "t1"):
@@ -75,6 +78,7 @@ def start(n: int, seed: int, stagger_ms: float) -> tuple[NodeSim, float]:
     done = sim.run_until_true(sim.settled, last_start + 120_000, 250)
     if done is None:
         raise SystemExit(f"{n} nodes did not settle within 120 s of the last start")
+    sim.record_observations = True  # from here on, any suspicion is a false one
     return sim, done - last_start
 
 
@@ -192,12 +196,13 @@ def main() -> None:
         )
     wall = time.perf_counter()
     w = measure_writes(sim, writes, args.write_gap_ms, args.payload, rng)
+    false_suspicions = sum(o.change.new is MemberStatus.SUSPECT for o in sim.observations)
     p = measure_partition(sim, args.partition_ms, rng)
     console.print(f"[dim]writes and partition in {time.perf_counter() - wall:.0f} s wall[/dim]")
 
     table = Table(
-        title=f"Whole node protocol on {n} simulated nodes (2-10 ms links, 1% loss, relay + "
-        "neighbour-only anti-entropy)"
+        title=f"Whole node protocol on {n} simulated nodes (2-10 ms links, 1% loss, 5% slow "
+        "10x; relay + neighbour-only anti-entropy)"
     )
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -215,6 +220,7 @@ def main() -> None:
         "<= 1.5x",
     )
     table.add_row("holders of t1", f"{w['t1 holders']:.0f}", "")
+    table.add_row("false suspicions (idle and writes)", str(false_suspicions), "0")
     table.add_row(
         f"partition {args.partition_ms / 1000:.0f} s, heal: data converged", fmt(p["converged"]), ""
     )
