@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from crdtstore.crdt import HybridClock, LWWMap, ORSet
+from crdtstore.crdt import DotMap, HybridClock, LWWMap, ORSet
 from crdtstore.crdt.dots import Dot
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.protocol import Command, NeighbourDown, NeighbourUp, ProtocolSettings
@@ -85,7 +85,7 @@ class Host:
     next_sync_ms: float = 0.0
     next_links_ms: float = 0.0
 
-    def links(self, node_id: str) -> bool:
+    def linked(self, node_id: str) -> bool:
         return node_id in self.neighbours or node_id in self.pinned
 
 
@@ -314,7 +314,7 @@ class NodeSim(NetSim):
 
     def _link(self, node_id: str, other: str, *, pinned: bool) -> None:
         host = self.hosts[node_id]
-        was_linked = host.links(other)
+        was_linked = host.linked(other)
         (host.pinned if pinned else host.neighbours)[other] = None
         if was_linked:
             return
@@ -329,7 +329,7 @@ class NodeSim(NetSim):
     def _unlink(self, node_id: str, other: str, *, pinned: bool) -> None:
         host = self.hosts[node_id]
         (host.pinned if pinned else host.neighbours).pop(other, None)
-        if host.links(other):
+        if host.linked(other):
             return
         self._subscribers.get(other, {}).pop(node_id, None)
         host.engine.remove_peer(other)
@@ -337,7 +337,7 @@ class NodeSim(NetSim):
 
     def _status_change(self, node_id: str, change: StatusChange) -> None:
         host, other = self.hosts[node_id], change.node_id
-        if change.new is MemberStatus.ALIVE and host.links(other):
+        if change.new is MemberStatus.ALIVE and host.linked(other):
             if other not in host.engine.peers:
                 host.engine.add_peer(other)
         elif change.new in _GONE:
@@ -363,7 +363,7 @@ class NodeSim(NetSim):
             spare = [
                 m
                 for m in self.directory
-                if m != node_id and not host.links(m) and self._holds(m, topic) and live(m)
+                if m != node_id and not host.linked(m) and self._holds(m, topic) and live(m)
             ]
             for other in self.rng.sample(spare, min(TOPIC_LINKS - len(linked), len(spare))):
                 self._link(node_id, other, pinned=True)
@@ -386,7 +386,7 @@ class NodeSim(NetSim):
                 for dst in self._subscribers.get(src, {}):
                     if self._subscribed(dst, out.topic):
                         self._put(src, dst, SyncFrame(out.data, out.topic))
-            elif self.hosts[src].links(out.peer):
+            elif self.hosts[src].linked(out.peer):
                 self._put(src, out.peer, SyncFrame(out.data, None))
             else:
                 self.unlinked_sends += 1
@@ -409,7 +409,13 @@ class NodeSim(NetSim):
 
     # -- write tracking ----------------------------------------------------------------------
 
-    def _write(self, node_id: str, namespace: str, type_name: str, fn: Any) -> DeltaBatch:
+    def _write(
+        self,
+        node_id: str,
+        namespace: str,
+        type_name: str,
+        fn: Callable[[DotMap[Any]], DotMap[Any]],
+    ) -> DeltaBatch:
         host = self.hosts[node_id]
         batch = host.replica.mutate(namespace, type_name, fn)
         waiting = {h: None for h in self.holders(namespace) if h != node_id}
@@ -452,7 +458,10 @@ class NodeSim(NetSim):
         return [self.hosts[n.node_id] for n in self.live()]
 
 
-def _as(state: Any, cls: type[Any]) -> Any:
+_T = TypeVar("_T")
+
+
+def _as(state: object, cls: type[_T]) -> _T:
     if not isinstance(state, cls):
         raise TypeError(f"namespace holds a {type(state).__name__}, not a {cls.__name__}")
     return state
