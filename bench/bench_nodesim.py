@@ -30,6 +30,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
+from bench_membership_scale import LOSS, SLOW_SHARE, fmt, ids
 from rich.console import Console
 from rich.table import Table
 
@@ -38,9 +39,7 @@ from crdtstore.sync.messages import encode_message
 from crdtstore.testing.nodesim import NodeSim
 
 console = Console()
-LOSS = 0.01
 TOPIC_SHARE = 0.1
-SLOW_SHARE = 0.05
 
 
 @dataclass
@@ -52,10 +51,6 @@ class Idle:
     sync_bytes_per_s: float
     links_mean: float
     settle_ms: float
-
-
-def ids(n: int) -> list[str]:
-    return [f"n{i:04d}" for i in range(n)]
 
 
 def start(n: int, seed: int, stagger_ms: float) -> tuple[NodeSim, float]:
@@ -161,10 +156,6 @@ def measure_partition(
         "converged": None if data is None else data - healed_at,
         "agreed": None if agreed is None else agreed - healed_at,
     }
-
-
-def fmt(ms: float | None) -> str:
-    return "-" if ms is None else f"{ms:,.0f} ms"
 
 
 def main() -> None:
