@@ -42,7 +42,8 @@ from crdtstore.membership.wire import Contact
 from crdtstore.sync.messages import Message, decode_message, encode_message
 
 _Frame = tuple[str, int, object]
-"""A frame in flight: sender, encoded size, and the bytes (or the message object)."""
+"""A frame in flight: sender, encoded size, and the bytes (or the message object; or
+what a subclass sends besides membership messages)."""
 
 
 MAX_CLOCK_DRIFT_MS = 60_000
@@ -139,6 +140,7 @@ class NetSim:
         )
         node = SimNode(node_id, proto, slow=slow, clock_skew_ms=clock_skew_ms)
         self.nodes[node_id] = node
+        self._started(node)
         self._schedule_tick(node, self.now)
         return node
 
@@ -185,7 +187,7 @@ class NetSim:
                     self._push(start, "tick", node_id, None)
                     node.tick_at = start
                     continue
-                self._run_commands(node, node.protocol.tick(node.clock(at)))
+                self._on_tick(node, at)
             else:
                 start = self._work(node, at)
                 if start > at:
@@ -196,9 +198,7 @@ class NetSim:
                 node.recv_msgs += 1
                 node.recv_bytes += size
                 node.last_contact[sender] = at
-                if isinstance(msg, bytes):
-                    msg = decode_message(msg)
-                self._run_commands(node, node.protocol.on_message(sender, msg, node.clock(at)))
+                self._on_frame(node, sender, msg, at)
             self._schedule_tick(node, at)
         self.now = t_ms
 
@@ -280,6 +280,23 @@ class NetSim:
                     return obs.at_ms
         return None
 
+    # -- what a node runs (a subclass adds to it: see crdtstore.testing.nodesim) -----------
+
+    def _started(self, node: SimNode) -> None:
+        """``node`` was just added (or added again, as a new life)."""
+
+    def _deadline(self, node: SimNode) -> float:
+        """When ``node`` next needs a tick, in simulated time (its clock may be skewed)."""
+        return float(node.protocol.next_deadline() - node.clock_skew_ms)
+
+    def _on_tick(self, node: SimNode, at: float) -> None:
+        self._run_commands(node, node.protocol.tick(node.clock(at)))
+
+    def _on_frame(self, node: SimNode, sender: str, msg: object, at: float) -> None:
+        if isinstance(msg, bytes):
+            msg = decode_message(msg)
+        self._run_commands(node, node.protocol.on_message(sender, msg, node.clock(at)))
+
     # -- internals -------------------------------------------------------------------------
 
     def _work(self, node: SimNode, at: float) -> float:
@@ -292,7 +309,7 @@ class NetSim:
         return at
 
     def _schedule_tick(self, node: SimNode, at: float) -> None:
-        deadline = max(float(node.protocol.next_deadline() - node.clock_skew_ms), at + 1.0)
+        deadline = max(self._deadline(node), at + 1.0)
         if node.tick_at < 0 or deadline < node.tick_at:
             node.tick_at = deadline
             self._push(deadline, "tick", node.node_id, None)
@@ -332,15 +349,18 @@ class NetSim:
         kind[0] += 1
         kind[1] += size
         node.last_contact[dst] = self.now
-        if self._groups is not None and self._groups.get(node.node_id, -1) != self._groups.get(
-            dst, -2
-        ):
-            return
+        self._transmit(node.node_id, dst, size, data if self.decode else msg)
+
+    def _transmit(self, src: str, dst: str, size: int, body: object) -> bool:
+        """Put one frame on the link ``src`` -> ``dst``: cut by a partition, lost with
+        probability ``loss``, else delivered after a delay. True if it will arrive."""
+        if self._groups is not None and self._groups.get(src, -1) != self._groups.get(dst, -2):
+            return False
         if self.loss and self.rng.random() < self.loss:
-            return
+            return False
         low, high = self.delay_ms
-        payload: _Frame = (node.node_id, size, data if self.decode else msg)
-        self._push(self.now + self.rng.uniform(low, high), "frame", dst, payload)
+        self._push(self.now + self.rng.uniform(low, high), "frame", dst, (src, size, body))
+        return True
 
 
 def counters(nodes: Iterable[SimNode]) -> dict[str, float]:

@@ -269,15 +269,7 @@ class Simulator:
         return False
 
     def converged(self) -> bool:
-        for ns in self.namespaces():
-            holders = [n for n in self.nodes.values() if n.engine.holds(ns)]
-            contexts = {n.replica.context(ns) for n in holders}
-            if len(contexts) > 1:
-                return False
-            values = [n.replica.value(ns) for n in holders if ns in n.replica.namespaces()]
-            if len(values) != len(holders) or any(v != values[0] for v in values[1:]):
-                return False
-        return True
+        return converged([(n.engine, n.replica) for n in self.nodes.values()])
 
     # -- inspection -------------------------------------------------------------------------
 
@@ -348,7 +340,7 @@ class Simulator:
                 self._put_on_wire(src, out.peer, out.data, False)
 
     def _put_on_wire(self, src: str, dst: str, data: bytes, published: bool) -> None:
-        kind = _kind(data)
+        kind = message_kind(data)
         if self.wire is not None:
             self.wire.append((src, dst, data))
         self.messages[kind] += 1
@@ -379,7 +371,21 @@ class Simulator:
             self._emit(dst, node.engine.on_messages(frames, self.local_ms(dst)))
 
 
-def _kind(data: bytes) -> str:
+def converged(nodes: Sequence[tuple[SyncEngine, SimReplica]]) -> bool:
+    """Whether, for every namespace any of ``nodes`` has, all of them that hold it have
+    equal state and context."""
+    for ns in sorted({ns for _, replica in nodes for ns in replica.namespaces()}):
+        holders = [replica for engine, replica in nodes if engine.holds(ns)]
+        contexts = {r.context(ns) for r in holders}
+        if len(contexts) > 1:
+            return False
+        values = [r.value(ns) for r in holders if ns in r.namespaces()]
+        if len(values) != len(holders) or any(v != values[0] for v in values[1:]):
+            return False
+    return True
+
+
+def message_kind(data: bytes) -> str:
     """The message kind, read from the envelope's head without decoding the body."""
     unpacker = msgpack.Unpacker(raw=False)
     unpacker.feed(data[:64])
@@ -402,4 +408,13 @@ def _lww(state: DotMap[Any]) -> LWWMap:
     return state
 
 
-__all__ = ["NO_FAULTS", "Faults", "ReplicaFactory", "SimNode", "SimReplica", "Simulator"]
+__all__ = [
+    "NO_FAULTS",
+    "Faults",
+    "ReplicaFactory",
+    "SimNode",
+    "SimReplica",
+    "Simulator",
+    "converged",
+    "message_kind",
+]
