@@ -149,13 +149,15 @@ class NodeSim(NetSim):
         seeds: Iterable[str] = (),
         slow: bool = False,
         incarnation: int = 1,
+        clock_skew_ms: int = 0,
+        *,
         topics: Iterable[str] | None = None,
     ) -> SimNode:
         """Start ``node_id`` holding ``topics`` (None: every namespace). Adding it again
         is a new life (see :meth:`restart`), whose topics are those it had."""
         if node_id not in self.directory:
             self.directory[node_id] = None if topics is None else frozenset(topics)
-        return super().add_node(node_id, seeds, slow, incarnation)
+        return super().add_node(node_id, seeds, slow, incarnation, clock_skew_ms)
 
     def restart(self, node_id: str) -> SimNode:
         """Bring a crashed (or departed) node back as a new life over its kept replica,
@@ -165,7 +167,9 @@ class NodeSim(NetSim):
             raise RuntimeError(f"node {node_id} is up")
         live = [n.node_id for n in self.live()]
         seeds = [self.rng.choice(live)] if live else []
-        return self.add_node(node_id, seeds, old.slow, old.protocol.incarnation + 1)
+        return self.add_node(
+            node_id, seeds, old.slow, old.protocol.incarnation + 1, old.clock_skew_ms
+        )
 
     def crash(self, node_id: str) -> None:
         super().crash(node_id)
