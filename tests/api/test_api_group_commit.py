@@ -85,9 +85,8 @@ def test_a_transaction_whose_flush_fails_still_runs_its_commit_hooks(
             raise crdtstore.StorageError(f"committed, but flushing it failed (ticket {ticket})")
 
         monkeypatch.setattr(node.replica._env, "make_durable", failing_flush)
-        with pytest.raises(crdtstore.StorageError, match="flushing"):
-            with node.transaction():
-                m["k"] = 1
+        with pytest.raises(crdtstore.StorageError, match="flushing"), node.transaction():
+            m["k"] = 1
         assert node.stats["transaction_flush_errors"] == 1
         assert hooks == [1]
         wait_for(lambda: [c.key for c in changes] == ["k"], what="the watcher saw the commit")
