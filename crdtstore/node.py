@@ -533,9 +533,17 @@ class Node:
             w.abort()
             raise
         else:
-            committed = w.commit()
+            committed = w.commit(durable=False)
         finally:
             self._tls.write = None
+        try:
+            self._replica.make_durable(committed.ticket)
+        except Error:
+            # Committed, only its flush failed: every reader sees the changes, so the
+            # watchers and publication hear of them (as for a group); the caller is told.
+            self.stats["transaction_flush_errors"] += 1
+            self._after_commit(committed)
+            raise
         self._after_commit(committed)
 
     def _write(self, fn: Callable[[LocalWrite], T]) -> T:

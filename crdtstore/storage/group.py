@@ -92,13 +92,16 @@ class _Request:
 
 
 class _Flight:
-    """A group between its take and its writers' wake-up; ``landed`` is set then."""
+    """A group between its take and its writers' wake-up; ``landed`` is released then.
+    (A lock held from the start, not an Event: every group makes one, and an Event is a
+    Condition built and notified in Python; only :meth:`GroupCommit.settle` waits.)"""
 
     __slots__ = ("landed", "requests")
 
     def __init__(self) -> None:
         self.requests: list[_Request] = []
-        self.landed = threading.Event()
+        self.landed = threading.Lock()
+        self.landed.acquire()
 
 
 class GroupCommit:
@@ -175,7 +178,8 @@ class GroupCommit:
             if queued:
                 self._wait_or_lead(place, wake)
             for landed in flights:
-                landed.wait()
+                with landed:  # released once the group landed, never taken again
+                    pass
         finally:
             with self._lock:
                 self._settling -= 1
@@ -203,7 +207,7 @@ class GroupCommit:
             with self._lock:
                 if flight in self._flights:
                     self._flights.remove(flight)
-            flight.landed.set()
+            flight.landed.release()
 
     def _lead(self, req: _Request, flight: _Flight) -> None:
         group = flight.requests

@@ -42,10 +42,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lmdb
-import msgpack
 
 from crdtstore.errors import DecodeError
-from crdtstore.storage.layout import Buf, read_u64, u64, unpack_stored
+from crdtstore.storage.layout import Buf, pack, read_u64, u64, unpack_stored
 from crdtstore.storage.tables import table_bytes
 
 log = logging.getLogger(__name__)
@@ -88,8 +87,7 @@ def last_seq(txn: lmdb.Transaction, db: Any) -> int:
 
 
 def pack_row(groups: list[Group], written_ms: int) -> bytes:
-    packed: bytes = msgpack.packb(groups, use_bin_type=True)
-    return _ROW_HEAD.pack(ROW_TAG, written_ms) + packed
+    return _ROW_HEAD.pack(ROW_TAG, written_ms) + pack(groups)
 
 
 def written_at(data: Buf) -> int | None:

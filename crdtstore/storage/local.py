@@ -26,9 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import lmdb
-import msgpack
 
-from crdtstore.codec import LWW_MAP, OR_SET
+from crdtstore.codec import LWW_MAP, OR_SET, key_packer
 from crdtstore.crdt import CausalContext
 from crdtstore.crdt.dotmap import MAX_INT_KEY, MIN_INT_KEY
 from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
@@ -103,7 +102,7 @@ class LocalWrite:
         self._stamps = stamps
         self.me = me
         self.settings = env.settings
-        self._pack = msgpack.Packer(use_bin_type=True).pack  # this thread's alone
+        self._pack = key_packer()  # this thread's, as the transaction is
         self._own = OwnDots(me, self._pack)
         self._max_key = self.settings.max_key_bytes
         self._max_value = self.settings.max_value_bytes

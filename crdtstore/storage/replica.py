@@ -200,6 +200,10 @@ class LMDBReplica:
             self.now_ms,
         )  # fmt: skip
 
+    def make_durable(self, ticket: int) -> None:
+        """Return once the commit of ``ticket`` (:attr:`Committed.ticket`) is on disk."""
+        self._env.make_durable(ticket)
+
     @property
     def clock(self) -> HybridClock:
         """The last timestamp this process issued."""

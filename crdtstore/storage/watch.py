@@ -118,6 +118,7 @@ class JournalWatcher:
                     target=self._run, name=f"crdtstore-watch-{self._replica.node_id}", daemon=True
                 )
                 self._thread.start()
+                self._wake.set()  # a commit's wake() before the thread existed went nowhere
             sub_id = next(self._ids)
             self._subs[sub_id] = (namespace, deliver)
         return WatchHandle(self, sub_id)
@@ -127,7 +128,9 @@ class JournalWatcher:
             self._subs.pop(sub_id, None)
 
     def wake(self) -> None:
-        self._wake.set()
+        # Every commit calls it: with nothing subscribed there is no thread to wake.
+        if self._thread is not None:
+            self._wake.set()
 
     def stop(self) -> None:
         self._stop.set()

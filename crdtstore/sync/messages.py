@@ -35,6 +35,7 @@ from crdtstore.codec import (
     expect_list,
     expect_replica,
     pack,
+    thread_packer,
     unpack,
     value_of_rows,
 )
@@ -209,14 +210,15 @@ def encode_delta_batch(
     ``[key, dots]``) and whose context without its run is ``rest`` (``encode_context``'s
     form): how a writer's commit logs its batch straight from the rows it wrote, which
     hold each key's dots in their wire form. msgpack is concatenative."""
-    pack = msgpack.Packer(use_bin_type=True).pack
+    packer = thread_packer()
+    pack = packer.pack
     return b"".join(
         (
             b"\x97",  # [version, kind, ns, origin, first, last, value]
             *map(pack, (FORMAT_VERSION, DeltaBatch.KIND, namespace, origin, first, last)),
             b"\x94",  # value: [type, is_delta, context, entries]
             *map(pack, (type_name, True, rest)),
-            msgpack.Packer().pack_array_header(len(entries)),
+            packer.pack_array_header(len(entries)),
             *entries,
         )
     )

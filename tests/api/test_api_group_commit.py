@@ -67,3 +67,27 @@ def test_a_single_writer_commits_each_write_on_its_own(tmp_path: Path) -> None:
         assert node.stats["group_commits"] == 10 == node.stats["group_commit_writes"]
         with pytest.raises(KeyError):
             del m["absent"]  # a delete's own outcome still reaches its caller
+
+
+def test_a_transaction_whose_flush_fails_still_runs_its_commit_hooks(
+    tmp_path: Path, wait_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The transaction committed (every reader sees it), then its flush failed: the caller
+    gets the error, and the watchers and on_commit hooks hear of the commit all the same."""
+    with crdtstore.open(tmp_path / "n", node_id="a") as node:
+        m = node.lww_map("m")
+        hooks: list[int] = []
+        node.on_commit.append(lambda: hooks.append(1))
+        changes: list[Change] = []
+        node.watch("m", changes.append)
+
+        def failing_flush(ticket: int) -> None:
+            raise crdtstore.StorageError(f"committed, but flushing it failed (ticket {ticket})")
+
+        monkeypatch.setattr(node.replica._env, "make_durable", failing_flush)
+        with pytest.raises(crdtstore.StorageError, match="flushing"), node.transaction():
+            m["k"] = 1
+        assert node.stats["transaction_flush_errors"] == 1
+        assert hooks == [1]
+        wait_for(lambda: [c.key for c in changes] == ["k"], what="the watcher saw the commit")
+        assert dict(m.items()) == {"k": 1}
