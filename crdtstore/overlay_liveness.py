@@ -64,6 +64,8 @@ class OverlayTransport(LivenessTransport, Protocol):
 
     def disconnect_peer(self, peer: bytes) -> None: ...
 
+    def io_stall_ms(self) -> int: ...
+
 
 def contact_of(record: MemberRecord) -> Contact:
     return Contact(record.node_id, record.router, record.pub, record.public_key, record.incarnation)
@@ -157,7 +159,8 @@ class OverlayLiveness(Liveness):
         now = self._clock()
         with self._lock:
             if self._protocol is not None and now >= self._protocol.next_deadline():
-                self._run_commands(self._protocol.tick(now))
+                stall = self._net.io_stall_ms()
+                self._run_commands(self._protocol.tick(now, io_stall_ms=stall))
                 self._close_idle(now)
                 # The protocol's own counters (suspicions raised, indirect probes, acks
                 # refused), shown with this thread's (its "refutations" are this thread's).

@@ -200,6 +200,10 @@ class IOThread(threading.Thread):
         self._router_peers: OrderedDict[bytes, bytes] = OrderedDict()
         self._subscriptions: set[bytes] = set()
         self._retry_at: dict[bytes, float] = {}  # peer -> monotonic time to re-create it
+        # When the turn under way began (0.0 between turns) and the longest finished turn
+        # since the owner last asked: see Transport.io_stall_ms.
+        self.turn_started = 0.0
+        self.longest_turn_s = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -305,11 +309,15 @@ class IOThread(threading.Thread):
             if self._retry_at:
                 wait_s = min(self._retry_at.values()) - time.monotonic()
                 timeout_ms = max(0, min(timeout_ms, int(wait_s * 1000) + 1))
-            for sock, _ in self._poller.poll(timeout_ms):
+            ready = self._poller.poll(timeout_ms)
+            self.turn_started = started = time.monotonic()
+            for sock, _ in ready:
                 # A command earlier in this turn may have closed the socket.
                 handler = self._handlers.get(sock)
                 if handler is not None:
                     handler(sock)
+            self.turn_started = 0.0
+            self.longest_turn_s = max(self.longest_turn_s, time.monotonic() - started)
             if self._retry_at:
                 self._retry_refused_peers()
 

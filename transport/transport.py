@@ -328,6 +328,20 @@ class Transport:
         """A snapshot of the counters (names in ``transport.counters.COUNTER_NAMES``)."""
         return self._counters.snapshot()
 
+    def io_stall_ms(self) -> int:
+        """How long the I/O thread has been held up since the last call: its longest turn
+        (reading, checking and passing on what the sockets held) finished since then, or
+        the turn under way if longer. While it lasts, frames that peers sent wait in the
+        sockets: a failure detector reading silence then is reading this node, not them.
+        For one caller (the failure detector's thread): the call starts a new window."""
+        thread = self._thread
+        if thread is None:
+            return 0
+        started = thread.turn_started
+        ongoing = time.monotonic() - started if started else 0.0
+        longest, thread.longest_turn_s = thread.longest_turn_s, 0.0
+        return int(max(longest, ongoing) * 1000)
+
     # -- deliveries ------------------------------------------------------------------------
 
     def recv(self, timeout: float | None) -> Delivery | None:

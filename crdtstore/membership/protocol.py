@@ -249,6 +249,7 @@ class MembershipProtocol:
         self._seq = 0
         self._last_tick: int | None = None
         self._hold_health_until = 0
+        self._stall_counted_at = -(1 << 62)
         s = settings
         self._next = {
             "probe": now_ms,
@@ -338,9 +339,12 @@ class MembershipProtocol:
         out = self._apply(Update(contact, status), now_ms, source=None)
         return out + self._neighbour_changes(now_ms)
 
-    def tick(self, now_ms: int) -> list[Command]:
+    def tick(self, now_ms: int, io_stall_ms: int = 0) -> list[Command]:
+        """Run the timers due at ``now_ms``. ``io_stall_ms``: how long this node's own I/O
+        was held up since the previous tick (what its peers sent meanwhile is still on its
+        way in), which this node's local health takes into account."""
         out: list[Command] = []
-        self._update_health(now_ms, due_ms=self.next_deadline())
+        self._update_health(now_ms, due_ms=self.next_deadline(), io_stall_ms=io_stall_ms)
         s = self.settings
         nxt = self._next
         out += self._probe_timeouts(now_ms)
@@ -570,7 +574,6 @@ class MembershipProtocol:
     def _timers(self, now_ms: int) -> list[Command]:
         """Suspect silent neighbours, declare suspects dead, prune the long gone."""
         out: list[Command] = []
-        self._check_all_silent(now_ms)
         silent_limit = self._stretch(self.settings.suspect_after_ms)
         for node_id in list(self.overlay.active):
             entry = self.table.get(node_id)
@@ -815,51 +818,41 @@ class MembershipProtocol:
     def _stretch(self, ms: int) -> int:
         return ms * (1 + self.local_health)
 
-    def _check_all_silent(self, now_ms: int) -> None:
-        """Lifeguard's missed nacks, without nacks: when none of two or more neighbours
-        has been heard for a whole probe round (its interval and its timeout), the likelier
-        cause is this node (its process or its transport's thread held up, what they sent
-        still queued behind its own work), not all of them at once: local health rises,
-        once a round while it lasts. One neighbour's silence alone cannot tell whose it is.
-
-        Measured (3 nodes, probe interval 100 ms, writers starting on 2 cores): a node
-        suspected both neighbours in one tick that was on time (62 ms late), while its
-        transport's I/O thread was 900 ms into one turn with their frames; they, hearing
-        each other, suspected nobody. Its ticks do not show its I/O thread's stalls."""
-        active = self.overlay.active
-        if len(active) < 2:
-            return
-        window = self.settings.probe_interval_ms + self.settings.probe_timeout_ms
-        if all(now_ms - self._last_ack.get(n, now_ms) > window for n in active):
-            self._count("all_neighbours_silent")
-            self._raise_health(now_ms)
-
     def _raise_health(self, now_ms: int) -> None:
         self.local_health = min(self.settings.max_local_health, self.local_health + 1)
         self._hold_health_until = now_ms + self.settings.suspect_after_ms
 
-    def _update_health(self, now_ms: int, due_ms: int) -> None:
+    def _update_health(self, now_ms: int, due_ms: int, io_stall_ms: int = 0) -> None:
         """Lifeguard's local health, from this node's own lateness: a tick more than a
-        probe interval past its deadline (``due_ms``) raises it and holds it for a
-        suspicion timeout, as hearing itself suspected does; it then falls by one per
-        on-time probe interval.
+        probe interval past its deadline (``due_ms``), or an I/O stall that long, raises
+        it and holds it for a suspicion timeout, as hearing itself suspected does; it then
+        falls by one per on-time probe interval.
 
-        Both parts come from a measured false suspicion (3 nodes, probe interval 100 ms,
-        12 writer processes starting on 2 cores): a node held up by a 594-ms GC pause and
-        a 908-ms turn of its transport's I/O thread ticked 347 and 189 ms late (health 2),
-        then on time 100 and 260 ms later, health 0 again, while what its neighbours had
-        sent meanwhile still sat behind its own I/O thread: it suspected both. Health was
-        lowered at the next on-time tick, and this protocol ticks at every deadline
-        (gossip, probe timeouts), not once an interval; lateness was counted only past two
-        intervals since the previous tick, which such frequent ticks seldom are."""
-        if self._last_tick is not None:
+        All three parts come from a measured false suspicion (3 nodes, probe interval
+        100 ms, 12 writer processes starting on 2 cores): a node held up by a 594-ms GC
+        pause and a 908-ms turn of its transport's I/O thread ticked 347 and 189 ms late
+        (health 2), then on time 100 and 260 ms later, health 0 again, while what its
+        neighbours had sent meanwhile still sat behind its own I/O thread: it suspected
+        both. Health was lowered at the next on-time tick (this protocol ticks at every
+        deadline: gossip, probe timeouts), and its ticks do not show its I/O thread's
+        stalls, hence the measure of those. Inferring this node's slowness from all its
+        neighbours falling silent at once was tried and dropped: when they do all die (2
+        of 3 nodes killed) it stretched their detection 7x."""
+        interval = self.settings.probe_interval_ms
+        if io_stall_ms > interval:
+            # One stall is seen by every tick while it lasts: it counts once an interval.
+            if now_ms >= self._stall_counted_at + interval:
+                self._stall_counted_at = now_ms
+                self._count("io_stalls")
+                self._raise_health(now_ms)
+        elif self._last_tick is not None:
             # A deadline already past at the previous tick (brought forward since, as a
             # probe's timeout is when health falls) counts from that tick.
-            if now_ms - max(due_ms, self._last_tick) > self.settings.probe_interval_ms:
+            if now_ms - max(due_ms, self._last_tick) > interval:
                 self._raise_health(now_ms)
             elif self.local_health and now_ms >= self._hold_health_until:
                 self.local_health -= 1
-                self._hold_health_until = now_ms + self.settings.probe_interval_ms
+                self._hold_health_until = now_ms + interval
         self._last_tick = now_ms
 
     def _count(self, name: str) -> None:

@@ -36,6 +36,9 @@ class FakeTransport:
     def disconnect_peer(self, peer: bytes) -> None:
         self.connected.pop(peer, None)
 
+    def io_stall_ms(self) -> int:
+        return 0
+
     def publish(self, topic: bytes, payload: bytes) -> None:
         raise AssertionError("the overlay mode publishes no heartbeat")
 

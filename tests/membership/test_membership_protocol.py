@@ -142,6 +142,23 @@ def test_crash_is_seen_dead_by_every_survivor_within_the_bound() -> None:
     assert not [s for s in suspicions(sim) if "suspected n05" not in s]
 
 
+def test_a_survivor_whose_neighbours_all_crash_sees_them_dead_within_the_bound() -> None:
+    """Two of three nodes killed: the survivor hears no one, yet it runs on time, so its
+    own health stays good and their detection is not stretched."""
+    sim = start_cluster(3, seed=4)
+    sim.run_until(sim.now + 5_000)
+    crashed_at = sim.now
+    for victim in ("n01", "n02"):
+        sim.crash(victim)
+    bound = DETECTION_BOUND_MS + DISSEMINATION_MS
+    done = sim.run_until_true(
+        lambda: all(all_see(sim, v, MemberStatus.DEAD) for v in ("n01", "n02")),
+        crashed_at + 10 * bound,
+    )
+    assert done is not None and done - crashed_at <= bound
+    assert sim.nodes["n00"].protocol.local_health == 0
+
+
 def test_leave_is_known_by_all_quickly_and_never_as_a_failure() -> None:
     sim = start_cluster(32, seed=3)
     left_at = sim.now
