@@ -58,6 +58,8 @@ class LivenessTransport(Protocol):
 
     def recv_express(self, timeout: float | None) -> Delivery | None: ...
 
+    def io_stall_ms(self) -> int: ...
+
 
 class Liveness:
     """Owns one node's failure detector, on a thread of its own. Thread-safe."""
@@ -213,7 +215,7 @@ class Liveness:
 
     def tick(self, now: int) -> None:
         with self._lock:
-            changes = self._detector.tick(now)
+            changes = self._detector.tick(now, self._transport.io_stall_ms())
             self._changes += changes
             self._unlogged += changes
         if changes:

@@ -90,6 +90,33 @@ def test_overloaded_detector_stretches_its_timeouts() -> None:
     assert det.status("b") is MemberStatus.ALIVE
 
 
+def test_an_io_stall_holds_local_health_up_for_a_suspicion_timeout() -> None:
+    """Ticks on time, but this node's I/O thread was held up 400 ms: the heartbeats sent
+    meanwhile are still on their way in. Health rises, and the on-time ticks after the
+    stall do not lower it before a suspicion timeout has passed."""
+    det = make()
+    det.heard("b", 1, 0)
+    run(det, 0, 500)
+    assert det.tick(600, io_stall_ms=400) == []
+    assert det.local_health == 1
+    assert run(det, 700, 1500) == []  # silent 1500 ms, the limit stretched to 2000
+    assert det.local_health == 1
+    assert det.status("b") is MemberStatus.ALIVE
+    # Then it falls back, and a b still silent is suspected after all.
+    changes = run(det, 1700, 2600)
+    assert det.local_health == 0
+    assert [s for _, s in changes] == ["suspect"]
+
+
+def test_a_short_io_turn_changes_nothing() -> None:
+    det = make()
+    det.heard("b", 1, 0)
+    for now in range(0, 1001, 100):
+        assert det.tick(now, io_stall_ms=100) == []
+    assert det.local_health == 0
+    assert [s for _, s in run(det, 1100, 1200)] == ["suspect"]
+
+
 def test_suspected_lists_suspects_and_dead_with_incarnation() -> None:
     det = make()
     det.heard("b", 3, 0)

@@ -34,6 +34,9 @@ class FakeTransport:
     def recv_express(self, timeout: float | None) -> Delivery | None:
         return self.arrived.pop(0) if self.arrived else None
 
+    def io_stall_ms(self) -> int:
+        return 0
+
 
 class Clock:
     def __init__(self) -> None:
