@@ -352,6 +352,24 @@ class OverlayLiveness(Liveness):
         with self._lock:
             return set(self._pinned)
 
+    def relay_sources(self) -> frozenset[str]:
+        """The links whose publications may carry batches of any origin: topic links
+        (made to replicated records only) and neighbours connected at the addresses of
+        their replicated record. A neighbour that is not (a joiner whose record has not
+        arrived, a stranger) is held to its own origin, as the full mesh holds every
+        publisher (see :mod:`crdtstore.membership.protocol`, admission)."""
+        with self._lock:
+            if self._protocol is None:
+                return frozenset(self._pinned)
+            recorded = self._protocol.recorded
+            members = (n for n, c in self._neighbours.items() if recorded(c))
+            return frozenset(self._pinned).union(members)
+
+    def protocol_stats(self) -> dict[str, int]:
+        """The protocol's own counters (admission refusals, refutations, probes...)."""
+        with self._lock:
+            return {} if self._protocol is None else dict(self._protocol.stats)
+
     def is_neighbour(self, node_id: str) -> bool:
         with self._lock:
             return node_id in self._neighbours

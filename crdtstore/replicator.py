@@ -427,6 +427,7 @@ class Replicator:
         return {
             "neighbours": self.liveness.neighbours(),
             "connections": self.liveness.connections(),
+            "protocol": self.liveness.protocol_stats(),
         }
 
     def _write_status(self, status: dict[str, Any]) -> None:
@@ -468,6 +469,11 @@ class Replicator:
         together (``on_messages`` applies the batches among them in one commit). What
         each part answers is sent before the next part is handled."""
         frames: list[tuple[str, bytes, str | None]] = []
+        relays: frozenset[str] = frozenset()
+        if isinstance(self.liveness, OverlayLiveness) and any(
+            d.kind == "publish" for d in deliveries
+        ):
+            relays = self.liveness.relay_sources()
         for delivery in deliveries:
             if delivery.kind == "publish":
                 topic = delivery.topic or b""
@@ -476,11 +482,12 @@ class Replicator:
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
                     self.liveness.on_delivery(delivery, now)  # the express pipe carries them
                 else:
-                    # A neighbour relays batches of every origin in the overlay mode: no
-                    # publisher to hold the batch's origin to (see SyncEngine.relay).
-                    source = (
-                        None if self.overlay else (delivery.peer or b"").decode("utf-8", "replace")
-                    )
+                    # A member link relays batches of every origin in the overlay mode: no
+                    # publisher to hold the batch's origin to (see SyncEngine.relay). Any
+                    # other publisher is held to its own, as in the full mesh.
+                    source: str | None = (delivery.peer or b"").decode("utf-8", "replace")
+                    if source in relays:
+                        source = None
                     frames.append(("", delivery.payload, source))
                 continue
             peer = (delivery.peer or b"").decode("utf-8", "replace")
