@@ -427,6 +427,8 @@ class Replicator:
         return {
             "neighbours": self.liveness.neighbours(),
             "connections": self.liveness.connections(),
+            # The links trusted to relay any origin's batches (see relay_sources).
+            "member_links": sorted(self.liveness.relay_sources()),
             "protocol": self.liveness.protocol_stats(),
         }
 
