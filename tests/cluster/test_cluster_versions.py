@@ -230,3 +230,35 @@ def test_nodes_of_the_two_membership_modes_refuse_each_other_and_both_say_why(
     assert keys(mesh, "cfg") == {f"m{i}": f"m{i}" for i in range(3)}
     assert keys(overlay, "cfg") == {f"o{i}": f"o{i}" for i in range(3)}
     assert (overlay.status() or {}).get("overlay", {}).get("neighbours") == []
+
+
+def test_a_full_mesh_cluster_moved_to_the_overlay_node_by_node_converges(
+    cluster: Cluster,
+) -> None:
+    """The README's rolling path: each node restarted in the overlay mode, seeded at one
+    moved before it; writes made on either side meanwhile are everywhere once the last
+    node has moved, and every node sees every other alive."""
+    nodes = cluster.start(3, overlay=False, status_interval_ms=200)
+    wait_until(lambda: cluster.all_members_alive(3), "the full mesh formed")
+    write(nodes[0], "cfg", "before", 5)
+    wait_until(lambda: all(len(keys(n, "cfg")) == 5 for n in nodes), "the mesh replicated")
+    moved: list[ServeNode] = []
+    for i, node in enumerate(nodes):
+        assert node.stop() == 0
+        node.config["overlay"] = True
+        node.seeds = [moved[-1].bind] if moved else []
+        node.start()
+        moved.append(node)
+        write(node, "cfg", f"during{i}-", 3)  # in the new mode, before the rest have moved
+        if i == 0:
+            write(nodes[2], "cfg", "mesh-side", 2)  # and on the side still in the old one
+    want = {f"before{i}": f"before{i}" for i in range(5)}
+    want.update({f"during{i}-{j}": f"during{i}-{j}" for i in range(3) for j in range(3)})
+    want.update({f"mesh-side{j}": f"mesh-side{j}" for j in range(2)})
+    for node in nodes:
+        wait_until(lambda n=node: keys(n, "cfg") == want, f"{node.name} holds every write")  # type: ignore[misc]
+    wait_until(lambda: cluster.all_members_alive(3), "all alive in the overlay mode")
+    for node in nodes:
+        status = node.status()
+        assert status is not None and status["overlay"] is not None
+        assert "Traceback" not in node.log.read_text()
