@@ -87,11 +87,14 @@ class OverlayLiveness(Liveness):
         rng: random.Random | None = None,
         seed_watch: SeedWatch | None = None,
         on_clock: Callable[[ClockReading], None] | None = None,
+        seed_hello: Callable[[], bytes | None] | None = None,
     ) -> None:
         """``seed_watch``: counts (``seed_unanswered``) and logs seeds that a join asked and
         that never answered, as the full mode's greetings do. ``on_clock`` sees, on this
         thread, each member's clock reading that a probe or an ack brought (what the full
-        mode's heartbeats bring to ``on_heartbeat``)."""
+        mode's heartbeats bring to ``on_heartbeat``). ``seed_hello``: the frame of the
+        node's hello, sent with each join to such a seed: a seed of the other membership
+        mode drops joins unread, but answers a hello with why it refuses."""
         super().__init__(
             node_id=node_id,
             transport=transport,
@@ -116,6 +119,7 @@ class OverlayLiveness(Liveness):
         self._heard_at: dict[str, int] = {}
         self._seed_watch = seed_watch
         self._on_clock = on_clock
+        self._seed_hello = seed_hello
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -220,9 +224,10 @@ class OverlayLiveness(Liveness):
             self._net.send(to.encode(), data)
             return
         node_id = to.node_id
+        silent_seed = False
         if node_id.startswith(SEED_PREFIX):
             if isinstance(command.msg, Join):
-                self._greeted_seed(to.router)
+                silent_seed = self._greeted_seed(to.router)
             if node_id not in self._seed_aliases:
                 self._connect(node_id, to.router, None, to.public_key)
                 self._seed_aliases.add(node_id)
@@ -232,16 +237,20 @@ class OverlayLiveness(Liveness):
             self._transient[node_id] = self._clock()
         self._net.send(node_id.encode(), data)
         self.stats["overlay_sent"] += 1
+        hello = None if not silent_seed or self._seed_hello is None else self._seed_hello()
+        if hello is not None:
+            self._net.send(node_id.encode(), hello)
 
-    def _greeted_seed(self, addr: str) -> None:
+    def _greeted_seed(self, addr: str) -> bool:
         """A join sent to a seed: a wrong address or a seed that is down answers nothing
-        while ZeroMQ retries without a word, so a seed silent too long is said."""
+        while ZeroMQ retries without a word, so a seed silent too long is said. Returns
+        whether it is."""
         if self._seed_watch is None:
-            return
+            return False
         now = self._clock()
         silent_ms = self._seed_watch.greeted(addr, now)
         if silent_ms is None:
-            return
+            return False
         self.stats["seed_unanswered"] += 1
         if self._seed_watch.should_warn(addr, now):
             log.warning(
@@ -250,6 +259,7 @@ class OverlayLiveness(Liveness):
                 addr,
                 silent_ms / 1000,
             )
+        return True
 
     def _connect(self, node_id: str, router: str, pub: str | None, key: str | None) -> None:
         try:
@@ -355,6 +365,24 @@ class OverlayLiveness(Liveness):
     def pinned(self) -> set[str]:
         with self._lock:
             return set(self._pinned)
+
+    def relay_sources(self) -> frozenset[str]:
+        """The links whose publications may carry batches of any origin: topic links
+        (made to replicated records only) and neighbours connected at the addresses of
+        their replicated record. A neighbour that is not (a joiner whose record has not
+        arrived, a stranger) is held to its own origin, as the full mesh holds every
+        publisher (see :mod:`crdtstore.membership.protocol`, admission)."""
+        with self._lock:
+            if self._protocol is None:
+                return frozenset(self._pinned)
+            recorded = self._protocol.recorded
+            members = (n for n, c in self._neighbours.items() if recorded(c))
+            return frozenset(self._pinned).union(members)
+
+    def protocol_stats(self) -> dict[str, int]:
+        """The protocol's own counters (admission refusals, refutations, probes...)."""
+        with self._lock:
+            return {} if self._protocol is None else dict(self._protocol.stats)
 
     def is_neighbour(self, node_id: str) -> bool:
         with self._lock:

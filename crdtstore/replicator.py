@@ -52,7 +52,13 @@ from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.observed import observed_members
 from crdtstore.membership.protocol import ClockReading, NeighbourUp, ProtocolSettings
 from crdtstore.membership.seeds import SeedWatch
-from crdtstore.membership.versions import HASHED_DIGESTS, HelloForms, PeerVersions, Refusal
+from crdtstore.membership.versions import (
+    HASHED_DIGESTS,
+    HelloForms,
+    PeerVersions,
+    Refusal,
+    spoken,
+)
 from crdtstore.membership.view import Member, parse_records
 from crdtstore.overlay_liveness import CHANNEL_OVERLAY, OverlayLiveness
 from crdtstore.status_query import CHANNEL_QUERY, encode_status_reply, is_status_request
@@ -202,6 +208,7 @@ class Replicator:
                     warn_every_ms=sync_settings.log_interval_ms,
                 ),
                 on_clock=self._probed_clock,
+                seed_hello=self._seed_hello,
             )
         else:
             self.liveness = Liveness(
@@ -223,7 +230,7 @@ class Replicator:
         self._introduced_at: dict[str, int] = {}
         self.clocks = ClockOffsets(settings.max_clock_drift_ms)
         self._log_interval_ms = sync_settings.log_interval_ms
-        self._versions = PeerVersions(sync_settings.log_interval_ms)
+        self._versions = PeerVersions(sync_settings.log_interval_ms, spoken(self.overlay))
         self._clock_logged: dict[str, int] = {}
         self._clocks_disagree: set[str] = set()
         # What members() shows of clocks, as of the last membership tick (other threads
@@ -421,6 +428,9 @@ class Replicator:
         return {
             "neighbours": self.liveness.neighbours(),
             "connections": self.liveness.connections(),
+            # The links trusted to relay any origin's batches (see relay_sources).
+            "member_links": sorted(self.liveness.relay_sources()),
+            "protocol": self.liveness.protocol_stats(),
         }
 
     def _write_status(self, status: dict[str, Any]) -> None:
@@ -462,6 +472,11 @@ class Replicator:
         together (``on_messages`` applies the batches among them in one commit). What
         each part answers is sent before the next part is handled."""
         frames: list[tuple[str, bytes, str | None]] = []
+        relays: frozenset[str] = frozenset()
+        if isinstance(self.liveness, OverlayLiveness) and any(
+            d.kind == "publish" for d in deliveries
+        ):
+            relays = self.liveness.relay_sources()
         for delivery in deliveries:
             if delivery.kind == "publish":
                 topic = delivery.topic or b""
@@ -470,11 +485,12 @@ class Replicator:
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
                     self.liveness.on_delivery(delivery, now)  # the express pipe carries them
                 else:
-                    # A neighbour relays batches of every origin in the overlay mode: no
-                    # publisher to hold the batch's origin to (see SyncEngine.relay).
-                    source = (
-                        None if self.overlay else (delivery.peer or b"").decode("utf-8", "replace")
-                    )
+                    # A member link relays batches of every origin in the overlay mode: no
+                    # publisher to hold the batch's origin to (see SyncEngine.relay). Any
+                    # other publisher is held to its own, as in the full mesh.
+                    source: str | None = (delivery.peer or b"").decode("utf-8", "replace")
+                    if source in relays:
+                        source = None
                     frames.append(("", delivery.payload, source))
                 continue
             peer = (delivery.peer or b"").decode("utf-8", "replace")
@@ -560,6 +576,12 @@ class Replicator:
             agreed = self._versions.heard(msg.node_id, msg.incarnation, msg.versions, now)
             if isinstance(agreed, Refusal):
                 self._refuse(agreed)
+                if agreed.other_mode and not msg.reply and self._own is not None:
+                    # Our hello back, once per hello of theirs (never to a reply, or two
+                    # refusing nodes would answer each other for ever): a node of the
+                    # other mode then logs why, too, instead of waiting on in silence.
+                    hello = self._hello(reply=True, versions=True)
+                    self.transport.send(peer.encode(), CHANNEL_MEMBERS + encode_message(hello))
                 return
             if msg.versions is None and self._versions.forms(msg.node_id) is HelloForms.LISTED:
                 return  # its copy for older nodes, of the hello with versions acted on
@@ -591,6 +613,8 @@ class Replicator:
         """A member with no protocol version in common: no connection, nothing it sends
         is acted on, until a hello of it says otherwise."""
         self.stats["refused_versions"] += 1
+        if refusal.other_mode:
+            self.stats["refused_membership_mode"] += 1
         if refusal.log_now:
             log.warning(
                 "%s (%d refused hellos so far)", refusal.reason(), self.stats["refused_versions"]
@@ -1006,10 +1030,22 @@ class Replicator:
         """Our record, to ``node_id`` (``reply``: an answer to its Hello, with its clock's
         offset from ours as that hello showed it)."""
         forms = self._versions.forms(node_id)
+        # The form without the list is for v0.1.0 nodes, which speak version 1 alone.
+        unlisted = 1 in self._versions.spoken
         for listed in (True, False):
+            if not (listed or unlisted):
+                continue
             if forms is HelloForms.BOTH or (forms is HelloForms.LISTED) == listed:
                 hello = self._hello(reply=reply, offset_ms=offset_ms, versions=listed)
                 self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+
+    def _seed_hello(self) -> bytes | None:
+        """On the overlay's thread: our hello for a seed that has not answered our joins
+        (a seed of the full mesh drops them unread, but refuses a hello with a reason,
+        and answers with its own, so that both nodes log why)."""
+        if self._own is None:
+            return None
+        return CHANNEL_MEMBERS + encode_message(self._hello(reply=False, versions=True))
 
     def _disconnect(self, node_id: str) -> None:
         self._record_addrs.pop(node_id, None)

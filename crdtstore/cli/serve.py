@@ -60,12 +60,21 @@ def add_parser(sub: Any) -> None:
         help="on SIGTERM, leave the cluster gracefully (peers see 'left'); default: a stop "
         "is a restart to be (peers see the node suspect, then dead, until it returns)",
     )
-    serve.add_argument(
+    mode = serve.add_mutually_exclusive_group()
+    mode.add_argument(
         "--overlay",
         action="store_true",
         default=None,
-        help="membership over a partial-view overlay (few connections per node, flat idle "
-        "cost as the cluster grows); every node of a cluster must use the same mode",
+        help="membership over a partial-view overlay (the default: few connections per "
+        "node, flat idle cost as the cluster grows); every node of a cluster uses one mode",
+    )
+    mode.add_argument(
+        "--full-mesh",
+        dest="overlay",
+        action="store_false",
+        default=None,
+        help="membership over the full mesh (every node connects to every other); a node "
+        "refuses peers of the other mode, so a cluster moves between modes by a restart",
     )
     serve.add_argument(
         "--metrics-bind",

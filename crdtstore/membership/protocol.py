@@ -63,6 +63,22 @@ member asked to relay it. The readings are fields appended to the older forms, w
 older nodes refuse whole: a member not yet known to read them (it has sent none since
 its current life began) is sent a ping or a relayed ack in both forms, the longer first;
 an ack goes in the form of the ping it answers.
+
+Admission (who may become a neighbour, and what a neighbour is trusted with). Without
+CURVE keys a node cannot tell a stranger from a brand-new node at its first message,
+and the full mesh does not try: it connects to whoever says hello, and takes from its
+PUB only batches of that node's own origin. The overlay keeps that bar:
+- a Join, Neighbor or NeighborReply is taken only from the node it names (the
+  connection's identity, as the full mesh's hello is); a ForwardJoin only from a
+  neighbour (a walk is passed on by neighbours; a stranger cannot push itself into the
+  views of nodes it never spoke to); a Join or Neighbor of a life that the replicated
+  record says is past (left, or a lower incarnation) is refused. Each refusal is counted
+  (``admission_refused_*``) and changes nothing;
+- anyone else is admitted, as a joiner must be (its record can only replicate over a
+  link), but a neighbour is a *member link* only while it is connected at the addresses
+  and key of its replicated member record (:meth:`MembershipProtocol.recorded`). The
+  runtime accepts relayed batches of any origin only from member links; from any other
+  neighbour, as the full mesh from any publisher, only batches of its own origin.
 """
 
 from __future__ import annotations
@@ -269,6 +285,8 @@ class MembershipProtocol:
         self._sync_free_at = now_ms
         self._next_prune = now_ms + settings.prune_after_ms // 8
         self._next_timer = min(self._next.values())
+        self._records: dict[str, tuple[Contact, bool]] = {}
+        """Member -> (contact, left) of its replicated record, newest life (see learn())."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -330,6 +348,9 @@ class MembershipProtocol:
         or one whose record says it left (gone at that incarnation)."""
         if contact.node_id == self.me.node_id:
             return []
+        held = self._records.get(contact.node_id)
+        if held is None or contact.incarnation >= held[0].incarnation:
+            self._records[contact.node_id] = (contact, left)
         status = Status.LEFT if left else Status.ALIVE
         entry = self.table.get(contact.node_id)
         if entry is not None and not supersedes(
@@ -416,18 +437,28 @@ class MembershipProtocol:
         elif isinstance(msg, TableDigest | TableBuckets | TableSync):
             out += self._on_table(sender, msg, now_ms)
         elif isinstance(msg, Join):
-            self._heard(msg.joiner, now_ms)
-            out += self._sends(self.overlay.on_join(msg))
+            if self._admissible(sender, msg.joiner, "join"):
+                self._heard(msg.joiner, now_ms)
+                out += self._sends(self.overlay.on_join(msg))
         elif isinstance(msg, ForwardJoin):
-            self._heard_of(msg.joiner, now_ms)
-            out += self._sends(self.overlay.on_forward_join(sender, msg))
+            if sender not in self.overlay.active:
+                self._count("admission_refused_forward_join")
+            elif self._admissible(None, msg.joiner, "forward_join"):
+                self._heard_of(msg.joiner, now_ms)
+                out += self._sends(self.overlay.on_forward_join(sender, msg))
         elif isinstance(msg, Neighbor):
-            self._heard(msg.sender, now_ms)
-            if self.leaving:
+            if not self._admissible(sender, msg.sender, "neighbor"):
+                pass
+            elif self.leaving:
+                self._heard(msg.sender, now_ms)
                 out.append(Send(msg.sender, NeighborReply(self.me, accepted=False)))
             else:
+                self._heard(msg.sender, now_ms)
                 out += self._sends(self.overlay.on_neighbor(msg))
         elif isinstance(msg, NeighborReply):
+            if msg.sender.node_id != sender:
+                self._count("admission_refused_identity")
+                return out + self._neighbour_changes(now_ms)
             self._heard(msg.sender, now_ms)
             seeds = [s for s in self.seeds if s.router != msg.sender.router]
             self._seed_answered |= len(seeds) < len(self.seeds)
@@ -451,6 +482,38 @@ class MembershipProtocol:
         else:
             self._count("rejected_membership_kind")
         return out + self._neighbour_changes(now_ms)
+
+    # -- admission -------------------------------------------------------------------------
+
+    def _admissible(self, sender: str | None, claimed: Contact, kind: str) -> bool:
+        """Whether ``claimed`` may enter the views through a message of ``sender`` (None:
+        passed on by a neighbour, so no identity to hold it to). See the module's notes."""
+        if sender is not None and claimed.node_id != sender:
+            self._count("admission_refused_identity")
+            return False
+        held = self._records.get(claimed.node_id)
+        if held is not None:
+            record, left = held
+            if record.incarnation > claimed.incarnation or (
+                left and record.incarnation >= claimed.incarnation
+            ):
+                self._count(f"admission_refused_past_life_{kind}")
+                return False
+        return True
+
+    def recorded(self, contact: Contact) -> bool:
+        """Whether ``contact`` is its member's replicated record (same addresses and key,
+        a life not left): a link to it is a member link, trusted to relay any origin's
+        batches. A newcomer, or a node that says a member's name from elsewhere, is not."""
+        held = self._records.get(contact.node_id)
+        if held is None or held[1]:
+            return False
+        record = held[0]
+        return (record.router, record.pub, record.public_key) == (
+            contact.router,
+            contact.pub,
+            contact.public_key,
+        )
 
     # -- probing ---------------------------------------------------------------------------
 
@@ -811,6 +874,7 @@ class MembershipProtocol:
     def _remove(self, node_id: str) -> None:
         self.table.remove(node_id)
         self._reads_clocks.discard(node_id)
+        self._records.pop(node_id, None)
         self._retransmit.discard(node_id)
         self.overlay.passive.pop(node_id, None)
         self._count("members_pruned")

@@ -38,9 +38,10 @@ class MembershipSettings:
     change, and at least this often otherwise (last-heard times, and a stamp that tells
     readers the view is current; one older than three intervals reads as stale)."""
 
-    overlay: bool = False
+    overlay: bool = True
     """Membership over a partial-view overlay (HyParView neighbours, probing, gossip;
     :mod:`crdtstore.membership.protocol`) instead of every node connecting to, and
-    hearing the heartbeats of, every other: connections and idle cost per node stay flat
-    as the cluster grows, and deltas reach non-neighbours relayed by neighbours. Every
-    node of a cluster must use the same mode."""
+    hearing the heartbeats of, every other (the full mesh, ``overlay = false``):
+    connections and idle cost per node stay flat as the cluster grows, and deltas reach
+    non-neighbours relayed by neighbours. Every node of a cluster uses the same mode: a
+    node refuses a peer of the other mode (see :mod:`crdtstore.membership.versions`)."""

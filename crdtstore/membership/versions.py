@@ -13,6 +13,17 @@ The versions:
 2. Hashed digests: an idle digest carries per namespace a hash and total of its version
    vector, and the full vector is asked for only when a hash differs (see
    :mod:`crdtstore.sync.digests`).
+3. The overlay membership mode (:mod:`crdtstore.membership.protocol`: neighbours,
+   probing, relayed deltas), with the digests of version 2.
+
+A version names a whole protocol, membership mode included, and each mode speaks only
+its own: a full-mesh node speaks 1 and 2, an overlay node 3. So nodes of the two modes
+share no version and refuse each other by the rule above, with a logged reason that names
+both modes, instead of a full-mesh node waiting for heartbeats an overlay node never sends
+while the overlay node waits for a join answer that never comes. (An overlay node hears a
+hello without the list, tag v0.1.0's, as version 1: refused, which it is, a full-mesh
+node.) A cluster moves between modes by restarting its nodes in the other one; see
+the README.
 
 A v0.1.0 node refuses a hello longer than the form it knows, and sends hellos without the
 list. So a hello to a node whose versions are not known yet goes in both forms, the one
@@ -31,8 +42,30 @@ from enum import Enum
 HASHED_DIGESTS = 2
 """The first version in which digests carry hashes of version vectors."""
 
+OVERLAY = 3
+"""The overlay membership mode's first version."""
+
 SPOKEN: tuple[int, ...] = (1, HASHED_DIGESTS)
-"""The versions this build speaks, oldest first."""
+"""The versions this build speaks in the full-mesh mode, oldest first."""
+
+SPOKEN_OVERLAY: tuple[int, ...] = (OVERLAY,)
+"""The versions this build speaks in the overlay mode."""
+
+
+def spoken(overlay: bool) -> tuple[int, ...]:
+    """The versions a node of this build speaks in its membership mode."""
+    return SPOKEN_OVERLAY if overlay else SPOKEN
+
+
+def mode_of(versions: Collection[int]) -> str | None:
+    """The membership mode whose versions ``versions`` are ("overlay", "full mesh"),
+    None for versions of neither alone (a later build's, or a mix)."""
+    if versions and set(versions) <= set(SPOKEN_OVERLAY):
+        return "overlay"
+    if versions and set(versions) <= set(SPOKEN):
+        return "full mesh"
+    return None
+
 
 UNLISTED: tuple[int, ...] = (1,)
 """What a node whose hello has no version list speaks (tag v0.1.0)."""
@@ -65,10 +98,22 @@ class Refusal:
     mine: tuple[int, ...]
     log_now: bool
 
+    @property
+    def other_mode(self) -> bool:
+        """The peer runs the other membership mode (not a version of a later build)."""
+        theirs, mine = mode_of(self.theirs), mode_of(self.mine)
+        return theirs is not None and mine is not None and theirs != mine
+
     def reason(self) -> str:
+        why = "none in common"
+        if self.other_mode:
+            why = (
+                f"it runs the {mode_of(self.theirs)} membership mode, this node the "
+                f"{mode_of(self.mine)} one; every node of a cluster must run the same mode"
+            )
         return (
             f"refusing member {self.node_id}: it speaks protocol versions "
-            f"{list(self.theirs)}, this node speaks {list(self.mine)}, none in common "
+            f"{list(self.theirs)}, this node speaks {list(self.mine)}, {why} "
             "(not connected; its frames are ignored until it says hello in a common version)"
         )
 

@@ -103,12 +103,15 @@ def test_version_of_both_commands() -> None:
         assert name == Path(command).name and version[0].isdigit()
 
 
-def test_overlay_flag_runs_the_node_in_overlay_mode(tmp_path: Path) -> None:
+def test_the_overlay_is_the_default_and_full_mesh_flag_or_toml_key_chooses_the_mesh(
+    tmp_path: Path,
+) -> None:
     from cli_support import FlaggedNode
 
+    from crdtstore.cli import build_parser, serve_options
     from crdtstore.testing.localcluster import wait_until
 
-    first = FlaggedNode(tmp_path, "a", [], {"status_interval_ms": 100}, flags=["--overlay"])
+    first = ServeNode(tmp_path, "a", [], {"status_interval_ms": 100})
     second = FlaggedNode(
         tmp_path, "b", [first.bind], {"status_interval_ms": 100}, flags=["--overlay"]
     )
@@ -121,12 +124,23 @@ def test_overlay_flag_runs_the_node_in_overlay_mode(tmp_path: Path) -> None:
             return list((status.get("overlay") or {}).get("neighbours", []))
 
         wait_until(lambda: neighbours(first) == ["b"] and neighbours(second) == ["a"], "linked")
-        plain = ServeNode(tmp_path, "c", [], {"status_interval_ms": 100}).start()
+        mesh = FlaggedNode(tmp_path, "c", [], {"status_interval_ms": 100}, flags=["--full-mesh"])
+        mesh.start()
         try:
-            wait_until(lambda: plain.status() is not None, "c writes its status")
-            assert (plain.status() or {}).get("overlay") is None  # the default: full mesh
+            wait_until(lambda: mesh.status() is not None, "c writes its status")
+            assert (mesh.status() or {}).get("overlay") is None  # the full mesh
         finally:
-            plain.stop()
+            mesh.stop()
     finally:
         second.stop()
         first.stop()
+    # The TOML key still chooses, and a flag wins over it.
+    config = tmp_path / "mesh.toml"
+    config.write_text("overlay = false\n")
+    parser = build_parser()
+    args = parser.parse_args(["serve", "--data", "d", "--config", str(config)])
+    assert serve_options(args)["overlay"] is False
+    args = parser.parse_args(["serve", "--data", "d", "--config", str(config), "--overlay"])
+    assert serve_options(args)["overlay"] is True
+    args = parser.parse_args(["serve", "--data", "d"])
+    assert "overlay" not in serve_options(args)  # the settings' default: the overlay

@@ -63,6 +63,21 @@ def test_overlay_nodes_see_all_connect_to_few_and_relay_writes(cluster: Cluster)
     assert sum(n.counter("sync", "batches_relayed") for n in nodes if n is not writer) > 0
     assert [e["key"] for e in reader.dump("cfg")] == ["k"]
 
+    # Admission: honest nodes never refuse each other's name or life, and once the records
+    # have spread every neighbour is a member link (trusted to relay any origin): a rule
+    # that kept an honest neighbour a newcomer would leave its relays to repair.
+    def all_member_links() -> bool:
+        return all(
+            set(overlay(n).get("neighbours") or []) <= set(overlay(n).get("member_links") or [])
+            for n in nodes
+        )
+
+    wait_until(all_member_links, "every neighbour is a member link", 30)
+    for node in nodes:
+        refused = overlay(node).get("protocol") or {}
+        assert isinstance(refused, dict)
+        assert not {k: v for k, v in refused.items() if "identity" in k or "past_life" in k}
+
 
 def test_overlay_detects_a_kill_and_takes_the_member_back_after_restart(
     cluster: Cluster,

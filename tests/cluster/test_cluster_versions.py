@@ -18,7 +18,7 @@ import zmq
 from cluster_support import WRITER, Cluster, ServeNode, wait_until
 
 from crdtstore.membership.messages import Hello
-from crdtstore.membership.versions import SPOKEN
+from crdtstore.membership.versions import spoken
 from crdtstore.sync.messages import RepairRequest, encode_message
 from transport import routing_id
 
@@ -179,7 +179,7 @@ def test_a_hello_with_no_common_version_is_refused_and_logged(cluster: Cluster) 
         ctx.destroy(linger=0)
     lines = [line for line in n1.log.read_text().splitlines() if "refusing member" in line]
     assert len(lines) == 1, lines  # rate-limited: three hellos, one line
-    versions = ", ".join(map(str, SPOKEN))
+    versions = ", ".join(map(str, spoken(status["overlay"] is not None)))
     assert "future" in lines[0] and "[99, 100]" in lines[0] and f"[{versions}]" in lines[0]
     assert n1.alive() and "Traceback" not in n1.log.read_text()
 
@@ -195,5 +195,70 @@ def test_two_nodes_of_this_tree_agree_on_hashed_digests(cluster: Cluster) -> Non
             f"{node.name} publishes hashed digests",
         )
         status = node.status()
-        assert status is not None and status["protocol_versions"] == {other.name: max(SPOKEN)}
+        assert status is not None
+        assert status["protocol_versions"] == {
+            other.name: max(spoken(status["overlay"] is not None))
+        }
         assert status["sync"].get("decode_errors", 0) == 0
+
+
+def test_nodes_of_the_two_membership_modes_refuse_each_other_and_both_say_why(
+    cluster: Cluster,
+) -> None:
+    """A full-mesh node seeded at an overlay node, and an overlay node seeded at the
+    full-mesh one: each hello is refused, counted and logged on both sides (the refuser
+    answers with its own hello), no link is made and nothing replicates across."""
+    overlay = cluster.add("ov", seeds=[], overlay=True)
+    mesh = cluster.add("mesh", seeds=[overlay.bind], overlay=False)
+    joiner = cluster.add("ov2", seeds=[mesh.bind], overlay=True)
+    write(mesh, "cfg", "m", 3)
+    write(overlay, "cfg", "o", 3)
+    for node, minimum in ((overlay, 1), (mesh, 2), (joiner, 1)):
+        wait_until(
+            lambda n=node, k=minimum: n.counter("replicator", "refused_membership_mode") >= k,  # type: ignore[misc]
+            f"{node.name} refused the other mode",
+        )
+    for node in (overlay, mesh, joiner):
+        lines = [x for x in node.log.read_text().splitlines() if "refusing member" in x]
+        assert lines and all("membership mode" in x for x in lines), lines
+        assert "Traceback" not in node.log.read_text()
+        status = node.status()
+        assert status is not None
+        assert [m["node_id"] for m in status["members"]] == [node.name], status["members"]
+    named = "\n".join(mesh.log.read_text().splitlines())
+    assert "refusing member ov:" in named and "refusing member ov2:" in named
+    assert keys(mesh, "cfg") == {f"m{i}": f"m{i}" for i in range(3)}
+    assert keys(overlay, "cfg") == {f"o{i}": f"o{i}" for i in range(3)}
+    assert (overlay.status() or {}).get("overlay", {}).get("neighbours") == []
+
+
+def test_a_full_mesh_cluster_moved_to_the_overlay_node_by_node_converges(
+    cluster: Cluster,
+) -> None:
+    """The README's rolling path: each node restarted in the overlay mode, seeded at one
+    moved before it; writes made on either side meanwhile are everywhere once the last
+    node has moved, and every node sees every other alive."""
+    nodes = cluster.start(3, overlay=False, status_interval_ms=200)
+    wait_until(lambda: cluster.all_members_alive(3), "the full mesh formed")
+    write(nodes[0], "cfg", "before", 5)
+    wait_until(lambda: all(len(keys(n, "cfg")) == 5 for n in nodes), "the mesh replicated")
+    moved: list[ServeNode] = []
+    for i, node in enumerate(nodes):
+        assert node.stop() == 0
+        node.config["overlay"] = True
+        node.seeds = [moved[-1].bind] if moved else []
+        node.start()
+        moved.append(node)
+        write(node, "cfg", f"during{i}-", 3)  # in the new mode, before the rest have moved
+        if i == 0:
+            write(nodes[2], "cfg", "mesh-side", 2)  # and on the side still in the old one
+    want = {f"before{i}": f"before{i}" for i in range(5)}
+    want.update({f"during{i}-{j}": f"during{i}-{j}" for i in range(3) for j in range(3)})
+    want.update({f"mesh-side{j}": f"mesh-side{j}" for j in range(2)})
+    for node in nodes:
+        wait_until(lambda n=node: keys(n, "cfg") == want, f"{node.name} holds every write")  # type: ignore[misc]
+    wait_until(lambda: cluster.all_members_alive(3), "all alive in the overlay mode")
+    for node in nodes:
+        status = node.status()
+        assert status is not None and status["overlay"] is not None
+        assert "Traceback" not in node.log.read_text()

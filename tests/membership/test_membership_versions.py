@@ -8,12 +8,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtstore.membership.versions import (
+    OVERLAY,
     SPOKEN,
     UNLISTED,
     HelloForms,
     PeerVersions,
     Refusal,
     negotiate,
+    spoken,
 )
 
 version_lists = st.lists(st.integers(1, 10), max_size=5)
@@ -76,3 +78,23 @@ def test_a_peer_with_no_common_version_is_refused_and_logged_sparingly() -> None
 @pytest.mark.parametrize("theirs", [(), (0,), (3, 4)])
 def test_no_common_version_with_a_build_that_speaks_only_others(theirs: tuple[int, ...]) -> None:
     assert negotiate(SPOKEN, theirs) is None
+
+
+def test_nodes_of_the_two_membership_modes_share_no_version_and_say_so() -> None:
+    assert negotiate(spoken(overlay=True), spoken(overlay=False)) is None
+    overlay = PeerVersions(log_interval_ms=1000, spoken=spoken(overlay=True))
+    mesh = PeerVersions(log_interval_ms=1000, spoken=spoken(overlay=False))
+    for peers, theirs in ((overlay, spoken(overlay=False)), (mesh, spoken(overlay=True))):
+        refusal = peers.heard("other", 1, theirs, 0)
+        assert isinstance(refusal, Refusal) and refusal.other_mode
+        reason = refusal.reason()
+        assert "membership mode" in reason and "full mesh" in reason and "overlay" in reason
+    # A node of tag v0.1.0 (no list: version 1) is a full-mesh node to an overlay one.
+    old = overlay.heard("old", 1, None, 0)
+    assert isinstance(old, Refusal) and old.other_mode
+    # A later build's version is no mode of this one: refused as before, not as a mode.
+    future = overlay.heard("future", 1, (99,), 0)
+    assert isinstance(future, Refusal) and not future.other_mode
+    assert "membership mode" not in future.reason()
+    # Two overlay nodes agree on the overlay's version.
+    assert PeerVersions(1000, spoken(overlay=True)).heard("b", 1, spoken(True), 0) == OVERLAY

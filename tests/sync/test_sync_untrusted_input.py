@@ -120,3 +120,21 @@ def test_a_batch_sent_directly_is_refused() -> None:
     receiver.on_message("n1", batch[0], 1_700_000_000_000)
     assert receiver.stats["rejected_invalid"] == 1
     assert "s" not in receiver.replica.namespaces()
+
+
+def test_relaying_engine_takes_others_batches_only_from_an_unnamed_publisher() -> None:
+    """The overlay mode: the runtime names the publisher only for a link not known by its
+    member record; its batches of other origins are dropped (counted, not as forged:
+    a joiner relays as every node does), and the same bytes from a member link apply."""
+    sim = Simulator(3, seed=4)
+    sim.add("n1", "s", "x")
+    batch = sim.engine("n1").replica.log_batches("s", "n1", 1, 1)
+    assert batch
+    plain = Simulator(3, seed=4).engine("n0")
+    receiver = SyncEngine("n0", plain.replica, plain.settings, relay=True)
+    receiver.on_message("", batch[0], 1_700_000_000_000, publisher="n2")
+    assert receiver.stats["relays_from_unrecorded_dropped"] == 1
+    assert not {k: v for k, v in receiver.stats.items() if k.startswith("rejected") and v}
+    assert "s" not in receiver.replica.namespaces()
+    receiver.on_message("", batch[0], 1_700_000_000_000, publisher=None)
+    assert "x" in receiver.replica.value("s")  # type: ignore[attr-defined]
