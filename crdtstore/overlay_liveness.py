@@ -83,9 +83,11 @@ class OverlayLiveness(Liveness):
         clock: Callable[[], int],
         rng: random.Random | None = None,
         seed_watch: SeedWatch | None = None,
+        on_news: Callable[[], None] | None = None,
     ) -> None:
         """``seed_watch``: counts (``seed_unanswered``) and logs seeds that a join asked and
-        that never answered, as the full mode's greetings do."""
+        that never answered, as the full mode's greetings do; ``on_news``: as
+        :class:`~crdtstore.liveness.Liveness` has it (links gained or lost are news too)."""
         super().__init__(
             node_id=node_id,
             transport=transport,
@@ -96,6 +98,7 @@ class OverlayLiveness(Liveness):
             view_interval_ms=view_interval_ms,
             view=view,
             clock=clock,
+            on_news=on_news,
         )
         self._net: OverlayTransport = transport
         self._settings = settings
@@ -309,6 +312,10 @@ class OverlayLiveness(Liveness):
                 self._net.disconnect_peer(alias.encode())
                 self.stats["seed_connections_closed"] += 1
             self._seed_aliases.clear()
+
+    def _has_news(self) -> bool:
+        with self._lock:
+            return bool(self._events) or bool(self._changes) or self._refuted is not None
 
     # -- the replicator's interface ------------------------------------------------------------
 

@@ -49,9 +49,11 @@ log = logging.getLogger(__name__)
 STARTUP_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_MS = 1000
-RECV_SLICE_MS = 100
-"""``recv`` re-checks for ``close`` at least this often, so ``close`` waits at most this
-long for the consumer to let go of the event pipe."""
+RECV_SLICE_MS = 500
+"""``recv`` re-checks for ``close`` at least this often, should the I/O thread's word that
+it stopped be lost (its pipe full): ``close`` waits at most this long for the consumer to
+let go of the event pipe. Otherwise a consumer waits for its own deadline, a delivery, a
+wake or that word, whichever comes first: an idle node's cost is its threads' wake-ups."""
 
 _instance_ids = itertools.count()
 
