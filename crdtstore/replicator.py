@@ -83,6 +83,10 @@ them are applied in one commit, so a node that fell behind is not held back by a
 commit (an fsync) per batch."""
 SEED_PREFIX = b"\x00seed:"
 _NEVER = 2**62  # a deadline that never comes (ms)
+_MEMBER_FIELDS = tuple(f.name for f in dataclasses.fields(Member))
+"""A status row is these fields, shallow: ``dataclasses.asdict`` copies each value deeply,
+the larger part of building a status of many members (every field is a scalar or a
+tuple of strings)."""
 TOPIC_LINKS = 2
 """Overlay mode with topics: links kept per held topic to other holders of it."""
 STATUS_FILE = "status.json"
@@ -427,7 +431,7 @@ class Replicator:
             "written_at_ms": self._clock() if now is None else now,
             "router": self.transport.bound_router,
             "pub": self.transport.bound_pub,
-            "members": [dataclasses.asdict(m) for m in members],
+            "members": [{name: getattr(m, name) for name in _MEMBER_FIELDS} for m in members],
             "clock": self._clock_status(members),
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
@@ -454,8 +458,11 @@ class Replicator:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
         try:
+            # dumps, not dump: only dumps uses the C encoder (dump encodes in Python, a
+            # large share of a status write with many members).
+            text = json.dumps(status, sort_keys=True)
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(status, fh, sort_keys=True)
+                fh.write(text)
             os.replace(tmp, self._status_path)  # readers never see a half-written file
         except OSError as exc:
             # Operators lose the live view, replication goes on: count, log the first one.
