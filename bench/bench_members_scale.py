@@ -52,7 +52,7 @@ from crdtstore.membership.settings import MembershipSettings
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.testing.localcluster import ServeNode, wait_until
 
-console = Console()
+console = Console(width=200)  # tables too wide for 80 columns when piped
 OWN_NETNS = "CRDTSTORE_BENCH_NETNS"
 """Set in the re-executed benchmark: it runs in a network namespace of its own."""
 
