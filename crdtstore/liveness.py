@@ -149,12 +149,16 @@ class Liveness:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.step()
-                if self._on_news is not None and self._has_news():
-                    self._on_news()
+                self.turn()
             except Exception:  # one bad message or bug must not end failure detection
                 self.stats["liveness_errors"] += 1
                 log.exception("liveness: error (counted, continuing)")
+
+    def turn(self) -> None:
+        """One turn of the thread: a step, then the replicator woken if news waits."""
+        self.step()
+        if self._on_news is not None and self._has_news():
+            self._on_news()
 
     def _has_news(self) -> bool:
         """Whether something waits for the replicator to take it."""
