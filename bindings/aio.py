@@ -80,7 +80,10 @@ class AsyncNode:
         return await asyncio.wrap_future(done)
 
     async def close(self) -> None:
-        await self._run(self._leaders.shutdown)  # the writes queued so far are committed
+        await self._run(self._leaders.shutdown)
+        # A plain thread's group may have taken some of the writes queued so far and be
+        # committing them still: closing the node under it would fail them.
+        await self._run(self.node._settle_writes)
         await self._run(self.node.close)
         self._executor.shutdown(wait=True)
 

@@ -555,8 +555,13 @@ class Node:
         return self._replica.group.submit(fn)
 
     def _lead_writes(self) -> None:
-        """Return once every write queued by :meth:`_submit` so far is committed."""
+        """Lead the commit of the writes queued by :meth:`_submit`, unless a thread does."""
         self._replica.group.lead()
+
+    def _settle_writes(self) -> None:
+        """Return once every write queued by :meth:`_submit` so far is settled, even one
+        that another thread's group took and is committing."""
+        self._replica.group.settle()
 
     def _after_commit(self, committed: Committed) -> None:
         if committed.changed:

@@ -31,6 +31,7 @@ from crdtstore.membership import MemberStatus, StatusChange
 from crdtstore.membership.observed import Observation
 from crdtstore.membership.protocol import (
     SEED_PREFIX,
+    ClockReading,
     MembershipProtocol,
     NeighbourDown,
     NeighbourUp,
@@ -83,10 +84,13 @@ class OverlayLiveness(Liveness):
         clock: Callable[[], int],
         rng: random.Random | None = None,
         seed_watch: SeedWatch | None = None,
+        on_clock: Callable[[ClockReading], None] | None = None,
         on_news: Callable[[], None] | None = None,
     ) -> None:
         """``seed_watch``: counts (``seed_unanswered``) and logs seeds that a join asked and
-        that never answered, as the full mode's greetings do; ``on_news``: as
+        that never answered, as the full mode's greetings do. ``on_clock`` sees, on this
+        thread, each member's clock reading that a probe or an ack brought (what the full
+        mode's heartbeats bring to ``on_heartbeat``). ``on_news``: as
         :class:`~crdtstore.liveness.Liveness` has it (links gained or lost are news too)."""
         super().__init__(
             node_id=node_id,
@@ -112,6 +116,7 @@ class OverlayLiveness(Liveness):
         self._events: list[NeighbourUp | NeighbourDown] = []
         self._heard_at: dict[str, int] = {}
         self._seed_watch = seed_watch
+        self._on_clock = on_clock
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -157,6 +162,10 @@ class OverlayLiveness(Liveness):
             if self._protocol is not None and now >= self._protocol.next_deadline():
                 self._run_commands(self._protocol.tick(now))
                 self._close_idle(now)
+                # The protocol's own counters (suspicions raised, indirect probes, acks
+                # refused), shown with this thread's (its "refutations" are this thread's).
+                for name, count in self._protocol.stats.items():
+                    self.stats[name] = count
 
     def on_delivery(self, delivery: Delivery, now: int) -> None:
         if delivery.kind != "direct" or not delivery.payload.startswith(CHANNEL_OVERLAY):
@@ -201,6 +210,8 @@ class OverlayLiveness(Liveness):
                 self._incarnation = command.incarnation
                 self._refuted = command.incarnation
                 self.stats["refutations"] += 1
+            elif isinstance(command, ClockReading) and self._on_clock is not None:
+                self._on_clock(command)
 
     def _send(self, command: Send) -> None:
         data = CHANNEL_OVERLAY + encode_message(command.msg)  # type: ignore[arg-type]
@@ -388,6 +399,13 @@ class OverlayLiveness(Liveness):
                 if self._protocol is None
                 else [n for n in self._protocol.members() if n != self.node_id]
             )
+
+    def contacts(self) -> dict[str, Contact]:
+        """Every member the protocol knows (but this node), as it knows it."""
+        with self._lock:
+            if self._protocol is None:
+                return {}
+            return {n: e.contact for n, e in self._protocol.table.items() if n != self.node_id}
 
     def incarnation_of(self, node_id: str) -> int | None:
         with self._lock:

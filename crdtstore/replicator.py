@@ -50,7 +50,7 @@ from crdtstore.membership import MEMBERS_NAMESPACE, MemberRecord, MemberStatus, 
 from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
 from crdtstore.membership.messages import Heartbeat, Hello
 from crdtstore.membership.observed import observed_members
-from crdtstore.membership.protocol import NeighbourUp, ProtocolSettings
+from crdtstore.membership.protocol import ClockReading, NeighbourUp, ProtocolSettings
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.versions import HASHED_DIGESTS, HelloForms, PeerVersions, Refusal
 from crdtstore.membership.view import Member, parse_records
@@ -207,6 +207,7 @@ class Replicator:
                     warn_every_ms=sync_settings.log_interval_ms,
                 ),
                 on_news=self.transport.wake,
+                on_clock=self._probed_clock,
             )
         else:
             self.liveness = Liveness(
@@ -791,6 +792,17 @@ class Replicator:
                 self.clocks.observe(beat.node_id, beat.clock_ms, now)
                 self.clocks.told(beat.node_id, beat.clocks_off.get(self.node_id))
 
+    def _probed_clock(self, reading: ClockReading) -> None:
+        """On the overlay's thread: a member's clock reading from a probe or an ack (any
+        member probed or probing, not only neighbours, whose hellos bring theirs)."""
+        with self._clocks_lock:
+            if reading.sent_ms is None:
+                self.clocks.observe(reading.node_id, reading.clock_ms, reading.received_ms)
+            else:
+                self.clocks.observe_round_trip(
+                    reading.node_id, reading.clock_ms, reading.sent_ms, reading.received_ms
+                )
+
     def _clocks_off(self) -> dict[str, int]:
         """On the liveness thread: the live members whose clocks are beyond the limit of
         ours, for our next heartbeat (so each is told)."""
@@ -1076,6 +1088,25 @@ class Replicator:
                 held is None or held.incarnation < record.incarnation
             ) and heard >= record.incarnation:
                 records[node_id] = record
+        if isinstance(self.liveness, OverlayLiveness):
+            for node_id, contact in self.liveness.contacts().items():
+                seen = observations.get(node_id)
+                if seen is not None and node_id not in records:
+                    # Known to the overlay only: a non-neighbour (no hello) whose record
+                    # has not arrived, or is refused here (stamped by a clock too far
+                    # ahead), listed with its status and clock as the full mesh lists one
+                    # from its hello; a member killed before its record spread is seen
+                    # dead. Its topics are not known here (None). The protocol prunes it
+                    # as the replicator prunes records (prune_after_ms).
+                    records[node_id] = MemberRecord(
+                        node_id=node_id,
+                        router=contact.router,
+                        pub=contact.pub,
+                        topics=None,
+                        public_key=contact.public_key,
+                        incarnation=contact.incarnation,
+                        started_at_ms=seen.since_ms,
+                    )
         if self._own is not None:
             records[self.node_id] = self._own
         rows = observed_members(self.node_id, records, observations, self._clock(), stale=False)

@@ -18,6 +18,13 @@ backlog), and a delay is never negative. So of a peer's last :data:`SAMPLES` rea
 largest is the estimate, the least delayed one (a minimum-delay filter, as NTP's clock
 filter is). On loopback and a LAN the error is milliseconds, against a limit of a minute.
 
+A round trip does better (the overlay mode's probes: a ping out, the member's reading in
+the ack): the member read its clock between our sending and our receiving, so its offset
+lies between ``reading - received`` and ``reading - sent``; NTP takes the middle, off by at
+most half the round trip, and, of its last readings, the one of the shortest round trip.
+So does this: of a member's last :data:`SAMPLES` round trips the shortest gives its
+estimate, and one-way readings count only for a member with no round trip.
+
 Judging which clock is off. Two nodes whose clocks differ by more than the limit know
 that much, each by itself, and not which of them is wrong. With more clocks the median
 of those this node knows (its own, and its live members') is the reference, and a clock
@@ -69,6 +76,8 @@ class ClockOffsets:
 
     max_drift_ms: int
     _samples: dict[str, deque[int]] = field(default_factory=dict)
+    _round_trips: dict[str, deque[tuple[int, int]]] = field(default_factory=dict)
+    """Node id -> (round trip, offset at its middle) of its last round trips."""
     _told: dict[str, int] = field(default_factory=dict)
 
     def observe(self, node_id: str, clock_ms: int, now_ms: int) -> None:
@@ -78,12 +87,28 @@ class ClockOffsets:
             samples = self._samples[node_id] = deque(maxlen=SAMPLES)
         samples.append(clock_ms - now_ms)
 
+    def observe_round_trip(
+        self, node_id: str, clock_ms: int, sent_ms: int, received_ms: int
+    ) -> None:
+        """``node_id``'s clock read ``clock_ms`` between ``sent_ms`` and ``received_ms``
+        of ours (a probe and its ack)."""
+        if received_ms < sent_ms:
+            return  # our clock stepped back meanwhile: the interval says nothing
+        trips = self._round_trips.get(node_id)
+        if trips is None:
+            trips = self._round_trips[node_id] = deque(maxlen=SAMPLES)
+        trips.append((received_ms - sent_ms, clock_ms - (sent_ms + received_ms) // 2))
+
     def offset(self, node_id: str) -> int | None:
+        trips = self._round_trips.get(node_id)
+        if trips:
+            return min(trips)[1]
         samples = self._samples.get(node_id)
         return max(samples) if samples else None
 
     def forget(self, node_id: str) -> None:
         self._samples.pop(node_id, None)
+        self._round_trips.pop(node_id, None)
         self._told.pop(node_id, None)
 
     def beyond(self, offset_ms: int) -> bool:

@@ -50,6 +50,19 @@ Design choices, each made after a simulated run showed the problem:
   piggybacked after the flood; a member's first appearance (a join) is flooded once and
   left to anti-entropy if a copy is lost. No timer waits on a join, and piggybacking
   every join of a 1,000-node start kept every ping carrying joins for a minute after.
+
+Clocks. A ping carries its sender's clock reading and an ack the probed member's, so a
+node learns the clock of every member it probes or is probed by, neighbours or not (a
+hello, the only reading before, is exchanged between neighbours). Each reading goes out
+as a :class:`ClockReading` command: an ack that answers one of this node's probes brings
+a round trip (the target read its clock between the probe's sending and the ack's
+arrival: NTP's offset and error bound), a ping a one-way reading (taken before it
+arrived). An intermediary of an indirect probe passes the target's reading on unchanged;
+a reading is attributed to the probe's target only from the target itself or from a
+member asked to relay it. The readings are fields appended to the older forms, which
+older nodes refuse whole: a member not yet known to read them (it has sent none since
+its current life began) is sent a ping or a relayed ack in both forms, the longer first;
+an ack goes in the form of the ping it answers.
 """
 
 from __future__ import annotations
@@ -86,6 +99,7 @@ from crdtstore.membership.wire import (
 
 __all__ = [
     "SEED_PREFIX",
+    "ClockReading",
     "Command",
     "MembershipProtocol",
     "NeighbourDown",
@@ -171,13 +185,25 @@ class NeighbourDown:
 
 
 @dataclass(frozen=True, slots=True)
+class ClockReading:
+    """``node_id``'s clock read ``clock_ms`` at some moment between ``sent_ms`` and
+    ``received_ms`` of this node's clock (a round trip), or, with ``sent_ms`` None, at
+    some moment before ``received_ms`` (one way)."""
+
+    node_id: str
+    clock_ms: int
+    sent_ms: int | None
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Refuted:
     """This node raised its incarnation (its record should follow)."""
 
     incarnation: int
 
 
-Command = Send | NeighbourUp | NeighbourDown | Refuted | StatusChange
+Command = Send | NeighbourUp | NeighbourDown | Refuted | StatusChange | ClockReading
 
 
 @dataclass(slots=True)
@@ -185,6 +211,7 @@ class _Probe:
     target: str
     sent_ms: int
     indirect: bool = False
+    helpers: tuple[str, ...] = ()
 
 
 class MembershipProtocol:
@@ -213,6 +240,9 @@ class MembershipProtocol:
         self._last_ack: dict[str, int] = {}
         """Neighbour -> when it was last heard from (set when it becomes a neighbour)."""
         self._relayed: dict[int, tuple[str, int, int]] = {}
+        self._reads_clocks: set[str] = set()
+        """Members that sent a clock reading in their current life: they read the
+        longer forms of Ping and Ack, and are sent those alone."""
         self._watch: dict[str, int] = {}
         """Non-neighbours whose probe went unanswered -> since when: probed every round
         until they answer, suspected once silent as long as a neighbour would be."""
@@ -310,7 +340,7 @@ class MembershipProtocol:
 
     def tick(self, now_ms: int) -> list[Command]:
         out: list[Command] = []
-        self._update_health(now_ms)
+        self._update_health(now_ms, due_ms=self.next_deadline())
         s = self.settings
         nxt = self._next
         out += self._probe_timeouts(now_ms)
@@ -360,15 +390,23 @@ class MembershipProtocol:
         if isinstance(msg, Ping):
             out += self._absorb(msg.updates, now_ms, sender)
             neighbour = sender in self.overlay.active
-            ack = Ack(msg.seq, self.me.incarnation, self._piggyback(), neighbour)
+            clock = None
+            if msg.clock_ms is not None:
+                self._reads_clock(sender)
+                if sender in self.table:  # not a stranger's: what is kept per member stays bounded
+                    out.append(ClockReading(sender, msg.clock_ms, None, now_ms))
+                clock = now_ms  # answered in the form it came in
+            ack = Ack(msg.seq, self.me.incarnation, self._piggyback(), neighbour, clock)
             out.append(Send(sender, ack))
         elif isinstance(msg, Ack):
+            if msg.clock_ms is not None:
+                self._reads_clock(sender)
             out += self._absorb(msg.updates, now_ms, sender)
-            out += self._on_ack(msg, now_ms)
+            out += self._on_ack(sender, msg, now_ms)
         elif isinstance(msg, PingReq):
             self._seq += 1
             self._relayed[self._seq] = (sender, msg.seq, now_ms)
-            out.append(Send(msg.target, Ping(self._seq)))
+            out += self._in_both_forms(msg.target.node_id, msg.target, Ping(self._seq, (), now_ms))
         elif isinstance(msg, Gossip):
             out += self._absorb(msg.updates, now_ms, sender)
         elif isinstance(msg, TableDigest | TableBuckets | TableSync):
@@ -395,6 +433,9 @@ class MembershipProtocol:
                 node_id = msg.sender.node_id
                 if msg.accepted and node_id in self.overlay.active:
                     self._sync_queue[node_id] = None
+                    # Due now at the earliest: a deadline long past would read as a
+                    # tick that ran late (see _update_health).
+                    self._sync_free_at = max(self._sync_free_at, now_ms)
         elif isinstance(msg, Disconnect):
             _, sends = self.overlay.on_disconnect(msg)
             out += self._sends(sends)
@@ -432,7 +473,20 @@ class MembershipProtocol:
         self._seq += 1
         self._probes[self._seq] = _Probe(node_id, now_ms)
         self._probing[node_id] = self._seq
-        return [Send(contact, Ping(self._seq, self._ping_updates(node_id)))]
+        ping = Ping(self._seq, self._ping_updates(node_id), now_ms)
+        return self._in_both_forms(node_id, contact, ping)
+
+    def _in_both_forms(self, node_id: str, to: Contact | str, msg: Ping | Ack) -> list[Command]:
+        """``msg`` (carrying a clock reading) to ``node_id``, and a copy without the
+        reading unless ``node_id`` is known to read it (see the module's notes)."""
+        out: list[Command] = [Send(to, msg)]
+        if msg.clock_ms is not None and node_id not in self._reads_clocks:
+            out.append(Send(to, replace(msg, clock_ms=None)))
+        return out
+
+    def _reads_clock(self, sender: str) -> None:
+        if sender in self.table:
+            self._reads_clocks.add(sender)
 
     def _ping_updates(self, target: str) -> tuple[Update, ...]:
         """The piggyback of a ping; a suspect target is told first that it is suspected,
@@ -462,28 +516,39 @@ class MembershipProtocol:
             if target is None:
                 continue
             k = min(self.settings.indirect_probes, len(helpers))
-            for helper in self.rng.sample(helpers, k):
+            chosen = self.rng.sample(helpers, k)
+            probe.helpers = tuple(c.node_id for c in chosen)
+            for helper in chosen:
                 out.append(Send(helper, PingReq(seq, target.contact)))
             # The target gets a second direct ping too: one lost frame is the common case.
             suspicion = (target.update,) if target.status is Status.SUSPECT else ()
-            out.append(Send(target.contact, Ping(seq, suspicion)))
+            ping = Ping(seq, suspicion, now_ms)
+            out += self._in_both_forms(probe.target, target.contact, ping)
         for seq, (_, _, at) in list(self._relayed.items()):
             if now_ms - at > give_up:
                 del self._relayed[seq]
         return out
 
-    def _on_ack(self, msg: Ack, now_ms: int) -> list[Command]:
+    def _on_ack(self, sender: str, msg: Ack, now_ms: int) -> list[Command]:
         relayed = self._relayed.pop(msg.seq, None)
         if relayed is not None:
             requester, their_seq, _ = relayed
-            return [Send(requester, Ack(their_seq, msg.incarnation))]
+            # The target's own reading, passed on: the requester times the round trip.
+            ack = Ack(their_seq, msg.incarnation, clock_ms=msg.clock_ms)
+            return self._in_both_forms(requester, requester, ack)
         probe = self._probes.get(msg.seq)
         if probe is None:
             return []
-        self._drop_probe(msg.seq)
         target = probe.target
+        if sender != target and sender not in probe.helpers:
+            # Only the target, or a member asked to relay, answers for it (its clock too).
+            self._count("acks_refused")
+            return []
+        self._drop_probe(msg.seq)
         self._watch.pop(target, None)
         out: list[Command] = []
+        if msg.clock_ms is not None:
+            out.append(ClockReading(target, msg.clock_ms, probe.sent_ms, now_ms))
         if target in self.overlay.active:
             self._last_ack[target] = now_ms
             if not msg.neighbour and target not in self.overlay.pending:
@@ -505,6 +570,7 @@ class MembershipProtocol:
     def _timers(self, now_ms: int) -> list[Command]:
         """Suspect silent neighbours, declare suspects dead, prune the long gone."""
         out: list[Command] = []
+        self._check_all_silent(now_ms)
         silent_limit = self._stretch(self.settings.suspect_after_ms)
         for node_id in list(self.overlay.active):
             entry = self.table.get(node_id)
@@ -562,6 +628,8 @@ class MembershipProtocol:
         ):
             return []
         old = None if entry is None else entry.status
+        if entry is not None and update.incarnation > entry.contact.incarnation:
+            self._reads_clocks.discard(node_id)  # a new life, perhaps of an older build
         self.table.set(update, now_ms)
         out: list[Command] = []
         if old is not update.status:  # a new incarnation at the same status is no change
@@ -739,6 +807,7 @@ class MembershipProtocol:
 
     def _remove(self, node_id: str) -> None:
         self.table.remove(node_id)
+        self._reads_clocks.discard(node_id)
         self._retransmit.discard(node_id)
         self.overlay.passive.pop(node_id, None)
         self._count("members_pruned")
@@ -746,11 +815,48 @@ class MembershipProtocol:
     def _stretch(self, ms: int) -> int:
         return ms * (1 + self.local_health)
 
-    def _update_health(self, now_ms: int) -> None:
+    def _check_all_silent(self, now_ms: int) -> None:
+        """Lifeguard's missed nacks, without nacks: when none of two or more neighbours
+        has been heard for a whole probe round (its interval and its timeout), the likelier
+        cause is this node (its process or its transport's thread held up, what they sent
+        still queued behind its own work), not all of them at once: local health rises,
+        once a round while it lasts. One neighbour's silence alone cannot tell whose it is.
+
+        Measured (3 nodes, probe interval 100 ms, writers starting on 2 cores): a node
+        suspected both neighbours in one tick that was on time (62 ms late), while its
+        transport's I/O thread was 900 ms into one turn with their frames; they, hearing
+        each other, suspected nobody. Its ticks do not show its I/O thread's stalls."""
+        active = self.overlay.active
+        if len(active) < 2:
+            return
+        window = self.settings.probe_interval_ms + self.settings.probe_timeout_ms
+        if all(now_ms - self._last_ack.get(n, now_ms) > window for n in active):
+            self._count("all_neighbours_silent")
+            self._raise_health(now_ms)
+
+    def _raise_health(self, now_ms: int) -> None:
+        self.local_health = min(self.settings.max_local_health, self.local_health + 1)
+        self._hold_health_until = now_ms + self.settings.suspect_after_ms
+
+    def _update_health(self, now_ms: int, due_ms: int) -> None:
+        """Lifeguard's local health, from this node's own lateness: a tick more than a
+        probe interval past its deadline (``due_ms``) raises it and holds it for a
+        suspicion timeout, as hearing itself suspected does; it then falls by one per
+        on-time probe interval.
+
+        Both parts come from a measured false suspicion (3 nodes, probe interval 100 ms,
+        12 writer processes starting on 2 cores): a node held up by a 594-ms GC pause and
+        a 908-ms turn of its transport's I/O thread ticked 347 and 189 ms late (health 2),
+        then on time 100 and 260 ms later, health 0 again, while what its neighbours had
+        sent meanwhile still sat behind its own I/O thread: it suspected both. Health was
+        lowered at the next on-time tick, and this protocol ticks at every deadline
+        (gossip, probe timeouts), not once an interval; lateness was counted only past two
+        intervals since the previous tick, which such frequent ticks seldom are."""
         if self._last_tick is not None:
-            late = now_ms - self._last_tick > 2 * self.settings.probe_interval_ms
-            if late:
-                self.local_health = min(self.settings.max_local_health, self.local_health + 1)
+            # A deadline already past at the previous tick (brought forward since, as a
+            # probe's timeout is when health falls) counts from that tick.
+            if now_ms - max(due_ms, self._last_tick) > self.settings.probe_interval_ms:
+                self._raise_health(now_ms)
             elif self.local_health and now_ms >= self._hold_health_until:
                 self.local_health -= 1
                 self._hold_health_until = now_ms + self.settings.probe_interval_ms

@@ -5,6 +5,13 @@ registered kinds) and travel on the membership channel, node to node. Every coun
 bounded: a list longer than its limit is refused whole, so a hostile peer cannot make a
 node allocate more than a few hundred kilobytes for one message.
 
+Clock readings. A ping carries its sender's clock, and an ack the probed member's
+(:mod:`crdtstore.membership.clocks` estimates offsets from them, for every member a node
+probes or is probed by, neighbour or not). Both are fields appended to the forms of the
+nodes before them, which read a message by exact count and refuse the longer form: a
+peer not yet known to read them is sent both forms, the longer first, as hellos are
+(:mod:`crdtstore.membership.versions`); see the protocol's notes.
+
 A :class:`Contact` is how a node reaches another before (or without) its replicated
 record: its addresses, key and the incarnation the contact was taken at.
 """
@@ -15,7 +22,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from crdtstore.codec import expect, expect_int, expect_list, expect_replica
+from crdtstore.codec import MAX_SEQ, expect, expect_int, expect_list, expect_replica
 from crdtstore.errors import DecodeError
 from crdtstore.sync.messages import register
 
@@ -28,6 +35,8 @@ MAX_UPDATES = 256
 MAX_TABLE = 100_000
 """Entries of one member-table exchange (a whole cluster's statuses)."""
 MAX_TTL = 32
+MAX_CLOCK_MS = MAX_SEQ
+"""Bound of a clock reading (as a heartbeat's): any reading minus another fits an offset."""
 MAX_BUCKETS = 256
 """Buckets of one table comparison (a power of two): see :mod:`crdtstore.membership.table`."""
 
@@ -75,6 +84,11 @@ class Contact:
             key,
             expect_int(incarnation, "contact incarnation"),
         )
+
+
+def _clock(obj: Any, what: str) -> int:
+    """A clock reading: milliseconds since the epoch, as the sender's clock has it."""
+    return expect_int(obj, what, 0, MAX_CLOCK_MS)
 
 
 def _contacts(obj: Any, what: str, limit: int = MAX_CONTACTS) -> tuple[Contact, ...]:
@@ -254,20 +268,30 @@ class ShuffleReply:
 @register
 @dataclass(frozen=True, slots=True)
 class Ping:
-    """A probe. ``on_behalf``: the requester of an indirect probe (its ack goes back to
-    it through this sender). Updates ride along (SWIM's piggybacking)."""
+    """A probe. Updates ride along (SWIM's piggybacking).
+
+    ``clock_ms``: the sender's clock when it sent the ping (see "Clock readings" in the
+    module's notes); None writes the two-field form of nodes that predate it."""
 
     KIND: ClassVar[str] = "sw_ping"
     seq: int
     updates: tuple[Update, ...] = ()
+    clock_ms: int | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.seq, [u.to_wire() for u in self.updates]]
+        head = [self.seq, [u.to_wire() for u in self.updates]]
+        return head if self.clock_ms is None else [*head, self.clock_ms]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Ping:
-        seq, updates = expect_list(fields, "ping", 2)
-        return cls(expect_int(seq, "ping seq"), _updates(updates, "ping updates"))
+        items = expect_list(fields, "ping")
+        if len(items) not in (2, 3):
+            raise DecodeError(f"ping: expected 2 or 3 items, got {len(items)}")
+        return cls(
+            expect_int(items[0], "ping seq"),
+            _updates(items[1], "ping updates"),
+            _clock(items[2], "ping clock reading") if len(items) == 3 else None,
+        )
 
 
 @register
@@ -276,25 +300,35 @@ class Ack:
     """``neighbour``: whether the acker holds the prober in its active view. A probe
     between neighbours answered with False shows a one-sided link (a lost reply or
     disconnect); the prober then asks to be taken back or drops the link, so links
-    stay symmetric and every member stays watched."""
+    stay symmetric and every member stays watched.
+
+    ``clock_ms``: the probed member's clock when it acked, passed on unchanged by an
+    intermediary of an indirect probe (the reading is the target's, never the relayer's);
+    None writes the four-field form of nodes that predate it."""
 
     KIND: ClassVar[str] = "sw_ack"
     seq: int
     incarnation: int
     updates: tuple[Update, ...] = ()
     neighbour: bool = True
+    clock_ms: int | None = None
 
     def to_wire(self) -> list[Any]:
-        return [self.seq, self.incarnation, [u.to_wire() for u in self.updates], self.neighbour]
+        head = [self.seq, self.incarnation, [u.to_wire() for u in self.updates], self.neighbour]
+        return head if self.clock_ms is None else [*head, self.clock_ms]
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> Ack:
-        seq, incarnation, updates, neighbour = expect_list(fields, "ack", 4)
+        items = expect_list(fields, "ack")
+        if len(items) not in (4, 5):
+            raise DecodeError(f"ack: expected 4 or 5 items, got {len(items)}")
+        seq, incarnation, updates, neighbour = items[:4]
         return cls(
             expect_int(seq, "ack seq"),
             expect_int(incarnation, "ack incarnation"),
             _updates(updates, "ack updates"),
             expect(neighbour, bool, "ack neighbour"),
+            _clock(items[4], "ack clock reading") if len(items) == 5 else None,
         )
 
 

@@ -29,11 +29,16 @@ Invariants:
   publication and causal delivery are unchanged.
 - Groups commit one at a time per process (one leader); ``transaction()`` bypasses the
   queue and stays a commit of its own (LMDB's writer lock orders it with the groups).
-- ``after`` runs once per group, in the leader's thread, after every writer of the group
-  was woken.
+- ``after`` runs once per group that committed, in the leader's thread, after every
+  writer of the group was woken: also when only the flush failed (the commit is visible
+  to every reader of the directory, so its watchers must hear of it).
+- :meth:`GroupCommit.settle` returns only once every request queued before it is
+  settled, including those another thread's group took and has not settled yet (a group
+  is in flight from its take until its writers are woken): whoever closes the replica
+  after it closes nothing under a commit.
 
 Threads wait in :meth:`GroupCommit.run`; an event loop uses :meth:`submit` (no wait) and
-has a worker thread call :meth:`lead`.
+has a worker thread call :meth:`lead`, and :meth:`settle` before it closes.
 """
 
 from __future__ import annotations
@@ -86,6 +91,16 @@ class _Request:
         return self.result
 
 
+class _Flight:
+    """A group between its take and its writers' wake-up; ``landed`` is set then."""
+
+    __slots__ = ("landed", "requests")
+
+    def __init__(self) -> None:
+        self.requests: list[_Request] = []
+        self.landed = threading.Event()
+
+
 class GroupCommit:
     """The commit queue of one replica in this process.
 
@@ -110,12 +125,16 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._queue: list[_Request] = []
         self._leading = False
+        self._flights: list[_Flight] = []  # groups taken, their writers not woken yet
+        self._settling = 0  # settle() calls under way (tests read it)
 
     def run(self, fn: Callable[[LocalWrite], T]) -> T:
         """``fn(write)`` committed durably, maybe with other writers' mutations; its result
         or its error. Blocks the calling thread (which may lead the commit)."""
         req = _Request(fn)
-        self._wait_or_lead(req)
+        with self._lock:
+            wake = self._enqueue(req)
+        self._wait_or_lead(req, wake)
         result: T = req.outcome()
         return result
 
@@ -128,42 +147,84 @@ class GroupCommit:
         return future
 
     def lead(self) -> None:
-        """Return once everything queued before the call is committed, leading the commit
-        if no other thread does."""
-        self._wait_or_lead(_Request(None))
-
-    def _wait_or_lead(self, req: _Request) -> None:
+        """Lead the commit of what is queued unless another thread does: return once the
+        group that holds what was queued before the call is settled, or at once if a
+        group in flight took all of it (:meth:`settle` waits for that one too). An event
+        loop's commit threads call it after each write: one that finds the queue taken
+        is free at once to lead the next group."""
+        place = _Request(None)
         with self._lock:
-            if req.fn is None and not self._queue:
-                return  # what the caller queued was taken by a leader, and is settled
-            self._queue.append(req)
-            if self._leading:
-                req.wake = wake = threading.Lock()
-                wake.acquire()
-            else:
-                self._leading = True
-                wake = None
+            if not self._queue:
+                return
+            wake = self._enqueue(place)
+        self._wait_or_lead(place, wake)
+
+    def settle(self) -> None:
+        """Return once everything queued before the call is settled, leading the commit
+        if no other thread does. What was queued is in the queue still (the call's place
+        in line joins its group) or in a group taken already, in flight: those are waited
+        for too, every one (a group taken earlier may land after a later one, whose flush
+        covered both). Whoever closes the replica after it closes nothing under a commit."""
+        place = _Request(None)
+        with self._lock:
+            flights = [f.landed for f in self._flights]
+            queued = bool(self._queue)
+            wake = self._enqueue(place) if queued else None
+            self._settling += 1
+        try:
+            if queued:
+                self._wait_or_lead(place, wake)
+            for landed in flights:
+                landed.wait()
+        finally:
+            with self._lock:
+                self._settling -= 1
+
+    def _enqueue(self, req: _Request) -> Any:
+        """Queue ``req`` (the caller holds ``_lock``); the lock its thread waits on, or
+        None if it leads now."""
+        self._queue.append(req)
+        if self._leading:
+            req.wake = wake = threading.Lock()
+            wake.acquire()
+            return wake
+        self._leading = True
+        return None
+
+    def _wait_or_lead(self, req: _Request, wake: Any) -> None:
         if wake is not None:
             wake.acquire()  # released once: settled, or handed the lead
             if req.done:
                 return
-        group: list[_Request] = []
+        flight = _Flight()
         try:
-            committed, results = self._commit(group)
+            self._lead(req, flight)
+        finally:
+            with self._lock:
+                if flight in self._flights:
+                    self._flights.remove(flight)
+            flight.landed.set()
+
+    def _lead(self, req: _Request, flight: _Flight) -> None:
+        group = flight.requests
+        try:
+            committed, results = self._commit(flight)
         finally:
             self._pass_lead()
         interrupted: BaseException | None = None
+        error: Exception | None = None
         if committed is not None:
             # The next group applies and commits while this one's meta page is flushed.
             try:
                 self._durable(committed.ticket)
             except BaseException as exc:
-                committed = None
                 results = [(r, None, _as_error(exc) if r.fn else None) for r, _, _ in results]
-                if not isinstance(exc, Exception):
+                if isinstance(exc, Exception):
+                    error = exc
+                else:
                     interrupted = exc
-        for r, result, error in results:
-            r.settle(result, error)
+        for r, result, err in results:
+            r.settle(result, err)
         with self._lock:
             for r in group:
                 r.done = True
@@ -172,13 +233,20 @@ class GroupCommit:
                 r.wake.release()
         if interrupted is not None:
             raise interrupted
+        # Committed, even if its flush failed: every reader sees the group's changes, so
+        # its watchers and hooks hear of them (each writer was told of the failure).
         if committed is not None and self.after is not None:
             self.after(committed)
+        if error is not None:
+            self._stats["group_flush_errors"] += 1
 
-    def _take(self, group: list[_Request]) -> None:
-        """Move every queued request into ``group`` (the leader's)."""
+    def _take(self, flight: _Flight) -> None:
+        """Move every queued request into ``flight`` (the leader's group), in flight from
+        now until its writers are woken."""
         with self._lock:
-            group.extend(self._queue)
+            if not flight.requests:
+                self._flights.append(flight)
+            flight.requests.extend(self._queue)
             self._queue.clear()
 
     def _pass_lead(self) -> None:
@@ -191,29 +259,36 @@ class GroupCommit:
             nxt.wake.release()
 
     def _commit(
-        self, group: list[_Request]
+        self, flight: _Flight
     ) -> tuple[Committed | None, list[tuple[_Request, Any, BaseException | None]]]:
         """Begin the transaction, take every request queued by then into ``group``, apply
         and commit them (not yet flushed). The group's :class:`Committed` (None if the
         transaction failed) and each request's outcome. (Taking the queue once the writer
         lock is ours lets the writers that queued while another transaction or process
         held it join.)"""
+        group = flight.requests
         results: list[tuple[_Request, Any, BaseException | None]] = []
+        with self._lock:
+            if all(r.fn is None for r in self._queue):  # places in line of lead() or settle()
+                self._flights.append(flight)
+                group.extend(self._queue)
+                self._queue.clear()
+                return None, [(r, None, None) for r in group]
         try:
             w = self._begin()
         except BaseException as exc:
-            self._take(group)
+            self._take(flight)
             if not isinstance(exc, Exception):
                 _settle_all(group, exc)
                 raise
             err = _as_error(exc)
             return None, [(r, None, err if r.fn else None) for r in group]
-        self._take(group)
+        self._take(flight)
         try:
             while len(results) < len(group):
                 req = group[len(results)]
                 if len(results) + 1 == len(group) and len(group) < MAX_GROUP:
-                    self._take(group)  # late arrivals join: no waiting, one flush fewer
+                    self._take(flight)  # late arrivals join: no waiting, one flush fewer
                 if req.fn is None:
                     results.append((req, None, None))
                     continue

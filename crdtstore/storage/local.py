@@ -147,8 +147,9 @@ class LocalWrite:
 
     # A group commit (:mod:`.group`) runs several writers' mutations here. An op that
     # raises one of the package's errors has recorded nothing and changed nothing (each
-    # validates before it writes, and the kernel puts a row back when it refuses it); any
-    # other failure is undone by rolling back to the mark taken before the mutation.
+    # validates before it writes, and the kernel puts a row back when it refuses it; a
+    # namespace it created is an op recorded on its own); any other failure is undone by
+    # rolling back to the mark taken before the mutation.
 
     def savepoint(self) -> int:
         """A mark of the ops so far, for :meth:`rollback`."""
@@ -304,6 +305,9 @@ class LocalWrite:
         ns_id, tname, created = self._names.ensure(self.txn, name, type_name)
         if created:
             self._created[name] = (ns_id, tname)
+            # An op of its own, so that a mutation that raises after creating the
+            # namespace is seen to have written (a group rolls it back; see savepoint).
+            self._ops.append((_RUN, LocalWrite._ensure, name, type_name))
         ctx = self._names.load_context(self.txn, ns_id)
         seq = ctx.max_seq(self.me) + 1
         nsw = NamespaceWrite(

@@ -323,12 +323,29 @@ class SyncEngine:
         seconds), so the caller can heartbeat meanwhile; it must touch neither the
         replica nor this engine.
         """
+        msg = self._decode(peer, data, now_ms)
+        if msg is None:
+            return []
+        return self._on_decoded(peer, msg, data, now_ms, publisher, progress)
+
+    def _decode(self, peer: str, data: bytes, now_ms: int) -> Any:
+        """The message of a frame, or None (counted and logged) if it does not decode."""
         self.stats["bytes_received"] += len(data)
         try:
-            msg = decode_message(data)
+            return decode_message(data)
         except DecodeError as exc:
             self._reject("decode_errors", now_ms, f"from {peer!r}: {exc}")
-            return []
+            return None
+
+    def _on_decoded(
+        self,
+        peer: str,
+        msg: Any,
+        data: bytes,
+        now_ms: int,
+        publisher: str | None,
+        progress: Progress | None,
+    ) -> list[Outgoing]:
         if publisher and isinstance(msg, DeltaBatch) and msg.origin != publisher:
             self._reject("rejected_forged_origin", now_ms, f"{msg.origin} via {publisher!r}")
             return []
@@ -353,16 +370,28 @@ class SyncEngine:
         *,
         progress: Progress | None = None,
     ) -> list[Outgoing]:
-        """``on_message`` of each ``(peer, data, publisher)`` in order, except that the ready
-        batches among them are applied together, one replica commit (``apply_batches``)
-        per run of them: a receiver that fell behind catches up with one fsync per group
-        instead of one per batch, so a backlog shrinks instead of growing. ``progress``
-        goes to each ``on_message``."""
+        """``on_message`` of each ``(peer, data, publisher)``, except that the ready
+        published batches among them are applied together, in one replica commit
+        (``apply_batches``), before the other messages, which follow in arrival order: a
+        receiver that fell behind catches up with one fsync per group instead of one per
+        batch, so a backlog shrinks instead of growing. (In arrival order, a digest
+        between two batches cut the group in two: what follows a batch must see it
+        applied. Handled after all of them, a digest or a reply sees more of what its
+        sender had, as if the batches had crossed the network faster; published frames
+        and direct ones share no order on the wire anyway.) ``progress`` goes to each
+        message's handling."""
         out: list[Outgoing] = []
+        decoded = [
+            (peer, self._decode(peer, data, now_ms), data, pub) for peer, data, pub in frames
+        ]
         self.delivery.open_group()
         try:
-            for peer, data, publisher in frames:
-                out.extend(self.on_message(peer, data, now_ms, publisher, progress=progress))
+            for peer, msg, data, publisher in decoded:
+                if isinstance(msg, DeltaBatch):
+                    out.extend(self._on_decoded(peer, msg, data, now_ms, publisher, progress))
+            for peer, msg, data, publisher in decoded:
+                if msg is not None and not isinstance(msg, DeltaBatch):
+                    out.extend(self._on_decoded(peer, msg, data, now_ms, publisher, progress))
         finally:
             self.delivery.close_group(now_ms)
         return out

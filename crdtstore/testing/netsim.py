@@ -12,6 +12,11 @@ through its frames and timers one at a time, each taking ``work_ms`` (``slow_fac
 times that on a slow node), so a slow node answers late and its own timers fire late,
 as a loaded process would. Everything is driven by one seeded ``random.Random`` and no
 outcome depends on a set's iteration order: a run replays from its seed.
+
+A node's clock may be off (``clock_skew_ms``): its protocol is given the simulated time
+plus that much, as a node whose clock runs ahead reads it, and the clock readings its
+probes and acks carry are fed to its own :class:`~crdtstore.membership.clocks.ClockOffsets`
+(``SimNode.clocks``), as the replicator feeds them.
 """
 
 from __future__ import annotations
@@ -22,9 +27,11 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
+from crdtstore.membership.clocks import ClockOffsets
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.protocol import (
     SEED_PREFIX,
+    ClockReading,
     Command,
     MembershipProtocol,
     ProtocolSettings,
@@ -36,6 +43,10 @@ from crdtstore.sync.messages import Message, decode_message, encode_message
 
 _Frame = tuple[str, int, object]
 """A frame in flight: sender, encoded size, and the bytes (or the message object)."""
+
+
+MAX_CLOCK_DRIFT_MS = 60_000
+"""The limit a simulated node judges clocks by (the node's default ``max_clock_drift_ms``)."""
 
 
 def address(node_id: str) -> str:
@@ -56,6 +67,13 @@ class SimNode:
     recv_msgs: int = 0
     recv_bytes: int = 0
     last_contact: dict[str, float] = field(default_factory=dict)
+    clock_skew_ms: int = 0
+    """This node's clock minus the simulated time."""
+    clocks: ClockOffsets = field(default_factory=lambda: ClockOffsets(MAX_CLOCK_DRIFT_MS))
+
+    def clock(self, at: float) -> int:
+        """This node's clock at simulated time ``at``."""
+        return int(at) + self.clock_skew_ms
 
 
 @dataclass(frozen=True)
@@ -98,19 +116,28 @@ class NetSim:
     # -- scenario --------------------------------------------------------------------------
 
     def add_node(
-        self, node_id: str, seeds: Iterable[str] = (), slow: bool = False, incarnation: int = 1
+        self,
+        node_id: str,
+        seeds: Iterable[str] = (),
+        slow: bool = False,
+        incarnation: int = 1,
+        clock_skew_ms: int = 0,
     ) -> SimNode:
         """Start ``node_id`` (again, after a crash or leave: a restart under the same id,
-        whose ``incarnation`` must exceed the one it had)."""
+        whose ``incarnation`` must exceed the one it had), its clock ``clock_skew_ms`` off."""
         me = Contact(node_id, address(node_id), address(node_id) + "/pub", None, incarnation)
         contacts = [
             Contact(SEED_PREFIX + address(s), address(s), address(s) + "/pub", None, 0)
             for s in seeds
         ]
         proto = MembershipProtocol(
-            me, self.settings, random.Random(self.rng.random()), int(self.now), contacts
+            me,
+            self.settings,
+            random.Random(self.rng.random()),
+            int(self.now) + clock_skew_ms,
+            contacts,
         )
-        node = SimNode(node_id, proto, slow=slow)
+        node = SimNode(node_id, proto, slow=slow, clock_skew_ms=clock_skew_ms)
         self.nodes[node_id] = node
         self._schedule_tick(node, self.now)
         return node
@@ -120,7 +147,7 @@ class NetSim:
 
     def leave(self, node_id: str) -> None:
         node = self.nodes[node_id]
-        self._run_commands(node, node.protocol.leave(int(self.now)))
+        self._run_commands(node, node.protocol.leave(node.clock(self.now)))
         node.up = False
 
     def pause(self, node_id: str) -> None:
@@ -158,7 +185,7 @@ class NetSim:
                     self._push(start, "tick", node_id, None)
                     node.tick_at = start
                     continue
-                self._run_commands(node, node.protocol.tick(int(at)))
+                self._run_commands(node, node.protocol.tick(node.clock(at)))
             else:
                 start = self._work(node, at)
                 if start > at:
@@ -171,7 +198,7 @@ class NetSim:
                 node.last_contact[sender] = at
                 if isinstance(msg, bytes):
                     msg = decode_message(msg)
-                self._run_commands(node, node.protocol.on_message(sender, msg, int(at)))
+                self._run_commands(node, node.protocol.on_message(sender, msg, node.clock(at)))
             self._schedule_tick(node, at)
         self.now = t_ms
 
@@ -265,7 +292,7 @@ class NetSim:
         return at
 
     def _schedule_tick(self, node: SimNode, at: float) -> None:
-        deadline = max(float(node.protocol.next_deadline()), at + 1.0)
+        deadline = max(float(node.protocol.next_deadline() - node.clock_skew_ms), at + 1.0)
         if node.tick_at < 0 or deadline < node.tick_at:
             node.tick_at = deadline
             self._push(deadline, "tick", node.node_id, None)
@@ -285,6 +312,13 @@ class NetSim:
                     self._by_subject[command.node_id].append(obs)
             elif isinstance(command, Refuted):
                 self.refutations.append((self.now, node.node_id, command.incarnation))
+            elif isinstance(command, ClockReading):
+                if command.sent_ms is None:
+                    node.clocks.observe(command.node_id, command.clock_ms, command.received_ms)
+                else:
+                    node.clocks.observe_round_trip(
+                        command.node_id, command.clock_ms, command.sent_ms, command.received_ms
+                    )
 
     def _send(self, node: SimNode, command: Send) -> None:
         to = command.to

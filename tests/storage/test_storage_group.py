@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -16,8 +17,12 @@ import pytest
 
 import crdtstore
 from crdtstore.crdt import CausalContext, LWWMap
+from crdtstore.crdt.hlc import LOGICAL_BITS, MAX_TIMESTAMP
 from crdtstore.errors import ClosedError, InvalidValue, StorageError
+from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica, LocalWrite
+from crdtstore.storage.group import GroupCommit
+from crdtstore.storage.local import Committed
 from crdtstore.sync.messages import decode_message
 
 Make = Callable[..., LMDBReplica]
@@ -121,6 +126,37 @@ def test_a_mutation_that_wrote_then_raised_is_rolled_back_alone(make_replica: Ma
     assert r.context("m") == CausalContext({"a": 2})
 
 
+def test_a_mutation_that_created_a_namespace_then_failed_leaves_no_namespace(
+    tmp_path: Path,
+) -> None:
+    """The put into a new namespace fails after creating it (its stamp overflows the
+    hybrid clock): the group's other writes commit, the namespace does not."""
+    overflow = threading.Event()
+
+    def clock() -> int:
+        if overflow.is_set():
+            overflow.clear()  # once: the put into "fresh" reads the clock first
+            return (MAX_TIMESTAMP >> LOGICAL_BITS) + 1
+        return time.time_ns() // 1_000_000
+
+    r = LMDBReplica(tmp_path / "a", "a", NodeSettings(), now_ms=clock)
+    try:
+        r.group.run(put("before", 0))
+        overflow.set()
+        bad, ok = queued(r, lambda w: w.put("fresh", "k", 1), put("a", 1))
+        with pytest.raises(InvalidValue, match="overflow"):
+            bad.result()
+        assert ok.result() > 0
+        assert r.stats["group_commits"] == 2
+        assert dict(r.namespaces()) == {"m": "lww_map"}
+        assert held(r) == {"before": 0, "a": 1}
+        # The name is free still: another type may take it.
+        r.group.run(lambda w: w.add("fresh", "x"))
+        assert dict(r.namespaces()) == {"m": "lww_map", "fresh": "or_set"}
+    finally:
+        r.close()
+
+
 def test_a_broken_transaction_fails_the_whole_group_and_writes_nothing(
     make_replica: Make,
 ) -> None:
@@ -145,6 +181,71 @@ def test_a_closed_replica_fails_queued_writes(make_replica: Make) -> None:
     r.group.lead()
     with pytest.raises(ClosedError):
         future.result()
+
+
+def test_a_failed_flush_fails_its_writers_but_still_wakes_the_watchers(
+    make_replica: Make,
+) -> None:
+    """The group committed (every reader sees it), then its flush failed: each writer is
+    told, and the commit hooks (watchers, publication) run as for any commit."""
+    r = make_replica("a")
+    seen: list[Committed] = []
+
+    def failing_flush(ticket: int) -> None:
+        raise StorageError(f"committed, but flushing it to disk failed (ticket {ticket})")
+
+    group = GroupCommit(r.begin_local, failing_flush, r.stats, after=seen.append)
+    futures = [group.submit(put(k, i)) for i, k in enumerate("ab")]
+    group.lead()
+    for f in futures:
+        with pytest.raises(StorageError, match="flushing"):
+            f.result()
+    assert len(seen) == 1 and seen[0].namespaces == ("m",) and seen[0].changed
+    assert held(r) == {"a": 0, "b": 1}
+    assert r.stats["group_flush_errors"] == 1
+
+
+def test_settle_waits_for_a_group_in_flight_that_took_its_write(make_replica: Make) -> None:
+    """A thread's group took a queued write and is still applying when settle() is called
+    with the queue empty: settle() returns only once that write is settled (an AsyncNode
+    closes the node once it returns; lead() alone returned at once)."""
+    r = make_replica("a")
+    applying, release = threading.Event(), threading.Event()
+
+    def slow(w: LocalWrite) -> int:
+        applying.set()
+        assert release.wait(timeout=60)  # bounded only so a broken test ends
+        return w.put("m", "slow", 0)
+
+    hold = r.begin_local()  # the writer lock: the thread leads, and waits for it
+    leader = threading.Thread(target=r.group.run, args=(slow,))
+    leader.start()
+    poll = threading.Event()
+    for _ in range(2000):  # bounded poll: the leader is queued
+        if r.group._queue:
+            break
+        poll.wait(0.01)
+    future = r.group.submit(put("queued", 1))
+    hold.abort()  # the leader takes both, and applies slow() first
+    assert applying.wait(timeout=30)
+    assert not r.group._queue
+    outcome: list[bool] = []
+
+    def settle() -> None:
+        r.group.settle()
+        outcome.append(future.done())
+
+    waiter = threading.Thread(target=settle)
+    waiter.start()
+    for _ in range(2000):  # bounded poll: settle() returned, or waits for the flight
+        if not waiter.is_alive() or r.group._settling:
+            break
+        poll.wait(0.01)
+    release.set()
+    waiter.join(timeout=30)
+    leader.join(timeout=30)
+    assert outcome == [True]
+    assert future.result() > 0 and held(r) == {"slow": 0, "queued": 1}
 
 
 # -- what a group logs -----------------------------------------------------------------------

@@ -11,7 +11,7 @@ import pytest
 from crdtstore.codec import pack, unpack
 from crdtstore.crdt import CausalContext, Dot, LWWMap, ORSet
 from crdtstore.errors import InvalidValue
-from crdtstore.sync.engine import Publish, Send, SyncEngine
+from crdtstore.sync.engine import DIGEST_TOPIC, Publish, Send, SyncEngine
 from crdtstore.sync.fingerprint import HASH_SPACE
 from crdtstore.sync.messages import (
     DeltaBatch,
@@ -403,6 +403,24 @@ def test_queued_batches_are_applied_in_one_commit_even_out_of_order() -> None:
     engine.on_messages([("", f, "w") for f in (add2, add0)], 0)
     assert r.commits == [3, 1] and elements(r.value("s")) == {0, 2}
     assert engine.stats["batches_applied"] == 4 and engine.stats["duplicates"] == 1
+
+
+def test_a_digest_among_queued_batches_does_not_cut_their_commit() -> None:
+    """The digest is handled after the batches, which share one commit (before, a digest
+    between them split the group: one commit before it, one after)."""
+    add0, add1, add2 = _frames([("add", 0), ("add", 1), ("add", 2)])
+    peer = SyncEngine("p", MemoryReplica("p"), FAST)
+    digests = [
+        o.data for o in peer.on_tick(10_000) if isinstance(o, Publish) and o.topic == DIGEST_TOPIC
+    ]
+    assert len(digests) == 1
+    r = _CountingReplica("r")
+    engine = SyncEngine("r", r, FAST)
+    engine.on_messages(
+        [("", add0, "w"), ("", digests[0], "p"), ("", add1, "w"), ("", add2, "w")], 0
+    )
+    assert r.commits == [3] and elements(r.value("s")) == {0, 1, 2}
+    assert engine.stats["batch_group_commits"] == 1 and engine.stats["batches_applied"] == 3
 
 
 def test_a_batch_that_cannot_be_applied_keeps_only_itself_and_what_follows_it_out() -> None:
