@@ -78,10 +78,14 @@ class Liveness:
         clock: Callable[[], int],
         on_heartbeat: Callable[[Heartbeat, int], None] | None = None,
         heartbeat_clocks: Callable[[], dict[str, int]] | None = None,
+        on_news: Callable[[], None] | None = None,
     ) -> None:
         """``on_heartbeat(beat, now)`` sees each accepted heartbeat (its clock reading) on
         this thread; ``heartbeat_clocks()`` names the members whose clocks are beyond the
-        limit of ours, with their offsets, for each heartbeat we send (so each is told)."""
+        limit of ours, with their offsets, for each heartbeat we send (so each is told).
+        ``on_news()`` is called on this thread when something waits to be taken (status
+        changes, a refutation, links): the replicator waits for its own deadlines, so it
+        is woken to act on them at once."""
         self.node_id = node_id
         self._transport = transport
         self._topic = heartbeat_topic
@@ -91,6 +95,7 @@ class Liveness:
         self._clock = clock
         self._on_heartbeat = on_heartbeat
         self._heartbeat_clocks = heartbeat_clocks
+        self._on_news = on_news
         self.stats: Counter[str] = Counter()
         self._detector = FailureDetector(
             suspect_after_ms=suspect_after_ms,
@@ -146,10 +151,21 @@ class Liveness:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self.step()
+                self.turn()
             except Exception:  # one bad message or bug must not end failure detection
                 self.stats["liveness_errors"] += 1
                 log.exception("liveness: error (counted, continuing)")
+
+    def turn(self) -> None:
+        """One turn of the thread: a step, then the replicator woken if news waits."""
+        self.step()
+        if self._on_news is not None and self._has_news():
+            self._on_news()
+
+    def _has_news(self) -> bool:
+        """Whether something waits for the replicator to take it."""
+        with self._lock:
+            return bool(self._changes) or self._refuted is not None
 
     def step(self) -> None:
         """One turn: wait for heartbeats until a beat is due, handle every heartbeat that

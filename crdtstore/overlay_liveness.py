@@ -88,13 +88,15 @@ class OverlayLiveness(Liveness):
         seed_watch: SeedWatch | None = None,
         on_clock: Callable[[ClockReading], None] | None = None,
         seed_hello: Callable[[], bytes | None] | None = None,
+        on_news: Callable[[], None] | None = None,
     ) -> None:
         """``seed_watch``: counts (``seed_unanswered``) and logs seeds that a join asked and
         that never answered, as the full mode's greetings do. ``on_clock`` sees, on this
         thread, each member's clock reading that a probe or an ack brought (what the full
         mode's heartbeats bring to ``on_heartbeat``). ``seed_hello``: the frame of the
         node's hello, sent with each join to such a seed: a seed of the other membership
-        mode drops joins unread, but answers a hello with why it refuses."""
+        mode drops joins unread, but answers a hello with why it refuses. ``on_news``: as
+        :class:`~crdtstore.liveness.Liveness` has it (links gained or lost are news too)."""
         super().__init__(
             node_id=node_id,
             transport=transport,
@@ -105,6 +107,7 @@ class OverlayLiveness(Liveness):
             view_interval_ms=view_interval_ms,
             view=view,
             clock=clock,
+            on_news=on_news,
         )
         self._net: OverlayTransport = transport
         self._settings = settings
@@ -333,6 +336,10 @@ class OverlayLiveness(Liveness):
                 self._net.disconnect_peer(alias.encode())
                 self.stats["seed_connections_closed"] += 1
             self._seed_aliases.clear()
+
+    def _has_news(self) -> bool:
+        with self._lock:
+            return bool(self._events) or bool(self._changes) or self._refuted is not None
 
     # -- the replicator's interface ------------------------------------------------------------
 

@@ -88,6 +88,11 @@ DRAIN_MAX = 64
 them are applied in one commit, so a node that fell behind is not held back by a
 commit (an fsync) per batch."""
 SEED_PREFIX = b"\x00seed:"
+_NEVER = 2**62  # a deadline that never comes (ms)
+_MEMBER_FIELDS = tuple(f.name for f in dataclasses.fields(Member))
+"""A status row is these fields, shallow: ``dataclasses.asdict`` copies each value deeply,
+the larger part of building a status of many members (every field is a scalar or a
+tuple of strings)."""
 TOPIC_LINKS = 2
 """Overlay mode with topics: links kept per held topic to other holders of it."""
 STATUS_FILE = "status.json"
@@ -207,6 +212,7 @@ class Replicator:
                     patience_ms=3 * settings.membership.hello_interval_ms,
                     warn_every_ms=sync_settings.log_interval_ms,
                 ),
+                on_news=self.transport.wake,
                 on_clock=self._probed_clock,
                 seed_hello=self._seed_hello,
             )
@@ -223,8 +229,10 @@ class Replicator:
                 view_interval_ms=settings.membership.member_view_interval_ms,
                 view=member_view,
                 clock=clock,
+                on_news=self.transport.wake,
             )
         self._records: dict[str, MemberRecord] = {}
+        self._records_read_at: int | None = None  # the directory's last commit then
         # Records hellos brought, of lives newer than the replicated record (or with none).
         self._introduced: dict[str, MemberRecord] = {}
         self._introduced_at: dict[str, int] = {}
@@ -310,6 +318,7 @@ class Replicator:
             if isinstance(self.liveness, OverlayLiveness):
                 self.liveness.leave()
         self._stop.set()
+        self.transport.wake()  # the thread waits for its next deadline: end that wait
         if self._thread is not None:
             self._thread.join(timeout=5)
         self.liveness.close()
@@ -331,21 +340,32 @@ class Replicator:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        interval = self._settings.sync_tick_ms
+        """The loop waits for a delivery, a wake (a commit here, news from the liveness
+        thread, close) or its next deadline, whichever is first; it never wakes just to
+        look around. Its deadlines: a look at the directory for other processes' commits
+        (one read of LMDB's last transaction id), the engine's tick (while it has timed
+        work; at its next digest otherwise), the membership tick, the status, a held-back
+        publication, and greetings to seeds."""
+        tick_every = self._settings.sync_tick_ms
+        look_every = self._settings.poll_ms
         next_tick = 0
+        next_look = 0
         next_membership = 0
-        next_hello = 0
+        next_hello = 0 if not self.overlay else _NEVER
         next_status = 0
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
+        looked_at: int | None = None  # the directory's last commit, as of the last look
         while not self._stop.is_set():
             self.loop_beat = time.monotonic()
             now = self._clock()
-            due = min(next_tick, next_membership)
+            due = min(self._tick_due(next_tick), next_look, next_membership, next_hello)
+            due = min(due, next_status)
             if self._commit_pending.is_set():
                 due = min(due, next_publish)
-            wait_ms = max(0, due - now)
-            delivery = self.transport.recv(timeout=min(wait_ms, self._settings.poll_ms) / 1000)
+            delivery = self.transport.recv(timeout=max(0, due - now) / 1000)
+            if self._stop.is_set():
+                return
             now = self._clock()
             try:
                 if delivery is not None:
@@ -357,12 +377,18 @@ class Replicator:
                     self._commit_pending.clear()
                     next_publish = now + publish_every
                     self._emit(self.engine.on_local_commit(now))
-                if now >= next_tick:
-                    next_tick = now + interval
-                    # Drops of namespaces received since the last tick (storage.drops).
-                    self._replica.apply_drops()
-                    # Other processes sharing the directory commit without notifying us.
-                    self._emit(self.engine.on_local_commit(now))
+                if now >= next_look:
+                    next_look = now + look_every
+                    # Other processes sharing the directory commit without notifying us;
+                    # read first, so a commit made meanwhile is seen at the next look.
+                    commit = self._replica.last_commit()
+                    if commit != looked_at:
+                        looked_at = commit
+                        # Drops of namespaces received since the last look (storage.drops).
+                        self._replica.apply_drops()
+                        self._emit(self.engine.on_local_commit(now))
+                if now >= self._tick_due(next_tick):
+                    next_tick = now + tick_every
                     self._emit(self.engine.on_tick(now))
                 self._take_liveness()
                 if now >= next_membership:
@@ -370,7 +396,7 @@ class Replicator:
                     self._membership_tick(now)
                 if self._leaving.is_set() and self.engine.peers_caught_up(MEMBERS_NAMESPACE):
                     self._leave_confirmed.set()
-                if now >= next_hello and not self.overlay:
+                if now >= next_hello:
                     next_hello = now + self._settings.membership.hello_interval_ms
                     self._greet_seeds(now)
             except ClosedError:
@@ -383,6 +409,12 @@ class Replicator:
             if now >= next_status:
                 next_status = now + self._settings.status_interval_ms
                 self._refresh_status(now)
+
+    def _tick_due(self, next_tick: int) -> int:
+        """When the engine is next ticked: every ``sync_tick_ms`` while it has timed work
+        under way, at its next digest while it is quiet."""
+        quiet = self.engine.quiet_until()
+        return next_tick if quiet is None else max(next_tick, quiet)
 
     def _refresh_status(self, now: int) -> None:
         """The status snapshot for metrics and queries, and ``status.json``."""
@@ -407,7 +439,7 @@ class Replicator:
             "written_at_ms": self._clock() if now is None else now,
             "router": self.transport.bound_router,
             "pub": self.transport.bound_pub,
-            "members": [dataclasses.asdict(m) for m in members],
+            "members": [{name: getattr(m, name) for name in _MEMBER_FIELDS} for m in members],
             "clock": self._clock_status(members),
             "peer_lag": self.engine.peer_lag(),
             "sessions": self.engine.sessions(),
@@ -437,8 +469,11 @@ class Replicator:
         assert self._status_path is not None
         tmp = f"{self._status_path}.{os.getpid()}.tmp"
         try:
+            # dumps, not dump: only dumps uses the C encoder (dump encodes in Python, a
+            # large share of a status write with many members).
+            text = json.dumps(status, sort_keys=True)
             with open(tmp, "w", encoding="utf-8") as fh:
-                json.dump(status, fh, sort_keys=True)
+                fh.write(text)
             os.replace(tmp, self._status_path)  # readers never see a half-written file
         except OSError as exc:
             # Operators lose the live view, replication goes on: count, log the first one.
@@ -802,10 +837,14 @@ class Replicator:
     def _load_records(self) -> dict[str, MemberRecord]:
         """The replicated member records, kept for ``members()``; this node's own, if an
         older life of it wrote a higher incarnation (clock of restarts), is raised above."""
+        commit = self._replica.last_commit()
+        if commit == self._records_read_at:
+            return self._records  # nothing was written since they were read
         records, rejected = parse_records(self._read_records())
         self.stats["rejected_member_record"] += rejected
         with self._lock:
             self._records = records
+        self._records_read_at = commit
         own = records.get(self.node_id)
         if own is not None and self._own is not None and own.incarnation > self._own.incarnation:
             incarnation = self.liveness.raise_incarnation(own.incarnation + 1)

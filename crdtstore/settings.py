@@ -136,9 +136,10 @@ class NodeSettings:
     """Directory of allowed members' public ``.key`` files (the ZAP allow-list)."""
 
     sync_tick_ms: int = 50
-    """How often the replicator ticks the sync engine (digests, repair timers) and looks
-    for commits made by other processes sharing the directory. Commits of this process
-    are published at once, not on this tick."""
+    """How often the replicator ticks the sync engine while it has timed work under way
+    (repairs, range sessions, held batches, or frames received since the last tick). A
+    quiet engine is ticked at its next digest only. Commits of this process are
+    published at once, not on this tick."""
 
     publish_interval_ms: int = 5
     """Own commits are published at most this often. Commits made in between travel as one
@@ -146,7 +147,9 @@ class NodeSettings:
     for at most this much added latency. An idle node publishes a commit at once."""
 
     poll_ms: int = 50
-    """Longest the replicator thread blocks on the transport before checking its timers."""
+    """How often the replicator looks for commits made by other processes sharing the
+    directory (one read of LMDB's last transaction id; their batches are published
+    within this long). Otherwise it waits for a delivery, a wake or its next timer."""
 
     leave_on_terminate: bool = False
     """``crdtstore serve`` only: SIGTERM announces a graceful leave (peers see ``left`` at

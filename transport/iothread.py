@@ -73,9 +73,11 @@ log = logging.getLogger(__name__)
 Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
 
-POLL_INTERVAL_MS = 100
+POLL_INTERVAL_MS = 1000
 """Upper bound on how long the loop sleeps before re-checking its stop flag, should the
-STOP command be lost (the command pipe is full when close is called)."""
+STOP command be lost (the command pipe is full when close is called). Otherwise it
+sleeps until a socket is ready or a refused peer is due again: every wake-up of an idle
+node's threads is part of its idle cost, and close joins this thread for longer."""
 
 BATCH = 256
 """Messages taken from one ready socket per loop turn, so one busy peer cannot starve the
@@ -223,7 +225,10 @@ class IOThread(threading.Thread):
             # Only a bug in this module gets here (network input is handled per message).
             log.exception("transport I/O thread failed; closing its sockets")
         finally:
+            # Both consumers wait for their next deadline, not in short slices: tell both.
             self._emit([pipes.EV_STOPPED])
+            if self._express is not None:
+                self._emit([pipes.EV_STOPPED], self._express)
             self._close_all()
 
     def _open(self) -> None:

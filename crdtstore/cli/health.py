@@ -9,9 +9,10 @@ from __future__ import annotations
 from crdtstore.node import Node
 
 LOOP_STALL_S = 10.0
-"""A replicator loop that has not gone round for this long is stuck. It goes round every
-``poll_ms`` when idle; the longest legitimate pause is one large apply (a 300,000-entry
-bootstrap range applies in about 2 s on a loaded 2-core machine)."""
+"""A replicator loop that has not gone round for this long is stuck. It goes round at
+least every ``heartbeat_interval_ms`` when idle (its membership tick); the longest
+legitimate pause is one large apply (a 300,000-entry bootstrap range applies in about
+2 s on a loaded 2-core machine)."""
 
 
 def health(node: Node | None) -> str | None:

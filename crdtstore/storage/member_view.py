@@ -11,7 +11,8 @@ Invariants:
 - A process opens the file once, however many handles use it: LMDB's locks break when a
   process opens one environment twice and closes one of them.
 - A write replaces the whole view (the stamp and one row per member) in one transaction,
-  so a reader never sees half of one.
+  so a reader never sees half of one; it puts only the rows that differ from what the
+  same handle last wrote (the first write of a handle, or after a failed one, all).
 
 Layout, one unnamed database, values msgpack:
 
@@ -117,6 +118,10 @@ class MemberViewStore:
         self._stats = stats
         self._env: lmdb.Environment | None = _SharedEnv.acquire(self.path)
         self._inode = os.stat(self.path).st_ino
+        # The rows this handle last wrote (its writer is the file's only one): a write
+        # puts only rows that differ, so an idle view costs its stamp, not one row per
+        # member. None: not known, so the next write replaces every row.
+        self._written: dict[bytes, bytes] | None = None
 
     @classmethod
     def open_existing(
@@ -173,27 +178,40 @@ class MemberViewStore:
     ) -> None:
         """Replace the view with ``observations`` under ``stamp``; log ``changes``
         (``(node_id, old, new, incarnation)``, in the order they happened)."""
+        wanted = {
+            ROW_PREFIX + node_id.encode(): pack_stored(
+                [o.status.value, o.incarnation, o.since_ms, o.last_heard_ms]
+            )
+            for node_id, o in observations.items()
+        }
         try:
             with self._begin(write=True) as txn:
-                self._write(txn, stamp, observations, changes)
+                self._write(txn, stamp, wanted, changes)
         except lmdb.Error as exc:
+            self._written = None  # what the file holds is unknown: rewrite all next time
             raise StorageError(f"cannot write the member view {self.path}: {exc}") from exc
+        self._written = wanted
 
     def _write(
         self,
         txn: lmdb.Transaction,
         stamp: ViewStamp,
-        observations: Mapping[str, Observation],
+        wanted: dict[bytes, bytes],
         changes: Sequence[tuple[str, MemberStatus | None, MemberStatus, int]],
     ) -> None:
-        wanted = {ROW_PREFIX + node_id.encode(): o for node_id, o in observations.items()}
-        with txn.cursor() as cur:
-            ok = cur.set_range(ROW_PREFIX)
-            while ok and cur.key()[:1] == ROW_PREFIX:
-                ok = cur.delete() if bytes(cur.key()) not in wanted else cur.next()
-        for key, o in wanted.items():
-            row = [o.status.value, o.incarnation, o.since_ms, o.last_heard_ms]
-            txn.put(key, pack_stored(row))
+        written = self._written
+        if written is None:
+            with txn.cursor() as cur:
+                ok = cur.set_range(ROW_PREFIX)
+                while ok and cur.key()[:1] == ROW_PREFIX:
+                    ok = cur.delete() if bytes(cur.key()) not in wanted else cur.next()
+            written = {}
+        else:
+            for key in written.keys() - wanted.keys():
+                txn.delete(key)
+        for key, row in wanted.items():
+            if written.get(key) != row:
+                txn.put(key, row)
         value = [
             stamp.pid,
             stamp.node_id,

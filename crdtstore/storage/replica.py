@@ -167,6 +167,13 @@ class LMDBReplica:
         page = self._env.env.stat()["psize"]
         return (info["last_pgno"] + 1) * page, info["map_size"]
 
+    def last_commit(self) -> int:
+        """The id of the newest transaction committed to the directory by any process
+        (LMDB's ``last_txnid``, read without a transaction): while it stays the same,
+        nothing was written."""
+        self._env.check()
+        return int(self._env.env.info()["last_txnid"])
+
     @property
     def env(self) -> lmdb.Environment:
         return self._env.env

@@ -68,6 +68,10 @@ class CausalBuffer:
         """How many batches of ``namespace`` wait."""
         return len(self._held.get(namespace, {}))
 
+    def holds_any(self) -> bool:
+        """Whether any batch waits, in any namespace."""
+        return any(self._held.values())
+
     def held_runs(self, namespace: str, origin: str) -> list[tuple[int, int]]:
         """The seq runs of ``origin`` held here, sorted: already received, so repair
         need not fetch them again while they wait."""

@@ -97,6 +97,12 @@ RELAY_SEEN_RUNS = 32
 """Out-of-order runs remembered per (namespace, origin) of relayed batches (``SeenRuns``)."""
 
 
+_QUIET_MESSAGES = (Digest, DigestSummary, VectorRequest)
+"""What an idle neighbour sends every digest interval: a tick has work after one only if
+it showed a gap, which ``RepairScheduler.pending`` tells; anything else may have changed
+what a tick looks at (a context's cloud, a session), so the engine is ticked again soon."""
+
+
 @dataclass(slots=True)
 class _Received:
     """One frame as it came: from whom ("" if published), its bytes, when, and the
@@ -152,6 +158,7 @@ class SyncEngine:
         self.liveness = LivenessCheck(node_id, replica, cfg, stats)
         self.trimmer = LogTrimmer(replica, cfg, stats)
         self._next_digest = 0
+        self._stirred = True  # a frame, commit or peer change since the last tick
         self._routes: dict[type, _Route] = {
             DeltaBatch: _Route(_Channel.PUBLISHED, self._on_batch),
             Digest: _Route(_Channel.EITHER, self._on_digest),
@@ -168,10 +175,12 @@ class SyncEngine:
     # -- membership of the replication group -----------------------------------------------
 
     def add_peer(self, peer: str) -> None:
+        self._stirred = True
         self._peers.add(peer)
 
     def remove_peer(self, peer: str) -> None:
         """Forget a peer: its digests no longer hold back trimming; its work is dropped."""
+        self._stirred = True
         self._peers.remove(peer)
         self.repairs.forget_peer(peer)
         for ns in self.ranges.forget_peer(peer):
@@ -234,7 +243,10 @@ class SyncEngine:
 
     def on_local_commit(self, now_ms: int) -> list[Outgoing]:
         """Publish own batches the log holds beyond what was published already."""
-        return self._count_sent(self.publisher.flush(now_ms))
+        out = self.publisher.flush(now_ms)
+        if out:
+            self._stirred = True
+        return self._count_sent(out)
 
     def greet(self, peer: str) -> list[Outgoing]:
         """Our digest, sent directly to a peer that just joined: it learns what to fetch at
@@ -243,7 +255,27 @@ class SyncEngine:
             return []
         return self._count_sent([Send(peer, encode_message(self._digest()))])
 
+    def quiet_until(self) -> int | None:
+        """Until when :meth:`on_tick` has nothing to do unless a frame or a commit comes
+        first: the next digest's time. None while anything it paces by time is under way
+        (gap evidence or repairs, range sessions, held batches) or something came since
+        the last tick: the caller then ticks at its own interval, as it always did.
+
+        So an idle node is ticked once per digest, not every few milliseconds: what a
+        tick does in between (looking at every namespace's cloud, the timers above)
+        changes only when one of those inputs arrives, and each of them ends the
+        quiet."""
+        if (
+            self._stirred
+            or self.repairs.pending()
+            or self.ranges.peers()
+            or self.delivery.buffer.holds_any()
+        ):
+            return None
+        return self._next_digest
+
     def on_tick(self, now_ms: int) -> list[Outgoing]:
+        self._stirred = False
         out: list[Outgoing] = []
         if now_ms >= self._next_digest:
             self._next_digest = now_ms + self.settings.digest_interval_ms
@@ -326,6 +358,8 @@ class SyncEngine:
             return []
         if self.delivery.has_group_batches() and not isinstance(msg, DeltaBatch):
             self.delivery.flush_group(now_ms)  # what follows sees the batches before it
+        if not isinstance(msg, _QUIET_MESSAGES):
+            self._stirred = True
         try:
             out = self._dispatch(msg, _Received(peer, data, now_ms, progress))
         except StorageError as exc:  # this node's disk, not the peer's message

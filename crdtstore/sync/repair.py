@@ -86,6 +86,10 @@ class RepairScheduler:
                 if origin != self._node_id:
                     self.observe(ns, origin, ctx.max_seq(origin), now_ms)
 
+    def pending(self) -> bool:
+        """Whether a gap is in evidence or a request outstanding (ticks have work)."""
+        return bool(self._seen or self._outstanding)
+
     # -- requests ------------------------------------------------------------------------------
 
     def expire(self, now_ms: int) -> None:

@@ -6,6 +6,7 @@ it wakes). The directory's view is a real LMDB file; only time and the network a
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,7 +64,12 @@ def view(tmp_path: Path) -> MemberViewStore:
     store.close()
 
 
-def make(transport: FakeTransport, clock: Clock, view: MemberViewStore | None = None) -> Liveness:
+def make(
+    transport: FakeTransport,
+    clock: Clock,
+    view: MemberViewStore | None = None,
+    on_news: Callable[[], None] | None = None,
+) -> Liveness:
     live = Liveness(
         node_id="a",
         transport=transport,
@@ -74,6 +80,7 @@ def make(transport: FakeTransport, clock: Clock, view: MemberViewStore | None = 
         view_interval_ms=1000,
         view=view,
         clock=clock,
+        on_news=on_news,
     )
     live.raise_incarnation(1)
     return live
@@ -179,3 +186,21 @@ def test_being_suspected_is_refuted_by_the_next_heartbeat_and_stretches_timeouts
     clock.now = 200
     live.step()
     assert live.incarnation == 2 and live.take_refutation() is None
+
+
+def test_the_replicator_is_woken_when_a_turn_leaves_news_and_only_then() -> None:
+    transport, clock = FakeTransport(), Clock()
+    woken: list[int] = []
+    live = make(transport, clock, on_news=lambda: woken.append(clock.now))
+    live.add("b", 1, 0)
+    transport.arrived.append(heartbeat("b"))
+    live.turn()
+    assert woken == []  # heard, still alive: nothing for the replicator
+    while not woken and clock.now < 2_000:  # b silent: a tick suspects it
+        clock.now += 100
+        live.turn()
+    assert woken == [700]  # at the first tick past suspect_after_ms, once
+    assert [c.new for c in live.take_changes()] == [MemberStatus.SUSPECT]
+    clock.now += 100
+    live.turn()
+    assert woken == [700]  # taken: no news left

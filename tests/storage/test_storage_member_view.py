@@ -49,6 +49,57 @@ def test_a_write_replaces_the_whole_view(store: MemberViewStore) -> None:
     assert store.read() == (stamp(20), {"b": seen(SUSPECT, 1, 15)})
 
 
+def test_a_write_puts_only_the_rows_that_changed_and_a_new_handle_puts_all(
+    store: MemberViewStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    members = {f"n{i}": seen(ALIVE, 1, i) for i in range(50)}
+    puts: list[bytes] = []
+    begin = MemberViewStore._begin
+
+    def counting(self: MemberViewStore, write: bool = False) -> object:
+        txn = begin(self, write)
+        if not write:
+            return txn
+
+        class Counted:  # the transaction, with its puts recorded
+            def __getattr__(self, name: str) -> object:
+                return getattr(txn, name)
+
+            def __enter__(self) -> Counted:
+                txn.__enter__()
+                return self
+
+            def __exit__(self, *exc: object) -> None:
+                txn.__exit__(*exc)
+
+            def put(self, key: bytes, value: bytes) -> bool:
+                puts.append(bytes(key))
+                return bool(txn.put(key, value))
+
+        return Counted()
+
+    monkeypatch.setattr(MemberViewStore, "_begin", counting)
+    store.write(stamp(10), members)
+    assert len(puts) == 51  # every row, and the stamp
+    puts.clear()
+    changed = dict(members, n7=seen(SUSPECT, 1, 20))
+    del changed["n9"]
+    store.write(stamp(20), changed)
+    assert sorted(puts) == [ROW_PREFIX + b"n7", STAMP_KEY]  # the one changed row, the stamp
+    assert store.read() == (stamp(20), changed)
+    # Another handle knows nothing of what this one wrote: it puts every row, and drops
+    # rows it does not want (here n3, which only the first handle's write holds).
+    puts.clear()
+    other = MemberViewStore(tmp_path, Counter())
+    try:
+        fewer = {k: v for k, v in changed.items() if k != "n3"}
+        other.write(stamp(30), fewer)
+        assert len(puts) == len(fewer) + 1
+        assert store.read() == (stamp(30), fewer)
+    finally:
+        other.close()
+
+
 def test_the_change_log_keeps_the_newest_changes_in_order(
     store: MemberViewStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
