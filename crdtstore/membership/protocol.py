@@ -518,9 +518,15 @@ class MembershipProtocol:
     # -- probing ---------------------------------------------------------------------------
 
     def _probe_round(self, now_ms: int) -> list[Command]:
+        """Ping each neighbour not heard from for a probe interval (any frame from it, its
+        own pings included, says it is there), and each watched member. A link's two ends
+        then take turns instead of both pinging every interval: about a third of the
+        frames, and no neighbour goes longer unheard than before."""
         out: list[Command] = []
-        for contact in self.overlay.active.values():
-            out += self._probe(contact, now_ms)
+        recent = now_ms - self.settings.probe_interval_ms
+        for node_id, contact in self.overlay.active.items():
+            if self._last_ack.get(node_id, recent) <= recent:
+                out += self._probe(contact, now_ms)
         for node_id in list(self._watch):
             entry = self.table.get(node_id)
             if entry is not None and node_id not in self.overlay.active:
