@@ -397,9 +397,11 @@ class Replicator:
                     # Other processes sharing the directory commit without notifying us;
                     # read first, so a commit made meanwhile is seen at the next look.
                     commit = self._replica.last_commit()
-                    if commit != looked_at:
+                    if commit != looked_at or self._replica.drops_retry_due():
                         looked_at = commit
-                        # Drops of namespaces received since the last look (storage.drops).
+                        # Drops of namespaces received since the last look (storage.drops);
+                        # one that met a full store is tried again at each look, as a
+                        # failed try commits nothing that a later look would see.
                         self._replica.apply_drops()
                         self._emit(self.engine.on_local_commit(now))
                 if now >= self._tick_due(next_tick):

@@ -286,6 +286,7 @@ class MembershipProtocol:
         self._next_prune = now_ms + settings.prune_after_ms // 8
         self._next_timer = min(self._next.values())
         self._records: dict[str, tuple[Contact, bool]] = {}
+        self._told_past_life: list[Command] = []  # replies to refused past lives, sent next
         """Member -> (contact, left) of its replicated record, newest life (see learn())."""
 
     # -- queries ---------------------------------------------------------------------------
@@ -481,6 +482,9 @@ class MembershipProtocol:
             self.overlay.on_shuffle_reply(msg)
         else:
             self._count("rejected_membership_kind")
+        if self._told_past_life:
+            out += self._told_past_life
+            self._told_past_life = []
         return out + self._neighbour_changes(now_ms)
 
     # -- admission -------------------------------------------------------------------------
@@ -498,6 +502,13 @@ class MembershipProtocol:
                 left and record.incarnation >= claimed.incarnation
             ):
                 self._count(f"admission_refused_past_life_{kind}")
+                if sender is not None:
+                    # Tell it which life the record holds, as over: a node restarted on a
+                    # fresh directory under an old id (or after a leave) starts low and
+                    # knows no better; it refutes above that life, and its next join
+                    # passes. Unanswered, it was shut out for as long as the record stood.
+                    past = Update(replace(claimed, incarnation=record.incarnation), Status.DEAD)
+                    self._told_past_life.append(Send(claimed, Gossip((past,))))
                 return False
         return True
 

@@ -236,6 +236,11 @@ class ReceivedDrops:
         data = txn.get(layout.context_key(found[0]), db=self._dbs["logorder"])
         return None if data is None else bytes(data)
 
+    def retry_due(self) -> bool:
+        """Whether the last application failed for want of room and waits to be tried
+        again (a caller that looks only when the directory changed must look anyway)."""
+        return self._failing is not None
+
     def apply(self) -> list[str]:
         """Apply every record not applied yet; the namespaces whose rows changed."""
         version = self._read(self._version)
@@ -260,6 +265,7 @@ class ReceivedDrops:
             self._refuse("drops_failed", f"applying the drop records failed: {exc}")
             dropped = []
         self._seen = version
+        self._failing = None
         self._stats["drops_applied"] += len(dropped)
         for name in dropped:
             log.info("%s: applied a drop of namespace %r", self._path, name)

@@ -277,6 +277,10 @@ class LMDBReplica:
         self._env.check()
         return self._drops.apply()
 
+    def drops_retry_due(self) -> bool:
+        """Whether drop records wait to be applied again (the last try met a full store)."""
+        return self._drops.retry_due()
+
     def dropped_namespaces(self) -> set[str]:
         """Namespaces dropped here that hold no entry (none written since the drop)."""
 

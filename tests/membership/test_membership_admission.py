@@ -73,12 +73,32 @@ def test_a_forward_join_from_a_non_neighbour_is_refused() -> None:
 def test_a_join_of_a_life_the_record_says_is_past_is_refused() -> None:
     seed = node("s")
     seed.learn(contact("n1", incarnation=3), NOW, left=True)
-    assert sends(seed.on_message("n1", Join(contact("n1", incarnation=3)), NOW)) == []
-    assert sends(seed.on_message("n1", Join(contact("n1", incarnation=2)), NOW)) == []
+    for incarnation in (3, 2):
+        replies = sends(seed.on_message("n1", Join(contact("n1", incarnation)), NOW))
+        # Refused, and told which life the record holds (see the next test).
+        assert [(to, type(msg).__name__) for to, msg in replies] == [("n1", "Gossip")]
     assert refusals(seed) == {"admission_refused_past_life_join": 2}
     assert seed.neighbours() == []
     # Its next life comes back.
     seed.on_message("n1", Join(contact("n1", incarnation=4)), NOW)
+    assert seed.neighbours() == ["n1"]
+
+
+def test_a_node_restarted_on_a_fresh_directory_under_an_old_id_gets_back_in() -> None:
+    """Its record says incarnation 3 (it restarted before); its disk was replaced, so it
+    starts at 1, below that record. Refused, it is told of the life the record holds,
+    refutes above it, and its next join is taken."""
+    seed = node("s")
+    seed.learn(contact("n1", incarnation=3), NOW)
+    fresh = node("n1", seeds=(contact("s"),))
+    assert fresh.me.incarnation == 1
+    refused = seed.on_message("n1", Join(fresh.me), NOW)
+    assert seed.neighbours() == []
+    [(to, told)] = sends(refused)
+    assert to == "n1"
+    fresh.on_message("s", told, NOW + 1)
+    assert fresh.me.incarnation == 4
+    seed.on_message("n1", Join(fresh.me), NOW + 2)
     assert seed.neighbours() == ["n1"]
 
 

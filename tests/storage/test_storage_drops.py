@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from crdtstore.crdt import Dot
-from crdtstore.errors import InvalidValue
+from crdtstore.errors import InvalidValue, StorageError
 from crdtstore.storage import LMDBReplica, layout
 from crdtstore.storage.drops import DROPS_NAMESPACE
 from crdtstore.sync.fingerprint import HASH_SPACE
@@ -237,3 +237,30 @@ def test_a_process_sharing_the_directory_sees_the_drop(make_replica: Make, tmp_p
     local(a, ("put", "cfg", "mine", 2))
     assert keys(a, "cfg") == {"after", "mine"}
     assert a.dropped_namespaces() == set()
+
+
+def test_a_drop_that_met_a_full_store_is_due_again_until_it_applies(
+    make_replica: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed try commits nothing, so a caller that looks only when the directory
+    changed would never look again on an idle node: the replica says the retry is due."""
+    a, b = make_replica("a"), make_replica("b")
+    local(a, ("put", "cfg", "k", 1))
+    ship(a, b, "cfg", "a")
+    drop(a, "cfg")
+    ship(a, b, DROPS_NAMESPACE, "a")
+    drops = b._drops
+    real_write = drops._write
+
+    def full(fn: Any) -> Any:
+        raise StorageError("the map is full (simulated)")
+
+    monkeypatch.setattr(drops, "_write", full)
+    assert not b.drops_retry_due()
+    assert b.apply_drops() == []
+    assert b.drops_retry_due()
+    assert keys(b, "cfg") == {"k"}
+    monkeypatch.setattr(drops, "_write", real_write)
+    assert b.apply_drops() == ["cfg"]
+    assert not b.drops_retry_due()
+    assert keys(b, "cfg") == set()
