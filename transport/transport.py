@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 10.0
 JOIN_TIMEOUT_S = 5.0
+STOP_GRACE_S = 1.0  # for the I/O thread to reach STOP in its command pipe
 COMMAND_TIMEOUT_MS = 1000
 RECV_SLICE_MS = 500
 """``recv`` re-checks for ``close`` at least this often, should the I/O thread's word that
@@ -179,8 +180,12 @@ class Transport:
             self._closed = True
         thread = self._thread
         if thread is not None:
-            thread.stop_requested.set()
+            # STOP goes through the command pipe, behind what was sent before close (a
+            # leave's last frames): the I/O thread hands those to their sockets first.
+            # Setting the flag first ended its loop with them still queued, unsent.
             self._command(pipes.STOP, wait=False)
+            thread.join(STOP_GRACE_S)
+            thread.stop_requested.set()
             thread.join(JOIN_TIMEOUT_S)
         with self._command_lock:
             if self._commands is not None:
