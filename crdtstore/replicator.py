@@ -54,6 +54,7 @@ from crdtstore.membership.protocol import ClockReading, NeighbourUp, ProtocolSet
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.versions import (
     HASHED_DIGESTS,
+    RELAY_TREE,
     HelloForms,
     PeerVersions,
     Refusal,
@@ -65,6 +66,7 @@ from crdtstore.status_query import CHANNEL_QUERY, encode_status_reply, is_status
 from crdtstore.storage.member_view import MemberViewStore
 from crdtstore.sync.engine import Publish, Send, SyncEngine
 from crdtstore.sync.messages import decode_message, encode_message
+from crdtstore.sync.outgoing import Outgoing, PublishTopic, Subscribe
 from crdtstore.sync.settings import SyncSettings
 from transport import (
     CurveKeys,
@@ -250,6 +252,10 @@ class Replicator:
         )
         self._connected: dict[str, tuple[str, str]] = {}
         self._engine_peers: set[str] = set()
+        # The relay's links as last told to the engine (see _relink), and whether
+        # something they depend on changed since.
+        self._relinked: dict[str, tuple[int, frozenset[str] | None, bool]] = {}
+        self._relink_due = False
         self._own: MemberRecord | None = None
         self._commit_pending = threading.Event()
         self._leaving = threading.Event()
@@ -411,6 +417,9 @@ class Replicator:
                 if now >= next_membership:
                     next_membership = now + self._settings.membership.heartbeat_interval_ms
                     self._membership_tick(now)
+                    self._relink_due = True  # records and their vouching may have changed
+                if self._relink_due:
+                    self._relink()
                 if self._leaving.is_set() and self._leave_reached_peers():
                     self._leave_confirmed.set()
                 if now >= next_hello:
@@ -502,12 +511,18 @@ class Replicator:
             if self.stats["status_write_errors"] == 1:
                 log.error("cannot write %s: %s (counted; replication continues)", tmp, exc)
 
-    def _emit(self, outgoing: Sequence[Publish | Send]) -> None:
+    def _emit(self, outgoing: Sequence[Outgoing]) -> None:
         for out in outgoing:
             if isinstance(out, Publish):
                 self.transport.publish(topic_bytes(out.topic), out.data)
-            else:
+            elif isinstance(out, PublishTopic):
+                self.transport.publish(out.topic, out.data)
+            elif isinstance(out, Send):
                 self.transport.send(out.peer.encode(), CHANNEL_SYNC + out.data)
+            elif isinstance(out, Subscribe):
+                self.transport.subscribe_peer(out.peer.encode(), out.topics)
+            else:
+                self.transport.unsubscribe_peer(out.peer.encode(), out.topics)
 
     def _queued(self, first: Delivery) -> list[Delivery]:
         """``first`` and what else has already arrived, up to ``DRAIN_MAX``."""
@@ -523,34 +538,28 @@ class Replicator:
         """In arrival order; the engine's frames between two membership messages go
         together (``on_messages`` applies the batches among them in one commit). What
         each part answers is sent before the next part is handled."""
-        frames: list[tuple[str, bytes, str | None]] = []
-        relays: frozenset[str] = frozenset()
-        if isinstance(self.liveness, OverlayLiveness) and any(
-            d.kind == "publish" for d in deliveries
-        ):
-            relays = self.liveness.relay_sources()
+        frames: list[tuple[str, bytes, str | None, bytes | None]] = []
         for delivery in deliveries:
             if delivery.kind == "publish":
                 topic = delivery.topic or b""
-                if not topic.endswith(b"\x00"):
+                source = (delivery.peer or b"").decode("utf-8", "replace")
+                if self.overlay:
+                    # The engine's relay judges the topic and the link it came on (see
+                    # crdtstore.sync.relay's trust rule): only links it made are heard.
+                    frames.append(("", delivery.payload, source, topic))
+                elif not topic.endswith(b"\x00"):
                     self.stats["rejected_topic"] += 1
                 elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
                     self.liveness.on_delivery(delivery, now)  # the express pipe carries them
                 else:
-                    # A member link relays batches of every origin in the overlay mode: no
-                    # publisher to hold the batch's origin to (see SyncEngine.relay). Any
-                    # other publisher is held to its own, as in the full mesh.
-                    source: str | None = (delivery.peer or b"").decode("utf-8", "replace")
-                    if source in relays:
-                        source = None
-                    frames.append(("", delivery.payload, source))
+                    frames.append(("", delivery.payload, source, None))
                 continue
             peer = (delivery.peer or b"").decode("utf-8", "replace")
             channel, body = delivery.payload[:1], delivery.payload[1:]
             if self._versions.refused(peer) and channel != CHANNEL_MEMBERS:
                 self.stats["refused_version_frames"] += 1  # only a new hello may change that
             elif channel == CHANNEL_SYNC:
-                frames.append((peer, body, None))
+                frames.append((peer, body, None, None))
             elif channel == CHANNEL_MEMBERS:
                 self._engine_frames(frames, now)
                 self._on_membership_message(peer, body, now)
@@ -582,7 +591,9 @@ class Replicator:
         self.stats["status_queries"] += 1
         self.transport.send(peer.encode(), self._encoded_status[1])
 
-    def _engine_frames(self, frames: list[tuple[str, bytes, str | None]], now: int) -> None:
+    def _engine_frames(
+        self, frames: list[tuple[str, bytes, str | None, bytes | None]], now: int
+    ) -> None:
         """Hand the frames collected so far to the engine together, and empty the list."""
         if frames:
             outgoing = self.engine.on_messages(frames, now)
@@ -592,6 +603,9 @@ class Replicator:
     # -- membership ------------------------------------------------------------------------
 
     def _subscriptions(self) -> list[bytes]:
+        if self.overlay:
+            # Batches and have notices come per link (SyncEngine.link); digests from all.
+            return [topic_bytes(name) for name in self.engine.subscriptions()]
         if self._topics is None:
             return [b""]  # every topic: this node replicates every namespace
         heartbeat = set() if self.overlay else {HEARTBEAT_TOPIC}
@@ -638,6 +652,7 @@ class Replicator:
             if msg.versions is None and self._versions.forms(msg.node_id) is HelloForms.LISTED:
                 return  # its copy for older nodes, of the hello with versions acted on
             self._set_digest_form(msg.node_id)
+            self._relink_due = True  # the version agreed with it may have changed
             if not self.overlay:
                 self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
             elif not msg.reply:
@@ -1120,11 +1135,45 @@ class Replicator:
         if node_id not in self._engine_peers and node_id in self._connected:
             self._engine_peers.add(node_id)
             self.engine.add_peer(node_id)
+        self._relink_due = True
 
     def _engine_remove(self, node_id: str) -> None:
         if node_id in self._engine_peers:
             self._engine_peers.discard(node_id)
             self.engine.remove_peer(node_id)
+        self._relink_due = True
+
+    def _relink(self) -> None:
+        """Tell the engine's relay which links carry relayed batches: every connected
+        member whose hello agreed a version, with that version, the namespaces its
+        record holds, and whether the record vouches for the connection
+        (``relay_sources``: then it relays every origin's batches; a joiner whose record
+        has not arrived yet is held to its own, as the full mesh holds every publisher)."""
+        self._relink_due = False
+        overlay = self.liveness
+        if not isinstance(overlay, OverlayLiveness):
+            return
+        sources = overlay.relay_sources()
+        wanted: dict[str, tuple[int, frozenset[str] | None, bool]] = {}
+        for node_id in self._engine_peers:
+            if self._versions.refused(node_id):
+                continue
+            # Before its hello is heard, its own batches in the newest form: a write it
+            # makes at once is not missed while the hellos cross (its subscription
+            # travels with the connection's handshake).
+            heard = self._versions.agreed(node_id)
+            agreed = heard or RELAY_TREE
+            record = self._records.get(node_id) or self._introduced.get(node_id)
+            vouched = heard is not None and node_id in sources and node_id in self._records
+            topics = None if record is None else record.topics
+            wanted[node_id] = (agreed, None if topics is None else frozenset(topics), vouched)
+        for node_id in sorted(self._relinked.keys() - wanted.keys()):
+            del self._relinked[node_id]
+            self._emit(self.engine.unlink(node_id))
+        for node_id, form in sorted(wanted.items()):
+            if self._relinked.get(node_id) != form:
+                self._relinked[node_id] = form
+                self._emit(self.engine.link(node_id, *form))
 
     def members(self) -> list[Member]:
         with self._lock:

@@ -201,6 +201,9 @@ class IOThread(threading.Thread):
         # peer -> the routing id it was last heard under (its newest connection to us)
         self._router_peers: OrderedDict[bytes, bytes] = OrderedDict()
         self._subscriptions: set[bytes] = set()
+        # Per peer, prefixes for its SUB alone; kept across its SUB's replacement (a
+        # reconnect, a new address), until unsubscribed.
+        self._peer_subscriptions: dict[bytes, set[bytes]] = {}
         self._retry_at: dict[bytes, float] = {}  # peer -> monotonic time to re-create it
         # When the turn under way began (0.0 between turns) and the longest finished turn
         # since the owner last asked: see Transport.io_stall_ms.
@@ -503,6 +506,10 @@ class IOThread(threading.Thread):
                 for state in self._peers.values():
                     if state.sub is not None:
                         state.sub.setsockopt(zmq.UNSUBSCRIBE, args[0])
+        elif op == pipes.SUBSCRIBE_PEER:
+            self._subscribe_peer(args[0], args[1:])
+        elif op == pipes.UNSUBSCRIBE_PEER:
+            self._unsubscribe_peer(args[0], args[1:])
         elif op == pipes.CONNECT:
             peer, router_addr, pub_addr, key = args
             pub = pipes.from_optional(pub_addr)
@@ -521,6 +528,30 @@ class IOThread(threading.Thread):
             self.stop_requested.set()
         else:
             raise ValueError(f"unknown transport command {op!r}")
+
+    def _subscribe_peer(self, peer: bytes, topics: list[bytes]) -> None:
+        held = self._peer_subscriptions.setdefault(peer, set())
+        state = self._peers.get(peer)
+        for topic in topics:
+            if topic in held:
+                continue  # libzmq counts subscriptions: a second would need two unsubscribes
+            held.add(topic)
+            if state is not None and state.sub is not None:
+                state.sub.setsockopt(zmq.SUBSCRIBE, topic)
+
+    def _unsubscribe_peer(self, peer: bytes, topics: list[bytes]) -> None:
+        held = self._peer_subscriptions.get(peer)
+        if held is None:
+            return
+        state = self._peers.get(peer)
+        for topic in topics:
+            if topic not in held:
+                continue
+            held.discard(topic)
+            if state is not None and state.sub is not None:
+                state.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
+        if not held:
+            del self._peer_subscriptions[peer]
 
     def _blocked(self, peer: bytes) -> bool:
         """Whether the fault seam cuts ``peer`` off (counted when it does)."""
@@ -600,7 +631,7 @@ class IOThread(threading.Thread):
         state.pub_addr = pub_addr
         state.sub = self._client_socket(zmq.SUB, key)
         self._add_peer_socket(peer, state, state.sub, self._on_sub_ready)
-        for topic in self._subscriptions:
+        for topic in self._subscriptions | self._peer_subscriptions.get(peer, set()):
             state.sub.setsockopt(zmq.SUBSCRIBE, topic)
         state.sub.connect(pub_addr)
 

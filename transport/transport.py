@@ -31,6 +31,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from types import TracebackType
 
 import zmq
@@ -281,6 +282,20 @@ class Transport:
 
     def unsubscribe(self, topic: bytes) -> None:
         self._control(pipes.UNSUBSCRIBE, topic)
+
+    def subscribe_peer(self, peer: bytes, topics: Sequence[bytes]) -> None:
+        """Receive ``peer``'s publications whose topic starts with one of ``topics``, on
+        its SUB alone (the relay's per-link subscriptions). Kept for that peer, whether
+        connected yet or not, across reconnects, until ``unsubscribe_peer``; a prefix
+        subscribed twice is held once."""
+        if not peer:
+            raise TransportError("peer must be non-empty bytes")
+        if topics:
+            self._control(pipes.SUBSCRIBE_PEER, peer, *topics)
+
+    def unsubscribe_peer(self, peer: bytes, topics: Sequence[bytes]) -> None:
+        if topics:
+            self._control(pipes.UNSUBSCRIBE_PEER, peer, *topics)
 
     def connect_peer(
         self,

@@ -14,10 +14,14 @@ The versions:
    vector, and the full vector is asked for only when a hash differs (see
    :mod:`crdtstore.sync.digests`).
 3. The overlay membership mode (:mod:`crdtstore.membership.protocol`: neighbours,
-   probing, relayed deltas), with the digests of version 2.
+   probing, relayed deltas), with the digests of version 2. Tag ``v0.2.0``: every node
+   republishes each new batch on the namespace's own topic (flooding).
+4. Version 3 with deltas relayed along a tree (:mod:`crdtstore.sync.relay`, Plumtree on
+   publisher-named topics). A version-4 node links to a version-3 neighbour in that
+   neighbour's form (:mod:`crdtstore.sync.relaying`), so the two mix during an upgrade.
 
 A version names a whole protocol, membership mode included, and each mode speaks only
-its own: a full-mesh node speaks 1 and 2, an overlay node 3. So nodes of the two modes
+its own: a full-mesh node speaks 1 and 2, an overlay node 3 and 4. So nodes of the two modes
 share no version and refuse each other by the rule above, with a logged reason that names
 both modes, instead of a full-mesh node waiting for heartbeats an overlay node never sends
 while the overlay node waits for a join answer that never comes. (An overlay node hears a
@@ -39,6 +43,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
 
+from crdtstore.sync.relaying import TREE
+
 HASHED_DIGESTS = 2
 """The first version in which digests carry hashes of version vectors."""
 
@@ -48,7 +54,10 @@ OVERLAY = 3
 SPOKEN: tuple[int, ...] = (1, HASHED_DIGESTS)
 """The versions this build speaks in the full-mesh mode, oldest first."""
 
-SPOKEN_OVERLAY: tuple[int, ...] = (OVERLAY,)
+RELAY_TREE = TREE
+"""The overlay mode's version with deltas relayed along a tree."""
+
+SPOKEN_OVERLAY: tuple[int, ...] = (OVERLAY, RELAY_TREE)
 """The versions this build speaks in the overlay mode."""
 
 

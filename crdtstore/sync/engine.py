@@ -56,14 +56,17 @@ from typing import Any
 
 from crdtstore.crdt import check_drift
 from crdtstore.errors import ClockDriftError, DecodeError, Error, StorageError
-from crdtstore.sync.delivery import CausalDelivery, applied
+from crdtstore.sync.delivery import CausalDelivery
 from crdtstore.sync.digests import vv_hash, vv_total
 from crdtstore.sync.liveness import LivenessCheck
 from crdtstore.sync.messages import (
     DeltaBatch,
     Digest,
     DigestSummary,
+    Graft,
+    Have,
     LogGap,
+    Prune,
     RangeQuery,
     RangeReply,
     RepairReply,
@@ -73,28 +76,30 @@ from crdtstore.sync.messages import (
     decode_message,
     encode_message,
 )
-from crdtstore.sync.outgoing import DIGEST_TOPIC, Outgoing, Publish, Send
+from crdtstore.sync.outgoing import DIGEST_TOPIC, Frame, Outgoing, Publish, Send
 from crdtstore.sync.peers import PeerDigests
 from crdtstore.sync.publish import Publisher
 from crdtstore.sync.reconcile import Progress, RangeReconciler, RangeServer
 from crdtstore.sync.rejections import Rejections
+from crdtstore.sync.relay import BatchKey
+from crdtstore.sync.relay_topics import DATA, Topic, parse_topic
+from crdtstore.sync.relaying import RelayLinks
 from crdtstore.sync.repair import RepairScheduler, RepairServer
 from crdtstore.sync.replica import Replica
-from crdtstore.sync.seen import SeenRuns
 from crdtstore.sync.settings import SyncSettings
 from crdtstore.sync.trim import LogTrimmer
 
 __all__ = ["DIGEST_TOPIC", "Outgoing", "Progress", "Publish", "Send", "SyncEngine"]
+
+RELAY_KINDS = (b"d", b"h")
+"""The first bytes of relay topics (:mod:`.relay_topics`); a namespace's own topic may
+start with them too, and :func:`parse_topic` tells them apart."""
 
 
 class _Channel(Enum):
     PUBLISHED = "published"  # batches: only from a publisher, or inside a RepairReply
     DIRECT = "direct"  # a request or a reply, for a namespace this node holds
     EITHER = "either"  # digests: published, or sent to a peer that just joined
-
-
-RELAY_SEEN_RUNS = 32
-"""Out-of-order runs remembered per (namespace, origin) of relayed batches (``SeenRuns``)."""
 
 
 _QUIET_MESSAGES = (Digest, DigestSummary, VectorRequest)
@@ -105,13 +110,16 @@ what a tick looks at (a context's cloud, a session), so the engine is ticked aga
 
 @dataclass(slots=True)
 class _Received:
-    """One frame as it came: from whom ("" if published), its bytes, when, and the
-    caller's progress hook for a long step it triggers."""
+    """One frame as it came: from whom ("" if published), its bytes, when, the
+    caller's progress hook for a long step it triggers, and for a published frame the
+    publisher whose connection brought it and its relay topic (None if it has none)."""
 
     peer: str
     data: bytes
     now_ms: int
     progress: Progress | None
+    publisher: str | None = None
+    topic: Topic | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +143,11 @@ class SyncEngine:
         topics: Iterable[str] | None = None,
         relay: bool = False,
     ) -> None:
-        """``relay``: republish every new batch received on a subscription (the overlay
-        mode, where a node hears only its neighbours, and they only theirs)."""
+        """``relay``: relay batches to and from neighbours (the overlay mode, where a
+        node hears only its neighbours, and they only theirs): see ``relaying``, and
+        :meth:`link`."""
         self.node_id = node_id
         self.relay = relay
-        self._relayed: dict[tuple[str, str], SeenRuns] = {}
         self.replica = replica
         self.settings = cfg = settings if settings is not None else SyncSettings()
         self.topics: frozenset[str] | None = None if topics is None else frozenset(topics)
@@ -157,6 +165,12 @@ class SyncEngine:
         self.repair_server = RepairServer(replica, cfg, stats, reject)
         self.liveness = LivenessCheck(node_id, replica, cfg, stats)
         self.trimmer = LogTrimmer(replica, cfg, stats)
+        self.relaying: RelayLinks | None = None
+        if relay:
+            held = {*replica.namespaces(), *(self.topics or ()), *cfg.reserved_namespaces}
+            self.relaying = RelayLinks(
+                node_id, self.holds, self.topics is None, sorted(held), ids, stats
+            )
         self._next_digest = 0
         self._stirred = True  # a frame, commit or peer change since the last tick
         self._routes: dict[type, _Route] = {
@@ -170,6 +184,9 @@ class SyncEngine:
             LogGap: _Route(_Channel.DIRECT, self._on_log_gap),
             RangeQuery: _Route(_Channel.DIRECT, self._on_range_query),
             RangeReply: _Route(_Channel.DIRECT, self._on_range_reply),
+            Have: _Route(_Channel.PUBLISHED, self._on_have),
+            Prune: _Route(_Channel.DIRECT, self._on_prune),
+            Graft: _Route(_Channel.DIRECT, self._on_graft),
         }
 
     # -- membership of the replication group -----------------------------------------------
@@ -185,6 +202,25 @@ class SyncEngine:
         self.repairs.forget_peer(peer)
         for ns in self.ranges.forget_peer(peer):
             self.delivery.drain(ns)
+
+    def link(
+        self, peer: str, version: int, holds: frozenset[str] | None, vouched: bool = True
+    ) -> list[Outgoing]:
+        """In the relay mode: ``peer`` is a neighbour (or a topic link) that speaks
+        protocol ``version`` with this node and holds ``holds`` (None: every namespace);
+        ``vouched``: its member record vouches for its connection (else only its own
+        batches are taken from it). Again whenever any of it may have changed; what to
+        subscribe to comes out."""
+        if self.relaying is None:
+            return []
+        self._stirred = True
+        return self.relaying.link(peer, version, holds, vouched)
+
+    def unlink(self, peer: str) -> list[Outgoing]:
+        """``peer`` is a neighbour no more: its subscriptions come off."""
+        if self.relaying is None:
+            return []
+        return self.relaying.unlink(peer)
 
     def set_digest_form(self, peer: str, *, hashed: bool) -> None:
         """Whether ``peer`` reads hashed digests (it speaks protocol version 2). Digests
@@ -214,8 +250,8 @@ class SyncEngine:
 
     def subscriptions(self) -> list[str]:
         """Topics to subscribe to: the digest topic and the held namespaces (all if None)."""
-        if self.topics is None:
-            return [DIGEST_TOPIC]
+        if self.topics is None or self.relaying is not None:
+            return [DIGEST_TOPIC]  # a relay subscribes per link (``link``)
         return [DIGEST_TOPIC, *sorted(self.topics | set(self.settings.reserved_namespaces))]
 
     def peer_lag(self) -> dict[str, int]:
@@ -243,7 +279,13 @@ class SyncEngine:
 
     def on_local_commit(self, now_ms: int) -> list[Outgoing]:
         """Publish own batches the log holds beyond what was published already."""
-        out = self.publisher.flush(now_ms)
+        out: list[Outgoing] = []
+        for frame in self.publisher.flush(now_ms):
+            if self.relaying is None or frame.run is None:
+                out.append(frame)
+            else:
+                first, last = frame.run
+                out += self.relaying.own(frame.topic, first, last, frame.data, now_ms)
         if out:
             self._stirred = True
         return self._count_sent(out)
@@ -272,7 +314,8 @@ class SyncEngine:
             or self.delivery.buffer.holds_any()
         ):
             return None
-        return self._next_digest
+        relay_due = None if self.relaying is None else self.relaying.next_deadline()
+        return self._next_digest if relay_due is None else min(relay_due, self._next_digest)
 
     def on_tick(self, now_ms: int) -> list[Outgoing]:
         self._stirred = False
@@ -300,7 +343,13 @@ class SyncEngine:
         out.extend(
             self.repairs.schedule(now_ms, self._peers, self.ranges, self.delivery.buffer.held_runs)
         )
+        if self.relaying is not None:
+            out.extend(self.relaying.tick(now_ms, self._holds_batch))
         return self._count_sent(out)
+
+    def _holds_batch(self, key: BatchKey) -> bool:
+        vv = self.delivery.context(key.namespace).vv
+        return vv.get(key.origin, 0) >= key.last
 
     def on_message(
         self,
@@ -309,14 +358,17 @@ class SyncEngine:
         now_ms: int,
         publisher: str | None = None,
         *,
+        topic: bytes | None = None,
         progress: Progress | None = None,
     ) -> list[Outgoing]:
         """Handle one frame from the network (``peer`` is "" for published frames).
 
         ``publisher``: for a published frame, the node whose PUB it came from, when the
-        transport knows it. Nodes publish only their own batches, so a published batch of
-        another origin is forged and rejected (repairs, over ROUTER/DEALER, may carry any
-        origin's batches from a log).
+        transport knows it. In the full mesh, nodes publish only their own batches, so a
+        published batch of another origin is forged and rejected (repairs, over
+        ROUTER/DEALER, may carry any origin's batches from a log). In the relay mode a
+        neighbour relays every origin's batches, on topics naming it (``topic``, the
+        frame's topic as received): see :mod:`crdtstore.sync.relay` for the trust rule.
 
         ``progress``: called now and then during a long step this frame triggers (a
         reconciliation session's apply, which can hold the caller's thread for many
@@ -326,7 +378,9 @@ class SyncEngine:
         msg = self._decode(peer, data, now_ms)
         if msg is None:
             return []
-        return self._on_decoded(peer, msg, data, now_ms, publisher, progress)
+        return self._on_decoded(
+            peer, msg, _Received(peer, data, now_ms, progress, publisher), topic
+        )
 
     def _decode(self, peer: str, data: bytes, now_ms: int) -> Any:
         """The message of a frame, or None (counted and logged) if it does not decode."""
@@ -338,22 +392,35 @@ class SyncEngine:
             return None
 
     def _on_decoded(
-        self,
-        peer: str,
-        msg: Any,
-        data: bytes,
-        now_ms: int,
-        publisher: str | None,
-        progress: Progress | None,
+        self, peer: str, msg: Any, frame: _Received, topic: bytes | None
     ) -> list[Outgoing]:
-        if publisher and isinstance(msg, DeltaBatch) and msg.origin != publisher:
-            if self.relay:
-                # The overlay mode names a publisher only for a link not (yet) known by
-                # its member record: a joiner passes on others' batches as every node
-                # does, so this is the normal case, not a forgery to alarm on (nor can a
-                # stranger's be told from it). Not taken; repair fetches it from a member.
-                self.stats["relays_from_unrecorded_dropped"] += 1
+        now_ms, publisher = frame.now_ms, frame.publisher
+        if self.relaying is not None and topic is not None and topic[:1] in RELAY_KINDS:
+            try:
+                frame.topic = parse_topic(topic)
+            except DecodeError as exc:
+                self._reject("relay_rejected_topic", now_ms, f"from {publisher!r}: {exc}")
                 return []
+            if frame.topic.publisher != publisher:
+                # A topic naming another publisher than the connection's: the trust rule.
+                self._reject(
+                    "relay_rejected_publisher", now_ms, f"{topic[:60]!r} via {publisher!r}"
+                )
+                return []
+            if isinstance(msg, DeltaBatch) != (frame.topic.kind == DATA):
+                self._reject(
+                    "relay_rejected_topic", now_ms, f"{type(msg).__name__} on {topic[:60]!r}"
+                )
+                return []
+        elif isinstance(msg, Have):
+            self._reject("rejected_invalid", now_ms, f"have notice off its topic via {publisher!r}")
+            return []
+        elif (
+            self.relaying is None
+            and publisher
+            and isinstance(msg, DeltaBatch)
+            and msg.origin != publisher
+        ):
             self._reject("rejected_forged_origin", now_ms, f"{msg.origin} via {publisher!r}")
             return []
         if self.delivery.has_group_batches() and not isinstance(msg, DeltaBatch):
@@ -361,7 +428,7 @@ class SyncEngine:
         if not isinstance(msg, _QUIET_MESSAGES):
             self._stirred = True
         try:
-            out = self._dispatch(msg, _Received(peer, data, now_ms, progress))
+            out = self._dispatch(msg, frame)
         except StorageError as exc:  # this node's disk, not the peer's message
             self._reject.local_failure(now_ms, f"{type(msg).__name__} from {peer!r}", exc)
             return []
@@ -372,12 +439,14 @@ class SyncEngine:
 
     def on_messages(
         self,
-        frames: Sequence[tuple[str, bytes, str | None]],
+        frames: Sequence[
+            tuple[str, bytes, str | None] | tuple[str, bytes, str | None, bytes | None]
+        ],
         now_ms: int,
         *,
         progress: Progress | None = None,
     ) -> list[Outgoing]:
-        """``on_message`` of each ``(peer, data, publisher)``, except that the ready
+        """``on_message`` of each ``(peer, data, publisher[, topic])``, except that the ready
         published batches among them are applied together, in one replica commit
         (``apply_batches``), before the other messages, which follow in arrival order: a
         receiver that fell behind catches up with one fsync per group instead of one per
@@ -389,16 +458,21 @@ class SyncEngine:
         message's handling."""
         out: list[Outgoing] = []
         decoded = [
-            (peer, self._decode(peer, data, now_ms), data, pub) for peer, data, pub in frames
+            (
+                self._decode(f[0], f[1], now_ms),
+                _Received(f[0], f[1], now_ms, progress, f[2]),
+                f[3] if len(f) > 3 else None,
+            )
+            for f in frames
         ]
         self.delivery.open_group()
         try:
-            for peer, msg, data, publisher in decoded:
+            for msg, frame, topic in decoded:
                 if isinstance(msg, DeltaBatch):
-                    out.extend(self._on_decoded(peer, msg, data, now_ms, publisher, progress))
-            for peer, msg, data, publisher in decoded:
+                    out.extend(self._on_decoded(frame.peer, msg, frame, topic))
+            for msg, frame, topic in decoded:
                 if msg is not None and not isinstance(msg, DeltaBatch):
-                    out.extend(self._on_decoded(peer, msg, data, now_ms, publisher, progress))
+                    out.extend(self._on_decoded(frame.peer, msg, frame, topic))
         finally:
             self.delivery.close_group(now_ms)
         return out
@@ -425,35 +499,43 @@ class SyncEngine:
         return route.handler(msg, frame)
 
     def _on_batch(self, msg: DeltaBatch, frame: _Received) -> list[Outgoing]:
-        ns = msg.namespace
-        if self.relay and msg.origin == self.node_id:
-            self.stats["own_batches_relayed_back"] += 1  # a neighbour passing ours on
+        relaying, now_ms = self.relaying, frame.now_ms
+        if relaying is None or frame.publisher is None:
+            self._apply_batch(msg, frame.data, now_ms)
             return []
-        if not self.relay or not self.holds(ns) or applied(msg, self.delivery.context(ns)):
-            self._apply_batch(msg, frame.data, frame.now_ms)
+
+        def accept(batch: DeltaBatch, data: bytes) -> bool:
+            return self._accept_batch(batch, data, now_ms)
+
+        if frame.topic is not None:
+            return relaying.on_tree_batch(frame.topic, msg, frame.data, now_ms, accept)
+        return relaying.on_flood_batch(frame.publisher, msg, frame.data, now_ms, accept)
+
+    def _on_have(self, msg: Have, frame: _Received) -> list[Outgoing]:
+        if self.relaying is None or frame.topic is None:
+            self._reject("rejected_invalid", frame.now_ms, "a have notice off a relay topic")
             return []
-        held = self.delivery.buffer.held(ns)
-        taken = self._apply_batch(msg, frame.data, frame.now_ms)
-        if not taken and self.delivery.buffer.held(ns) <= held:
-            return []  # refused (or held before): nothing new to pass on
-        # New here, so new to some neighbours: pass the same bytes on, once. The context
-        # alone cannot say "passed on already": a batch that joined a group and then
-        # failed to apply is still missing from it, and would go round a cycle forever.
-        seen = self._relayed.get((ns, msg.origin))
-        if seen is None:
-            seen = self._relayed[(ns, msg.origin)] = SeenRuns(RELAY_SEEN_RUNS)
-        if seen.covers(msg.first, msg.last):
-            self.stats["relay_repeats_dropped"] += 1
+        return self.relaying.on_have(frame.topic, msg, frame.now_ms)
+
+    def _on_prune(self, msg: Prune, frame: _Received) -> list[Outgoing]:
+        if self.relaying is None:
+            self._reject("rejected_invalid", frame.now_ms, f"prune from {frame.peer!r}")
             return []
-        seen.add(msg.first, msg.last)
-        self.stats["batches_relayed"] += 1
-        return self._count_sent([Publish(ns, frame.data)])
+        return self.relaying.on_prune(frame.peer, msg)
+
+    def _on_graft(self, msg: Graft, frame: _Received) -> list[Outgoing]:
+        if self.relaying is None:
+            self._reject("rejected_invalid", frame.now_ms, f"graft from {frame.peer!r}")
+            return []
+        return self.relaying.on_graft(frame.peer, msg)
 
     def _on_repair_request(self, msg: RepairRequest, frame: _Received) -> list[Outgoing]:
         return self.repair_server.serve(frame.peer, msg)
 
     def _on_repair_reply(self, msg: RepairReply, frame: _Received) -> list[Outgoing]:
         peer, now_ms = frame.peer, frame.now_ms
+        if self.relaying is not None and self.relaying.fetched(msg.request, peer):
+            return self._on_fetched(msg, frame, self.relaying)
         rep = self.repairs.replied(msg.request, peer, msg.namespace)
         fresh = 0
         held_before = self.delivery.buffer.held(msg.namespace)
@@ -478,8 +560,37 @@ class SyncEngine:
             self.repairs.fruitless(rep, now_ms)
         return []
 
+    def _on_fetched(
+        self, msg: RepairReply, frame: _Received, relaying: RelayLinks
+    ) -> list[Outgoing]:
+        """The answer to a fetch of the relay's: its batches are checked as a repair's
+        and relayed on (marked as repaired)."""
+        out: list[Outgoing] = []
+        now_ms = frame.now_ms
+
+        def accept(batch: DeltaBatch, data: bytes) -> bool:
+            return self._accept_batch(batch, data, now_ms)
+
+        for data in msg.batches:
+            try:
+                batch = decode_message(data)
+            except DecodeError as exc:
+                self._reject(
+                    "decode_errors", now_ms, f"batch in a fetch from {frame.peer!r}: {exc}"
+                )
+                continue
+            if not isinstance(batch, DeltaBatch) or batch.namespace != msg.namespace:
+                self._reject(
+                    "rejected_invalid", now_ms, f"fetch from {frame.peer!r} holds a stranger"
+                )
+                continue
+            out += relaying.on_fetched(frame.peer, batch, data, now_ms, accept)
+        return out
+
     def _on_log_gap(self, msg: LogGap, frame: _Received) -> list[Outgoing]:
         peer, now_ms = frame.peer, frame.now_ms
+        if self.relaying is not None and self.relaying.fetched(msg.request, peer):
+            return []  # the neighbour trimmed it: anti-entropy's case
         if not self.repairs.gap(msg.request, peer):
             return []
         if peer not in self._peers or not self.ranges.may_start(msg.namespace, now_ms):
@@ -636,6 +747,19 @@ class SyncEngine:
             return False
         return self.delivery.deliver(batch, data, now_ms)
 
+    def _accept_batch(self, batch: DeltaBatch, data: bytes, now_ms: int) -> bool:
+        """``_apply_batch``, and whether the batch passed its checks: applied, held for
+        what it depends on, or applied already (what a relay passes on)."""
+        if batch.origin == self.node_id or not self.holds(batch.namespace):
+            self._apply_batch(batch, data, now_ms)  # refused there, and counted
+            return False
+        if not self._timestamps_ok(batch, now_ms):
+            return False
+        if not self._ensure_namespace(batch.namespace, batch.type_name, now_ms):
+            return False
+        self.delivery.deliver(batch, data, now_ms)
+        return True
+
     def _timestamps_ok(self, batch: DeltaBatch, now_ms: int) -> bool:
         """False (counted) if an LWW batch carries a timestamp too far in the future."""
         if not batch.newest:
@@ -663,6 +787,7 @@ class SyncEngine:
 
     def _count_sent(self, out: list[Outgoing]) -> list[Outgoing]:
         for item in out:
-            self.stats["bytes_sent"] += len(item.data)
-            self.stats["messages_sent"] += 1
+            if isinstance(item, Frame):
+                self.stats["bytes_sent"] += len(item.data)
+                self.stats["messages_sent"] += 1
         return out

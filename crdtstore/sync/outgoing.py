@@ -19,6 +19,9 @@ class Publish:
 
     topic: str
     data: bytes
+    run: tuple[int, int] | None = None
+    """For this node's own batches: the seqs ``first..last`` of the flush ``data`` is
+    (one frame) of; what a relay announces (see :mod:`crdtstore.sync.relaying`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,4 +32,30 @@ class Send:
     data: bytes
 
 
-Outgoing = Publish | Send
+@dataclass(frozen=True, slots=True)
+class PublishTopic:
+    """Publish ``data`` on ``topic`` as spelt (a relay topic, see
+    :mod:`crdtstore.sync.relay_topics`, or a namespace's own topic)."""
+
+    topic: bytes
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Subscribe to these topic prefixes on ``peer``'s connection alone."""
+
+    peer: str
+    topics: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    peer: str
+    topics: tuple[bytes, ...]
+
+
+Frame = Publish | PublishTopic | Send
+"""What carries bytes to the network."""
+
+Outgoing = Publish | PublishTopic | Send | Subscribe | Unsubscribe

@@ -23,7 +23,7 @@ from typing import Any
 from crdtstore.crdt import DotMap
 from crdtstore.errors import DecodeError
 from crdtstore.sync.messages import DeltaBatch, decode_message, encode_message
-from crdtstore.sync.outgoing import Outgoing, Publish
+from crdtstore.sync.outgoing import Publish
 from crdtstore.sync.rejections import Rejections
 from crdtstore.sync.replica import Replica
 from crdtstore.sync.settings import SyncSettings
@@ -51,9 +51,9 @@ class Publisher:
             ns: replica.context(ns).max_seq(node_id) for ns in replica.namespaces()
         }
 
-    def flush(self, now_ms: int) -> list[Outgoing]:
+    def flush(self, now_ms: int) -> list[Publish]:
         """Frames of every own batch committed since the last flush, namespace by namespace."""
-        out: list[Outgoing] = []
+        out: list[Publish] = []
         node_id = self._node_id
         for ns in sorted(self._replica.namespaces()):
             if not self._holds(ns):
@@ -70,7 +70,7 @@ class Publisher:
                 continue
             frames = self._coalesce(ns, logged, now_ms) if self._settings.publish_flush else None
             for data in frames if frames is not None else logged:
-                out.append(Publish(ns, data))
+                out.append(Publish(ns, data, (done + 1, top)))
                 self._stats["batches_published"] += 1
         return out
 

@@ -191,8 +191,9 @@ class _Missing:
 
 class Relay:
     def __init__(self, node_id: str, topics: frozenset[str], settings: RelaySettings) -> None:
+        """``topics``: the namespaces relayed from the start; :meth:`hold` adds more."""
         self.node_id = node_id
-        self.topics = topics
+        self.topics: set[str] = set(topics)
         self.settings = settings
         self.stats: Counter[str] = Counter()
         self._mark = hop_mark(node_id)
@@ -224,6 +225,10 @@ class Relay:
         runs = self._seen.get((key.namespace, key.origin))
         return runs is not None and runs.covers(key.first, key.last)
 
+    def due(self, now_ms: int) -> list[BatchKey]:
+        """The missing batches whose fetch :meth:`tick` at ``now_ms`` would consider."""
+        return [key for key, m in self._missing.items() if now_ms >= m.deadline]
+
     def next_deadline(self) -> int | None:
         times = [m.deadline for m in self._missing.values()]
         if self._have_due is not None:
@@ -242,6 +247,18 @@ class Relay:
             links[neighbour] = True
             topics = (have_topic(neighbour, ns), *data_subscriptions(neighbour, ns, self.node_id))
             out.append(Subscribe(neighbour, topics))
+        return out
+
+    def hold(self, namespace: str, neighbours: list[str]) -> list[Command]:
+        """Relay ``namespace`` from now on (a node holding every namespace met a new
+        one), linked eagerly to ``neighbours`` (those that hold it too)."""
+        if namespace in self.topics:
+            return []
+        self.topics.add(namespace)
+        self._links[namespace] = {}
+        out: list[Command] = []
+        for neighbour in neighbours:
+            out += self.neighbour_up(neighbour, frozenset({namespace}))
         return out
 
     def neighbour_down(self, neighbour: str) -> list[Command]:

@@ -81,6 +81,23 @@ def _name(what: str, value: str) -> bytes:
     return raw
 
 
+def _namespace(value: str) -> bytes:
+    """A namespace as a topic spells it: a name may hold NUL, the topics' separator, so
+    ``%`` and NUL are escaped (``%25``, ``%00``); the escaped name ends at the next NUL,
+    and no escaped name is a prefix of another's with the NUL after it."""
+    raw = value.encode()
+    if not raw:
+        raise InvalidValue("a namespace in a topic must be non-empty")
+    return raw.replace(b"%", b"%25").replace(b"\x00", b"%00")
+
+
+def _unescape(raw: bytes) -> bytes:
+    out = raw.replace(b"%00", b"\x00").replace(b"%25", b"%")
+    if out.replace(b"%", b"%25").replace(b"\x00", b"%00") != raw:  # a stray % or bad escape
+        raise DecodeError(f"badly escaped namespace in a topic: {raw[:80]!r}")
+    return out
+
+
 def hop_mark(node_id: str) -> str:
     """The mark a publisher puts on a batch it got from ``node_id``."""
     digest = hashlib.blake2b(node_id.encode(), digest_size=HOP_DIGITS // 2).digest()
@@ -100,11 +117,22 @@ def data_topic(
 
 
 def data_prefix(publisher: str, namespace: str) -> bytes:
-    return DATA + _name("publisher", publisher) + b"\0" + _name("namespace", namespace) + b"\0"
+    return DATA + _name("publisher", publisher) + b"\0" + _namespace(namespace) + b"\0"
+
+
+def data_any(publisher: str) -> bytes:
+    """Every data topic of ``publisher``, of whatever namespace and hop."""
+    return DATA + _name("publisher", publisher) + b"\0"
 
 
 def have_topic(publisher: str, namespace: str) -> bytes:
-    return HAVE + _name("publisher", publisher) + b"\0" + _name("namespace", namespace) + b"\0"
+    return HAVE + _name("publisher", publisher) + b"\0" + _namespace(namespace) + b"\0"
+
+
+def have_prefix(publisher: str) -> bytes:
+    """Every have notice of ``publisher``, of whatever namespace (a node holding every
+    namespace learns of new ones from them)."""
+    return HAVE + _name("publisher", publisher) + b"\0"
 
 
 def data_subscriptions(publisher: str, namespace: str, me: str) -> tuple[bytes, ...]:
@@ -125,7 +153,8 @@ def parse_topic(raw: bytes) -> Topic:
     if kind not in (DATA, HAVE) or len(parts) != 3 or not parts[0] or not parts[1]:
         raise DecodeError(f"not a relay topic: {raw[:80]!r}")
     try:
-        publisher, namespace, hop = (p.decode() for p in parts)
+        publisher, hop = parts[0].decode(), parts[2].decode()
+        namespace = _unescape(parts[1]).decode()
     except UnicodeDecodeError as exc:
         raise DecodeError(f"relay topic is not UTF-8: {raw[:80]!r}") from exc
     if kind == HAVE:

@@ -50,8 +50,10 @@ from crdtstore.crdt.dots import Dot
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.protocol import Command, NeighbourDown, NeighbourUp, ProtocolSettings
 from crdtstore.replicator import TOPIC_LINKS
-from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, SyncEngine
+from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, Send, SyncEngine
 from crdtstore.sync.messages import DeltaBatch
+from crdtstore.sync.outgoing import PublishTopic, Subscribe
+from crdtstore.sync.relaying import TREE
 from crdtstore.sync.settings import SyncSettings
 from crdtstore.testing.memory import MemoryReplica
 from crdtstore.testing.netsim import NetSim, SimNode
@@ -60,14 +62,16 @@ from crdtstore.testing.simulator import START_MS, converged, message_kind
 __all__ = ["Host", "NodeSim", "SyncFrame", "WriteTrace"]
 
 _GONE = (MemberStatus.DEAD, MemberStatus.LEFT)
+_DIGEST = DIGEST_TOPIC.encode() + b"\0"
 
 
 @dataclass(frozen=True, slots=True)
 class SyncFrame:
-    """A sync engine's frame on a link: published on ``topic``, or direct if None."""
+    """A sync engine's frame on a link: published on ``topic`` (as spelt on the wire),
+    or direct if None."""
 
     data: bytes
-    topic: str | None
+    topic: bytes | None
 
 
 @dataclass(slots=True)
@@ -131,6 +135,8 @@ class NodeSim(NetSim):
         """Each member's topics, as its record would say (None: every namespace)."""
         self._subscribers: dict[str, dict[str, None]] = {}
         """Member -> the nodes that link it (whose SUBs hear its PUB)."""
+        self._link_subscriptions: dict[tuple[str, str], set[bytes]] = {}
+        """(subscriber, publisher) -> prefixes the subscriber's relay asked of that link."""
         self.sync_sent: Counter[str] = Counter()
         """Sync message kind -> frames put on links (a publication counts per copy)."""
         self.sync_received: Counter[str] = Counter()
@@ -261,6 +267,7 @@ class NodeSim(NetSim):
         if old is not None:
             for other in [*old.neighbours, *old.pinned]:
                 self._subscribers.get(other, {}).pop(node_id, None)
+                self._link_subscriptions.pop((node_id, other), None)
         topics = self.directory[node_id]
         replica = MemoryReplica(node_id) if old is None else old.replica
         engine = SyncEngine(node_id, replica, self.sync_settings, topics=topics, relay=True)
@@ -297,8 +304,12 @@ class NodeSim(NetSim):
         if self._trace is not None:
             self._trace.update(f"{at:.6f} {sender}>{node_id} ".encode() + msg.data)
         host = self.hosts[node_id]
-        peer = "" if msg.topic is not None else sender
-        self._emit(node_id, host.engine.on_messages([(peer, msg.data, None)], self.engine_ms(at)))
+        frame: tuple[str, bytes, str | None, bytes | None]
+        if msg.topic is None:
+            frame = (sender, msg.data, None, None)
+        else:
+            frame = ("", msg.data, sender, msg.topic)
+        self._emit(node_id, host.engine.on_messages([frame], self.engine_ms(at)))
         if self._waiting:
             self._check_writes(node_id, at)
 
@@ -329,6 +340,7 @@ class NodeSim(NetSim):
             engine.set_digest_form(other, hashed=True)
         # The hello exchange of a new link ends with a digest sent directly.
         self._emit(node_id, engine.greet(other))
+        self._emit(node_id, engine.link(other, TREE, self.directory.get(other)))
 
     def _unlink(self, node_id: str, other: str, *, pinned: bool) -> None:
         host = self.hosts[node_id]
@@ -338,6 +350,7 @@ class NodeSim(NetSim):
         self._subscribers.get(other, {}).pop(node_id, None)
         host.engine.remove_peer(other)
         host.engine.forget_digest_form(other)
+        self._emit(node_id, host.engine.unlink(other))
 
     def _status_change(self, node_id: str, change: StatusChange) -> None:
         host, other = self.hosts[node_id], change.node_id
@@ -386,25 +399,41 @@ class NodeSim(NetSim):
 
     def _emit(self, src: str, outgoing: list[Outgoing]) -> None:
         for out in outgoing:
-            if isinstance(out, Publish):
+            if isinstance(out, Publish | PublishTopic):
+                topic = out.topic if isinstance(out, PublishTopic) else out.topic.encode() + b"\0"
                 for dst in self._subscribers.get(src, {}):
-                    if self._subscribed(dst, out.topic):
-                        self._put(src, dst, SyncFrame(out.data, out.topic))
-            elif self.hosts[src].linked(out.peer):
-                self._put(src, out.peer, SyncFrame(out.data, None))
+                    if self._subscribed(dst, src, topic):
+                        self._put(src, dst, SyncFrame(out.data, topic))
+            elif isinstance(out, Send):
+                if self.hosts[src].linked(out.peer):
+                    self._put(src, out.peer, SyncFrame(out.data, None))
+                else:
+                    self.unlinked_sends += 1
             else:
-                self.unlinked_sends += 1
+                # A subscription travels ahead of what it lets through, on the link's own
+                # connection; taken at once here (see the module's note).
+                held = self._link_subscriptions.setdefault((src, out.peer), set())
+                if isinstance(out, Subscribe):
+                    held.update(out.topics)
+                else:
+                    held.difference_update(out.topics)
 
-    def _subscribed(self, node_id: str, topic: str) -> bool:
+    def _subscribed(self, node_id: str, publisher: str, topic: bytes) -> bool:
+        """Whether ``node_id``'s SUB to ``publisher`` lets ``topic`` through: its global
+        subscriptions (digests) or one its relay made on that link, matched by prefix as
+        ZeroMQ matches."""
         node = self.nodes[node_id]
         if not node.up:
             return False
-        return topic == DIGEST_TOPIC or self.hosts[node_id].engine.holds(topic)
+        if topic == _DIGEST:
+            return True
+        prefixes = self._link_subscriptions.get((node_id, publisher), ())
+        return any(topic.startswith(p) for p in prefixes)
 
     def _put(self, src: str, dst: str, frame: SyncFrame) -> None:
         # A published frame carries its topic (and ZeroMQ's separator); a direct one its
         # channel byte: the bytes a node would receive.
-        size = len(frame.data) + (1 if frame.topic is None else len(frame.topic) + 1)
+        size = len(frame.data) + (1 if frame.topic is None else len(frame.topic))
         node = self.nodes[src]
         node.sent_msgs += 1
         node.sent_bytes += size

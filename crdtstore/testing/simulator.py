@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import msgpack
 
 from crdtstore.crdt import CausalContext, DotMap, HybridClock, LWWMap, ORSet
-from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, SyncEngine
+from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, Send, SyncEngine
 from crdtstore.sync.messages import DeltaBatch
 from crdtstore.sync.replica import Replica
 from crdtstore.sync.settings import SyncSettings
@@ -336,7 +336,7 @@ class Simulator:
                 for dst, node in self.nodes.items():
                     if dst != src and (out.topic == DIGEST_TOPIC or node.engine.holds(out.topic)):
                         self._put_on_wire(src, dst, out.data, True)
-            elif out.peer in self.nodes and out.peer != src:
+            elif isinstance(out, Send) and out.peer in self.nodes and out.peer != src:
                 self._put_on_wire(src, out.peer, out.data, False)
 
     def _put_on_wire(self, src: str, dst: str, data: bytes, published: bool) -> None:

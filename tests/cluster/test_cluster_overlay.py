@@ -60,7 +60,7 @@ def test_overlay_nodes_see_all_connect_to_few_and_relay_writes(cluster: Cluster)
     wait_until(lambda: same_state(nodes, ["cfg"]), "every replica holds the write", 30)
     reader = next(n for n in nodes if n.name == reader_name)
     # Someone other than the writer passed it on (the writer publishes its own).
-    assert sum(n.counter("sync", "batches_relayed") for n in nodes if n is not writer) > 0
+    assert sum(n.counter("sync", "relay_batches_relayed") for n in nodes if n is not writer) > 0
     assert [e["key"] for e in reader.dump("cfg")] == ["k"]
 
     # Admission: honest nodes never refuse each other's name or life, and once the records

@@ -1,6 +1,7 @@
-"""Protocol versions between real processes: a node of the release before them (tag
-v0.1.0, checked out of this repository) beside nodes of this tree, and a stranger whose
-hello shares no version with them."""
+"""Protocol versions between real processes: nodes of earlier releases (tags v0.1.0, the
+release before versions, and v0.2.0, the overlay's flooding relay; checked out of this
+repository) beside nodes of this tree, and a stranger whose hello shares no version with
+them."""
 
 from __future__ import annotations
 
@@ -24,27 +25,37 @@ from transport import routing_id
 
 REPO = Path(__file__).resolve().parents[2]
 OLD_TAG = "v0.1.0"
+FLOOD_TAG = "v0.2.0"
+
+
+def exported(tag: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The source tree of ``tag``, exported into a temporary directory."""
+    git = shutil.which("git")
+    if git is None:
+        pytest.skip(f"git is not installed: cannot check out {tag}")
+    found = subprocess.run(
+        [git, "-C", str(REPO), "rev-parse", "--verify", "--quiet", f"{tag}^{{commit}}"],
+        capture_output=True,
+    )
+    if found.returncode != 0:
+        pytest.skip(f"tag {tag} is not in {REPO} (not a git clone, or cloned without tags)")
+    tar = subprocess.run(
+        [git, "-C", str(REPO), "archive", "--format=tar", tag], capture_output=True, check=True
+    )
+    root = tmp_path_factory.mktemp(f"tree-{tag}")
+    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
+        archive.extractall(root, filter="data")
+    return root
 
 
 @pytest.fixture(scope="module")
 def old_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The source tree of ``OLD_TAG``, exported into a temporary directory."""
-    git = shutil.which("git")
-    if git is None:
-        pytest.skip(f"git is not installed: cannot check out {OLD_TAG}")
-    tag = f"{OLD_TAG}^{{commit}}"
-    found = subprocess.run(
-        [git, "-C", str(REPO), "rev-parse", "--verify", "--quiet", tag], capture_output=True
-    )
-    if found.returncode != 0:
-        pytest.skip(f"tag {OLD_TAG} is not in {REPO} (not a git clone, or cloned without tags)")
-    tar = subprocess.run(
-        [git, "-C", str(REPO), "archive", "--format=tar", OLD_TAG], capture_output=True, check=True
-    )
-    root = tmp_path_factory.mktemp("tree-v0.1.0")
-    with tarfile.open(fileobj=io.BytesIO(tar.stdout)) as archive:
-        archive.extractall(root, filter="data")
-    return root
+    return exported(OLD_TAG, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def flood_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return exported(FLOOD_TAG, tmp_path_factory)
 
 
 def old_env(tree: Path) -> list[str]:
@@ -134,6 +145,44 @@ def test_a_node_of_the_previous_release_and_this_one_replicate_both_ways(
     old_status = old.status()
     assert old_status is not None and old_status["replicator"]["rejected_membership"] >= 1
     assert status["sync"].get("decode_errors", 0) == 0, status["sync"]
+
+
+def test_overlay_nodes_of_the_flooding_release_and_this_one_replicate_both_ways(
+    cluster: Cluster, flood_tree: Path
+) -> None:
+    """The overlay's upgrade from v0.2.0 (version 3: every batch flooded on the
+    namespace's topic) to this tree (version 4: relayed along a tree on publisher-named
+    topics), one node at a time: a new node links to an old one in the old form, to a new
+    one in the new, and every write reaches every node whichever way it has to cross."""
+    old = OldServeNode(flood_tree, cluster.root, "old", [])
+    cluster.nodes.append(old.start())
+    new = cluster.add("new", seeds=[old.bind])
+    old2 = OldServeNode(flood_tree, cluster.root, "old2", [new.bind])
+    cluster.nodes.append(old2.start())
+    new2 = cluster.add("new2", seeds=[old2.bind])
+    nodes = [old, new, old2, new2]
+    for node in nodes:
+        wait_until(
+            lambda n=node: sees_alive(n, [o for o in nodes if o is not n]),  # type: ignore[misc]
+            f"{node.name} sees the others alive",
+        )
+    old.write("cfg", "o", 20)
+    write(new, "cfg", "n", 20)
+    old2.write("cfg", "p", 20)
+    write(new2, "cfg", "q", 20)
+    want = {f"{p}{i}": f"{p}{i}" for p in "onpq" for i in range(20)}
+    for node in nodes:
+        wait_until(lambda n=node: keys(n, "cfg") == want, f"{node.name} holds every write")  # type: ignore[misc]
+    for node in (new, new2):
+        status = node.status()
+        assert status is not None
+        versions = status["protocol_versions"]
+        assert {n: v for n, v in versions.items() if n.startswith("old")} == {"old": 3, "old2": 3}
+        assert versions.get("new" if node is new2 else "new2", 4) == 4
+        assert status["sync"].get("decode_errors", 0) == 0, status["sync"]
+        assert "Traceback" not in node.log.read_text()
+    for node in (old, old2):
+        assert "Traceback" not in node.log.read_text()
 
 
 def test_a_hello_with_no_common_version_is_refused_and_logged(cluster: Cluster) -> None:

@@ -15,6 +15,9 @@ from crdtstore.settings import NodeSettings
 from crdtstore.storage import LMDBReplica
 from crdtstore.storage.replica import wall_ms
 from crdtstore.sync.engine import Outgoing, Publish, SyncEngine
+from crdtstore.sync.outgoing import PublishTopic
+from crdtstore.sync.relay_topics import data_topic, edge_weight, hop_mark, parse_topic
+from crdtstore.sync.relaying import TREE
 from crdtstore.sync.settings import SyncSettings
 
 SYNC = SyncSettings(digest_interval_ms=200, repair_grace_ms=300, repair_timeout_ms=500)
@@ -136,18 +139,25 @@ def test_what_a_full_replica_could_not_store_is_repaired_once_there_is_room(
 def test_a_relayed_batch_the_replica_could_not_store_is_passed_on_once(tmp_path: Path) -> None:
     # In the overlay mode a node passes on each new batch it hears. One that joined a group
     # commit and then failed to apply is still missing from the context, so each copy from
-    # another neighbour looks new again: without a record of what was passed on, it would
-    # go round every cycle of the overlay for ever.
+    # another neighbour would look new again if the context decided: it would go round
+    # every cycle of the overlay for ever. The relay's own record of what it saw decides.
     w, raw = writer(tmp_path / "w")
     r = filled(tmp_path / "r")
     try:
         engine = SyncEngine("r", r, SYNC, relay=True)
-        out = []
-        for _ in range(3):  # the same batch, from three neighbours in turn
-            out += engine.on_messages([("", raw, None)], wall_ms())
-        assert engine.stats["local_storage_failures"] == 3
-        assert [o.data for o in out if isinstance(o, Publish)] == [raw]
-        assert engine.stats["relay_repeats_dropped"] == 2
+        now = wall_ms()
+        neighbours = ["n1", "n2", "n3"]
+        for n in neighbours:
+            engine.link(n, TREE, None)
+        out: list[Outgoing] = []
+        for n in neighbours:  # the same batch, from three neighbours in turn
+            topic = data_topic(n, "cfg", hop_mark("w"), edge_weight("w", n))
+            out += engine.on_messages([("", raw, n, topic)], now)
+        assert engine.stats["local_storage_failures"] == 1
+        relayed = [o for o in out if isinstance(o, PublishTopic) and o.data == raw]
+        assert len(relayed) == 1
+        assert parse_topic(relayed[0].topic).publisher == "r"
+        assert engine.stats["relay_duplicates"] == 2
     finally:
         r.close()
         w.close()

@@ -8,6 +8,9 @@ from hypothesis import strategies as st
 from crdtstore.crdt import CausalContext
 from crdtstore.errors import DecodeError
 from crdtstore.sync.engine import SyncEngine
+from crdtstore.sync.outgoing import PublishTopic
+from crdtstore.sync.relay_topics import OWN, data_topic, parse_topic
+from crdtstore.sync.relaying import TREE
 from crdtstore.sync.messages import (
     RANGE_EQUAL,
     LogGap,
@@ -122,19 +125,34 @@ def test_a_batch_sent_directly_is_refused() -> None:
     assert "s" not in receiver.replica.namespaces()
 
 
-def test_relaying_engine_takes_others_batches_only_from_an_unnamed_publisher() -> None:
-    """The overlay mode: the runtime names the publisher only for a link not known by its
-    member record; its batches of other origins are dropped (counted, not as forged:
-    a joiner relays as every node does), and the same bytes from a member link apply."""
+def test_relaying_engine_takes_batches_only_from_its_links_on_their_own_topics() -> None:
+    """The overlay mode's trust rule: a published batch of any origin is taken only from
+    a link the node made (a member's, see ``SyncEngine.link``), on a topic naming that
+    link's publisher; anything else is refused, counted, and changes nothing."""
     sim = Simulator(3, seed=4)
     sim.add("n1", "s", "x")
     batch = sim.engine("n1").replica.log_batches("s", "n1", 1, 1)
     assert batch
     plain = Simulator(3, seed=4).engine("n0")
     receiver = SyncEngine("n0", plain.replica, plain.settings, relay=True)
-    receiver.on_message("", batch[0], 1_700_000_000_000, publisher="n2")
-    assert receiver.stats["relays_from_unrecorded_dropped"] == 1
-    assert not {k: v for k, v in receiver.stats.items() if k.startswith("rejected") and v}
+    now = 1_700_000_000_000
+    on_n2 = data_topic("n2", "s", OWN)
+    # Not linked: neither its own topic nor the namespace's is heard.
+    receiver.on_message("", batch[0], now, publisher="n2", topic=on_n2)
+    receiver.on_message("", batch[0], now, publisher="n2", topic=b"s\0")
+    assert receiver.stats["relay_rejected_not_neighbour"] == 2
+    receiver.link("n2", TREE, None)
+    # Linked, but the topic names another publisher than the connection's.
+    receiver.on_message("", batch[0], now, publisher="n3", topic=on_n2)
+    assert receiver.stats["relay_rejected_publisher"] == 1
+    # A tree link's publications on the namespace's own topic (the flood form) are not its.
+    receiver.on_message("", batch[0], now, publisher="n2", topic=b"s\0")
+    assert receiver.stats["relay_rejected_not_neighbour"] == 3
+    # A topic that is not one of ours.
+    receiver.on_message("", batch[0], now, publisher="n2", topic=b"dn2\0s\0zz")
+    assert receiver.stats["relay_rejected_topic"] == 1
     assert "s" not in receiver.replica.namespaces()
-    receiver.on_message("", batch[0], 1_700_000_000_000, publisher=None)
+    out = receiver.on_message("", batch[0], now, publisher="n2", topic=on_n2)
     assert "x" in receiver.replica.value("s")  # type: ignore[attr-defined]
+    relayed = [o for o in out if isinstance(o, PublishTopic) and o.data == batch[0]]
+    assert [parse_topic(o.topic).publisher for o in relayed] == ["n0"]

@@ -114,3 +114,44 @@ def test_publish_without_pub_socket_is_counted_as_dropped(make_transport: Make) 
     wait_until(lambda: a.stats()["publish_dropped"] == 1)
     assert a.bound_pub is None
     drain(a, quiet=0.05)
+
+
+def test_peer_subscription_filters_one_publisher_only(make_transport: Make) -> None:
+    # Subscribed before b connects anywhere: the prefix waits for a's SUB.
+    a, b, c = make_transport(b"a"), make_transport(b"b"), make_transport(b"c")
+    b.subscribe_peer(b"a", [b"t"])
+    b.subscribe(b"fence")
+    connect(b, a)
+    connect(b, c)
+    recv_matching(b, is_publish(b"t", b"from a"), between=lambda: a.publish(b"t", b"from a"))
+    recv_matching(b, is_publish(b"fence", b"c"), between=lambda: c.publish(b"fence", b"c"))
+
+    # c's SUB never got the prefix: c's "t" stays at c, with c's fence behind it arriving.
+    for i in range(20):
+        c.publish(b"t", b"c%d" % i)
+    c.publish(b"fence", b"c-last")
+    seen: list[Delivery] = []
+    recv_matching(b, is_publish(b"fence", b"c-last"), seen=seen)
+    assert not any(d.topic == b"t" and d.peer == b"c" for d in seen)
+
+
+def test_peer_subscription_survives_reconnect_and_unsubscribes(make_transport: Make) -> None:
+    a, b = make_transport(b"a"), make_transport(b"b")
+    b.subscribe_peer(b"a", [b"t", b"t"])  # held once: one unsubscribe ends it
+    b.subscribe(b"fence")
+    connect(b, a)
+    recv_matching(b, is_publish(b"t", b"1"), between=lambda: a.publish(b"t", b"1"))
+    b.disconnect_peer(b"a")
+    connect(b, a)
+    recv_matching(b, is_publish(b"t", b"2"), between=lambda: a.publish(b"t", b"2"))
+
+    b.unsubscribe_peer(b"a", [b"t"])
+
+    def t_blocked() -> bool:
+        a.publish(b"t", b"probe")
+        a.publish(b"fence", b"f")
+        seen: list[Delivery] = []
+        recv_matching(b, is_publish(b"fence", b"f"), seen=seen)
+        return not any(d.topic == b"t" for d in seen)
+
+    wait_until(t_blocked, what="peer unsubscribe took effect")

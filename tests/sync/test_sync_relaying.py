@@ -1,0 +1,202 @@
+"""The engine's side of relayed deltas (``crdtstore.sync.relaying``): link forms, their
+subscriptions and changes, the trust rule per form, older neighbours, fetches."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from crdtstore.sync.engine import SyncEngine
+from crdtstore.sync.messages import (
+    DeltaBatch,
+    Have,
+    RepairReply,
+    RepairRequest,
+    decode_message,
+    encode_message,
+)
+from crdtstore.sync.outgoing import Outgoing, PublishTopic, Send, Subscribe, Unsubscribe
+from crdtstore.sync.relay_topics import (
+    OWN,
+    data_any,
+    data_prefix,
+    data_topic,
+    edge_weight,
+    have_topic,
+    hop_mark,
+    parse_topic,
+)
+from crdtstore.sync.relaying import TREE, flat_topic
+from crdtstore.testing.simulator import Simulator
+
+NOW = 1_700_000_000_000
+FLOOD = TREE - 1
+
+
+def batch_of(origin: str, ns: str = "s", element: str = "x") -> bytes:
+    """A real batch of ``origin``'s (its first in ``ns``), as its log holds it."""
+    sim = Simulator(6, seed=4)
+    sim.add(origin, ns, element)
+    logged = sim.engine(origin).replica.log_batches(ns, origin, 1, 1)
+    assert logged
+    return logged[0]
+
+
+def engine(node_id: str = "n0", topics: list[str] | None = None) -> SyncEngine:
+    plain = Simulator(3, seed=4).engine(node_id)
+    return SyncEngine(node_id, plain.replica, plain.settings, topics=topics, relay=True)
+
+
+def subscribed(out: list[Outgoing], peer: str) -> tuple[set[bytes], set[bytes]]:
+    """What ``out`` subscribes to and unsubscribes from on ``peer``'s link, in order:
+    (added, dropped); a prefix dropped and then added again counts as added."""
+    added: set[bytes] = set()
+    dropped: set[bytes] = set()
+    for o in out:
+        if isinstance(o, Subscribe) and o.peer == peer:
+            added |= set(o.topics)
+            dropped -= set(o.topics)
+        elif isinstance(o, Unsubscribe) and o.peer == peer:
+            dropped |= set(o.topics)
+            added -= set(o.topics)
+    return added, dropped
+
+
+def test_a_link_not_vouched_for_carries_its_own_batches_only() -> None:
+    e = engine(topics=["s"])
+    added, _ = subscribed(e.link("n1", TREE, None, vouched=False), "n1")
+    assert added == {data_prefix("n1", "s") + b"-", data_prefix("n1", "__members") + b"-"} | {
+        data_prefix("n1", ns) + b"-" for ns in e.settings.reserved_namespaces
+    }
+    # Another origin's batch on its own topic (as a relay of it) is refused, unapplied.
+    foreign = batch_of("n2")
+    e.on_message("", foreign, NOW, publisher="n1", topic=data_topic("n1", "s", hop_mark("n2")))
+    e.on_message("", foreign, NOW, publisher="n1", topic=data_topic("n1", "s", OWN))
+    assert e.stats["relay_rejected_not_vouched"] == 2
+    assert "s" not in e.replica.namespaces()
+    # Its own batch is taken, and passed on to the tree as a repaired one (path unknown).
+    e.link("n3", TREE, None)
+    out = e.on_message("", batch_of("n1"), NOW, publisher="n1", topic=data_topic("n1", "s", OWN))
+    assert "x" in e.replica.value("s")  # type: ignore[attr-defined]
+    relayed = [
+        parse_topic(o.topic) for o in out if isinstance(o, PublishTopic) and o.topic[:1] == b"d"
+    ]
+    assert [(t.publisher, t.repaired) for t in relayed] == [("n0", True)]
+    # Have notices are a vouched link's only.
+    have = Have("s", (("n1", 1, 1),))
+    e.on_message("", encode_message(have), NOW, publisher="n1", topic=have_topic("n1", "s"))
+    assert e.stats["relay_rejected_not_neighbour"] == 1
+
+
+def test_a_node_holding_every_namespace_hears_all_of_an_unvouched_link() -> None:
+    e = engine(topics=None)
+    added, _ = subscribed(e.link("n1", TREE, None, vouched=False), "n1")
+    assert added == {data_any("n1")}  # a namespace new to us has no name to subscribe to
+    out = e.on_message(
+        "", batch_of("n1", "fresh"), NOW, publisher="n1", topic=data_topic("n1", "fresh", OWN)
+    )
+    assert "x" in e.replica.value("fresh")  # type: ignore[attr-defined]
+    assert not any(isinstance(o, Send) for o in out)
+
+
+def test_vouching_subscribes_the_tree_form_before_dropping_the_own_only_one() -> None:
+    # Holding every namespace, the own-only form heard all of n1's data topics.
+    e = engine(topics=None)
+    e.link("n1", TREE, None, vouched=False)
+    out = e.link("n1", TREE, None, vouched=True)
+    kinds = [type(o) for o in out if isinstance(o, Subscribe | Unsubscribe)]
+    assert kinds[-1] is Unsubscribe and Unsubscribe not in kinds[:-1]
+    added, dropped = subscribed(out, "n1")
+    assert dropped == {data_any("n1")}
+    assert have_topic("n1", "__members") in added
+    assert data_prefix("n1", "__members") + b"-" in added
+    # Holding some: the own-only prefixes ("-") are ones the tree form subscribes to as
+    # well, and the transport holds a prefix once: none may be dropped.
+    e = engine(topics=["s"])
+    e.link("n1", TREE, None, vouched=False)
+    added, dropped = subscribed(e.link("n1", TREE, None, vouched=True), "n1")
+    assert not dropped
+    assert have_topic("n1", "s") in added
+    assert e.relaying is not None and e.relaying.linked() == {"n1": "tree"}
+    # Unlinking takes every subscription of the link away.
+    before = set()
+    for o in [*e.link("n2", TREE, None)]:
+        if isinstance(o, Subscribe):
+            before |= set(o.topics)
+    _, gone = subscribed(e.unlink("n2"), "n2")
+    assert gone == before
+
+
+def test_a_flooding_neighbour_is_linked_in_its_own_form_both_ways() -> None:
+    e = engine(topics=["s"])
+    added, _ = subscribed(e.link("old", FLOOD, None), "old")
+    assert flat_topic("s") in added and not any(t[:1] == b"d" for t in added)
+    e.link("new", TREE, None)
+    # What the old one floods (any origin: its record vouches for it) reaches the tree...
+    out = e.on_message("", batch_of("n2"), NOW, publisher="old", topic=flat_topic("s"))
+    topics = [o.topic for o in out if isinstance(o, PublishTopic)]
+    assert any(t[:1] == b"d" and parse_topic(t).repaired for t in topics)
+    # ...and is flooded on for the old form, as a version-3 node would.
+    assert flat_topic("s") in topics
+    # Tree batches are flooded to the old one too, once.
+    b3 = batch_of("n3")
+    topic = data_topic("new", "s", hop_mark("n3"), edge_weight("n3", "new"))
+    out = e.on_message("", b3, NOW, publisher="new", topic=topic)
+    assert [o.topic for o in out if isinstance(o, PublishTopic) and o.data == b3].count(
+        flat_topic("s")
+    ) == 1
+    # A flat batch from a tree link is not one it may send that way.
+    e.on_message("", batch_of("n4"), NOW, publisher="new", topic=flat_topic("s"))
+    assert e.stats["relay_rejected_not_neighbour"] == 1
+    # Once the old one is gone, nothing goes out on the namespace's topic.
+    e.unlink("old")
+    b5 = batch_of("n5")
+    out = e.on_message(
+        "",
+        b5,
+        NOW,
+        publisher="new",
+        topic=data_topic("new", "s", hop_mark("n5"), edge_weight("n5", "new")),
+    )
+    assert flat_topic("s") not in [o.topic for o in out if isinstance(o, PublishTopic)]
+
+
+def test_a_missing_batch_announced_by_a_neighbour_is_fetched_and_relayed_on() -> None:
+    e = engine(topics=["s"])
+    e.link("n1", TREE, None)
+    e.link("n2", TREE, None)
+    have = encode_message(Have("s", (("n5", 1, 1),)))
+    e.on_message("", have, NOW, publisher="n1", topic=have_topic("n1", "s"))
+    fetches: list[tuple[str, RepairRequest]] = []
+    for t in range(NOW, NOW + 2_000, 50):
+        for o in e.on_tick(t):
+            if isinstance(o, Send):
+                msg = decode_message(o.data)
+                if isinstance(msg, RepairRequest):
+                    fetches.append((o.peer, msg))
+        if fetches:
+            break
+    assert fetches and fetches[0][0] == "n1"
+    _peer, req = fetches[0]
+    assert (req.namespace, req.origin, req.first, req.last) == ("s", "n5", 1, 1)
+    reply = encode_message(RepairReply(req.request, "s", (batch_of("n5"),)))
+    out = e.on_message("n1", reply, NOW + 500)
+    assert "x" in e.replica.value("s")  # type: ignore[attr-defined]
+    relayed = [
+        parse_topic(o.topic) for o in out if isinstance(o, PublishTopic) and o.topic[:1] == b"d"
+    ]
+    assert [(t.publisher, t.repaired) for t in relayed] == [("n0", True)]
+    # The same reply again (a stray duplicate) is not taken as a fetch's a second time.
+    again = e.on_message("n1", reply, NOW + 600)
+    assert not [o for o in again if isinstance(o, PublishTopic)]
+
+
+def test_counters_of_the_relay_are_the_engines() -> None:
+    e = engine(topics=["s"])
+    e.link("n1", TREE, None)
+    b = batch_of("n5")
+    topic = data_topic("n1", "s", hop_mark("n5"), edge_weight("n5", "n1"))
+    e.on_message("", b, NOW, publisher="n1", topic=topic)
+    e.on_message("", b, NOW, publisher="n1", topic=topic)
+    assert isinstance(e.stats, Counter)
+    assert e.stats["relay_batches_relayed"] == 1 and e.stats["relay_duplicates"] == 1
+    assert isinstance(decode_message(b), DeltaBatch)
