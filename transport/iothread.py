@@ -19,41 +19,17 @@ peer, rather than one SUB connected everywhere, is what lets a drop rule cut a s
 peer's publications, lets each connection pin that peer's CURVE server key, and makes
 ``disconnect_peer`` a socket close.
 
-No ZMTP heartbeats, no ROUTER_HANDOVER (issue 18). libzmq 4.3 aborts the process with
-``Assertion failed: !_io_error (src/stream_engine_base.cpp:310)`` when the heartbeat timer
-fires on a connection that has stopped reading and then seen its socket hang up: the timer
-(like the PONG that answers a PING) calls the engine's ``out_event`` without the check that
-every other caller makes (libzmq issues #4364 and #4767, unfixed in 4.3.5 and on master). A
-connection stops reading when its socket will not take the message it has decoded. Ours
-did so when ROUTER_HANDOVER gave its routing id to a newer connection: a node whose seed
-came up after it reached that seed twice under one id, its member connection (opened when
-the seed greeted it) and then its seed connection (still retrying), so the older, live one
-lost its pipe at the seed and stalled at its next message. When that node died, or closed
-the connection, the seed's next PING drew a reset and the PING after it aborted the seed.
-So:
+The sockets' options and monitors, and why no socket has ZMTP heartbeats or
+ROUTER_HANDOVER, are in :mod:`transport.sockets`.
 
-- every DEALER has a routing id of its own (``routing_id.for_connection``): a ROUTER never
-  holds two connections under one id, handover has nothing to do and is left off, and no
-  connection of ours is ever silently stalled (without heartbeats it would stay so);
-- no socket sets the heartbeat options, so no timer writes to a connection and no PING of
-  ours asks the other end to write a PONG: the kernel's TCP keepalive and TCP_USER_TIMEOUT
-  close dead connections (``TransportSettings.tcp_*``), and the membership detector's own
-  heartbeats tell who is dead.
-
-Only a foreign client that sends PINGs and outruns our receive high-water mark could still
-bring an engine to that ``out_event``; no crdtstore node does either.
-
-Refused handshakes. libzmq does not reconnect a client whose handshake the server refused
-(a key not yet in the peer's allow-list, a CURVE/plain mismatch); it gives up for good.
-Keys are added at run time (``reload_keys``), so a monitor on each DEALER and SUB notices
-the refusal and the peer's sockets are re-created ``reconnect_ivl_max_ms`` later.
+Why one module over 500 lines: :class:`IOThread` is one thing, the one owner of every
+socket; its handlers share that ownership (the poller, the peers' sockets, the routing
+table) and the invariants above, which hold only if all of it stays in one place.
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -67,10 +43,17 @@ from transport.counters import Counters
 from transport.faults import TransportFaults
 from transport.security import CurveKeys, z85_text
 from transport.settings import TransportSettings
+from transport.sockets import (
+    HANDSHAKE_FAILED,
+    MONITORED_EVENTS,
+    Socket,
+    configure_network_socket,
+    monitor_socket,
+    recv_monitor_event,
+)
 
 log = logging.getLogger(__name__)
 
-Socket = zmq.Socket[bytes]
 Context = zmq.Context[Socket]
 
 POLL_INTERVAL_MS = 1000
@@ -86,59 +69,6 @@ command pipe or the other peers."""
 MAX_ROUTER_PEERS = 65_536
 """Identities remembered as reachable through our ROUTER. Any client can claim any
 identity, so this set must be bounded; the least recently heard from is forgotten first."""
-
-HANDSHAKE_FAILED = (
-    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
-MONITORED_EVENTS = (
-    zmq.EVENT_DISCONNECTED
-    | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
-)
-
-
-_monitor_ids = itertools.count()
-
-
-_MONITOR_EVENT = struct.Struct("=HI")  # libzmq's monitor frame: event id, value (host order)
-
-
-def recv_monitor_event(monitor: Socket) -> int:
-    """The id of the next event on a socket monitor (``zmq.Again`` if none is queued), or
-    0 for a message not of libzmq's shape. (pyzmq's ``recv_monitor_message`` does this
-    too, but its module imports asyncio, a large share of a node's start-up imports.)"""
-    frames = monitor.recv_multipart(zmq.NOBLOCK)
-    if len(frames) != 2 or len(frames[0]) != _MONITOR_EVENT.size:
-        return 0
-    return int(_MONITOR_EVENT.unpack(frames[0])[0])
-
-
-def monitor_socket(sock: Socket, events: int) -> Socket:
-    """``sock.get_monitor_socket(events)`` on an endpoint of its own. pyzmq's default
-    endpoint is named after the socket's file descriptor, which a socket opened right
-    after another closed reuses while libzmq may still hold the old monitor's endpoint:
-    re-addressing a peer then failed with "Address already in use" (seen under load)."""
-    return sock.get_monitor_socket(events, addr=f"inproc://transport-monitor-{next(_monitor_ids)}")
-
-
-def configure_network_socket(sock: Socket, settings: TransportSettings) -> None:
-    """Options every TCP-facing socket gets, whatever its type."""
-    sock.setsockopt(zmq.LINGER, settings.linger_ms)
-    sock.setsockopt(zmq.SNDHWM, settings.sndhwm)
-    sock.setsockopt(zmq.RCVHWM, settings.rcvhwm)
-    sock.setsockopt(zmq.MAXMSGSIZE, settings.max_message_bytes)
-    # Dead connections are the kernel's to find: ZMTP heartbeats stay off (module docstring).
-    sock.setsockopt(zmq.TCP_KEEPALIVE, 1)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_IDLE, settings.tcp_keepalive_idle_s)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_INTVL, settings.tcp_keepalive_interval_s)
-    sock.setsockopt(zmq.TCP_KEEPALIVE_CNT, settings.tcp_keepalive_count)
-    sock.setsockopt(zmq.TCP_MAXRT, settings.tcp_max_retransmit_ms)
-    sock.setsockopt(zmq.RECONNECT_IVL, settings.reconnect_ivl_ms)
-    sock.setsockopt(zmq.RECONNECT_IVL_MAX, settings.reconnect_ivl_max_ms)
 
 
 @dataclass
@@ -248,7 +178,7 @@ class IOThread(threading.Thread):
         if self._config.router_bind is not None:
             self._router = self._bind_server(zmq.ROUTER, self._config.router_bind, "ROUTER")
             # No ROUTER_HANDOVER: our peers' connections never share a routing id, and a
-            # handover stalls the connection it takes the id from (module docstring).
+            # handover stalls the connection it takes the id from (see transport.sockets).
             # Mandatory routing turns "no such peer" into an error we count instead of a
             # silent drop inside libzmq; with NOBLOCK it never blocks.
             self._router.setsockopt(zmq.ROUTER_MANDATORY, 1)

@@ -1,7 +1,7 @@
 """Every tunable of the transport, in one frozen dataclass with documented defaults.
 
 Invariant: no ZeroMQ option value appears as a literal elsewhere in ``transport/``; sockets
-are configured only from a ``TransportSettings`` (see ``iothread.configure_network_socket``).
+are configured only from a ``TransportSettings`` (see ``sockets.configure_network_socket``).
 """
 
 from __future__ import annotations

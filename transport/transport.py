@@ -41,9 +41,10 @@ from transport.counters import Counters
 from transport.delivery import Delivery
 from transport.errors import TransportError
 from transport.faults import TransportFaults
-from transport.iothread import Context, IOThread, IOThreadConfig, Socket
+from transport.iothread import Context, IOThread, IOThreadConfig
 from transport.security import CurveKeys, KeyAllowList
 from transport.settings import TransportSettings
+from transport.sockets import Socket
 
 log = logging.getLogger(__name__)
 

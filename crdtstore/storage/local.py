@@ -17,6 +17,12 @@ Reads through a :class:`LocalWrite` see its own writes. A write transaction belo
 thread that began it. If the map fills mid-transaction, the transaction is aborted, the
 map grown, and the mutations so far are replayed in a new transaction (reads made before
 the replay are not re-validated; growth is rare and doubles the map each time).
+
+Why one module over 500 lines: :class:`LocalWrite` is one thing, one LMDB write
+transaction, and the invariants above bind its parts together (every mutator consumes a
+dot and may be replayed after the map grows; ``commit`` logs exactly what they wrote);
+the per-namespace work (:mod:`.outbox`), row kernels (:mod:`.kernel`) and drops
+(:mod:`.drops`) already live beside it.
 """
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_reads_tell_keys_apart_that_python_finds_equal(
             m[True]
         with pytest.raises(crdtstore.InvalidValue):
             m[1.0]
-    monkeypatch.setattr(crdtstore.node, "ROW_KEY_MEMO_MAX", 3)
+    monkeypatch.setattr(crdtstore.node.api, "ROW_KEY_MEMO_MAX", 3)
     for i in range(10):
         m[f"k{i}"] = i
     for _ in range(2):

@@ -139,7 +139,7 @@ def test_hostile_frames_on_every_port_change_nothing(cluster: Cluster) -> None:
         else:
             wait_until(lambda: xpub.poll(50), "n1 subscribed to the stranger's PUB")
         junk_topics = [b"orders\x00", b"\x00digest\x00", b"\x00heartbeat\x00", b"no-terminator"]
-        for topic in junk_topics + [b"devil\x00orders\x00-00000000", b"dn2\x00orders\x00-00000000"]:
+        for topic in [*junk_topics, b"devil\x00orders\x00-00000000", b"dn2\x00orders\x00-00000000"]:
             xpub.send_multipart([topic, os.urandom(200)])
         xpub.send_multipart([b"orders\x00", valid])  # n2's batch, published by "evil"
         # The same on evil's own data topic (as its relay) and on one naming n2.

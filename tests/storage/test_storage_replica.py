@@ -294,38 +294,55 @@ def test_an_older_directory_is_migrated_on_open(tmp_path: Path, old_format: int)
         snap.close()
 
 
-@given(st.lists(st.integers(0, HASH_SPACE - 1), min_size=2, max_size=8))
-def test_fingerprints_match_the_pure_definition(bounds: list[int]) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        r = LMDBReplica(Path(tmp) / "a", "a", NodeSettings(durability="async"))
-        try:
-            w = r.begin_local()
-            for i in range(300):
-                w.add("s", i) if i % 3 else w.put("m", i, i)
-            w.remove("s", 4)
-            w.commit()
-            cuts = sorted({0, HASH_SPACE, *bounds})
-            ranges = list(itertools.pairwise(cuts)) + split_range(0, HASH_SPACE, 16)
-            for ns in ("s", "m"):
-                entries = state_of(r, ns)
-                want = [
-                    fingerprint((k, e) for k, e in entries.items() if lo <= key_hash(k) < hi)
-                    for lo, hi in ranges
-                ]
-                assert r.fingerprints(ns, ranges) == want
-        finally:
-            r.close()
+Hashed = dict[str, list[tuple[int, Any, dict[Dot, Any]]]]
+"""Per namespace: ``(key_hash(key), key, entry)`` of every live key of a replica that the
+tests using it only read (so it is built, read and hashed once per module)."""
+
+
+def hashed_state(replica: LMDBReplica) -> Hashed:
+    return {
+        ns: [(key_hash(k), k, e) for k, e in state_of(replica, ns).items()] for ns in ("s", "m")
+    }
 
 
 @pytest.fixture(scope="module")
-def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LMDBReplica]:
-    """A replica with about 6 rows in every bucket of each namespace (built once)."""
+def fingerprinted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LMDBReplica, Hashed]]:
+    """A replica of 300 writes and a remove, with its state hashed (built once: the
+    examples below vary only the ranges they read)."""
+    r = LMDBReplica(tmp_path_factory.mktemp("fp") / "a", "a", NodeSettings(durability="async"))
+    w = r.begin_local()
+    for i in range(300):
+        w.add("s", i) if i % 3 else w.put("m", i, i)
+    w.remove("s", 4)
+    w.commit()
+    yield r, hashed_state(r)
+    r.close()
+
+
+@given(st.lists(st.integers(0, HASH_SPACE - 1), min_size=2, max_size=8))
+def test_fingerprints_match_the_pure_definition(
+    fingerprinted: tuple[LMDBReplica, Hashed], bounds: list[int]
+) -> None:
+    r, state = fingerprinted
+    cuts = sorted({0, HASH_SPACE, *bounds})
+    ranges = list(itertools.pairwise(cuts)) + split_range(0, HASH_SPACE, 16)
+    for ns in ("s", "m"):
+        want = [fingerprint((k, e) for h, k, e in state[ns] if lo <= h < hi) for lo, hi in ranges]
+        assert r.fingerprints(ns, ranges) == want
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LMDBReplica, Hashed]]:
+    """A replica with about 6 rows in every bucket of each namespace, with its state hashed
+    (built once: the examples only read it)."""
     r = LMDBReplica(tmp_path_factory.mktemp("crowded") / "a", "a", NodeSettings(durability="async"))
     w = r.begin_local()
     for i in range(3000):
         w.add("s", i) if i % 2 else w.put("m", f"k{i}", i)
     w.commit()
-    yield r
+    yield r, hashed_state(r)
     r.close()
 
 
@@ -343,25 +360,22 @@ BUCKET_WIDTH = HASH_SPACE >> 8
 @example(bucket=3, offsets=[0, BUCKET_WIDTH * 3 // 2], gaps=False)  # a whole bucket, half one
 @example(bucket=3, offsets=[BUCKET_WIDTH // 2, BUCKET_WIDTH * 2], gaps=False)  # the mirror
 def test_ranges_that_cut_buckets_read_and_apply_only_their_keys(
-    crowded: LMDBReplica, bucket: int, offsets: list[int], gaps: bool
+    crowded: tuple[LMDBReplica, Hashed], bucket: int, offsets: list[int], gaps: bool
 ) -> None:
     # A bucket's rows are in key order, so a range that cuts it picks its keys by hash.
     ranges = list(itertools.pairwise(sorted(bucket * BUCKET_WIDTH + o for o in offsets)))
     ranges = ranges[::2] if gaps else ranges
+    replica, state = crowded
     with tempfile.TemporaryDirectory() as tmp:
         target = LMDBReplica(Path(tmp) / "b", "b", NodeSettings(durability="async"))
         try:
             for ns in ("s", "m"):
-                entries = state_of(crowded, ns)
-                inside = [
-                    {k: e for k, e in entries.items() if lo <= key_hash(k) < hi}
-                    for lo, hi in ranges
-                ]
-                assert crowded.fingerprints(ns, ranges) == [fingerprint(i.items()) for i in inside]
+                inside = [{k: e for h, k, e in state[ns] if lo <= h < hi} for lo, hi in ranges]
+                assert replica.fingerprints(ns, ranges) == [fingerprint(i.items()) for i in inside]
                 for (lo, hi), want in zip(ranges, inside, strict=True):
-                    shipped = crowded.read_range(ns, lo, hi)
+                    shipped = replica.read_range(ns, lo, hi)
                     assert live(shipped) == want
-                    assert crowded.read_range_packed(ns, lo, hi, None) == PackedRange.of(shipped)
+                    assert replica.read_range_packed(ns, lo, hi, None) == PackedRange.of(shipped)
                     target.apply_range(ns, lo, hi, shipped)
                 assert state_of(target, ns) == {k: e for i in inside for k, e in i.items()}
         finally:

@@ -8,9 +8,6 @@ from hypothesis import strategies as st
 from crdtstore.crdt import CausalContext
 from crdtstore.errors import DecodeError
 from crdtstore.sync.engine import SyncEngine
-from crdtstore.sync.outgoing import PublishTopic
-from crdtstore.sync.relay_topics import OWN, data_topic, parse_topic
-from crdtstore.sync.relaying import TREE
 from crdtstore.sync.messages import (
     RANGE_EQUAL,
     LogGap,
@@ -20,6 +17,9 @@ from crdtstore.sync.messages import (
     decode_message,
     encode_message,
 )
+from crdtstore.sync.outgoing import PublishTopic
+from crdtstore.sync.relay_topics import OWN, data_topic, parse_topic
+from crdtstore.sync.relaying import TREE
 from crdtstore.testing.simulator import Simulator
 
 _SIM = Simulator(2, seed=9, record=True)

@@ -1,21 +1,29 @@
-"""The public API: ``crdtstore.open()`` and :class:`Node`, with namespace views.
+"""``crdtstore.open()`` and :class:`Node`: one node directory opened in this process.
 
-A :class:`Node` owns one :class:`~crdtstore.storage.LMDBReplica` (the directory), the
-watcher thread that delivers changes, and, with ``bind``, the network role. Everything it
-starts it stops in ``close()``, which is idempotent.
+Invariants:
 
-Reads go straight to LMDB (no cache of state), so every process sharing the directory
-sees every other's commits at once. Each mutation outside ``transaction()`` returns once
-committed; mutations of other threads arriving while a commit is in flight share the next
-commit (:mod:`crdtstore.storage.group`). Inside ``transaction()``, all mutations of the
-thread share one commit of their own, and reads see them.
+- A :class:`Node` owns one :class:`~crdtstore.storage.LMDBReplica` (the directory), the
+  watcher thread that delivers changes, the member view of a process without the role
+  (:mod:`.members`) and, with ``bind``, the network role (:mod:`.role`). Everything it
+  starts it stops in ``close()``, which is idempotent, in the reverse order: the role's
+  standby thread and the network first, the replica last.
+- Reads go straight to LMDB (no cache of state), so every process sharing the directory
+  sees every other's commits at once; only row-key positions are memoised, never values.
+- Each mutation outside ``transaction()`` returns once committed (durable); mutations of
+  other threads arriving while a commit is in flight share the next commit
+  (:mod:`crdtstore.storage.group`). Inside ``transaction()``, all mutations of the thread
+  share one commit of their own, and reads see them.
 
-Network seam (for the sync engine and transport, attached later): ``node.replica`` is the
+Network seam (for the sync engine and transport): ``node.replica`` is the
 :class:`~crdtstore.sync.replica.Replica` the engine drives; ``node.on_commit`` holds
 callables run (no arguments) after each local commit that produced delta batches;
 ``node.on_role_acquired`` holds callables run once this node takes the network role;
 ``node._attach_network(obj)`` hands over an object whose ``close()`` the node calls first
 when it closes. Never open a node before ``fork()`` and use it after.
+
+Why one module over 500 lines: :class:`Node` is one thing, the facade of the public API;
+its methods are a few lines each over storage, and what holds state of its own (views,
+member view, network role) lives in the modules beside this one.
 """
 
 from __future__ import annotations
@@ -25,60 +33,41 @@ import os
 import threading
 import time
 from collections import Counter
-from collections.abc import (
-    Callable,
-    ItemsView,
-    Iterable,
-    Iterator,
-    MutableMapping,
-    MutableSet,
-    Sequence,
-    Set,
-    ValuesView,
-)
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from crdtstore.addresses import check_bind, check_seeds
-from crdtstore.crdt import check_key
 from crdtstore.errors import (
     ClosedError,
     Error,
     InvalidValue,
     NotReplicated,
-    RoleHeld,
     TypeMismatch,
 )
 from crdtstore.membership import MEMBERS_NAMESPACE, StatusChange
-from crdtstore.membership.observed import (
-    MemberView,
-    Observation,
-    ViewStamp,
-    observed_members,
-    staleness,
-)
-from crdtstore.membership.view import Member, parse_records
+from crdtstore.membership.observed import MemberView
+from crdtstore.membership.view import Member
+from crdtstore.node.members import DirectoryMembers, wall_ms
+from crdtstore.node.role import RoleClaim, start_replicator
+from crdtstore.node.views import LWW, ORSET, LWWMapView, ORSetView, _NamespaceView
 from crdtstore.settings import NodeSettings
-from crdtstore.storage import LMDBReplica, LocalWrite, NetworkRole
+from crdtstore.storage import LMDBReplica, LocalWrite
 from crdtstore.storage.inputs import encode_key
 from crdtstore.storage.journal import Change
 from crdtstore.storage.layout import ns_prefix, row_dots, row_key_suffix
 from crdtstore.storage.local import Committed
-from crdtstore.storage.member_view import MemberViewStore
-from crdtstore.storage.member_watch import MemberWatcher, MemberWatchHandle, pid_running
+from crdtstore.storage.member_watch import MemberWatchHandle
 from crdtstore.storage.namespaces import check_namespace
-from crdtstore.storage.rows import winning_value
 from crdtstore.storage.watch import ChangeFeed, JournalWatcher, WatchHandle
 
 if TYPE_CHECKING:
-    from crdtstore.replicator import Replicator
     from transport import TransportFaults
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-LWW = "lww_map"
 RESERVED_PREFIX = "__"
 ROW_KEY_MEMO_MAX = 4096
 """Row-key suffixes a node keeps for the keys it last read (about half a MiB for keys of
@@ -87,11 +76,6 @@ tend to be read again. Only the keys' positions are kept, never state, so every 
 still sees the directory as it is."""
 TOPICS_RECHECK_S = 1.0
 """How stale this process's view of the directory's declared topics may be."""
-ORSET = "or_set"
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def open(
@@ -175,15 +159,21 @@ class Node:
         ):
             self._replica.declare_topics(self.settings.topics)
         self._topics_cache: tuple[frozenset[str] | None, float] | None = None
-        self._role: NetworkRole | None = None
-        self._role_stop = threading.Event()
-        self._role_thread: threading.Thread | None = None
-        self._view_lock = threading.Lock()
-        self._view: MemberViewStore | None = None
-        self._member_watcher: MemberWatcher | None = None
+        self._members = DirectoryMembers(
+            self.path, self.stats, self.settings.watch_poll_interval_ms / 1000
+        )
+        self._role: RoleClaim | None = None
         if bind is not None:
             try:
-                self._want_role()
+                self._role = RoleClaim(
+                    self.path,
+                    self.node_id,
+                    standby=self.settings.role_standby,
+                    poll_interval_s=self.settings.role_poll_interval_ms / 1000,
+                    stats=self.stats,
+                    on_taken=self._role_taken,
+                )
+                self._role.claim()
             except BaseException:
                 if self._network is None:
                     # Nothing was served under the id this open chose for a new directory
@@ -261,46 +251,12 @@ class Node:
         """:meth:`members`, with whose failure detector they come from and whether its
         view is current (``stale`` is None) or why not."""
         self._check()
-        now = _wall_ms()
+        now = wall_ms()
         network = self._network
         if network is not None:
             members = list(network.members())
             return MemberView(members, None, os.getpid(), network.router_address, now)
-        stamp, observations, stale = self._read_view(now)
-        records, rejected = parse_records(self._member_values())
-        self.stats["rejected_member_record"] += rejected
-        observed_at = None if stamp is None else stamp.written_at_ms
-        members = observed_members(
-            self.node_id, records, observations, observed_at, stale is not None
-        )
-        if not any(m.is_self for m in members):
-            # Never networked: the node is a cluster of one, with no addresses yet.
-            topics = self.settings.topics
-            me = Member(self.node_id, "alive", 0, "", "", topics, None, 0, None, True)
-            members = sorted([*members, me], key=lambda m: m.node_id)
-        return MemberView(
-            members,
-            stale,
-            None if stamp is None else stamp.pid,
-            None if stamp is None else stamp.router,
-            observed_at,
-        )
-
-    def _read_view(self, now: int) -> tuple[ViewStamp | None, dict[str, Observation], str | None]:
-        """The directory's member view: stamp, rows, and why it is stale (or None)."""
-        with self._view_lock:
-            if self._view is None:
-                self._view = MemberViewStore.open_existing(self.path, self.stats)
-            view = self._view
-            if view is None:
-                return None, {}, staleness(None, now, pid_running)
-            stamp, observations = view.read()
-            stale = staleness(stamp, now, pid_running)
-            if stale is not None and view.replaced():
-                # A new holder replaced a damaged file: read the new one from now on.
-                view.close()
-                self._view = None
-            return stamp, observations, stale
+        return self._members.view(self.node_id, self.settings.topics, self._member_values, now)
 
     def reload_keys(self) -> None:
         """Re-read the CurveZMQ keys directory (the allow-list of member public keys)."""
@@ -321,17 +277,7 @@ class Node:
         stops them.
         """
         self._check()
-        with self._view_lock:
-            if self._member_watcher is None:
-                self._member_watcher = MemberWatcher(
-                    self.path,
-                    self.stats,
-                    self.settings.watch_poll_interval_ms / 1000,
-                    _wall_ms,
-                    pid_running,
-                )
-            watcher = self._member_watcher
-        return watcher.subscribe(callback)
+        return self._members.watch(callback)
 
     def _member_values(self) -> dict[str, Any]:
         ns = self._replica.namespaces().get(MEMBERS_NAMESPACE)
@@ -364,22 +310,15 @@ class Node:
             if self._closed:
                 return
             self._closed = True
-        self._role_stop.set()
-        if self._role_thread is not None:
-            self._role_thread.join()
+        if self._role is not None:
+            self._role.stop()
         if self._network is not None:
             try:
                 self._network.close()
             finally:
                 self._network = None
         self._watcher.stop()
-        with self._view_lock:
-            member_watcher, self._member_watcher = self._member_watcher, None
-            view, self._view = self._view, None
-        if member_watcher is not None:  # outside the lock: a callback may read members()
-            member_watcher.stop()
-        if view is not None:
-            view.close()
+        self._members.close()
         if self._role is not None:
             self._role.release()
         self._replica.close()
@@ -398,37 +337,6 @@ class Node:
             raise ClosedError(f"node {self.path} is closed")
 
     # -- the network role ----------
-
-    def _want_role(self) -> None:
-        self._role = NetworkRole(self.path)
-        if self._role.try_acquire():
-            self._role_taken()  # a bind failure raises here, from open()
-            return
-        if not self.settings.role_standby:
-            pid, address = self._role.holder()
-            raise RoleHeld(
-                f"{self.path} is already served by pid {pid or '?'}"
-                f"{f' on {address}' if address else ''}: open it without bind to share it "
-                "with that process (or with role_standby=True to take over when it stops)"
-            )
-        interval = self.settings.role_poll_interval_ms / 1000
-
-        def poll() -> None:
-            assert self._role is not None
-            while not self._role_stop.wait(interval):
-                if self._role.try_acquire():
-                    log.info("%s: took the network role", self.path)
-                    try:
-                        self._role_taken()
-                    except Error:
-                        self.stats["network_start_errors"] += 1
-                        log.exception("%s: could not start the network", self.path)
-                    return
-
-        self._role_thread = threading.Thread(
-            target=poll, name=f"crdtstore-role-{self.node_id}", daemon=True
-        )
-        self._role_thread.start()
 
     def _role_taken(self) -> None:
         assert self.bind is not None
@@ -660,236 +568,4 @@ class Node:
         return ChangeFeed(self._watcher, namespace, maxsize)
 
 
-def _valid_key(key: object) -> bool:
-    try:
-        check_key(key)
-    except Error:
-        return False
-    return True
-
-
-class _NamespaceView:
-    """What both views share: the namespace, its cached id, key lookup, iteration, size."""
-
-    __slots__ = ("_name", "_node", "_prefix")
-    TYPE: str
-
-    def __init__(self, node: Node, name: str) -> None:
-        self._node = node
-        self._name = name
-        self._prefix: bytes | None = None  # the namespace's row-key prefix, once resolved
-
-    @property
-    def name(self) -> str:
-        return self._name
-
-    def _lookup(self, key: object) -> list[list[Any]] | None:
-        """The live dots of ``key`` (None or [] when absent; invalid keys are absent)."""
-        if type(key) is not str and not _valid_key(key):  # every str is a valid key
-            return None
-        return self._node._row(self, key)
-
-    def __iter__(self) -> Iterator[Any]:
-        return (key for key, _ in self._node._rows(self._name, self.TYPE))
-
-    def __len__(self) -> int:
-        return self._node._count(self._name, self.TYPE)
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self._name!r} of node {self._node.node_id!r}>"
-
-
-class LWWMapView(_NamespaceView, MutableMapping[Any, Any]):
-    """A live view of one LWW-map namespace: every call reads or writes the directory."""
-
-    __slots__ = ()
-    TYPE = LWW
-
-    def __getitem__(self, key: Any) -> Any:
-        dots = self._node._row(self, key)
-        if dots is None:
-            raise KeyError(key)
-        return winning_value(dots)  # a row holds a dot at least: none is DecodeError
-
-    def __contains__(self, key: object) -> bool:
-        return bool(self._lookup(key))
-
-    def __setitem__(self, key: Any, value: Any) -> None:
-        node = self._node
-        w = node._tls.__dict__.get("write")
-        if w is not None and not node._closed:  # in this thread's transaction: the hot path
-            w.put(self._name, key, value)
-        else:
-            self._node._write(lambda w: w.put(self._name, key, value))
-
-    def __delitem__(self, key: Any) -> None:
-        if not self._node._write(lambda w: w.delete(self._name, key)):
-            raise KeyError(key)
-
-    # MutableMapping's compound methods, each in one transaction: one commit and one delta
-    # batch, all or nothing (a bad value halfway through an update writes none of it), and
-    # no other writer between its read and its write (pop, setdefault).
-
-    def update(self, other: Any = (), /, **kwds: Any) -> None:
-        with self._node.transaction():
-            MutableMapping.update(self, other, **kwds)
-
-    def clear(self) -> None:
-        with self._node.transaction():
-            for key in list(self):
-                del self[key]
-
-    def pop(self, key: Any, *default: Any) -> Any:
-        with self._node.transaction():
-            return MutableMapping.pop(self, key, *default)
-
-    def popitem(self) -> tuple[Any, Any]:
-        with self._node.transaction():
-            return MutableMapping.popitem(self)
-
-    def setdefault(self, key: Any, default: Any = None) -> Any:
-        with self._node.transaction():
-            return MutableMapping.setdefault(self, key, default)
-
-    def items(self) -> ItemsView[Any, Any]:
-        return _Items(self)
-
-    def values(self) -> ValuesView[Any]:
-        return _Values(self)
-
-    def _items(self) -> Iterator[tuple[Any, Any]]:
-        for key, dots in self._node._rows(self._name, LWW):
-            yield key, winning_value(dots)
-
-
-class _Items(ItemsView[Any, Any]):
-    _mapping: LWWMapView
-
-    def __iter__(self) -> Iterator[tuple[Any, Any]]:
-        return self._mapping._items()
-
-
-class _Values(ValuesView[Any]):
-    _mapping: LWWMapView
-
-    def __iter__(self) -> Iterator[Any]:
-        return (value for _, value in self._mapping._items())
-
-
-class ORSetView(_NamespaceView, MutableSet[Any]):
-    """A live view of one OR-Set namespace: every call reads or writes the directory."""
-
-    __slots__ = ()
-    TYPE = ORSET
-
-    def __contains__(self, element: object) -> bool:
-        return bool(self._lookup(element))
-
-    def add(self, element: Any) -> None:
-        node = self._node
-        w = node._tls.__dict__.get("write")
-        if w is not None and not node._closed:  # in this thread's transaction: the hot path
-            w.add(self._name, element)
-        else:
-            self._node._write(lambda w: w.add(self._name, element))
-
-    def discard(self, element: Any) -> None:
-        self._node._write(lambda w: w.remove(self._name, element))
-
-    def remove(self, element: Any) -> None:
-        if not self._node._write(lambda w: w.remove(self._name, element)):
-            raise KeyError(element)
-
-    @classmethod
-    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:
-        """What ``s | t``, ``s & t``, ``s - t`` and ``s ^ t`` return: a plain set, a
-        snapshot (a view is of a namespace, and cannot be built from elements)."""
-        return set(it)
-
-    # MutableSet's compound methods, each in one transaction (see LWWMapView.update).
-
-    def clear(self) -> None:
-        with self._node.transaction():
-            for element in list(self):
-                self.discard(element)
-
-    def pop(self) -> Any:
-        with self._node.transaction():
-            return MutableSet.pop(self)
-
-    def __ior__(self, it: Set[Any]) -> ORSetView:  # type: ignore[misc]  # as typeshed's
-        return self._in_one_transaction(MutableSet.__ior__, it)
-
-    def __iand__(self, it: Set[Any]) -> ORSetView:
-        return self._in_one_transaction(MutableSet.__iand__, it)
-
-    def __ixor__(self, it: Set[Any]) -> ORSetView:  # type: ignore[misc]  # as typeshed's
-        return self._in_one_transaction(MutableSet.__ixor__, it)
-
-    def __isub__(self, it: Set[Any]) -> ORSetView:
-        return self._in_one_transaction(MutableSet.__isub__, it)
-
-    def _in_one_transaction(self, op: Callable[[Any, Set[Any]], Any], it: Set[Any]) -> ORSetView:
-        with self._node.transaction():
-            op(self, it)
-        return self
-
-
-__all__ = ["LWWMapView", "Node", "ORSetView", "open"]
-
-
-def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
-    """Build the node's replicator from its settings and start it (binds, or raises).
-
-    Here, not in :mod:`crdtstore.replicator`, because it reads the node: the replicator
-    is handed callables and never sees a Node. Its imports are local so that a
-    local-only node never loads zmq."""
-    from crdtstore.replicator import (
-        STATUS_FILE,
-        Replicator,
-        derive_pub_address,
-        parse_seed,
-    )
-    from transport import load_keys
-
-    settings = node.settings
-    curve = None
-    if settings.secret_key is not None and settings.keys_dir is not None:
-        curve = load_keys(settings.secret_key, settings.keys_dir)
-    parsed = [parse_seed(seed, settings.keys_dir) for seed in seeds]
-    if curve is not None and any(key is None for _, key in parsed):
-        raise Error("with CURVE keys configured every seed must be given as KEYNAME@ADDR")
-    previous = node._member_values().get(node.node_id)
-    incarnation = 1
-    if isinstance(previous, dict) and isinstance(previous.get("incarnation"), int):
-        incarnation = previous["incarnation"] + 1  # a restart outranks the old self
-    member_view = MemberViewStore.open_for_writing(node.path, node.stats)
-    try:
-        replicator = Replicator(
-            replica=node.replica,
-            write_own_record=lambda r: node._write_member(r.node_id, r.to_value()),
-            delete_record=node._delete_member,
-            read_records=node._member_values,
-            bind=bind,
-            pub_bind=settings.pub_bind or derive_pub_address(bind),
-            seeds=parsed,
-            settings=settings,
-            sync_settings=settings.sync,
-            transport_settings=settings.transport,
-            curve=curve,
-            topics=node.topics,
-            status_path=os.path.join(node.path, STATUS_FILE),
-            extra_stats=lambda: dict(node.stats),
-            member_view=member_view,
-            clock=node.replica.now_ms,
-            faults=node._faults,
-        )
-    except BaseException:
-        member_view.close()
-        raise
-    try:
-        replicator.start(incarnation)
-    except BaseException:
-        replicator.close()
-        raise
-    return replicator
+__all__ = ["Node", "open", "start_replicator"]
