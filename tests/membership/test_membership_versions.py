@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from crdtstore.membership.versions import (
     OVERLAY,
+    RELAY_TREE,
     SPOKEN,
     UNLISTED,
     HelloForms,
@@ -97,4 +98,6 @@ def test_nodes_of_the_two_membership_modes_share_no_version_and_say_so() -> None
     assert isinstance(future, Refusal) and not future.other_mode
     assert "membership mode" not in future.reason()
     # Two overlay nodes agree on the overlay's version.
-    assert PeerVersions(1000, spoken(overlay=True)).heard("b", 1, spoken(True), 0) == OVERLAY
+    assert PeerVersions(1000, spoken(overlay=True)).heard("b", 1, spoken(True), 0) == RELAY_TREE
+    # An overlay node of tag v0.2.0 (version 3, flooding) is one this build links to.
+    assert PeerVersions(1000, spoken(overlay=True)).heard("c", 1, (OVERLAY,), 0) == OVERLAY
