@@ -79,15 +79,49 @@ PUB only batches of that node's own origin. The overlay keeps that bar:
   and key of its replicated member record (:meth:`MembershipProtocol.recorded`). The
   runtime accepts relayed batches of any origin only from member links; from any other
   neighbour, as the full mesh from any publisher, only batches of its own origin.
+- a Disconnect is taken only in its sender's own name, a Shuffle only from a neighbour
+  (walks are passed on by neighbours), a ShuffleReply only from a member and only as the
+  one answer to this node's last shuffle, no larger than what it sent.
+
+Trust of membership updates (a Gossip, the piggyback of a Ping or an Ack, a table
+exchange's entries, an Ack's incarnation, the contact of a Join, Neighbor, ForwardJoin
+or Shuffle). Every byte from the network is untrusted: one forged frame must not kill a
+member nor take its incarnation where it cannot refute. SWIM (and memberlist, whose
+``suspectNode`` and ``deadNode`` take any incarnation not below the one held, and adopt
+it) leaves that to a cluster-wide key; without one, the rules are:
+- updates are taken only from a neighbour or a member in the table (at any status), not
+  from a stranger that merely connected (``updates_refused_stranger``); from a stranger,
+  only what it says of this node (a seed tells a refused joiner its past life), which at
+  worst makes this node refute;
+- an update is believed only up to ``max_incarnation_jump`` above the highest
+  incarnation this node knows of its member: the table's, or the member's replicated
+  record (its own word, checked by origin), 0 for a member it knows neither way. Each
+  update of a frame is judged against what was known before the frame, so one frame
+  raises a member's incarnation by one bound at most; what is refused is counted
+  (``updates_refused_incarnation``) and logged at most every ``log_interval_ms``;
+- an accusation (suspect, dead, left) is believed only below the wire's bound
+  (:data:`MAX_INCARNATION`), so that its refutation, one above, can always be written.
+  Together: whatever a member is accused of and believed, it refutes above it, and its
+  refutation (one above what was believed) is believed too. Only a lagging node (one
+  that had not taken the accusation either) may refuse the refutation's jump, and it
+  holds the member alive meanwhile; its record brings the base up.
+- an indirect probe (PingReq) is run only for a live member or a neighbour, only on a
+  live member this node knows, at the addresses it holds (not the request's), and at
+  most ``max_relayed_probes`` at a time per requester; its ack is passed on only if it
+  comes from that target (``acks_refused`` otherwise). An ack answers one of this
+  node's probes only from its target or from a helper it asked.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
+from crdtstore.codec import MAX_SEQ
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.overlay import Out, Overlay, OverlaySettings
 from crdtstore.membership.retransmit import RetransmitQueue
@@ -112,6 +146,7 @@ from crdtstore.membership.wire import (
     TableSync,
     Update,
 )
+from crdtstore.sync.rejections import Rejections
 
 __all__ = [
     "SEED_PREFIX",
@@ -126,6 +161,12 @@ __all__ = [
     "StatusChange",
     "supersedes",
 ]
+
+log = logging.getLogger(__name__)
+
+MAX_INCARNATION = MAX_SEQ
+"""The wire's bound of an incarnation. An accusation is believed only below it, so the
+refutation above it (one more) can always be written."""
 
 SEED_PREFIX = "\x00seed:"
 """Node id of a contact known only by address (a seed), until it answers."""
@@ -178,6 +219,17 @@ class ProtocolSettings:
     burst (a mass start, a partition) costs a few frames per neighbour, not one per
     update, for at most this much added latency per hop."""
     max_local_health: int = 8
+    max_incarnation_jump: int = 1 << 16
+    """How far above the highest incarnation this node knows of a member (its table
+    entry or its replicated record; 0 if it knows neither) a frame may raise it. Legit
+    lives climb by one per restart or refutation, and a member's record, once
+    replicated, is the base; a forged update far above it is refused (see the module's
+    notes on trust), so an incarnation space of 2**63 takes 2**47 frames to exhaust."""
+    max_relayed_probes: int = 16
+    """Indirect probes one member may have this node run for it at a time (a prober asks
+    each helper once per target a round, for a handful of targets)."""
+    log_interval_ms: int = 10_000
+    """A refusal of the same kind is logged at most this often (all are counted)."""
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
 
 
@@ -222,12 +274,26 @@ class Refuted:
 Command = Send | NeighbourUp | NeighbourDown | Refuted | StatusChange | ClockReading
 
 
+@dataclass(frozen=True, slots=True)
+class _Relay:
+    """A ping this node sent on ``requester``'s behalf (its ``seq``) to ``target``."""
+
+    requester: str
+    seq: int
+    target: str
+    sent_ms: int
+
+
 @dataclass(slots=True)
 class _Probe:
     target: str
     sent_ms: int
     indirect: bool = False
     helpers: tuple[str, ...] = ()
+
+
+def _named(sender: str, msg: object) -> str:
+    return f"{sender!r} sent {type(msg).__name__} in another's name"
 
 
 class MembershipProtocol:
@@ -248,14 +314,20 @@ class MembershipProtocol:
         self.table = MemberTable()
         self.table.set(Update(me, Status.ALIVE), now_ms)
         self.local_health = 0
-        self.stats: dict[str, int] = {}
+        self.stats: Counter[str] = Counter()
+        self._refuse = Rejections(
+            me.node_id, self.stats, settings.log_interval_ms, log, "membership"
+        )
         self.leaving = False
         self._retransmit = RetransmitQueue()
         self._probes: dict[int, _Probe] = {}
         self._probing: dict[str, int] = {}
         self._last_ack: dict[str, int] = {}
         """Neighbour -> when it was last heard from (set when it becomes a neighbour)."""
-        self._relayed: dict[int, tuple[str, int, int]] = {}
+        self._relayed: dict[int, _Relay] = {}
+        """Seq of a ping this node sent for another's indirect probe -> that probe."""
+        self._relays_of: Counter[str] = Counter()
+        """Requester -> its indirect probes this node is running (bounded)."""
         self._reads_clocks: set[str] = set()
         """Members that sent a clock reading in their current life: they read the
         longer forms of Ping and Ack, and are sent those alone."""
@@ -430,25 +502,23 @@ class MembershipProtocol:
             out += self._absorb(msg.updates, now_ms, sender)
             out += self._on_ack(sender, msg, now_ms)
         elif isinstance(msg, PingReq):
-            self._seq += 1
-            self._relayed[self._seq] = (sender, msg.seq, now_ms)
-            out += self._in_both_forms(msg.target.node_id, msg.target, Ping(self._seq, (), now_ms))
+            out += self._relay_probe(sender, msg, now_ms)
         elif isinstance(msg, Gossip):
             out += self._absorb(msg.updates, now_ms, sender)
         elif isinstance(msg, TableDigest | TableBuckets | TableSync):
             out += self._on_table(sender, msg, now_ms)
         elif isinstance(msg, Join):
-            if self._admissible(sender, msg.joiner, "join"):
+            if self._admissible(sender, msg.joiner, "join", now_ms):
                 self._heard(msg.joiner, now_ms)
                 out += self._sends(self.overlay.on_join(msg))
         elif isinstance(msg, ForwardJoin):
             if sender not in self.overlay.active:
-                self._count("admission_refused_forward_join")
-            elif self._admissible(None, msg.joiner, "forward_join"):
+                self._refuse("admission_refused_forward_join", now_ms, f"from {sender!r}")
+            elif self._admissible(None, msg.joiner, "forward_join", now_ms):
                 self._heard_of(msg.joiner, now_ms)
                 out += self._sends(self.overlay.on_forward_join(sender, msg))
         elif isinstance(msg, Neighbor):
-            if not self._admissible(sender, msg.sender, "neighbor"):
+            if not self._admissible(sender, msg.sender, "neighbor", now_ms):
                 pass
             elif self.leaving:
                 self._heard(msg.sender, now_ms)
@@ -458,7 +528,9 @@ class MembershipProtocol:
                 out += self._sends(self.overlay.on_neighbor(msg))
         elif isinstance(msg, NeighborReply):
             if msg.sender.node_id != sender:
-                self._count("admission_refused_identity")
+                self._refuse("admission_refused_identity", now_ms, _named(sender, msg))
+                return out + self._neighbour_changes(now_ms)
+            if not self._credible(Update(msg.sender, Status.ALIVE), sender, now_ms):
                 return out + self._neighbour_changes(now_ms)
             self._heard(msg.sender, now_ms)
             seeds = [s for s in self.seeds if s.router != msg.sender.router]
@@ -473,13 +545,21 @@ class MembershipProtocol:
                     # tick that ran late (see _update_health).
                     self._sync_free_at = max(self._sync_free_at, now_ms)
         elif isinstance(msg, Disconnect):
-            _, sends = self.overlay.on_disconnect(msg)
-            out += self._sends(sends)
+            if msg.sender != sender:
+                self._refuse("admission_refused_identity", now_ms, _named(sender, msg))
+            else:
+                _, sends = self.overlay.on_disconnect(msg)
+                out += self._sends(sends)
         elif isinstance(msg, Shuffle):
-            self._heard_of(msg.origin, now_ms)
-            out += self._sends(self.overlay.on_shuffle(sender, msg))
+            # A walk is passed on by neighbours only, as a forward-join is.
+            if sender not in self.overlay.active:
+                self._refuse("admission_refused_shuffle", now_ms, f"from {sender!r}")
+            elif self._credible(Update(msg.origin, Status.ALIVE), sender, now_ms):
+                self._heard_of(msg.origin, now_ms)
+                out += self._sends(self.overlay.on_shuffle(sender, msg))
         elif isinstance(msg, ShuffleReply):
-            self.overlay.on_shuffle_reply(msg)
+            if not self._known_sender(sender) or not self.overlay.on_shuffle_reply(msg):
+                self._refuse("shuffle_replies_refused", now_ms, f"unasked, from {sender!r}")
         else:
             self._count("rejected_membership_kind")
         if self._told_past_life:
@@ -489,11 +569,17 @@ class MembershipProtocol:
 
     # -- admission -------------------------------------------------------------------------
 
-    def _admissible(self, sender: str | None, claimed: Contact, kind: str) -> bool:
+    def _admissible(self, sender: str | None, claimed: Contact, kind: str, now_ms: int) -> bool:
         """Whether ``claimed`` may enter the views through a message of ``sender`` (None:
         passed on by a neighbour, so no identity to hold it to). See the module's notes."""
         if sender is not None and claimed.node_id != sender:
-            self._count("admission_refused_identity")
+            self._refuse(
+                "admission_refused_identity",
+                now_ms,
+                f"{sender!r} said {kind} as {claimed.node_id!r}",
+            )
+            return False
+        if not self._credible(Update(claimed, Status.ALIVE), sender or "a neighbour", now_ms):
             return False
         held = self._records.get(claimed.node_id)
         if held is not None:
@@ -501,7 +587,12 @@ class MembershipProtocol:
             if record.incarnation > claimed.incarnation or (
                 left and record.incarnation >= claimed.incarnation
             ):
-                self._count(f"admission_refused_past_life_{kind}")
+                self._refuse(
+                    f"admission_refused_past_life_{kind}",
+                    now_ms,
+                    f"{claimed.node_id} at incarnation {claimed.incarnation}, its record at "
+                    f"{record.incarnation}{' (left)' if left else ''}",
+                )
                 if sender is not None:
                     # Tell it which life the record holds, as over: a node restarted on a
                     # fresh directory under an old id (or after a leave) starts low and
@@ -608,25 +699,30 @@ class MembershipProtocol:
             suspicion = (target.update,) if target.status is Status.SUSPECT else ()
             ping = Ping(seq, suspicion, now_ms)
             out += self._in_both_forms(probe.target, target.contact, ping)
-        for seq, (_, _, at) in list(self._relayed.items()):
-            if now_ms - at > give_up:
-                del self._relayed[seq]
+        for seq, relay in list(self._relayed.items()):
+            if now_ms - relay.sent_ms > give_up:
+                self._end_relay(seq)
         return out
 
     def _on_ack(self, sender: str, msg: Ack, now_ms: int) -> list[Command]:
-        relayed = self._relayed.pop(msg.seq, None)
-        if relayed is not None:
-            requester, their_seq, _ = relayed
+        relay = self._relayed.get(msg.seq)
+        if relay is not None:
+            if sender != relay.target:
+                # Only the target answers a ping sent to it: anyone else's ack passed on
+                # would keep a dead member alive at the requester.
+                self._refuse("acks_refused", now_ms, f"{sender!r} answered for {relay.target!r}")
+                return []
+            self._end_relay(msg.seq)
             # The target's own reading, passed on: the requester times the round trip.
-            ack = Ack(their_seq, msg.incarnation, clock_ms=msg.clock_ms)
-            return self._in_both_forms(requester, requester, ack)
+            ack = Ack(relay.seq, msg.incarnation, clock_ms=msg.clock_ms)
+            return self._in_both_forms(relay.requester, relay.requester, ack)
         probe = self._probes.get(msg.seq)
         if probe is None:
             return []
         target = probe.target
         if sender != target and sender not in probe.helpers:
             # Only the target, or a member asked to relay, answers for it (its clock too).
-            self._count("acks_refused")
+            self._refuse("acks_refused", now_ms, f"{sender!r} answered for {target!r}")
             return []
         self._drop_probe(msg.seq)
         self._watch.pop(target, None)
@@ -642,9 +738,47 @@ class MembershipProtocol:
         entry = self.table.get(target)
         suspected = entry is not None and entry.status is Status.SUSPECT
         if entry is not None and suspected and msg.incarnation > entry.contact.incarnation:
-            contact = replace(entry.contact, incarnation=msg.incarnation)
-            out += self._apply(Update(contact, Status.ALIVE), now_ms, source=None)
+            alive = Update(replace(entry.contact, incarnation=msg.incarnation), Status.ALIVE)
+            if self._credible(alive, sender, now_ms):
+                out += self._apply(alive, now_ms, source=None)
         return out
+
+    def _relay_probe(self, sender: str, msg: PingReq, now_ms: int) -> list[Command]:
+        """Ping ``msg.target`` for ``sender``'s indirect probe: only for a member or
+        neighbour, only a live member this node knows, at the addresses this node holds
+        for it (not those of the request), and a bounded number at a time per requester,
+        so no one can turn this node into a prober of arbitrary addresses."""
+        requester = self.table.get(sender)
+        if sender not in self.overlay.active and (
+            requester is None or requester.status not in (Status.ALIVE, Status.SUSPECT)
+        ):
+            self._refuse("ping_reqs_refused", now_ms, f"from {sender!r}, not a live member")
+            return []
+        target = self.table.get(msg.target.node_id)
+        if (
+            target is None
+            or target.status not in (Status.ALIVE, Status.SUSPECT)
+            or msg.target.node_id in (self.me.node_id, sender)
+        ):
+            self._refuse(
+                "ping_reqs_refused", now_ms, f"{sender!r} asked for {msg.target.node_id!r}"
+            )
+            return []
+        if self._relays_of[sender] >= self.settings.max_relayed_probes:
+            self._refuse("ping_reqs_refused", now_ms, f"{sender!r} has too many in flight")
+            return []
+        self._seq += 1
+        self._relayed[self._seq] = _Relay(sender, msg.seq, target.contact.node_id, now_ms)
+        self._relays_of[sender] += 1
+        node_id = target.contact.node_id
+        return self._in_both_forms(node_id, target.contact, Ping(self._seq, (), now_ms))
+
+    def _end_relay(self, seq: int) -> None:
+        relay = self._relayed.pop(seq, None)
+        if relay is not None:
+            self._relays_of[relay.requester] -= 1
+            if self._relays_of[relay.requester] <= 0:
+                del self._relays_of[relay.requester]
 
     def _drop_probe(self, seq: int) -> None:
         probe = self._probes.pop(seq, None)
@@ -693,9 +827,58 @@ class MembershipProtocol:
         out: list[Command] = []
         if sender in self.overlay.active:
             self._last_ack[sender] = now_ms  # any frame from a neighbour says it is there
+        updates = tuple(updates)
+        if updates and not self._known_sender(sender):
+            # A stranger is heard only about this node (a seed it never met tells a
+            # refused joiner its past life): at worst this node refutes, within the bound.
+            mine = tuple(u for u in updates if u.node_id == self.me.node_id)
+            if len(mine) < len(updates):
+                self._refuse(
+                    "updates_refused_stranger",
+                    now_ms,
+                    f"{len(updates) - len(mine)} from {sender!r}, not a member known here",
+                )
+            updates = mine
+        # Judged against what was known before the frame: one frame climbs one bound.
+        known = {u.node_id: self._known_incarnation(u.node_id) for u in updates}
         for update in updates:
-            out += self._apply(update, now_ms, source=sender, news_only=news_only)
+            if self._credible(update, sender, now_ms, known[update.node_id]):
+                out += self._apply(update, now_ms, source=sender, news_only=news_only)
         return out
+
+    def _known_sender(self, sender: str) -> bool:
+        """A neighbour or a member in the table (at any status: the two sides of a healed
+        partition hold each other dead, and exchange tables to learn better)."""
+        return sender in self.overlay.active or sender in self.table
+
+    def _known_incarnation(self, node_id: str) -> int:
+        if node_id == self.me.node_id:
+            return self.me.incarnation
+        entry = self.table.get(node_id)
+        held = self._records.get(node_id)
+        return max(
+            0 if entry is None else entry.contact.incarnation,
+            0 if held is None else held[0].incarnation,
+        )
+
+    def _credible(self, update: Update, sender: str, now_ms: int, known: int | None = None) -> bool:
+        """The incarnation rule (see the module's notes on trust): at most
+        ``max_incarnation_jump`` above what is known, and an accusation below the wire's
+        bound, so that its refutation can be written."""
+        if known is None:
+            known = self._known_incarnation(update.node_id)
+        incarnation, jump = update.incarnation, self.settings.max_incarnation_jump
+        if incarnation <= known + jump and (
+            update.status is Status.ALIVE or incarnation < MAX_INCARNATION
+        ):
+            return True
+        self._refuse(
+            "updates_refused_incarnation",
+            now_ms,
+            f"{sender!r} says {update.node_id!r} is {update.status.name.lower()} at "
+            f"incarnation {incarnation}; {known} known here, {jump} above it believed",
+        )
+        return False
 
     def _apply(
         self, update: Update, now_ms: int, source: str | None, news_only: bool = False
@@ -937,7 +1120,7 @@ class MembershipProtocol:
         self._last_tick = now_ms
 
     def _count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
+        self.stats[name] += 1
 
     # -- for the runtime (appended; see crdtstore.overlay_liveness) -------------------------
 
