@@ -123,6 +123,7 @@ from dataclasses import dataclass, field, replace
 
 from crdtstore.codec import MAX_SEQ
 from crdtstore.membership.detector import MemberStatus, StatusChange
+from crdtstore.membership.health import LocalHealth
 from crdtstore.membership.overlay import Out, Overlay, OverlaySettings
 from crdtstore.membership.retransmit import RetransmitQueue
 from crdtstore.membership.table import MemberTable, granularity_for, supersedes
@@ -313,7 +314,9 @@ class MembershipProtocol:
         self._seed_answered = False
         self.table = MemberTable()
         self.table.set(Update(me, Status.ALIVE), now_ms)
-        self.local_health = 0
+        self._health = LocalHealth(
+            settings.max_local_health, settings.probe_interval_ms, settings.suspect_after_ms
+        )
         self.stats: Counter[str] = Counter()
         self._refuse = Rejections(
             me.node_id, self.stats, settings.log_interval_ms, log, "membership"
@@ -335,9 +338,6 @@ class MembershipProtocol:
         """Non-neighbours whose probe went unanswered -> since when: probed every round
         until they answer, suspected once silent as long as a neighbour would be."""
         self._seq = 0
-        self._last_tick: int | None = None
-        self._hold_health_until = 0
-        self._stall_counted_at = -(1 << 62)
         s = settings
         self._next = {
             "probe": now_ms,
@@ -438,7 +438,8 @@ class MembershipProtocol:
         was held up since the previous tick (what its peers sent meanwhile is still on its
         way in), which this node's local health takes into account."""
         out: list[Command] = []
-        self._update_health(now_ms, due_ms=self.next_deadline(), io_stall_ms=io_stall_ms)
+        if self._health.tick(now_ms, self.next_deadline(), io_stall_ms):
+            self._count("io_stalls")
         s = self.settings
         nxt = self._next
         out += self._probe_timeouts(now_ms)
@@ -542,7 +543,7 @@ class MembershipProtocol:
                 if msg.accepted and node_id in self.overlay.active:
                     self._sync_queue[node_id] = None
                     # Due now at the earliest: a deadline long past would read as a
-                    # tick that ran late (see _update_health).
+                    # tick that ran late (see crdtstore.membership.health).
                     self._sync_free_at = max(self._sync_free_at, now_ms)
         elif isinstance(msg, Disconnect):
             if msg.sender != sender:
@@ -942,8 +943,7 @@ class MembershipProtocol:
         if self.leaving:
             return []
         # Said suspect, dead or gone at our incarnation or above: refute with a higher one.
-        self.local_health = min(self.settings.max_local_health, self.local_health + 1)
-        self._hold_health_until = now_ms + self.settings.suspect_after_ms
+        self._health.raise_level(now_ms)
         self._count("refutations")
         self.me = replace(self.me, incarnation=update.incarnation + 1)
         self.overlay.me = self.me
@@ -1080,44 +1080,13 @@ class MembershipProtocol:
         self._count("members_pruned")
 
     def _stretch(self, ms: int) -> int:
-        return ms * (1 + self.local_health)
+        return self._health.stretch(ms)
 
-    def _raise_health(self, now_ms: int) -> None:
-        self.local_health = min(self.settings.max_local_health, self.local_health + 1)
-        self._hold_health_until = now_ms + self.settings.suspect_after_ms
-
-    def _update_health(self, now_ms: int, due_ms: int, io_stall_ms: int = 0) -> None:
-        """Lifeguard's local health, from this node's own lateness: a tick more than a
-        probe interval past its deadline (``due_ms``), or an I/O stall that long, raises
-        it and holds it for a suspicion timeout, as hearing itself suspected does; it then
-        falls by one per on-time probe interval.
-
-        All three parts come from a measured false suspicion (3 nodes, probe interval
-        100 ms, 12 writer processes starting on 2 cores): a node held up by a 594-ms GC
-        pause and a 908-ms turn of its transport's I/O thread ticked 347 and 189 ms late
-        (health 2), then on time 100 and 260 ms later, health 0 again, while what its
-        neighbours had sent meanwhile still sat behind its own I/O thread: it suspected
-        both. Health was lowered at the next on-time tick (this protocol ticks at every
-        deadline: gossip, probe timeouts), and its ticks do not show its I/O thread's
-        stalls, hence the measure of those. Inferring this node's slowness from all its
-        neighbours falling silent at once was tried and dropped: when they do all die (2
-        of 3 nodes killed) it stretched their detection 7x."""
-        interval = self.settings.probe_interval_ms
-        if io_stall_ms > interval:
-            # One stall is seen by every tick while it lasts: it counts once an interval.
-            if now_ms >= self._stall_counted_at + interval:
-                self._stall_counted_at = now_ms
-                self._count("io_stalls")
-                self._raise_health(now_ms)
-        elif self._last_tick is not None:
-            # A deadline already past at the previous tick (brought forward since, as a
-            # probe's timeout is when health falls) counts from that tick.
-            if now_ms - max(due_ms, self._last_tick) > interval:
-                self._raise_health(now_ms)
-            elif self.local_health and now_ms >= self._hold_health_until:
-                self.local_health -= 1
-                self._hold_health_until = now_ms + interval
-        self._last_tick = now_ms
+    @property
+    def local_health(self) -> int:
+        """Lifeguard's score (:mod:`crdtstore.membership.health`): this node's own
+        slowness, which stretches every timeout it judges others by."""
+        return self._health.level
 
     def _count(self, name: str) -> None:
         self.stats[name] += 1
