@@ -15,9 +15,10 @@ PUB only batches of that node's own origin. The overlay keeps that bar:
   and key of its replicated member record (:meth:`Admission.recorded`). The
   runtime accepts relayed batches of any origin only from member links; from any other
   neighbour, as the full mesh from any publisher, only batches of its own origin.
-- a Disconnect is taken only in its sender's own name, a Shuffle only from a neighbour
-  (walks are passed on by neighbours), a ShuffleReply only from a member and only as the
-  one answer to this node's last shuffle, no larger than what it sent.
+- a Disconnect is taken only in its sender's own name; a Shuffle only from a neighbour
+  or a live member (walks pass along links, which may be one-sided for a while), never
+  from a stranger; a ShuffleReply only from a member and only as the one answer to this
+  node's last shuffle, no larger than what it sent.
 
 Trust of membership updates (a Gossip, the piggyback of a Ping or an Ack, a table
 exchange's entries, an Ack's incarnation, the contact of a Join, Neighbor, ForwardJoin
@@ -29,31 +30,45 @@ it) leaves that to a cluster-wide key; without one, the rules are:
   from a stranger that merely connected (``updates_refused_stranger``); from a stranger,
   only what it says of this node (a seed tells a refused joiner its past life), which at
   worst makes this node refute;
-- an update is believed only up to ``max_incarnation_jump`` above the highest
-  incarnation this node knows of its member: the table's, or the member's replicated
-  record (its own word, checked by origin), 0 for a member it knows neither way. Each
-  update of a frame is judged against what was known before the frame, so one frame
-  raises a member's incarnation by one bound at most; what is refused is counted
-  (``updates_refused_incarnation``) and logged at most every ``log_interval_ms``;
+- a member's own word is believed: what the sender says of itself (the sender is who
+  its connection is; with CURVE keys, who holds the key), and its replicated record.
+  The highest incarnation it so claimed is what this node *vouches* for;
+- what a third party says of a member is believed only up to ``max_incarnation_jump``
+  above the incarnation vouched for (0 if none), with one exception: the refutation of
+  what this node holds (alive, one above the suspicion or death it holds) is believed
+  at any height, as it can only follow an accusation this node believed. Third
+  parties cannot raise the base (a table entry raised by a forged "alive" would have
+  let a forger walk the bound up frame by frame, and accuse above what the member
+  itself would refute: Hypothesis found that with the table as the base). What is
+  refused is counted (``updates_refused_incarnation``) and logged at most every
+  ``log_interval_ms``;
+- what is said of this node is believed up to ``max_incarnation_jump + 1`` above its
+  incarnation: one more than any accusation another node believes, or holds (a
+  forged "alive" plus one), so this node refutes every accusation another believes,
+  and they believe its refutation (one above what they hold);
 - an accusation (suspect, dead, left) is believed only below the wire's bound
-  (:data:`MAX_INCARNATION`), so that its refutation, one above, can always be written.
-  Together: whatever a member is accused of and believed, it refutes above it, and its
-  refutation (one above what was believed) is believed too. Only a lagging node (one
-  that had not taken the accusation either) may refuse the refutation's jump, and it
-  holds the member alive meanwhile; its record brings the base up.
+  (:data:`MAX_INCARNATION`), so that its refutation, one above, can always be written;
+  a member's incarnation climbs at most ``max_incarnation_jump + 2`` per forged frame,
+  so an incarnation space of 2**63 takes 2**46 of them to exhaust;
 - an indirect probe (PingReq) is run only for a live member or a neighbour, only on a
-  live member this node knows, at the addresses it holds (not the request's), and at
-  most ``max_relayed_probes`` at a time per requester; its ack is passed on only if it
-  comes from that target (``acks_refused`` otherwise). An ack answers one of this
-  node's probes only from its target or from a helper it asked.
+  member this node knows (at any status: the requester may know of a newer life), at
+  the addresses it holds (not the request's), and at most ``max_relayed_probes`` at a
+  time per requester; its ack is passed on only if it comes from that target
+  (``acks_refused`` otherwise). An ack answers one of this node's probes only from its
+  target or from a helper it asked.
 
 Invariant: every refusal here is counted under its reason and changes nothing; the only
-thing a refusal sends is a refused past life's reply (:attr:`Admission.replies`).
+thing a refusal sends is a refused past life's reply (:attr:`Admission.replies`). What
+only a forger or a bug sends is also logged, at most once per reason per
+``log_interval_ms``; what ordinary churn brings too (news of a join still in flight, a
+walk from a link just dropped, a request from a member held dead here or about a member
+not heard of yet) is counted only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import replace
 
 from crdtstore.codec import MAX_SEQ
@@ -78,14 +93,20 @@ class Admission:
         overlay: Overlay,
         table: MemberTable,
         settings: ProtocolSettings,
+        stats: Counter[str],
         refuse: Rejections,
     ) -> None:
+        """``refuse`` counts and logs what only a forger or a bug sends; what ordinary
+        churn also brings (a join's news still in flight) is counted in ``stats`` only."""
         self._overlay = overlay
         self._table = table
         self._settings = settings
+        self._stats = stats
         self._refuse = refuse
         self.records: dict[str, tuple[Contact, bool]] = {}
         """Member -> (contact, left) of its replicated record, newest life (see learn())."""
+        self._vouched: dict[str, int] = {}
+        """Member -> the highest incarnation it claimed in a message of its own."""
         self.replies: list[Command] = []
         """Replies to refused past lives, sent with the protocol's next answer."""
 
@@ -97,6 +118,7 @@ class Admission:
 
     def forget(self, node_id: str) -> None:
         self.records.pop(node_id, None)
+        self._vouched.pop(node_id, None)
 
     def admissible(self, sender: str | None, claimed: Contact, kind: str, now_ms: int) -> bool:
         """Whether ``claimed`` may enter the views through a message of ``sender`` (None:
@@ -146,56 +168,84 @@ class Admission:
             contact.public_key,
         )
 
-    def trusted(self, updates: Iterable[Update], sender: str, now_ms: int) -> list[Update]:
-        """The updates of one frame from ``sender`` that this node believes."""
+    def trusted(self, updates: Iterable[Update], sender: str, now_ms: int) -> Iterator[Update]:
+        """The updates of one frame from ``sender`` that this node believes, each judged
+        as it comes (after the ones before it were applied: a refutation of a suspicion
+        in the same frame is one)."""
         updates = tuple(updates)
         me = self._overlay.me.node_id
         if updates and not self.known_sender(sender):
             # A stranger is heard only about this node (a seed it never met tells a
             # refused joiner its past life): at worst this node refutes, within the bound.
+            # A new member may probe this node before news of its join arrives here, so
+            # this is counted, not logged.
             mine = tuple(u for u in updates if u.node_id == me)
             if len(mine) < len(updates):
-                self._refuse(
-                    "updates_refused_stranger",
-                    now_ms,
-                    f"{len(updates) - len(mine)} from {sender!r}, not a member known here",
-                )
+                self._stats["updates_refused_stranger"] += 1
             updates = mine
-        # Judged against what was known before the frame: one frame climbs one bound.
-        known = {u.node_id: self.known_incarnation(u.node_id) for u in updates}
-        return [u for u in updates if self.credible(u, sender, now_ms, known[u.node_id])]
+        for update in updates:
+            if self.credible(update, sender, now_ms):
+                yield update
 
     def known_sender(self, sender: str) -> bool:
         """A neighbour or a member in the table (at any status: the two sides of a healed
         partition hold each other dead, and exchange tables to learn better)."""
         return sender in self._overlay.active or sender in self._table
 
-    def known_incarnation(self, node_id: str) -> int:
-        me = self._overlay.me
-        if node_id == me.node_id:
-            return me.incarnation
-        entry = self._table.get(node_id)
-        held = self.records.get(node_id)
-        return max(
-            0 if entry is None else entry.contact.incarnation,
-            0 if held is None else held[0].incarnation,
-        )
+    def refuse_request(self, reason: str, sender: str, now_ms: int, detail: str) -> None:
+        """Refuse a request (a probe for another, a shuffle): logged if ``sender`` is a
+        stranger, counted only if it is a member (churn: it is held dead here, or knows
+        a member this node has not heard of yet)."""
+        if self.known_sender(sender):
+            self._stats[reason] += 1
+        else:
+            self._refuse(reason, now_ms, detail)
 
-    def credible(self, update: Update, sender: str, now_ms: int, known: int | None = None) -> bool:
-        """The incarnation rule (see the module's notes): at most ``max_incarnation_jump``
-        above what is known, and an accusation below the wire's bound, so that its
-        refutation can be written."""
-        if known is None:
-            known = self.known_incarnation(update.node_id)
-        incarnation, jump = update.incarnation, self._settings.max_incarnation_jump
-        if incarnation <= known + jump and (
-            update.status is Status.ALIVE or incarnation < MAX_INCARNATION
-        ):
+    def live_member(self, node_id: str) -> bool:
+        """A neighbour, or a member this node holds alive or suspect: who may ask it to
+        probe for them or walk a shuffle through it."""
+        if node_id in self._overlay.active:
             return True
+        entry = self._table.get(node_id)
+        return entry is not None and entry.status in (Status.ALIVE, Status.SUSPECT)
+
+    def vouched(self, node_id: str) -> int:
+        """The highest incarnation ``node_id`` itself has claimed to this node: in its
+        replicated record, or in a message of its own (0 if neither). Third parties'
+        words never raise it, so a forger cannot walk the bound upwards."""
+        held = self.records.get(node_id)
+        return max(self._vouched.get(node_id, 0), 0 if held is None else held[0].incarnation)
+
+    def credible(self, update: Update, sender: str, now_ms: int) -> bool:
+        """The incarnation rule (see the module's notes)."""
+        node_id, incarnation = update.node_id, update.incarnation
+        if update.status is not Status.ALIVE and incarnation >= MAX_INCARNATION:
+            limit = MAX_INCARNATION - 1  # its refutation, one above, could not be written
+        elif node_id == self._overlay.me.node_id:
+            limit = self._overlay.me.incarnation + self._settings.max_incarnation_jump + 1
+        elif node_id == sender:
+            # Its own word (the sender is who its connection is): it is the authority on
+            # its lives, and the bound counts from what it said.
+            self._vouched[node_id] = max(self._vouched.get(node_id, 0), incarnation)
+            return True
+        else:
+            limit = self.vouched(node_id) + self._settings.max_incarnation_jump
+            entry = self._table.get(node_id)
+            if (
+                update.status is Status.ALIVE
+                and entry is not None
+                and entry.status is not Status.ALIVE
+                and incarnation == entry.contact.incarnation + 1
+            ):
+                limit = incarnation  # the refutation of what this node holds, passed on
+        if incarnation <= limit:
+            return True
+        jump = self._settings.max_incarnation_jump
+        known = self.vouched(node_id)
         self._refuse(
             "updates_refused_incarnation",
             now_ms,
             f"{sender!r} says {update.node_id!r} is {update.status.name.lower()} at "
-            f"incarnation {incarnation}; {known} known here, {jump} above it believed",
+            f"incarnation {incarnation}; {known} vouched for here, {jump} above it believed",
         )
         return False

@@ -274,25 +274,18 @@ class Prober:
         return out
 
     def relay(self, sender: str, msg: PingReq, now_ms: int) -> list[Command]:
-        """Ping ``msg.target`` for ``sender``'s indirect probe: only for a member or
-        neighbour, only a live member this node knows, at the addresses this node holds
+        """Ping ``msg.target`` for ``sender``'s indirect probe: only for a live member or
+        neighbour, only a member this node knows, at the addresses this node holds
         for it (not those of the request), and a bounded number at a time per requester,
         so no one can turn this node into a prober of arbitrary addresses."""
-        requester = self.table.get(sender)
-        if sender not in self.overlay.active and (
-            requester is None or requester.status not in (Status.ALIVE, Status.SUSPECT)
-        ):
-            self._refuse("ping_reqs_refused", now_ms, f"from {sender!r}, not a live member")
+        refuse = self._admission.refuse_request
+        if not self._admission.live_member(sender):
+            refuse("ping_reqs_refused", sender, now_ms, f"from {sender!r}, not a live member")
             return []
+        # A target held dead is still pinged: the requester may know of a newer life.
         target = self.table.get(msg.target.node_id)
-        if (
-            target is None
-            or target.status not in (Status.ALIVE, Status.SUSPECT)
-            or msg.target.node_id in (self.overlay.me.node_id, sender)
-        ):
-            self._refuse(
-                "ping_reqs_refused", now_ms, f"{sender!r} asked for {msg.target.node_id!r}"
-            )
+        if target is None or msg.target.node_id in (self.overlay.me.node_id, sender):
+            refuse("ping_reqs_refused", sender, now_ms, f"for {msg.target.node_id!r}")
             return []
         if self.relays_of[sender] >= self.settings.max_relayed_probes:
             self._refuse("ping_reqs_refused", now_ms, f"{sender!r} has too many in flight")

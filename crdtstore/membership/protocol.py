@@ -126,7 +126,7 @@ class MembershipProtocol:
             me.node_id, self.stats, settings.log_interval_ms, log, "membership"
         )
         self.leaving = False
-        self._admission = Admission(self.overlay, self.table, settings, self._refuse)
+        self._admission = Admission(self.overlay, self.table, settings, self.stats, self._refuse)
         self._dissemination = Dissemination(self.overlay, self.table, settings)
         self._prober = Prober(
             overlay=self.overlay,
@@ -332,7 +332,7 @@ class MembershipProtocol:
                 out += self._sends(self.overlay.on_join(msg))
         elif isinstance(msg, ForwardJoin):
             if sender not in self.overlay.active:
-                self._refuse("admission_refused_forward_join", now_ms, f"from {sender!r}")
+                self._count("admission_refused_forward_join")  # also a link just dropped
             elif admission.admissible(None, msg.joiner, "forward_join", now_ms):
                 self._heard_of(msg.joiner, now_ms)
                 out += self._sends(self.overlay.on_forward_join(sender, msg))
@@ -354,15 +354,18 @@ class MembershipProtocol:
                 _, sends = self.overlay.on_disconnect(msg)
                 out += self._sends(sends)
         elif isinstance(msg, Shuffle):
-            # A walk is passed on by neighbours only, as a forward-join is.
-            if sender not in self.overlay.active:
-                self._refuse("admission_refused_shuffle", now_ms, f"from {sender!r}")
+            # A walk is passed on along links; one may be one-sided for a while, so a
+            # live member is heard too, a stranger not.
+            if not admission.live_member(sender):
+                reason = "admission_refused_shuffle"
+                admission.refuse_request(reason, sender, now_ms, f"from {sender!r}")
             elif admission.credible(Update(msg.origin, Status.ALIVE), sender, now_ms):
                 self._heard_of(msg.origin, now_ms)
                 out += self._sends(self.overlay.on_shuffle(sender, msg))
         elif isinstance(msg, ShuffleReply):
             if not admission.known_sender(sender) or not self.overlay.on_shuffle_reply(msg):
-                self._refuse("shuffle_replies_refused", now_ms, f"unasked, from {sender!r}")
+                reason = "shuffle_replies_refused"
+                admission.refuse_request(reason, sender, now_ms, f"unasked, from {sender!r}")
         else:
             self._count("rejected_membership_kind")
         if admission.replies:

@@ -53,12 +53,10 @@ class ProtocolSettings:
     update, for at most this much added latency per hop."""
     max_local_health: int = 8
     max_incarnation_jump: int = 1 << 16
-    """How far above the highest incarnation this node knows of a member (its table
-    entry or its replicated record; 0 if it knows neither) a frame may raise it. Legit
-    lives climb by one per restart or refutation, and a member's record, once
-    replicated, is the base; a forged update far above it is refused (see
-    :mod:`crdtstore.membership.admission`), so an incarnation space of 2**63 takes
-    2**47 frames to exhaust."""
+    """How far above the incarnation a member itself vouched for (in its record or a
+    message of its own) a third party's word about it is believed. Legit lives climb
+    by one per restart or refutation; a forged update far above is refused (see
+    :mod:`crdtstore.membership.admission`)."""
     max_relayed_probes: int = 16
     """Indirect probes one member may have this node run for it at a time (a prober asks
     each helper once per target a round, for a handful of targets)."""

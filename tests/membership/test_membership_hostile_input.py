@@ -23,6 +23,7 @@ from crdtstore.membership.wire import (
     Ack,
     Contact,
     Disconnect,
+    ForwardJoin,
     Gossip,
     Neighbor,
     Ping,
@@ -113,18 +114,50 @@ def test_one_frame_raises_a_members_incarnation_by_the_bound_at_most() -> None:
 def test_an_accusation_of_me_far_above_my_incarnation_is_not_refuted_to_it() -> None:
     v = node("v", neighbours=("a",))
     out = v.on_message("a", Gossip((Update(contact("v", MAX_SEQ), Status.DEAD),)), NOW)
+    out += v.on_message("a", Gossip((Update(contact("v", 3 + JUMP), Status.DEAD),)), NOW)
     assert [c for c in out if isinstance(c, Refuted)] == []
-    assert v.incarnation == 1 and v.stats["updates_refused_incarnation"] == 1
-    out = v.on_message("a", Gossip((Update(contact("v", 1 + JUMP), Status.DEAD),)), NOW)
-    assert Refuted(2 + JUMP) in out
+    assert v.incarnation == 1 and v.stats["updates_refused_incarnation"] == 2
+    # One above what any other node may believe of it (see the next tests) is refuted.
+    out = v.on_message("a", Gossip((Update(contact("v", 2 + JUMP), Status.DEAD),)), NOW)
+    assert Refuted(3 + JUMP) in out
 
 
-def test_a_join_or_neighbour_request_at_an_incredible_incarnation_is_refused() -> None:
-    x = node("x", "v")
-    out = x.on_message("v", Neighbor(contact("v", MAX_SEQ), high=True), NOW)
-    assert x.neighbours() == [] and held(x, "v") == (MemberStatus.ALIVE, 1)
+def test_a_third_party_cannot_walk_the_bound_up_with_forged_alives() -> None:
+    """The base is what v itself vouched for: "alive" said by others raises the table,
+    not the base, so an accusation above what v would refute is never believed."""
+    x = node("x", "v", neighbours=("a",))
+    x.on_message("a", Gossip((Update(contact("v", 1 + JUMP), Status.ALIVE),)), NOW)
+    assert held(x, "v") == (MemberStatus.ALIVE, 1 + JUMP)
+    x.on_message("a", Gossip((Update(contact("v", 2 + JUMP), Status.SUSPECT),)), NOW)
+    x.on_message("a", Gossip((Update(contact("v", 1 + 2 * JUMP), Status.ALIVE),)), NOW)
+    assert held(x, "v") == (MemberStatus.ALIVE, 1 + JUMP)
+    assert x.stats["updates_refused_incarnation"] == 2
+
+
+def test_the_refutation_of_a_held_suspicion_is_believed_from_anyone() -> None:
+    x = node("x", "v", neighbours=("a", "b"))
+    x.on_message("a", Gossip((Update(contact("v", 1 + JUMP), Status.SUSPECT),)), NOW)
+    # v's refutation, passed on by b: one above the suspicion x holds.
+    x.on_message("b", Gossip((Update(contact("v", 2 + JUMP), Status.ALIVE),)), NOW)
+    assert held(x, "v") == (MemberStatus.ALIVE, 2 + JUMP)
+
+
+def test_a_members_own_word_is_believed_and_is_the_base() -> None:
+    x = node("x", "v", neighbours=("a",))
+    x.on_message("v", Gossip((Update(contact("v", 5 * JUMP), Status.ALIVE),)), NOW)
+    assert held(x, "v") == (MemberStatus.ALIVE, 5 * JUMP)
+    x.on_message("a", Gossip((Update(contact("v", 6 * JUMP), Status.SUSPECT),)), NOW)
+    assert held(x, "v") == (MemberStatus.SUSPECT, 6 * JUMP)
+
+
+def test_a_contact_passed_on_at_an_incredible_incarnation_is_refused() -> None:
+    """A forward-join's joiner or a shuffle's origin is a third party's word."""
+    x = node("x", "v", neighbours=("a",))
+    out = x.on_message("a", ForwardJoin(contact("v", MAX_SEQ), 0), NOW)
+    out += x.on_message("a", Shuffle(contact("v", 2 + JUMP), 0, ()), NOW)
     assert sent(out, object) == []
-    assert x.stats["updates_refused_incarnation"] == 1
+    assert x.neighbours() == ["a"] and held(x, "v") == (MemberStatus.ALIVE, 1)
+    assert x.stats["updates_refused_incarnation"] == 2
 
 
 def test_the_incarnation_bound_counts_from_the_replicated_record() -> None:
@@ -136,14 +169,18 @@ def test_the_incarnation_bound_counts_from_the_replicated_record() -> None:
     assert held(x, "v") == (MemberStatus.SUSPECT, 11 * JUMP)
 
 
-def test_an_ack_cannot_lift_a_suspect_beyond_the_bound() -> None:
-    x = node("x", neighbours=("v", "a"))
+def test_a_relayed_ack_cannot_lift_a_suspect_beyond_the_bound() -> None:
+    x = node("x", neighbours=("v", "a", "h"))
     x.on_message("a", Gossip((Update(contact("v"), Status.SUSPECT),)), NOW)
     assert held(x, "v") == (MemberStatus.SUSPECT, 1)
     later = NOW + SETTINGS.probe_interval_ms
     [ping] = [s.msg for s in sent(x.tick(later), Ping) if s.to == contact("v")][:1]
     assert isinstance(ping, Ping)
-    x.on_message("v", Ack(ping.seq, MAX_SEQ), later + 10)
+    asked = x.tick(later + SETTINGS.probe_timeout_ms)  # v silent: helpers are asked
+    helpers = {s.to.node_id for s in sent(asked, PingReq) if isinstance(s.to, Contact)}
+    assert helpers
+    helper = sorted(helpers)[0]
+    x.on_message(helper, Ack(ping.seq, MAX_SEQ), later + SETTINGS.probe_timeout_ms + 5)
     assert held(x, "v") == (MemberStatus.SUSPECT, 1)
     assert x.stats["updates_refused_incarnation"] == 1
 
@@ -157,27 +194,30 @@ def test_an_ack_cannot_lift_a_suspect_beyond_the_bound() -> None:
                 st.integers(0, MAX_SEQ),
                 st.integers(MAX_SEQ - 3, MAX_SEQ),
             ),
+            st.booleans(),  # sent to v itself rather than to x
         ),
         min_size=1,
         max_size=12,
     )
 )
 def test_a_member_accused_at_any_incarnation_refutes_and_is_alive_again(
-    accusations: list[tuple[Status, int]],
+    accusations: list[tuple[Status, int, bool]],
 ) -> None:
-    """Whatever a member (a) says of v to x, x's view reaches v, v refutes above it, and
-    x takes the refutation: v is alive at x again, at v's own incarnation, which stays
-    encodable and rises by at most the bound (plus one) per frame."""
+    """Whatever a member (a) says of v, to x or to v, x's view reaches v, v refutes
+    above it, and x takes the refutation: v is alive at x again, at v's own
+    incarnation, which stays encodable and rises by at most the bound (plus two) per
+    frame."""
     x = node("x", "v", neighbours=("a",))
-    v = node("v", neighbours=("x",))
+    v = node("v", "a", neighbours=("x",))
     now = NOW
-    for frame, (status, incarnation) in enumerate(accusations, 1):
+    for frame, (status, incarnation, to_v) in enumerate(accusations, 1):
         now += 10
-        x.on_message("a", Gossip((Update(contact("v", incarnation), status),)), now)
-        said = x.table.get("v")
-        assert said is not None
-        v.on_message("x", Gossip((said.update,)), now)
-        assert 1 <= v.incarnation <= min(MAX_SEQ, 1 + frame * (JUMP + 1))
+        said = Gossip((Update(contact("v", incarnation), status),))
+        (v if to_v else x).on_message("a", said, now)
+        held_at_x = x.table.get("v")
+        assert held_at_x is not None
+        v.on_message("x", Gossip((held_at_x.update,)), now)
+        assert 1 <= v.incarnation <= min(MAX_SEQ, 1 + frame * (JUMP + 2))
         alive = v.table.get("v")
         assert alive is not None and alive.status is Status.ALIVE
         frame_bytes = encode_message(Gossip((alive.update,)))
@@ -187,6 +227,45 @@ def test_a_member_accused_at_any_incarnation_refutes_and_is_alive_again(
         assert status_at_x is MemberStatus.ALIVE
         # An ALIVE said by a (not v) may stand above v's own; anything else v refuted.
         assert incarnation_at_x is not None and incarnation_at_x >= v.incarnation
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([Status.ALIVE, Status.SUSPECT, Status.DEAD]),
+            st.integers(0, 4 * JUMP),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_whatever_x_is_told_v_refutes_what_x_then_suspects_itself(
+    told: list[tuple[Status, int]],
+) -> None:
+    """x holds whatever third parties made it believe; v then falls silent to x, x
+    suspects it at the incarnation it holds, and v (hearing that) refutes in a form x
+    believes, even passed on by another: no entry a forger can plant is beyond v's
+    refutation."""
+    x = node("x", "v", neighbours=("a", "v"))
+    v = node("v", neighbours=("x",))
+    for status, incarnation in told:
+        x.on_message("a", Gossip((Update(contact("v", incarnation), status),)), NOW)
+    # Neither v nor a answers; x probes v (a neighbour, or watched after a random probe)
+    # until it suspects it, within a bound of the protocol's own timers.
+    until = NOW + 10 * (SETTINGS.random_probe_interval_ms + SETTINGS.suspect_after_ms)
+    while (entry := x.table.get("v")) is not None and entry.status is Status.ALIVE:
+        due = x.next_deadline()
+        assert due <= until, "x never suspected the silent v"
+        x.tick(due)
+    assert entry is not None
+    until = max(until, x.next_deadline())
+    out = v.on_message("x", Gossip((entry.update,)), until)
+    assert [c for c in out if isinstance(c, Refuted)], (entry.update, v.incarnation)
+    alive = v.table.get("v")
+    assert alive is not None
+    x.learn(contact("b"), until)
+    x.on_message("b", Gossip((alive.update,)), until + 1)  # passed on by a third node
+    assert held(x, "v") == (MemberStatus.ALIVE, v.incarnation)
 
 
 def test_with_no_jump_bound_the_ceiling_still_leaves_room_to_refute() -> None:
@@ -217,6 +296,12 @@ def test_a_ping_req_for_a_target_not_a_member_sends_nothing() -> None:
     out = h.on_message("r", PingReq(7, contact("anywhere", host="victim.example")), NOW)
     assert sent(out, Ping) == []
     assert h.stats["ping_reqs_refused"] == 1
+    # A member held dead is pinged still (the requester may know of a newer life).
+    h.learn(contact("d"), NOW)
+    h.on_message("r", Gossip((Update(contact("d"), Status.DEAD),)), NOW)
+    assert [s.to for s in sent(h.on_message("r", PingReq(8, contact("d")), NOW), Ping)][:1] == [
+        contact("d")
+    ]
 
 
 def test_a_ping_req_probes_the_target_at_its_known_addresses_only() -> None:
@@ -271,13 +356,17 @@ def test_a_disconnect_in_a_neighbours_name_is_refused() -> None:
     assert x.neighbours() == ["b"]
 
 
-def test_a_shuffle_from_a_non_neighbour_is_refused() -> None:
+def test_a_shuffle_from_a_stranger_is_refused() -> None:
     x = node("x", "m", neighbours=("a",))
     sample = tuple(contact(f"ghost{i}") for i in range(8))
-    out = x.on_message("m", Shuffle(contact("m"), 0, sample), NOW)
+    out = x.on_message("mallory", Shuffle(contact("mallory"), 0, sample), NOW)
     assert sent(out, ShuffleReply) == []
     assert not any(n.startswith("ghost") for n in x.overlay.passive)
+    assert held(x, "mallory") is None
     assert x.stats["admission_refused_shuffle"] == 1
+    # A live member's walk is taken (a link may be one-sided for a while).
+    out = x.on_message("m", Shuffle(contact("m"), 0, sample), NOW)
+    assert [s.to for s in sent(out, ShuffleReply)] == [contact("m")]
 
 
 def test_an_unasked_shuffle_reply_changes_nothing() -> None:
