@@ -30,22 +30,23 @@ it) leaves that to a cluster-wide key; without one, the rules are:
   from a stranger that merely connected (``updates_refused_stranger``); from a stranger,
   only what it says of this node (a seed tells a refused joiner its past life), which at
   worst makes this node refute;
-- a member's own word is believed: what the sender says of itself (the sender is who
-  its connection is; with CURVE keys, who holds the key), and its replicated record.
-  The highest incarnation it so claimed is what this node *vouches* for;
-- what a third party says of a member is believed only up to ``max_incarnation_jump``
-  above the incarnation vouched for (0 if none), with one exception: the refutation of
-  what this node holds (alive, one above the suspicion or death it holds) is believed
-  at any height, as it can only follow an accusation this node believed. Third
-  parties cannot raise the base (a table entry raised by a forged "alive" would have
-  let a forger walk the bound up frame by frame, and accuse above what the member
-  itself would refute: Hypothesis found that with the table as the base). What is
+- an update is believed only up to ``max_incarnation_jump`` above the incarnation of
+  its member's replicated record (0 if none): the member's own word, carried by the
+  replication with its origin checks. Nothing said on this channel raises that base,
+  not even in the member's name (a sender's id is a claim: ``Delivery.peer`` is a
+  routing id any client may choose unless CURVE is on). One exception: the refutation
+  of what this node holds (alive, one above the suspicion or death it holds) is
+  believed at any height, as it can only follow an accusation this node believed.
+  With the table as the base instead, a forged "alive" raised it, and an accusation
+  above what the member itself would refute followed (Hypothesis found it). What is
   refused is counted (``updates_refused_incarnation``) and logged at most every
   ``log_interval_ms``;
 - what is said of this node is believed up to ``max_incarnation_jump + 1`` above its
-  incarnation: one more than any accusation another node believes, or holds (a
-  forged "alive" plus one), so this node refutes every accusation another believes,
-  and they believe its refutation (one above what they hold);
+  incarnation: one more than any other node holds of it (an accusation at the bound
+  and a refutation of it), so this node refutes every accusation another believes, and
+  they believe its refutation (one above what they hold). A node that did not believe
+  the accusation, and so holds an older life, learns the new one from the record this
+  node writes on refuting (``Refuted``), which raises its base;
 - an accusation (suspect, dead, left) is believed only below the wire's bound
   (:data:`MAX_INCARNATION`), so that its refutation, one above, can always be written;
   a member's incarnation climbs at most ``max_incarnation_jump + 2`` per forged frame,
@@ -105,8 +106,6 @@ class Admission:
         self._refuse = refuse
         self.records: dict[str, tuple[Contact, bool]] = {}
         """Member -> (contact, left) of its replicated record, newest life (see learn())."""
-        self._vouched: dict[str, int] = {}
-        """Member -> the highest incarnation it claimed in a message of its own."""
         self.replies: list[Command] = []
         """Replies to refused past lives, sent with the protocol's next answer."""
 
@@ -118,7 +117,6 @@ class Admission:
 
     def forget(self, node_id: str) -> None:
         self.records.pop(node_id, None)
-        self._vouched.pop(node_id, None)
 
     def admissible(self, sender: str | None, claimed: Contact, kind: str, now_ms: int) -> bool:
         """Whether ``claimed`` may enter the views through a message of ``sender`` (None:
@@ -209,12 +207,12 @@ class Admission:
         entry = self._table.get(node_id)
         return entry is not None and entry.status in (Status.ALIVE, Status.SUSPECT)
 
-    def vouched(self, node_id: str) -> int:
-        """The highest incarnation ``node_id`` itself has claimed to this node: in its
-        replicated record, or in a message of its own (0 if neither). Third parties'
-        words never raise it, so a forger cannot walk the bound upwards."""
+    def recorded_incarnation(self, node_id: str) -> int:
+        """The incarnation of ``node_id``'s replicated record (0 if none): the member's
+        own word, as the replication carries it (origin-checked). Nothing said over this
+        channel raises it, so a forger cannot walk the bound upwards."""
         held = self.records.get(node_id)
-        return max(self._vouched.get(node_id, 0), 0 if held is None else held[0].incarnation)
+        return 0 if held is None else held[0].incarnation
 
     def credible(self, update: Update, sender: str, now_ms: int) -> bool:
         """The incarnation rule (see the module's notes)."""
@@ -223,13 +221,8 @@ class Admission:
             limit = MAX_INCARNATION - 1  # its refutation, one above, could not be written
         elif node_id == self._overlay.me.node_id:
             limit = self._overlay.me.incarnation + self._settings.max_incarnation_jump + 1
-        elif node_id == sender:
-            # Its own word (the sender is who its connection is): it is the authority on
-            # its lives, and the bound counts from what it said.
-            self._vouched[node_id] = max(self._vouched.get(node_id, 0), incarnation)
-            return True
         else:
-            limit = self.vouched(node_id) + self._settings.max_incarnation_jump
+            limit = self.recorded_incarnation(node_id) + self._settings.max_incarnation_jump
             entry = self._table.get(node_id)
             if (
                 update.status is Status.ALIVE
@@ -241,11 +234,11 @@ class Admission:
         if incarnation <= limit:
             return True
         jump = self._settings.max_incarnation_jump
-        known = self.vouched(node_id)
+        known = self.recorded_incarnation(node_id)
         self._refuse(
             "updates_refused_incarnation",
             now_ms,
             f"{sender!r} says {update.node_id!r} is {update.status.name.lower()} at "
-            f"incarnation {incarnation}; {known} vouched for here, {jump} above it believed",
+            f"incarnation {incarnation}; {known} recorded here, {jump} above it believed",
         )
         return False

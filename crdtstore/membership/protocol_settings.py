@@ -53,10 +53,10 @@ class ProtocolSettings:
     update, for at most this much added latency per hop."""
     max_local_health: int = 8
     max_incarnation_jump: int = 1 << 16
-    """How far above the incarnation a member itself vouched for (in its record or a
-    message of its own) a third party's word about it is believed. Legit lives climb
-    by one per restart or refutation; a forged update far above is refused (see
-    :mod:`crdtstore.membership.admission`)."""
+    """How far above the incarnation of a member's replicated record (its own word) what
+    is said of it over the membership channel is believed. Legit lives climb by one per
+    restart or refutation, and each is written to the record; a forged update far above
+    is refused (see :mod:`crdtstore.membership.admission`)."""
     max_relayed_probes: int = 16
     """Indirect probes one member may have this node run for it at a time (a prober asks
     each helper once per target a round, for a handful of targets)."""

@@ -142,12 +142,16 @@ def test_the_refutation_of_a_held_suspicion_is_believed_from_anyone() -> None:
     assert held(x, "v") == (MemberStatus.ALIVE, 2 + JUMP)
 
 
-def test_a_members_own_word_is_believed_and_is_the_base() -> None:
+def test_what_is_said_in_a_members_own_name_does_not_raise_the_base() -> None:
+    """A sender's id is a claim (a routing id, without CURVE): v's "own" word beyond the
+    bound is refused like anyone's, and what v said within it does not raise the base."""
     x = node("x", "v", neighbours=("a",))
     x.on_message("v", Gossip((Update(contact("v", 5 * JUMP), Status.ALIVE),)), NOW)
-    assert held(x, "v") == (MemberStatus.ALIVE, 5 * JUMP)
-    x.on_message("a", Gossip((Update(contact("v", 6 * JUMP), Status.SUSPECT),)), NOW)
-    assert held(x, "v") == (MemberStatus.SUSPECT, 6 * JUMP)
+    assert held(x, "v") == (MemberStatus.ALIVE, 1)
+    x.on_message("v", Gossip((Update(contact("v", 1 + JUMP), Status.ALIVE),)), NOW)
+    x.on_message("a", Gossip((Update(contact("v", 2 + JUMP), Status.SUSPECT),)), NOW)
+    assert held(x, "v") == (MemberStatus.ALIVE, 1 + JUMP)
+    assert x.stats["updates_refused_incarnation"] == 2
 
 
 def test_a_contact_passed_on_at_an_incredible_incarnation_is_refused() -> None:
@@ -204,9 +208,9 @@ def test_a_member_accused_at_any_incarnation_refutes_and_is_alive_again(
     accusations: list[tuple[Status, int, bool]],
 ) -> None:
     """Whatever a member (a) says of v, to x or to v, x's view reaches v, v refutes
-    above it, and x takes the refutation: v is alive at x again, at v's own
-    incarnation, which stays encodable and rises by at most the bound (plus two) per
-    frame."""
+    above it, and x takes the refutation (and v's record): v is alive at x again, at
+    v's own incarnation, which stays encodable and rises by at most the bound (plus two)
+    per frame."""
     x = node("x", "v", neighbours=("a",))
     v = node("v", "a", neighbours=("x",))
     now = NOW
@@ -223,6 +227,8 @@ def test_a_member_accused_at_any_incarnation_refutes_and_is_alive_again(
         frame_bytes = encode_message(Gossip((alive.update,)))
         assert decode_message(frame_bytes) == Gossip((alive.update,))
         x.on_message("v", Gossip((alive.update,)), now)
+        # The record v writes on refuting (replicated state) reaches x too.
+        x.learn(v.me, now)
         status_at_x, incarnation_at_x = held(x, "v") or (None, None)
         assert status_at_x is MemberStatus.ALIVE
         # An ALIVE said by a (not v) may stand above v's own; anything else v refuted.
