@@ -17,7 +17,10 @@ It composes these parts, each a module that states its own invariants:
   untrusted: one forged frame must not kill a member nor corrupt this node's view).
 This module dispatches messages and timers to them, and holds what they share: the
 table, the overlay, this node's own entry (refuting what is said of it) and the
-member lifecycle (suspect -> dead -> pruned).
+member lifecycle (suspect -> dead -> pruned). It is somewhat over issue 20's ~500 lines:
+what is left is the dispatch of fourteen message kinds and seven timers and the table
+updates every part calls back into; split further, that state would be passed around
+by hand.
 
 Invariants: this node's own entry is alive at ``incarnation`` unless it left; an
 update that claims it suspect or dead at its incarnation or above (and is believed) is
