@@ -15,7 +15,9 @@ connection of the node in this mode:
   plus the few exchanges of the last seconds, whatever the cluster's size.
 
 Invariants: the protocol object is touched only under ``_lock``; connection bookkeeping
-too. Nothing here touches the replica or the sync engine.
+too. Nothing here touches the replica or the sync engine. What a frame's sender id makes
+this thread keep (when it was last heard) is kept for members of the protocol's table
+only: the id is a claim (any client chooses its routing id unless CURVE is on).
 """
 
 from __future__ import annotations
@@ -190,10 +192,14 @@ class OverlayLiveness(Liveness):
                 return
             if peer in self._transient:
                 self._transient[peer] = now
-            self._heard_at[peer] = now
-            if isinstance(msg, NeighborReply) and self._seed_watch is not None:
+            replied = isinstance(msg, NeighborReply) and msg.sender.node_id == peer
+            if replied and self._seed_watch is not None:
                 self._seed_watch.answered(msg.sender.router)  # a seed took our join
             self._run_commands(self._protocol.on_message(peer, msg, now))
+            # Kept for members only: a routing id is any client's choice, and one stranger
+            # cycling through ids must not grow this map without bound.
+            if peer in self._protocol.table:
+                self._heard_at[peer] = now
 
     # -- commands ------------------------------------------------------------------------------
 

@@ -9,7 +9,8 @@ comes back deliberately, with a new incarnation, not by accident.
 
 Lifeguard's point: a detector that is itself overloaded (its own ticks arrive late)
 misreads its own slowness as everyone else's death. So each late tick raises a local
-health score that stretches every timeout, and on-time ticks lower it again.
+health score that stretches every timeout, and on-time ticks lower it again: the rule
+of :mod:`crdtstore.membership.health`, which the overlay's protocol uses too.
 
 No clock is read here: every input carries ``now_ms``.
 """
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+
+from crdtstore.membership.health import LocalHealth
 
 
 class MemberStatus(enum.Enum):
@@ -53,10 +56,17 @@ class FailureDetector:
     dead_after_ms: int = 6000
     tick_interval_ms: int = 500
     max_local_health: int = 8
-    local_health: int = 0
     _peers: dict[str, _Peer] = field(default_factory=dict)
-    _last_tick_ms: int | None = None
-    _hold_health_until_ms: int = 0
+    _health: LocalHealth = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._health = LocalHealth(
+            self.max_local_health, self.tick_interval_ms, hold_ms=self.suspect_after_ms
+        )
+
+    @property
+    def local_health(self) -> int:
+        return self._health.level
 
     def status(self, node_id: str) -> MemberStatus | None:
         peer = self._peers.get(node_id)
@@ -117,16 +127,18 @@ class FailureDetector:
         """Judge every peer's silence at ``now_ms``. ``io_stall_ms``: how long this node's
         own I/O was held up since the previous tick (heartbeats sent meanwhile are still
         on their way in), which local health takes into account."""
-        self._update_local_health(now_ms, io_stall_ms)
-        stretch = 1 + self.local_health
+        # The first tick has no earlier one to measure from: the transport's reading then
+        # covers its start-up, and this detector has never counted it.
+        self._health.tick(now_ms, None, io_stall_ms if self._health.ticked else 0)
+        suspect_after = self._health.stretch(self.suspect_after_ms)
+        dead_after = self._health.stretch(self.dead_after_ms)
         changes: list[StatusChange] = []
         for node_id, peer in list(self._peers.items()):
             silent = now_ms - peer.last_heard_ms
-            if peer.status is MemberStatus.ALIVE and silent > self.suspect_after_ms * stretch:
+            if peer.status is MemberStatus.ALIVE and silent > suspect_after:
                 changes += self._set(node_id, peer.incarnation, MemberStatus.SUSPECT, now_ms)
             elif (
-                peer.status is MemberStatus.SUSPECT
-                and now_ms - peer.suspect_since_ms > self.dead_after_ms * stretch
+                peer.status is MemberStatus.SUSPECT and now_ms - peer.suspect_since_ms > dead_after
             ):
                 changes += self._set(node_id, peer.incarnation, MemberStatus.DEAD, now_ms)
         return changes
@@ -144,23 +156,7 @@ class FailureDetector:
         its own slowness too (its heartbeats reach others late, so theirs may reach it
         late): local health rises, and on-time ticks do not lower it again for one
         suspicion timeout."""
-        self.local_health = min(self.max_local_health, self.local_health + 1)
-        self._hold_health_until_ms = now_ms + self.suspect_after_ms
-
-    def _update_local_health(self, now_ms: int, io_stall_ms: int) -> None:
-        """A late tick, or an I/O stall longer than a tick interval, raises local health
-        and holds it for a suspicion timeout (as a refutation does): what peers sent
-        during the stall arrives after it, and an on-time tick right after must not lower
-        it before that. Measured in the overlay's protocol first (see
-        ``MembershipProtocol._update_health``): a 908-ms turn of a loaded node's I/O thread
-        showed in none of its ticks."""
-        if self._last_tick_ms is not None:
-            late = now_ms - self._last_tick_ms > 2 * self.tick_interval_ms
-            if late or io_stall_ms > self.tick_interval_ms:
-                self.refuted(now_ms)
-            elif self.local_health and now_ms >= self._hold_health_until_ms:
-                self.local_health -= 1
-        self._last_tick_ms = now_ms
+        self._health.raise_level(now_ms)
 
     def _set(
         self, node_id: str, incarnation: int, status: MemberStatus, now_ms: int

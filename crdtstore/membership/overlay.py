@@ -67,6 +67,8 @@ class Overlay:
         self.pending: dict[str, Contact] = {}
         """Neighbor requests sent and not yet answered."""
         self._sent_sample: tuple[Contact, ...] = ()
+        """What this node's last shuffle sent, while its reply is awaited (else empty):
+        a reply is taken once, and no larger than it."""
 
     # -- events of this node ---------------------------------------------------------------
 
@@ -232,9 +234,16 @@ class Overlay:
             self.add_passive(contact)
         return [(msg.origin, ShuffleReply(reply))]
 
-    def on_shuffle_reply(self, msg: ShuffleReply) -> None:
-        for contact in msg.sample:
+    def on_shuffle_reply(self, msg: ShuffleReply) -> bool:
+        """Take the reply to this node's shuffle (False, and nothing changes, for one it
+        did not ask for: anyone could otherwise flush its passive view)."""
+        if not self._sent_sample:
+            return False
+        room = len(self._sent_sample)
+        self._sent_sample = ()
+        for contact in msg.sample[:room]:
             self.add_passive(contact)
+        return True
 
     # -- internals -------------------------------------------------------------------------
 

@@ -1,99 +1,67 @@
 """The membership protocol of one node, sans-I/O: (message | tick, now_ms) -> commands.
 
-It composes three things:
-- the overlay (:mod:`crdtstore.membership.overlay`, HyParView): who this node's few
+It composes these parts, each a module that states its own invariants:
+- the overlay (:mod:`~crdtstore.membership.overlay`, HyParView): who this node's few
   neighbours are;
-- failure detection by probing the neighbours (SWIM's ping, and ping-req through ``k``
-  other neighbours when a ping goes unanswered). The active view is symmetric, so every
-  member is watched by each of its neighbours: an observer topology, at a cost per node
-  set by the active view's size, not by N. Lifeguard's local health stretches every
-  timeout while this node itself runs late or hears itself suspected;
-- a member table (:mod:`crdtstore.membership.table`), complete (every member, as every
+- probing (:mod:`~crdtstore.membership.probing`, SWIM's ping and ping-req) of the
+  neighbours and of a random member now and then; Lifeguard's local health
+  (:mod:`~crdtstore.membership.health`) stretches every timeout while this node itself
+  runs late or hears itself suspected;
+- a member table (:mod:`~crdtstore.membership.table`), complete (every member, as every
   node holds every member record): status and incarnation, with SWIM's precedence. A
-  change is flooded to every neighbour (so it crosses the overlay in a few hops),
-  retransmitted on ``lambda * log N`` probes and acks, and repaired by anti-entropy
-  between neighbours.
+  change is flooded to every neighbour and piggybacked on probes and acks
+  (:mod:`~crdtstore.membership.dissemination`), and repaired by anti-entropy between
+  neighbours (:mod:`~crdtstore.membership.table_exchange`);
+- admission and trust (:mod:`~crdtstore.membership.admission`): who may enter the
+  views, and which updates from the network are believed (every byte from it is
+  untrusted: one forged frame must not kill a member nor corrupt this node's view).
+This module dispatches messages and timers to them, and holds what they share: the
+table, the overlay, this node's own entry (refuting what is said of it) and the
+member lifecycle (suspect -> dead -> pruned). It is somewhat over issue 20's ~500 lines:
+what is left is the dispatch of fourteen message kinds and seven timers and the table
+updates every part calls back into; split further, that state would be passed around
+by hand.
 
 Invariants: this node's own entry is alive at ``incarnation`` unless it left; an
-update that claims it suspect or dead at its incarnation or above is refuted by raising
-the incarnation above it. Nothing here reads a clock or a socket; randomness comes
-from the ``random.Random`` given, and no decision depends on a set's iteration order,
-so a simulation replays from its seed.
+update that claims it suspect or dead at its incarnation or above (and is believed) is
+refuted by raising the incarnation above it. Nothing here reads a clock or a socket;
+randomness comes from the ``random.Random`` given, and no decision depends on a set's
+iteration order, so a simulation replays from its seed.
 
-Design choices, each made after a simulated run showed the problem:
-- The silence clock of a neighbour starts when it becomes a neighbour. It used to be
-  the time the member was last learned alive, so a member that became a neighbour long
-  after (a shuffle, a rotation) was suspected in the same tick it was first pinged.
-- Besides its neighbours, each node probes one random member every
-  ``random_probe_interval_ms`` (SWIM's probing, at a rate that keeps connections within
-  bounds), and a member that stays silent to it as long as a neighbour would have to is
-  suspected. Neighbours alone left a hole: after a partition, a member whose neighbours
-  were all on its own side was never found dead on the other side.
-- A ping to a member this node holds suspect carries that suspicion. The flood and the
-  piggybacked copies of it may all have been sent while the member was paused; without
-  this it learned it was suspected only when declared dead, and came back through a
-  death instead of a refutation.
-- An ack says whether the acker holds the prober as a neighbour; a one-sided link (a
-  lost reply or disconnect) is then re-requested or dropped, so links stay symmetric
-  and every member stays watched by its neighbours.
-- Anti-entropy compares table digests, then per-bucket hashes, then ships only the
-  entries of the buckets that differ: a difference that is only an update in flight
-  costs a kilobyte or two at 1,000 members, not the whole table (60 kB) each way.
-- A new link is synchronised by the side that asked for it only, one exchange at a
-  time per node: a joiner takes the table from its first neighbour, and its next ones
-  find it equal, instead of five whole tables arriving at once in both directions.
-- Entries learned from a table exchange are flooded on only when they change what this
-  node knew of a member (a refutation, a death); members it had never heard of are not
-  news to its neighbours, who hold the same table. Otherwise every joiner re-flooded
-  the whole table it had just been given.
-- Only changes to known members (suspicions, deaths, leaves, refutations, restarts) are
-  piggybacked after the flood; a member's first appearance (a join) is flooded once and
-  left to anti-entropy if a copy is lost. No timer waits on a join, and piggybacking
-  every join of a 1,000-node start kept every ping carrying joins for a minute after.
-
-Clocks. A ping carries its sender's clock reading and an ack the probed member's, so a
-node learns the clock of every member it probes or is probed by, neighbours or not (a
-hello, the only reading before, is exchanged between neighbours). Each reading goes out
-as a :class:`ClockReading` command: an ack that answers one of this node's probes brings
-a round trip (the target read its clock between the probe's sending and the ack's
-arrival: NTP's offset and error bound), a ping a one-way reading (taken before it
-arrived). An intermediary of an indirect probe passes the target's reading on unchanged;
-a reading is attributed to the probe's target only from the target itself or from a
-member asked to relay it. The readings are fields appended to the older forms, which
-older nodes refuse whole: a member not yet known to read them (it has sent none since
-its current life began) is sent a ping or a relayed ack in both forms, the longer first;
-an ack goes in the form of the ping it answers.
-
-Admission (who may become a neighbour, and what a neighbour is trusted with). Without
-CURVE keys a node cannot tell a stranger from a brand-new node at its first message,
-and the full mesh does not try: it connects to whoever says hello, and takes from its
-PUB only batches of that node's own origin. The overlay keeps that bar:
-- a Join, Neighbor or NeighborReply is taken only from the node it names (the
-  connection's identity, as the full mesh's hello is); a ForwardJoin only from a
-  neighbour (a walk is passed on by neighbours; a stranger cannot push itself into the
-  views of nodes it never spoke to); a Join or Neighbor of a life that the replicated
-  record says is past (left, or a lower incarnation) is refused. Each refusal is counted
-  (``admission_refused_*``) and changes nothing;
-- anyone else is admitted, as a joiner must be (its record can only replicate over a
-  link), but a neighbour is a *member link* only while it is connected at the addresses
-  and key of its replicated member record (:meth:`MembershipProtocol.recorded`). The
-  runtime accepts relayed batches of any origin only from member links; from any other
-  neighbour, as the full mesh from any publisher, only batches of its own origin.
+Entries learned from a table exchange are flooded on only when they change what this
+node knew of a member (a refutation, a death); members it had never heard of are not
+news to its neighbours, who hold the same table. Otherwise every joiner re-flooded
+the whole table it had just been given.
 """
 
 from __future__ import annotations
 
-import math
+import logging
 import random
+from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
+from crdtstore.membership.admission import MAX_INCARNATION, Admission
+from crdtstore.membership.commands import (
+    SEED_PREFIX,
+    TO_STATUS,
+    ClockReading,
+    Command,
+    NeighbourDown,
+    NeighbourUp,
+    Refuted,
+    Send,
+)
 from crdtstore.membership.detector import MemberStatus, StatusChange
-from crdtstore.membership.overlay import Out, Overlay, OverlaySettings
-from crdtstore.membership.retransmit import RetransmitQueue
-from crdtstore.membership.table import MemberTable, granularity_for, supersedes
+from crdtstore.membership.dissemination import Dissemination
+from crdtstore.membership.health import LocalHealth
+from crdtstore.membership.overlay import Out, Overlay
+from crdtstore.membership.probing import Prober
+from crdtstore.membership.protocol_settings import ProtocolSettings
+from crdtstore.membership.table import MemberTable, supersedes
+from crdtstore.membership.table_exchange import TableExchange
 from crdtstore.membership.wire import (
-    MAX_UPDATES,
     Ack,
     Contact,
     Disconnect,
@@ -112,8 +80,10 @@ from crdtstore.membership.wire import (
     TableSync,
     Update,
 )
+from crdtstore.sync.rejections import Rejections
 
 __all__ = [
+    "MAX_INCARNATION",
     "SEED_PREFIX",
     "ClockReading",
     "Command",
@@ -127,107 +97,11 @@ __all__ = [
     "supersedes",
 ]
 
-SEED_PREFIX = "\x00seed:"
-"""Node id of a contact known only by address (a seed), until it answers."""
-
-TO_STATUS = {
-    Status.ALIVE: MemberStatus.ALIVE,
-    Status.SUSPECT: MemberStatus.SUSPECT,
-    Status.DEAD: MemberStatus.DEAD,
-    Status.LEFT: MemberStatus.LEFT,
-}
+log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ProtocolSettings:
-    probe_interval_ms: int = 500
-    """Every neighbour is pinged this often (the protocol period)."""
-    probe_timeout_ms: int = 200
-    """A ping unanswered this long goes out again through ``indirect_probes`` others."""
-    indirect_probes: int = 3
-    random_probe_interval_ms: int = 2_000
-    """Besides its neighbours, a node probes one random member this often (see the
-    module's notes: a member whose neighbours all share its side of a partition is
-    otherwise never found dead on the other side)."""
-    suspect_after_ms: int = 2_000
-    """A neighbour unanswered (directly and indirectly) this long is suspected."""
-    dead_after_ms: int = 6_000
-    """A suspect not refuted this long is dead (both stretched by local health)."""
-    join_interval_ms: int = 1_000
-    """How often a node without neighbours asks its seeds (or known members) to join."""
-    shuffle_interval_ms: int = 10_000
-    rotate_interval_ms: int = 30_000
-    """How often a node swaps one neighbour for a random live member."""
-    table_sync_interval_ms: int = 5_000
-    """How often a node compares its member table's hash with one neighbour's."""
-    table_exchange_ms: int = 200
-    """How long a table exchange with a new neighbour is given before the next new
-    neighbour's starts (one at a time: the first one usually makes the rest equal)."""
-    reconnect_interval_ms: int = 10_000
-    """How often a node offers its table to one member it holds dead, so that both
-    sides of a healed partition learn of each other (and the living refute)."""
-    prune_after_ms: int = 24 * 3600 * 1000
-    retransmit_mult: int = 1
-    """Each update rides on ``retransmit_mult * ceil(log2(N + 1))`` probes and acks
-    (SWIM's lambda). The flood already carries it once to every neighbour, and probes
-    go only to neighbours, so these copies only repair losses: SWIM's 3 or 4 (it has no
-    flood) made a 1,000-node start storm drain its queues for minutes."""
-    max_piggyback: int = 8
-    gossip_interval_ms: int = 20
-    """Updates learned within this long leave together, one message per neighbour: a
-    burst (a mass start, a partition) costs a few frames per neighbour, not one per
-    update, for at most this much added latency per hop."""
-    max_local_health: int = 8
-    overlay: OverlaySettings = field(default_factory=OverlaySettings)
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send ``msg`` to ``to``: a contact (connect to it if need be) or, as a string, the
-    node id of a peer that just sent this node a message (answer on its connection)."""
-
-    to: Contact | str
-    msg: object
-
-
-@dataclass(frozen=True, slots=True)
-class NeighbourUp:
-    contact: Contact
-
-
-@dataclass(frozen=True, slots=True)
-class NeighbourDown:
-    node_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class ClockReading:
-    """``node_id``'s clock read ``clock_ms`` at some moment between ``sent_ms`` and
-    ``received_ms`` of this node's clock (a round trip), or, with ``sent_ms`` None, at
-    some moment before ``received_ms`` (one way)."""
-
-    node_id: str
-    clock_ms: int
-    sent_ms: int | None
-    received_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Refuted:
-    """This node raised its incarnation (its record should follow)."""
-
-    incarnation: int
-
-
-Command = Send | NeighbourUp | NeighbourDown | Refuted | StatusChange | ClockReading
-
-
-@dataclass(slots=True)
-class _Probe:
-    target: str
-    sent_ms: int
-    indirect: bool = False
-    helpers: tuple[str, ...] = ()
+def _named(sender: str, msg: object) -> str:
+    return f"{sender!r} sent {type(msg).__name__} in another's name"
 
 
 class MembershipProtocol:
@@ -247,25 +121,35 @@ class MembershipProtocol:
         self._seed_answered = False
         self.table = MemberTable()
         self.table.set(Update(me, Status.ALIVE), now_ms)
-        self.local_health = 0
-        self.stats: dict[str, int] = {}
+        self._health = LocalHealth(
+            settings.max_local_health, settings.probe_interval_ms, settings.suspect_after_ms
+        )
+        self.stats: Counter[str] = Counter()
+        self._refuse = Rejections(
+            me.node_id, self.stats, settings.log_interval_ms, log, "membership"
+        )
         self.leaving = False
-        self._retransmit = RetransmitQueue()
-        self._probes: dict[int, _Probe] = {}
-        self._probing: dict[str, int] = {}
-        self._last_ack: dict[str, int] = {}
-        """Neighbour -> when it was last heard from (set when it becomes a neighbour)."""
-        self._relayed: dict[int, tuple[str, int, int]] = {}
-        self._reads_clocks: set[str] = set()
-        """Members that sent a clock reading in their current life: they read the
-        longer forms of Ping and Ack, and are sent those alone."""
-        self._watch: dict[str, int] = {}
-        """Non-neighbours whose probe went unanswered -> since when: probed every round
-        until they answer, suspected once silent as long as a neighbour would be."""
-        self._seq = 0
-        self._last_tick: int | None = None
-        self._hold_health_until = 0
-        self._stall_counted_at = -(1 << 62)
+        self._admission = Admission(self.overlay, self.table, settings, self.stats, self._refuse)
+        self._dissemination = Dissemination(self.overlay, self.table, settings)
+        self._prober = Prober(
+            overlay=self.overlay,
+            table=self.table,
+            settings=settings,
+            rng=rng,
+            health=self._health,
+            stats=self.stats,
+            refuse=self._refuse,
+            admission=self._admission,
+            dissemination=self._dissemination,
+            apply=lambda update, now: self._apply(update, now, source=None),
+        )
+        self._exchange = TableExchange(
+            self.table,
+            settings,
+            self.stats,
+            lambda entries, now, sender: self._absorb(entries, now, sender, news_only=True),
+            now_ms,
+        )
         s = settings
         self._next = {
             "probe": now_ms,
@@ -278,16 +162,8 @@ class MembershipProtocol:
         }
         self._active_seen: dict[str, None] = {}
         self._pending_changes: list[Command] = []
-        self._gossip_out: dict[str, dict[str, Update]] = {}
-        self._gossip_due: int | None = None
-        self._sync_queue: dict[str, None] = {}
-        """New neighbours this node asked for, whose tables it has yet to compare."""
-        self._sync_free_at = now_ms
         self._next_prune = now_ms + settings.prune_after_ms // 8
         self._next_timer = min(self._next.values())
-        self._records: dict[str, tuple[Contact, bool]] = {}
-        self._told_past_life: list[Command] = []  # replies to refused past lives, sent next
-        """Member -> (contact, left) of its replicated record, newest life (see learn())."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -298,6 +174,12 @@ class MembershipProtocol:
     @property
     def table_hash(self) -> int:
         return self.table.digest
+
+    @property
+    def local_health(self) -> int:
+        """Lifeguard's score (:mod:`crdtstore.membership.health`): this node's own
+        slowness, which stretches every timeout it judges others by."""
+        return self._health.level
 
     def status(self, node_id: str) -> MemberStatus | None:
         entry = self.table.get(node_id)
@@ -312,22 +194,33 @@ class MembershipProtocol:
 
     def pending_updates(self) -> int:
         """Updates still to be flooded or piggybacked (0 once this node has gone quiet)."""
-        return len(self._retransmit) + sum(len(u) for u in self._gossip_out.values())
+        return self._dissemination.pending()
 
     def neighbours(self) -> list[str]:
         return sorted(self.overlay.active)
 
     def next_deadline(self) -> int:
         deadline = self._next_timer
-        if self._gossip_due is not None:
-            deadline = min(deadline, self._gossip_due)
-        if self._sync_queue:
-            deadline = min(deadline, self._sync_free_at)
-        timeout = self._stretch(self.settings.probe_timeout_ms)
-        for probe in self._probes.values():
-            if not probe.indirect:
-                deadline = min(deadline, probe.sent_ms + timeout)
-        return deadline
+        gossip_due = self._dissemination.due
+        if gossip_due is not None:
+            deadline = min(deadline, gossip_due)
+        exchange_due = self._exchange.due()
+        if exchange_due is not None:
+            deadline = min(deadline, exchange_due)
+        return self._prober.next_timeout(deadline)
+
+    def recorded(self, contact: Contact) -> bool:
+        """Whether ``contact`` is its member's replicated record: a link to it is a member
+        link, trusted to relay any origin's batches (see
+        :meth:`crdtstore.membership.admission.Admission.recorded`)."""
+        return self._admission.recorded(contact)
+
+    def member(self, node_id: str) -> tuple[MemberStatus, int, int] | None:
+        """(status, incarnation, since_ms) of one member, or None."""
+        entry = self.table.get(node_id)
+        if entry is None:
+            return None
+        return TO_STATUS[entry.status], entry.contact.incarnation, entry.since_ms
 
     # -- events of this node ---------------------------------------------------------------
 
@@ -349,9 +242,7 @@ class MembershipProtocol:
         or one whose record says it left (gone at that incarnation)."""
         if contact.node_id == self.me.node_id:
             return []
-        held = self._records.get(contact.node_id)
-        if held is None or contact.incarnation >= held[0].incarnation:
-            self._records[contact.node_id] = (contact, left)
+        self._admission.learn(contact, left)
         status = Status.LEFT if left else Status.ALIVE
         entry = self.table.get(contact.node_id)
         if entry is not None and not supersedes(
@@ -361,26 +252,36 @@ class MembershipProtocol:
         out = self._apply(Update(contact, status), now_ms, source=None)
         return out + self._neighbour_changes(now_ms)
 
+    def raise_incarnation(self, at_least: int, now_ms: int) -> list[Command]:
+        """An earlier life of this node wrote a higher incarnation: live above it."""
+        if at_least <= self.me.incarnation:
+            return []
+        self._live_at(at_least, now_ms)
+        return []
+
     def tick(self, now_ms: int, io_stall_ms: int = 0) -> list[Command]:
         """Run the timers due at ``now_ms``. ``io_stall_ms``: how long this node's own I/O
         was held up since the previous tick (what its peers sent meanwhile is still on its
         way in), which this node's local health takes into account."""
         out: list[Command] = []
-        self._update_health(now_ms, due_ms=self.next_deadline(), io_stall_ms=io_stall_ms)
+        if self._health.tick(now_ms, self.next_deadline(), io_stall_ms):
+            self._count("io_stalls")
         s = self.settings
         nxt = self._next
-        out += self._probe_timeouts(now_ms)
-        if self._gossip_due is not None and now_ms >= self._gossip_due:
-            out += self._flush_gossip()
-        if self._sync_queue and now_ms >= self._sync_free_at:
-            out += self._sync_next_neighbour(now_ms)
+        out += self._prober.timeouts(now_ms)
+        gossip_due = self._dissemination.due
+        if gossip_due is not None and now_ms >= gossip_due:
+            out += self._dissemination.flush()
+        exchange_due = self._exchange.due()
+        if exchange_due is not None and now_ms >= exchange_due:
+            out += self._exchange.next(now_ms)
         if now_ms >= nxt["probe"]:
             nxt["probe"] = now_ms + s.probe_interval_ms
-            out += self._probe_round(now_ms)
+            out += self._prober.round(now_ms)
             out += self._timers(now_ms)
         if now_ms >= nxt["random_probe"]:
             nxt["random_probe"] = now_ms + s.random_probe_interval_ms
-            out += self._random_probe(now_ms)
+            out += self._prober.random_probe(self._random_live(), now_ms)
         if now_ms >= nxt["join"]:
             nxt["join"] = now_ms + s.join_interval_ms
             out += self._join()
@@ -399,12 +300,12 @@ class MembershipProtocol:
             nxt["table"] = now_ms + s.table_sync_interval_ms
             if self.overlay.active:
                 target = self.rng.choice(list(self.overlay.active.values()))
-                out.append(Send(target, self._digest()))
+                out.append(Send(target, self._exchange.digest()))
         if now_ms >= nxt["reconnect"]:
             nxt["reconnect"] = now_ms + s.reconnect_interval_ms
             if self.table.dead:
                 dead = self.table[self.rng.choice(list(self.table.dead))]
-                out.append(Send(dead.contact, self._digest()))
+                out.append(Send(dead.contact, self._exchange.digest()))
         self._next_timer = min(nxt.values())
         return out + self._neighbour_changes(now_ms)
 
@@ -413,287 +314,95 @@ class MembershipProtocol:
     def on_message(self, sender: str, msg: object, now_ms: int) -> list[Command]:
         """``sender``: the node id the transport vouches for (the connection's identity)."""
         out: list[Command] = []
+        admission = self._admission
         if isinstance(msg, Ping):
             out += self._absorb(msg.updates, now_ms, sender)
-            neighbour = sender in self.overlay.active
-            clock = None
-            if msg.clock_ms is not None:
-                self._reads_clock(sender)
-                if sender in self.table:  # not a stranger's: what is kept per member stays bounded
-                    out.append(ClockReading(sender, msg.clock_ms, None, now_ms))
-                clock = now_ms  # answered in the form it came in
-            ack = Ack(msg.seq, self.me.incarnation, self._piggyback(), neighbour, clock)
-            out.append(Send(sender, ack))
+            out += self._prober.on_ping(sender, msg, self.me.incarnation, now_ms)
         elif isinstance(msg, Ack):
             if msg.clock_ms is not None:
-                self._reads_clock(sender)
+                self._prober.reads_clock(sender)
             out += self._absorb(msg.updates, now_ms, sender)
-            out += self._on_ack(sender, msg, now_ms)
+            out += self._prober.on_ack(sender, msg, now_ms)
         elif isinstance(msg, PingReq):
-            self._seq += 1
-            self._relayed[self._seq] = (sender, msg.seq, now_ms)
-            out += self._in_both_forms(msg.target.node_id, msg.target, Ping(self._seq, (), now_ms))
+            out += self._prober.relay(sender, msg, now_ms)
         elif isinstance(msg, Gossip):
             out += self._absorb(msg.updates, now_ms, sender)
         elif isinstance(msg, TableDigest | TableBuckets | TableSync):
-            out += self._on_table(sender, msg, now_ms)
+            out += self._exchange.on_message(sender, msg, now_ms)
         elif isinstance(msg, Join):
-            if self._admissible(sender, msg.joiner, "join"):
-                self._heard(msg.joiner, now_ms)
+            if admission.admissible(sender, msg.joiner, "join", now_ms):
+                self._heard_of(msg.joiner, now_ms)
                 out += self._sends(self.overlay.on_join(msg))
         elif isinstance(msg, ForwardJoin):
             if sender not in self.overlay.active:
-                self._count("admission_refused_forward_join")
-            elif self._admissible(None, msg.joiner, "forward_join"):
+                self._count("admission_refused_forward_join")  # also a link just dropped
+            elif admission.admissible(None, msg.joiner, "forward_join", now_ms):
                 self._heard_of(msg.joiner, now_ms)
                 out += self._sends(self.overlay.on_forward_join(sender, msg))
         elif isinstance(msg, Neighbor):
-            if not self._admissible(sender, msg.sender, "neighbor"):
+            if not admission.admissible(sender, msg.sender, "neighbor", now_ms):
                 pass
             elif self.leaving:
-                self._heard(msg.sender, now_ms)
+                self._heard_of(msg.sender, now_ms)
                 out.append(Send(msg.sender, NeighborReply(self.me, accepted=False)))
             else:
-                self._heard(msg.sender, now_ms)
+                self._heard_of(msg.sender, now_ms)
                 out += self._sends(self.overlay.on_neighbor(msg))
         elif isinstance(msg, NeighborReply):
-            if msg.sender.node_id != sender:
-                self._count("admission_refused_identity")
-                return out + self._neighbour_changes(now_ms)
-            self._heard(msg.sender, now_ms)
-            seeds = [s for s in self.seeds if s.router != msg.sender.router]
-            self._seed_answered |= len(seeds) < len(self.seeds)
-            self.seeds = seeds
-            if not self.leaving:
-                out += self._sends(self.overlay.on_neighbor_reply(msg))
-                node_id = msg.sender.node_id
-                if msg.accepted and node_id in self.overlay.active:
-                    self._sync_queue[node_id] = None
-                    # Due now at the earliest: a deadline long past would read as a
-                    # tick that ran late (see _update_health).
-                    self._sync_free_at = max(self._sync_free_at, now_ms)
+            out += self._on_neighbor_reply(sender, msg, now_ms)
         elif isinstance(msg, Disconnect):
-            _, sends = self.overlay.on_disconnect(msg)
-            out += self._sends(sends)
+            if msg.sender != sender:
+                self._refuse("admission_refused_identity", now_ms, _named(sender, msg))
+            else:
+                _, sends = self.overlay.on_disconnect(msg)
+                out += self._sends(sends)
         elif isinstance(msg, Shuffle):
-            self._heard_of(msg.origin, now_ms)
-            out += self._sends(self.overlay.on_shuffle(sender, msg))
+            # A walk is passed on along links; one may be one-sided for a while, so a
+            # live member is heard too, a stranger not.
+            if not admission.live_member(sender):
+                reason = "admission_refused_shuffle"
+                admission.refuse_request(reason, sender, now_ms, f"from {sender!r}")
+            elif admission.credible(Update(msg.origin, Status.ALIVE), sender, now_ms):
+                self._heard_of(msg.origin, now_ms)
+                out += self._sends(self.overlay.on_shuffle(sender, msg))
         elif isinstance(msg, ShuffleReply):
-            self.overlay.on_shuffle_reply(msg)
+            if not admission.known_sender(sender) or not self.overlay.on_shuffle_reply(msg):
+                reason = "shuffle_replies_refused"
+                admission.refuse_request(reason, sender, now_ms, f"unasked, from {sender!r}")
         else:
             self._count("rejected_membership_kind")
-        if self._told_past_life:
-            out += self._told_past_life
-            self._told_past_life = []
+        if admission.replies:
+            out += admission.replies
+            admission.replies = []
         return out + self._neighbour_changes(now_ms)
 
-    # -- admission -------------------------------------------------------------------------
-
-    def _admissible(self, sender: str | None, claimed: Contact, kind: str) -> bool:
-        """Whether ``claimed`` may enter the views through a message of ``sender`` (None:
-        passed on by a neighbour, so no identity to hold it to). See the module's notes."""
-        if sender is not None and claimed.node_id != sender:
-            self._count("admission_refused_identity")
-            return False
-        held = self._records.get(claimed.node_id)
-        if held is not None:
-            record, left = held
-            if record.incarnation > claimed.incarnation or (
-                left and record.incarnation >= claimed.incarnation
-            ):
-                self._count(f"admission_refused_past_life_{kind}")
-                if sender is not None:
-                    # Tell it which life the record holds, as over: a node restarted on a
-                    # fresh directory under an old id (or after a leave) starts low and
-                    # knows no better; it refutes above that life, and its next join
-                    # passes. Unanswered, it was shut out for as long as the record stood.
-                    past = Update(replace(claimed, incarnation=record.incarnation), Status.DEAD)
-                    self._told_past_life.append(Send(claimed, Gossip((past,))))
-                return False
-        return True
-
-    def recorded(self, contact: Contact) -> bool:
-        """Whether ``contact`` is its member's replicated record (same addresses and key,
-        a life not left): a link to it is a member link, trusted to relay any origin's
-        batches. A newcomer, or a node that says a member's name from elsewhere, is not."""
-        held = self._records.get(contact.node_id)
-        if held is None or held[1]:
-            return False
-        record = held[0]
-        return (record.router, record.pub, record.public_key) == (
-            contact.router,
-            contact.pub,
-            contact.public_key,
-        )
-
-    # -- probing ---------------------------------------------------------------------------
-
-    def _probe_round(self, now_ms: int) -> list[Command]:
-        """Ping each neighbour not heard from for a probe interval (any frame from it, its
-        own pings included, says it is there), and each watched member. A link's two ends
-        then take turns instead of both pinging every interval: about a third of the
-        frames, and no neighbour goes longer unheard than before."""
-        out: list[Command] = []
-        recent = now_ms - self.settings.probe_interval_ms
-        for node_id, contact in self.overlay.active.items():
-            if self._last_ack.get(node_id, recent) <= recent:
-                out += self._probe(contact, now_ms)
-        for node_id in list(self._watch):
-            entry = self.table.get(node_id)
-            if entry is not None and node_id not in self.overlay.active:
-                out += self._probe(entry.contact, now_ms)
-        return out
-
-    def _random_probe(self, now_ms: int) -> list[Command]:
-        contact = self._random_live()
-        if contact is None or contact.node_id in self.overlay.active:
+    def _on_neighbor_reply(self, sender: str, msg: NeighborReply, now_ms: int) -> list[Command]:
+        if msg.sender.node_id != sender:
+            self._refuse("admission_refused_identity", now_ms, _named(sender, msg))
             return []
-        return self._probe(contact, now_ms)
-
-    def _probe(self, contact: Contact, now_ms: int) -> list[Command]:
-        node_id = contact.node_id
-        if node_id in self._probing:
+        if not self._admission.credible(Update(msg.sender, Status.ALIVE), sender, now_ms):
             return []
-        self._seq += 1
-        self._probes[self._seq] = _Probe(node_id, now_ms)
-        self._probing[node_id] = self._seq
-        ping = Ping(self._seq, self._ping_updates(node_id), now_ms)
-        return self._in_both_forms(node_id, contact, ping)
-
-    def _in_both_forms(self, node_id: str, to: Contact | str, msg: Ping | Ack) -> list[Command]:
-        """``msg`` (carrying a clock reading) to ``node_id``, and a copy without the
-        reading unless ``node_id`` is known to read it (see the module's notes)."""
-        out: list[Command] = [Send(to, msg)]
-        if msg.clock_ms is not None and node_id not in self._reads_clocks:
-            out.append(Send(to, replace(msg, clock_ms=None)))
-        return out
-
-    def _reads_clock(self, sender: str) -> None:
-        if sender in self.table:
-            self._reads_clocks.add(sender)
-
-    def _ping_updates(self, target: str) -> tuple[Update, ...]:
-        """The piggyback of a ping; a suspect target is told first that it is suspected,
-        so that it refutes at the first ping it hears (see the module's notes)."""
-        entry = self.table.get(target)
-        if entry is not None and entry.status is Status.SUSPECT:
-            return (entry.update, *self._piggyback(self.settings.max_piggyback - 1))
-        return self._piggyback()
-
-    def _probe_timeouts(self, now_ms: int) -> list[Command]:
-        out: list[Command] = []
-        timeout = self._stretch(self.settings.probe_timeout_ms)
-        give_up = self._stretch(self.settings.probe_interval_ms * 2)
-        for seq, probe in list(self._probes.items()):
-            if probe.indirect:
-                if now_ms - probe.sent_ms > give_up:
-                    self._drop_probe(seq)  # the next round pings it again
-                    if probe.target not in self.overlay.active:
-                        self._watch.setdefault(probe.target, probe.sent_ms)
-                continue
-            if now_ms - probe.sent_ms < timeout:
-                continue
-            probe.indirect = True
-            target = self.table.get(probe.target)
-            helpers = [c for n, c in self.overlay.active.items() if n != probe.target]
-            self._count("probes_indirect")
-            if target is None:
-                continue
-            k = min(self.settings.indirect_probes, len(helpers))
-            chosen = self.rng.sample(helpers, k)
-            probe.helpers = tuple(c.node_id for c in chosen)
-            for helper in chosen:
-                out.append(Send(helper, PingReq(seq, target.contact)))
-            # The target gets a second direct ping too: one lost frame is the common case.
-            suspicion = (target.update,) if target.status is Status.SUSPECT else ()
-            ping = Ping(seq, suspicion, now_ms)
-            out += self._in_both_forms(probe.target, target.contact, ping)
-        for seq, (_, _, at) in list(self._relayed.items()):
-            if now_ms - at > give_up:
-                del self._relayed[seq]
-        return out
-
-    def _on_ack(self, sender: str, msg: Ack, now_ms: int) -> list[Command]:
-        relayed = self._relayed.pop(msg.seq, None)
-        if relayed is not None:
-            requester, their_seq, _ = relayed
-            # The target's own reading, passed on: the requester times the round trip.
-            ack = Ack(their_seq, msg.incarnation, clock_ms=msg.clock_ms)
-            return self._in_both_forms(requester, requester, ack)
-        probe = self._probes.get(msg.seq)
-        if probe is None:
+        self._heard_of(msg.sender, now_ms)
+        seeds = [s for s in self.seeds if s.router != msg.sender.router]
+        self._seed_answered |= len(seeds) < len(self.seeds)
+        self.seeds = seeds
+        if self.leaving:
             return []
-        target = probe.target
-        if sender != target and sender not in probe.helpers:
-            # Only the target, or a member asked to relay, answers for it (its clock too).
-            self._count("acks_refused")
-            return []
-        self._drop_probe(msg.seq)
-        self._watch.pop(target, None)
-        out: list[Command] = []
-        if msg.clock_ms is not None:
-            out.append(ClockReading(target, msg.clock_ms, probe.sent_ms, now_ms))
-        if target in self.overlay.active:
-            self._last_ack[target] = now_ms
-            if not msg.neighbour and target not in self.overlay.pending:
-                # A one-sided link: ask to be taken back (a refusal drops it here).
-                self._count("one_sided_links")
-                out += self._sends(self.overlay.confirm(self.overlay.active[target]))
-        entry = self.table.get(target)
-        suspected = entry is not None and entry.status is Status.SUSPECT
-        if entry is not None and suspected and msg.incarnation > entry.contact.incarnation:
-            contact = replace(entry.contact, incarnation=msg.incarnation)
-            out += self._apply(Update(contact, Status.ALIVE), now_ms, source=None)
+        out = self._sends(self.overlay.on_neighbor_reply(msg))
+        node_id = msg.sender.node_id
+        if msg.accepted and node_id in self.overlay.active:
+            self._exchange.start(node_id, now_ms)
         return out
 
-    def _drop_probe(self, seq: int) -> None:
-        probe = self._probes.pop(seq, None)
-        if probe is not None and self._probing.get(probe.target) == seq:
-            del self._probing[probe.target]
-
-    def _timers(self, now_ms: int) -> list[Command]:
-        """Suspect silent neighbours, declare suspects dead, prune the long gone."""
-        out: list[Command] = []
-        silent_limit = self._stretch(self.settings.suspect_after_ms)
-        for node_id in list(self.overlay.active):
-            entry = self.table.get(node_id)
-            last = self._last_ack.setdefault(node_id, now_ms)
-            if entry is not None and entry.status is Status.ALIVE and now_ms - last > silent_limit:
-                self._count("suspicions_raised")
-                out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
-        for node_id, since in list(self._watch.items()):
-            entry = self.table.get(node_id)
-            if entry is None or entry.status is not Status.ALIVE or node_id in self.overlay.active:
-                del self._watch[node_id]  # settled, or a neighbour (watched as one)
-            elif now_ms - since > silent_limit:
-                del self._watch[node_id]
-                self._count("suspicions_raised")
-                out += self._apply(Update(entry.contact, Status.SUSPECT), now_ms, source=None)
-        dead_limit = self._stretch(self.settings.dead_after_ms)
-        for node_id in list(self.table.suspects):
-            entry = self.table[node_id]
-            if now_ms - entry.since_ms > dead_limit:
-                out += self._apply(Update(entry.contact, Status.DEAD), now_ms, source=None)
-        if now_ms >= self._next_prune:
-            self._next_prune = now_ms + self.settings.prune_after_ms // 8
-            for node_id, entry in list(self.table.items()):
-                if (
-                    entry.status in (Status.DEAD, Status.LEFT)
-                    and node_id != self.me.node_id
-                    and now_ms - entry.since_ms > self.settings.prune_after_ms
-                ):
-                    self._remove(node_id)
-        return out
-
-    # -- dissemination ---------------------------------------------------------------------
+    # -- the member table ------------------------------------------------------------------
 
     def _absorb(
         self, updates: Iterable[Update], now_ms: int, sender: str, news_only: bool = False
     ) -> list[Command]:
         out: list[Command] = []
         if sender in self.overlay.active:
-            self._last_ack[sender] = now_ms  # any frame from a neighbour says it is there
-        for update in updates:
+            self._prober.last_ack[sender] = now_ms  # any frame from a neighbour: it is there
+        for update in self._admission.trusted(updates, sender, now_ms):
             out += self._apply(update, now_ms, source=sender, news_only=news_only)
         return out
 
@@ -712,7 +421,7 @@ class MembershipProtocol:
             return []
         old = None if entry is None else entry.status
         if entry is not None and update.incarnation > entry.contact.incarnation:
-            self._reads_clocks.discard(node_id)  # a new life, perhaps of an older build
+            self._prober.reads_clocks.discard(node_id)  # a new life, perhaps an older build
         self.table.set(update, now_ms)
         out: list[Command] = []
         if old is not update.status:  # a new incarnation at the same status is no change
@@ -727,30 +436,10 @@ class MembershipProtocol:
             out += self._sends(sends)
         if entry is None:
             if not news_only:
-                self._queue_gossip(update, now_ms, source)
+                self._dissemination.flood(update, now_ms, source)
             return out
-        self._retransmit.put(update, self._retransmits())
-        self._queue_gossip(update, now_ms, source)
-        return out
-
-    def _queue_gossip(self, update: Update, now_ms: int, source: str | None) -> None:
-        for neighbour in self.overlay.active:
-            if neighbour != source:
-                self._gossip_out.setdefault(neighbour, {})[update.node_id] = update
-        if self._gossip_out and self._gossip_due is None:
-            self._gossip_due = now_ms + self.settings.gossip_interval_ms
-
-    def _flush_gossip(self) -> list[Command]:
-        out: list[Command] = []
-        for neighbour, updates in self._gossip_out.items():
-            contact = self.overlay.active.get(neighbour)
-            if contact is None:
-                continue  # no longer a neighbour: the table exchange with new ones covers it
-            batch = list(updates.values())
-            for i in range(0, len(batch), MAX_UPDATES):
-                out.append(Send(contact, Gossip(tuple(batch[i : i + MAX_UPDATES]))))
-        self._gossip_out.clear()
-        self._gossip_due = None
+        self._dissemination.retransmit(update)
+        self._dissemination.flood(update, now_ms, source)
         return out
 
     def _about_me(self, update: Update, now_ms: int) -> list[Command]:
@@ -759,67 +448,49 @@ class MembershipProtocol:
         if self.leaving:
             return []
         # Said suspect, dead or gone at our incarnation or above: refute with a higher one.
-        self.local_health = min(self.settings.max_local_health, self.local_health + 1)
-        self._hold_health_until = now_ms + self.settings.suspect_after_ms
+        self._health.raise_level(now_ms)
         self._count("refutations")
-        self.me = replace(self.me, incarnation=update.incarnation + 1)
+        self._live_at(update.incarnation + 1, now_ms)
+        return [Refuted(self.me.incarnation)]
+
+    def _live_at(self, incarnation: int, now_ms: int) -> None:
+        """This node lives on at ``incarnation``; everyone is told."""
+        self.me = replace(self.me, incarnation=incarnation)
         self.overlay.me = self.me
         alive = Update(self.me, Status.ALIVE)
         self.table.set(alive, now_ms)
-        self._retransmit.put(alive, self._retransmits())
-        self._queue_gossip(alive, now_ms, None)
-        return [Refuted(self.me.incarnation)]
+        self._dissemination.retransmit(alive)
+        self._dissemination.flood(alive, now_ms, None)
 
-    def _piggyback(self, k: int | None = None) -> tuple[Update, ...]:
-        return self._retransmit.take(self.settings.max_piggyback if k is None else k)
-
-    def _retransmits(self) -> int:
-        return self.settings.retransmit_mult * max(1, math.ceil(math.log2(len(self.table) + 1)))
-
-    # -- anti-entropy ----------------------------------------------------------------------
-
-    def _digest(self) -> TableDigest:
-        return TableDigest(self.table.digest, len(self.table))
-
-    def _on_table(
-        self, sender: str, msg: TableDigest | TableBuckets | TableSync, now_ms: int
-    ) -> list[Command]:
-        """Digest -> bucket hashes -> entries of the differing buckets -> what differs
-        back: each step only when the previous one found a difference."""
-        if isinstance(msg, TableDigest):
-            if msg.digest == self.table.digest:
-                return []
-            granularity = granularity_for(max(msg.count, len(self.table)))
-            return [Send(sender, TableBuckets(self.table.folded(granularity)))]
-        if isinstance(msg, TableBuckets):
-            granularity = len(msg.hashes)
-            buckets = self.table.differing(granularity, msg.hashes)
-            if not buckets:
-                return []
-            entries = self.table.in_buckets(granularity, buckets)
-            return [Send(sender, TableSync(entries, False, granularity, buckets))]
-        self._count("table_entries_received")
-        out = self._absorb(msg.entries, now_ms, sender, news_only=True)
-        if msg.reply:
-            return out
-        theirs = {u.node_id: (u.status, u.incarnation) for u in msg.entries}
-        mine = self.table.in_buckets(msg.granularity, msg.buckets)
-        differ = tuple(u for u in mine if theirs.get(u.node_id) != (u.status, u.incarnation))
-        if differ:
-            out.append(Send(sender, TableSync(differ, True, msg.granularity, msg.buckets)))
+    def _timers(self, now_ms: int) -> list[Command]:
+        """Suspect silent neighbours, declare suspects dead, prune the long gone."""
+        out = self._prober.suspicions(now_ms)
+        dead_limit = self._health.stretch(self.settings.dead_after_ms)
+        for node_id in list(self.table.suspects):
+            entry = self.table[node_id]
+            if now_ms - entry.since_ms > dead_limit:
+                out += self._apply(Update(entry.contact, Status.DEAD), now_ms, source=None)
+        if now_ms >= self._next_prune:
+            self._next_prune = now_ms + self.settings.prune_after_ms // 8
+            for node_id, entry in list(self.table.items()):
+                if (
+                    entry.status in (Status.DEAD, Status.LEFT)
+                    and node_id != self.me.node_id
+                    and now_ms - entry.since_ms > self.settings.prune_after_ms
+                ):
+                    self._remove(node_id)
         return out
 
-    def _sync_next_neighbour(self, now_ms: int) -> list[Command]:
-        # Sent even if the link is gone by now: a joiner evicted by its contact at once
-        # (a full view) otherwise never got the table, and stayed with the few members
-        # it met in an overlay component of its own.
-        node_id = next(iter(self._sync_queue))
-        del self._sync_queue[node_id]
-        entry = self.table.get(node_id)
-        if entry is None:
-            return []
-        self._sync_free_at = now_ms + self.settings.table_exchange_ms
-        return [Send(entry.contact, self._digest())]
+    def _remove(self, node_id: str) -> None:
+        self.table.remove(node_id)
+        self._prober.reads_clocks.discard(node_id)
+        self._admission.forget(node_id)
+        self._dissemination.discard(node_id)
+        self.overlay.passive.pop(node_id, None)
+        self._count("members_pruned")
+
+    def _count(self, name: str) -> None:
+        self.stats[name] += 1
 
     # -- overlay glue ----------------------------------------------------------------------
 
@@ -849,11 +520,9 @@ class MembershipProtocol:
     def _random_live(self) -> Contact | None:
         return self.table.random_with(self.rng, Status.ALIVE, exclude=self.me.node_id)
 
-    def _heard(self, contact: Contact, now_ms: int) -> None:
-        """A message signed by its sender's connection: alive at that incarnation."""
-        self._heard_of(contact, now_ms)
-
     def _heard_of(self, contact: Contact, now_ms: int) -> None:
+        """``contact`` is alive at its incarnation (said by itself on its own connection,
+        or passed on by a neighbour)."""
         if contact.node_id == self.me.node_id or contact.node_id.startswith(SEED_PREFIX):
             return
         entry = self.table.get(contact.node_id)
@@ -875,87 +544,10 @@ class MembershipProtocol:
         if active.keys() == seen.keys():
             return out
         for node_id in sorted(n for n in seen if n not in active):
-            self._last_ack.pop(node_id, None)
-            seq = self._probing.get(node_id)
-            if seq is not None:
-                self._drop_probe(seq)
+            self._prober.neighbour_down(node_id)
             out.append(NeighbourDown(node_id))
         for node_id in sorted(n for n in active if n not in seen):
-            self._last_ack[node_id] = now_ms  # its silence is counted from now
+            self._prober.last_ack[node_id] = now_ms  # its silence is counted from now
             out.append(NeighbourUp(active[node_id]))
         self._active_seen = dict.fromkeys(active)
         return out
-
-    # -- table bookkeeping -----------------------------------------------------------------
-
-    def _remove(self, node_id: str) -> None:
-        self.table.remove(node_id)
-        self._reads_clocks.discard(node_id)
-        self._records.pop(node_id, None)
-        self._retransmit.discard(node_id)
-        self.overlay.passive.pop(node_id, None)
-        self._count("members_pruned")
-
-    def _stretch(self, ms: int) -> int:
-        return ms * (1 + self.local_health)
-
-    def _raise_health(self, now_ms: int) -> None:
-        self.local_health = min(self.settings.max_local_health, self.local_health + 1)
-        self._hold_health_until = now_ms + self.settings.suspect_after_ms
-
-    def _update_health(self, now_ms: int, due_ms: int, io_stall_ms: int = 0) -> None:
-        """Lifeguard's local health, from this node's own lateness: a tick more than a
-        probe interval past its deadline (``due_ms``), or an I/O stall that long, raises
-        it and holds it for a suspicion timeout, as hearing itself suspected does; it then
-        falls by one per on-time probe interval.
-
-        All three parts come from a measured false suspicion (3 nodes, probe interval
-        100 ms, 12 writer processes starting on 2 cores): a node held up by a 594-ms GC
-        pause and a 908-ms turn of its transport's I/O thread ticked 347 and 189 ms late
-        (health 2), then on time 100 and 260 ms later, health 0 again, while what its
-        neighbours had sent meanwhile still sat behind its own I/O thread: it suspected
-        both. Health was lowered at the next on-time tick (this protocol ticks at every
-        deadline: gossip, probe timeouts), and its ticks do not show its I/O thread's
-        stalls, hence the measure of those. Inferring this node's slowness from all its
-        neighbours falling silent at once was tried and dropped: when they do all die (2
-        of 3 nodes killed) it stretched their detection 7x."""
-        interval = self.settings.probe_interval_ms
-        if io_stall_ms > interval:
-            # One stall is seen by every tick while it lasts: it counts once an interval.
-            if now_ms >= self._stall_counted_at + interval:
-                self._stall_counted_at = now_ms
-                self._count("io_stalls")
-                self._raise_health(now_ms)
-        elif self._last_tick is not None:
-            # A deadline already past at the previous tick (brought forward since, as a
-            # probe's timeout is when health falls) counts from that tick.
-            if now_ms - max(due_ms, self._last_tick) > interval:
-                self._raise_health(now_ms)
-            elif self.local_health and now_ms >= self._hold_health_until:
-                self.local_health -= 1
-                self._hold_health_until = now_ms + interval
-        self._last_tick = now_ms
-
-    def _count(self, name: str) -> None:
-        self.stats[name] = self.stats.get(name, 0) + 1
-
-    # -- for the runtime (appended; see crdtstore.overlay_liveness) -------------------------
-
-    def member(self, node_id: str) -> tuple[MemberStatus, int, int] | None:
-        """(status, incarnation, since_ms) of one member, or None."""
-        entry = self.table.get(node_id)
-        if entry is None:
-            return None
-        return TO_STATUS[entry.status], entry.contact.incarnation, entry.since_ms
-
-    def raise_incarnation(self, at_least: int, now_ms: int) -> list[Command]:
-        """An earlier life of this node wrote a higher incarnation: live above it."""
-        if at_least <= self.me.incarnation:
-            return []
-        self.me = replace(self.me, incarnation=at_least)
-        self.overlay.me = self.me
-        alive = Update(self.me, Status.ALIVE)
-        self.table.set(alive, now_ms)
-        self._retransmit.put(alive, self._retransmits())
-        self._queue_gossip(alive, now_ms, None)
-        return []

@@ -27,10 +27,21 @@ its name, which every line a node logs carries, and it predates the parts."""
 class Rejections:
     """Counts a rejection in ``stats``; logs it unless its reason was logged lately."""
 
-    def __init__(self, node_id: str, stats: Counter[str], log_interval_ms: int) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        stats: Counter[str],
+        log_interval_ms: int,
+        logger: logging.Logger = log,
+        label: str = "sync",
+    ) -> None:
+        """``logger`` and ``label``: whose refusals these are (the membership protocol
+        reports its own through the same rule, under its own logger)."""
         self._node_id = node_id
         self._stats = stats
         self._interval = log_interval_ms
+        self._log = logger
+        self._label = label
         self._last_logged: dict[str, int] = {}
 
     def __call__(self, reason: str, now_ms: int, detail: str) -> None:
@@ -38,8 +49,9 @@ class Rejections:
         last = self._last_logged.get(reason)
         if last is None or now_ms - last >= self._interval:
             self._last_logged[reason] = now_ms
-            log.warning(
-                "sync %s: %s (%s; %d so far)",
+            self._log.warning(
+                "%s %s: %s (%s; %d so far)",
+                self._label,
                 self._node_id,
                 reason,
                 detail,
@@ -53,9 +65,10 @@ class Rejections:
         last = self._last_logged.get(reason)
         if last is None or now_ms - last >= self._interval:
             self._last_logged[reason] = now_ms
-            log.error(
-                "sync %s: local storage failure: %s not stored: %s (not the sender's fault: "
+            self._log.error(
+                "%s %s: local storage failure: %s not stored: %s (not the sender's fault: "
                 "repair fetches it again; %d so far)",
+                self._label,
                 self._node_id,
                 what,
                 exc,

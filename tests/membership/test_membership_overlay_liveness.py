@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 
+from crdtstore.membership import MemberStatus
 from crdtstore.membership.protocol import NeighbourUp, ProtocolSettings
 from crdtstore.membership.records import MemberRecord
 from crdtstore.membership.wire import Contact, Gossip, Join, Status, Update
@@ -134,3 +135,17 @@ def test_a_node_about_to_leave_does_not_refute_its_own_left_record() -> None:
     staying = make(FakeTransport())  # the same claim about a node not leaving is refuted
     staying.on_delivery(gossip_that_a_left(1), 10)
     assert staying.take_refutation() == 2
+
+
+def test_frames_from_strangers_cycling_ids_keep_nothing_per_id() -> None:
+    transport = FakeTransport()
+    live = make(transport)
+    live.on_delivery(joins("b", "tcp://127.0.0.1:7202", 1), 10)
+    victim = Contact("b", ROUTER_B, "tcp://127.0.0.1:7202", None, 1)
+    frame = CHANNEL_OVERLAY + encode_message(Gossip((Update(victim, Status.DEAD),)))
+    for i in range(200):
+        live.on_delivery(Delivery("direct", f"x{i}".encode(), None, frame, None), 20 + i)
+    assert all(live.last_heard_ms(f"x{i}") is None for i in range(200))
+    assert live.last_heard_ms("b") == 10
+    assert live.status("b") is MemberStatus.ALIVE
+    assert live.protocol_stats()["updates_refused_stranger"] == 200
