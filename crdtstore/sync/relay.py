@@ -8,9 +8,11 @@ randomness: events come in with ``now_ms``, commands (dataclasses) come out.
 Theory of operation
 -------------------
 A node hears published batches from its neighbours only (overlay neighbours, plus for a
-namespace not every member holds the ring links of
-:func:`~crdtstore.sync.relay_topics.topic_links`), and republishes on its own PUB every
-batch it learns the first time, its own included. Each (namespace, origin, first..last)
+namespace not every member holds the links that join its holders: the replicator's topic
+links in the product, the ring of :func:`~crdtstore.sync.relay_topics.topic_links` in
+``relaysim``), and republishes on its own PUB every batch it learns the first time, its
+own included. Which neighbours are links, and in which form, is decided by the engine's
+side (:mod:`~crdtstore.sync.relaying`). Each (namespace, origin, first..last)
 is relayed once: :class:`~crdtstore.sync.seen.SeenRuns` remembers what was seen per
 (namespace, origin) in bounded memory.
 
