@@ -60,21 +60,17 @@ def add_parser(sub: Any) -> None:
         help="on SIGTERM, leave the cluster gracefully (peers see 'left'); default: a stop "
         "is a restart to be (peers see the node suspect, then dead, until it returns)",
     )
-    mode = serve.add_mutually_exclusive_group()
-    mode.add_argument(
+    serve.add_argument(
         "--overlay",
         action="store_true",
         default=None,
-        help="membership over a partial-view overlay (the default: few connections per "
-        "node, flat idle cost as the cluster grows); every node of a cluster uses one mode",
+        help="accepted for v0.2.0 command lines: membership always runs over the overlay",
     )
-    mode.add_argument(
+    serve.add_argument(
         "--full-mesh",
-        dest="overlay",
-        action="store_false",
-        default=None,
-        help="membership over the full mesh (every node connects to every other); a node "
-        "refuses peers of the other mode, so a cluster moves between modes by a restart",
+        nargs=0,
+        action=FullMeshRemoved,
+        help=argparse.SUPPRESS,  # refused with the upgrade path, not offered
     )
     serve.add_argument(
         "--metrics-bind",
@@ -83,6 +79,22 @@ def add_parser(sub: Any) -> None:
     )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-format", default="text", help=f"one of {', '.join(FORMATS)}")
+
+
+class FullMeshRemoved(argparse.Action):
+    """``--full-mesh`` of v0.2.0: refused at parse time with the way to upgrade (an
+    argparse error, exit 2), rather than argparse's bare "unrecognized arguments"."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        from crdtstore.settings import FULL_MESH_REMOVED
+
+        parser.error(FULL_MESH_REMOVED.replace("setting overlay=False", "--full-mesh", 1))
 
 
 def read_config(path: Path) -> dict[str, Any]:

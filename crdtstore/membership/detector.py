@@ -1,23 +1,17 @@
-"""Failure detection with a suspicion stage (SWIM, with Lifeguard's local health).
+"""A member's status as failure detection sees it, and a change of it.
 
-A member is *alive* while heard from (any heartbeat) within the suspicion timeout; then
-*suspect*; then *dead* once suspected for the dead timeout without being heard at a
-newer incarnation. A dead member stays dead at its incarnation: only a heartbeat with a
-higher incarnation (a restart, or the member refuting what it learned was said of it)
-brings it back. That is what keeps a member that was merely paused from flapping: it
-comes back deliberately, with a new incarnation, not by accident.
-
-Lifeguard's point: a detector that is itself overloaded (its own ticks arrive late)
-misreads its own slowness as everyone else's death. So each late tick raises a local
-health score that stretches every timeout, and on-time ticks lower it again.
-
-No clock is read here: every input carries ``now_ms``.
+The detector itself is the overlay protocol (:mod:`crdtstore.membership.protocol`: SWIM
+probing with a suspicion stage and Lifeguard's local health); these are the values it,
+the member view and the API share. A member is *alive* while it answers, *suspect* once
+it did not, *dead* once suspected too long without refuting at a newer incarnation, and
+*left* once it said so. A dead member stays dead at its incarnation: only a newer one (a
+restart, or a refutation) brings it back, so a paused member does not flap.
 """
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 class MemberStatus(enum.Enum):
@@ -36,147 +30,3 @@ class StatusChange:
     old: MemberStatus | None
     new: MemberStatus
     incarnation: int
-
-
-@dataclass(slots=True)
-class _Peer:
-    incarnation: int
-    status: MemberStatus
-    last_heard_ms: int
-    suspect_since_ms: int = 0
-    since_ms: int = 0
-
-
-@dataclass(slots=True)
-class FailureDetector:
-    suspect_after_ms: int = 3000
-    dead_after_ms: int = 6000
-    tick_interval_ms: int = 500
-    max_local_health: int = 8
-    local_health: int = 0
-    _peers: dict[str, _Peer] = field(default_factory=dict)
-    _last_tick_ms: int | None = None
-    _hold_health_until_ms: int = 0
-
-    def status(self, node_id: str) -> MemberStatus | None:
-        peer = self._peers.get(node_id)
-        return None if peer is None else peer.status
-
-    def last_heard_ms(self, node_id: str) -> int | None:
-        peer = self._peers.get(node_id)
-        return None if peer is None else peer.last_heard_ms
-
-    def since_ms(self, node_id: str) -> int | None:
-        """When ``node_id`` took its current status."""
-        peer = self._peers.get(node_id)
-        return None if peer is None else peer.since_ms
-
-    def incarnation(self, node_id: str) -> int | None:
-        peer = self._peers.get(node_id)
-        return None if peer is None else peer.incarnation
-
-    def known(self) -> list[str]:
-        return list(self._peers)
-
-    def forget(self, node_id: str) -> None:
-        self._peers.pop(node_id, None)
-
-    def add(
-        self, node_id: str, incarnation: int, now_ms: int, left: bool = False
-    ) -> list[StatusChange]:
-        """A member learned from the replicated member set (not yet heard directly)."""
-        peer = self._peers.get(node_id)
-        if peer is not None and incarnation < peer.incarnation:
-            # A record of a past life: the member was heard since at a newer one, and
-            # whatever that record says (left, its addresses) is over.
-            return []
-        if left:
-            return self._set(node_id, incarnation, MemberStatus.LEFT, now_ms)
-        if peer is None:
-            # Give a member we only read about the full timeout to speak up.
-            return self._set(node_id, incarnation, MemberStatus.ALIVE, now_ms)
-        if incarnation > peer.incarnation:
-            return self._set(node_id, incarnation, MemberStatus.ALIVE, now_ms)
-        return []
-
-    def heard(self, node_id: str, incarnation: int, now_ms: int) -> list[StatusChange]:
-        """A heartbeat (or any authenticated message) from ``node_id``."""
-        peer = self._peers.get(node_id)
-        if peer is None or incarnation > peer.incarnation:
-            return self._set(node_id, incarnation, MemberStatus.ALIVE, now_ms)
-        if incarnation < peer.incarnation:
-            return []  # a stale message from an earlier life
-        if peer.status in (MemberStatus.DEAD, MemberStatus.LEFT):
-            return []  # dead at this incarnation: only a higher one revives it
-        peer.last_heard_ms = now_ms
-        if peer.status is MemberStatus.SUSPECT:
-            return self._set(node_id, incarnation, MemberStatus.ALIVE, now_ms)
-        return []
-
-    def tick(self, now_ms: int, io_stall_ms: int = 0) -> list[StatusChange]:
-        """Judge every peer's silence at ``now_ms``. ``io_stall_ms``: how long this node's
-        own I/O was held up since the previous tick (heartbeats sent meanwhile are still
-        on their way in), which local health takes into account."""
-        self._update_local_health(now_ms, io_stall_ms)
-        stretch = 1 + self.local_health
-        changes: list[StatusChange] = []
-        for node_id, peer in list(self._peers.items()):
-            silent = now_ms - peer.last_heard_ms
-            if peer.status is MemberStatus.ALIVE and silent > self.suspect_after_ms * stretch:
-                changes += self._set(node_id, peer.incarnation, MemberStatus.SUSPECT, now_ms)
-            elif (
-                peer.status is MemberStatus.SUSPECT
-                and now_ms - peer.suspect_since_ms > self.dead_after_ms * stretch
-            ):
-                changes += self._set(node_id, peer.incarnation, MemberStatus.DEAD, now_ms)
-        return changes
-
-    def suspected(self) -> dict[str, int]:
-        """Members this node suspects or holds dead, with the incarnation it holds for them."""
-        return {
-            n: p.incarnation
-            for n, p in self._peers.items()
-            if p.status in (MemberStatus.SUSPECT, MemberStatus.DEAD)
-        }
-
-    def refuted(self, now_ms: int) -> None:
-        """This node learned that a peer suspects it. Lifeguard takes that as evidence of
-        its own slowness too (its heartbeats reach others late, so theirs may reach it
-        late): local health rises, and on-time ticks do not lower it again for one
-        suspicion timeout."""
-        self.local_health = min(self.max_local_health, self.local_health + 1)
-        self._hold_health_until_ms = now_ms + self.suspect_after_ms
-
-    def _update_local_health(self, now_ms: int, io_stall_ms: int) -> None:
-        """A late tick, or an I/O stall longer than a tick interval, raises local health
-        and holds it for a suspicion timeout (as a refutation does): what peers sent
-        during the stall arrives after it, and an on-time tick right after must not lower
-        it before that. Measured in the overlay's protocol first (see
-        ``MembershipProtocol._update_health``): a 908-ms turn of a loaded node's I/O thread
-        showed in none of its ticks."""
-        if self._last_tick_ms is not None:
-            late = now_ms - self._last_tick_ms > 2 * self.tick_interval_ms
-            if late or io_stall_ms > self.tick_interval_ms:
-                self.refuted(now_ms)
-            elif self.local_health and now_ms >= self._hold_health_until_ms:
-                self.local_health -= 1
-        self._last_tick_ms = now_ms
-
-    def _set(
-        self, node_id: str, incarnation: int, status: MemberStatus, now_ms: int
-    ) -> list[StatusChange]:
-        peer = self._peers.get(node_id)
-        old = None if peer is None else peer.status
-        if peer is None:
-            peer = self._peers[node_id] = _Peer(incarnation, status, now_ms)
-        if old is not status:
-            peer.since_ms = now_ms
-        peer.incarnation = incarnation
-        if status is MemberStatus.ALIVE:
-            peer.last_heard_ms = now_ms
-        if status is MemberStatus.SUSPECT:
-            peer.suspect_since_ms = now_ms
-        peer.status = status
-        if old is status:
-            return []
-        return [StatusChange(node_id, old, status, incarnation)]
