@@ -68,9 +68,8 @@ def add_parser(sub: Any) -> None:
     )
     serve.add_argument(
         "--full-mesh",
-        nargs=0,
-        action=FullMeshRemoved,
-        help=argparse.SUPPRESS,  # refused with the upgrade path, not offered
+        action="store_true",
+        help=argparse.SUPPRESS,  # v0.2.0's: refused with the upgrade path, not offered
     )
     serve.add_argument(
         "--metrics-bind",
@@ -79,22 +78,6 @@ def add_parser(sub: Any) -> None:
     )
     serve.add_argument("--log-level", default="INFO")
     serve.add_argument("--log-format", default="text", help=f"one of {', '.join(FORMATS)}")
-
-
-class FullMeshRemoved(argparse.Action):
-    """``--full-mesh`` of v0.2.0: refused at parse time with the way to upgrade (an
-    argparse error, exit 2), rather than argparse's bare "unrecognized arguments"."""
-
-    def __call__(
-        self,
-        parser: argparse.ArgumentParser,
-        namespace: argparse.Namespace,
-        values: object,
-        option_string: str | None = None,
-    ) -> None:
-        from crdtstore.settings import FULL_MESH_REMOVED
-
-        parser.error(FULL_MESH_REMOVED.replace("setting overlay=False", "--full-mesh", 1))
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -111,6 +94,12 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML file (if any) with command-line flags; flags win."""
+    if args.full_mesh:
+        from crdtstore.settings import FULL_MESH_REMOVED
+
+        # One line and exit 2 as any bad input, naming the way out (argparse would say
+        # only "unrecognized arguments").
+        raise CliError(USAGE, FULL_MESH_REMOVED.replace("setting overlay=False", "--full-mesh"))
     options: dict[str, Any] = {}
     if args.config is not None:
         options.update(read_config(args.config))
