@@ -1,8 +1,7 @@
-"""Membership at scale on real processes: the overlay mode against the full mesh.
+"""Membership at scale on real processes: the overlay's cost per node as the cluster grows.
 
     .venv/bin/python bench/bench_members_scale.py                 # 20, 50, 100 nodes
     .venv/bin/python bench/bench_members_scale.py --sizes 20 50   # fewer
-    .venv/bin/python bench/bench_members_scale.py --full 20       # the full mesh too, at 20
     .venv/bin/python bench/bench_members_scale.py --sizes --solo-against ../main/.venv/bin/python
 
 Every node is a ``crdtstore serve`` process on loopback, started ``--batch`` at a time
@@ -144,9 +143,9 @@ def cpu_percent(pids: list[int], seconds: float) -> list[float]:
     return [(cpu_seconds(p) - b) / elapsed * 100 for p, b in zip(pids, before, strict=True)]
 
 
-def run(root: Path, count: int, overlay: bool, args: argparse.Namespace) -> dict[str, float]:
+def run(root: Path, count: int, args: argparse.Namespace) -> dict[str, float]:
     idle_s, kills = args.idle, args.kills
-    config: dict[str, Any] = {"overlay": overlay, **dict(args.set)}
+    config: dict[str, Any] = dict(args.set)
     membership = MembershipSettings()
     suspect = config.get("suspect_after_ms", membership.suspect_after_ms)
     bound_s = (suspect + config.get("dead_after_ms", membership.dead_after_ms)) / 1000
@@ -172,7 +171,7 @@ def run(root: Path, count: int, overlay: bool, args: argparse.Namespace) -> dict
         for n in nodes:
             status = n.status() or {}
             ov = status.get("overlay") or {}
-            conns.append(ov.get("connections", count - 1) if overlay else count - 1)
+            conns.append(ov.get("connections", count - 1))
         victims, survivors = nodes[-kills:], nodes[:-kills]
         dead = {v.name for v in victims}
         seqs = views.last_seqs(survivors)
@@ -260,7 +259,6 @@ def _quote(arg: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="*", default=[20, 50, 100])
-    parser.add_argument("--full", type=int, nargs="*", default=[], help="full-mesh sizes too")
     parser.add_argument("--idle", type=float, default=20.0, help="idle window, seconds")
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--batch", type=int, default=10, help="nodes started at once")
@@ -302,10 +300,9 @@ def main() -> int:
             "false suspicions",
         ):
             table.add_column(col)
-        runs = [(False, n) for n in args.full] + [(True, n) for n in args.sizes]
-        for overlay, count in runs:
-            mode = "overlay" if overlay else "full mesh"
-            r = run(Path(tmp) / f"{mode}-{count}", count, overlay, args)
+        for count in args.sizes:
+            mode = "overlay"
+            r = run(Path(tmp) / f"{mode}-{count}", count, args)
             table.add_row(
                 mode,
                 str(count),

@@ -1,10 +1,14 @@
-"""The overlay membership protocol's own thread (``membership = "overlay"``).
+"""The overlay membership protocol's own thread: probes in and out, ticks, links, the view.
 
-What :mod:`crdtstore.liveness` is to the all-to-all heartbeats, this is to the sans-I/O
-:class:`~crdtstore.membership.protocol.MembershipProtocol`: it runs the protocol on a
-thread of its own, fed by the transport's express pipe, so that a probe is answered
-while the replicator's thread is busy with an apply or an fsync. It owns every
-connection of the node in this mode:
+Theory of operation. Whether a member is alive must not depend on how busy its replicator
+is. The replicator's thread applies batches (each a durable commit), bootstraps (one
+transaction of a million entries) and answers repair; a probe answered from it, or
+received behind the deliveries queued for it, waits for all of that, and peers would take
+a member busy with a large apply for a dead one. So this module runs the sans-I/O
+:class:`~crdtstore.membership.protocol.MembershipProtocol` on a thread of its own, fed by
+the transport's express pipe (``Transport.recv_express``, channel ``O``), which never
+carries replication traffic; it touches neither the replica nor the sync engine. It owns
+every connection of the node:
 
 - a neighbour (the protocol's active view) gets a DEALER and a SUB (``connect_peer``
   with both addresses); the replicator hears of it (``take_neighbour_events``) to add it
@@ -14,23 +18,40 @@ connection of the node in this mode:
   ``3 * probe_interval_ms``; that bounds a node's connections by the active view's size
   plus the few exchanges of the last seconds, whatever the cluster's size.
 
-Invariants: the protocol object is touched only under ``_lock``; connection bookkeeping
-too. Nothing here touches the replica or the sync engine. What a frame's sender id makes
-this thread keep (when it was last heard) is kept for members of the protocol's table
-only: the id is a claim (any client chooses its routing id unless CURVE is on).
+The view it holds is written into the directory (:mod:`crdtstore.storage.member_view`) at
+once on every status change and at least every ``member_view_interval_ms`` otherwise, so
+processes without the network role see what this one sees. A second thread writes it: a
+write to a file may wait (the kernel throttles a process that dirties pages while the disk
+is busy with another's fsyncs), a probe's answer must not.
+
+The replicator reaches the protocol only through the methods here. It tells the protocol
+of members read from the replicated records (``learn``) and takes what was decided on
+this thread (``take_changes``, ``take_neighbour_events``) to act on it on its own thread
+(engine peers, hellos). A refutation raises the incarnation here at once (the next probe
+answer carries it); the replicator then rewrites its member record (``take_refutation``),
+a durable write this thread must not wait for.
+
+Invariants: the protocol object, the connection bookkeeping and the queues for the
+replicator are touched only under ``_lock``; one view write at a time, in order
+(``_view_lock``). Nothing here touches the replica or the sync engine. What a frame's
+sender id makes this thread keep (when it was last heard) is kept for members of the
+protocol's table only: the id is a claim (any client chooses its routing id unless CURVE
+is on).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from crdtstore.errors import DecodeError
-from crdtstore.liveness import Liveness, LivenessTransport
+from crdtstore.errors import DecodeError, Error
 from crdtstore.membership import MemberStatus, StatusChange
-from crdtstore.membership.observed import Observation
+from crdtstore.membership.observed import Observation, ViewStamp
 from crdtstore.membership.protocol import (
     SEED_PREFIX,
     ClockReading,
@@ -51,9 +72,16 @@ from transport import Delivery
 log = logging.getLogger(__name__)
 
 CHANNEL_OVERLAY = b"O"
+DRAIN_MAX = 1024
+"""Messages handled before the next tick at most: after a stall, what arrived meanwhile
+is handled first, but a flood cannot keep the protocol from ticking."""
 
 
-class OverlayTransport(LivenessTransport, Protocol):
+class OverlayTransport(Protocol):
+    """What the overlay's thread needs of the transport (``transport.Transport`` has it)."""
+
+    def recv_express(self, timeout: float | None) -> Delivery | None: ...
+
     def send(self, peer: bytes, payload: bytes) -> None: ...
 
     def connect_peer(
@@ -73,8 +101,8 @@ def contact_of(record: MemberRecord) -> Contact:
     return Contact(record.node_id, record.router, record.pub, record.public_key, record.incarnation)
 
 
-class OverlayLiveness(Liveness):
-    """The overlay protocol on its own thread; the replicator's interface of ``Liveness``."""
+class OverlayLiveness:
+    """Owns one node's membership protocol, on a thread of its own. Thread-safe."""
 
     def __init__(
         self,
@@ -93,25 +121,31 @@ class OverlayLiveness(Liveness):
         on_news: Callable[[], None] | None = None,
     ) -> None:
         """``seed_watch``: counts (``seed_unanswered``) and logs seeds that a join asked and
-        that never answered, as the full mode's greetings do. ``on_clock`` sees, on this
-        thread, each member's clock reading that a probe or an ack brought (what the full
-        mode's heartbeats bring to ``on_heartbeat``). ``seed_hello``: the frame of the
-        node's hello, sent with each join to such a seed: a seed of the other membership
-        mode drops joins unread, but answers a hello with why it refuses. ``on_news``: as
-        :class:`~crdtstore.liveness.Liveness` has it (links gained or lost are news too)."""
-        super().__init__(
-            node_id=node_id,
-            transport=transport,
-            heartbeat_topic=b"",
-            heartbeat_interval_ms=settings.probe_interval_ms,
-            suspect_after_ms=settings.suspect_after_ms,
-            dead_after_ms=settings.dead_after_ms,
-            view_interval_ms=view_interval_ms,
-            view=view,
-            clock=clock,
-            on_news=on_news,
-        )
+        that never answered. ``on_clock`` sees, on this thread, each member's clock reading
+        that a probe or an ack brought. ``seed_hello``: the frame of the node's hello, sent
+        with each join to such a seed: a seed of an earlier release's full-mesh mode drops
+        joins unread, but answers a hello with why it refuses. ``on_news()`` is called on
+        this thread when something waits to be taken (status changes, a refutation, links
+        gained or lost): the replicator waits for its own deadlines, so it is woken to act
+        on them at once."""
+        self.node_id = node_id
         self._net: OverlayTransport = transport
+        self._view_interval = view_interval_ms
+        self._view = view
+        self._clock = clock
+        self._on_news = on_news
+        self.stats: Counter[str] = Counter()
+        self._lock = threading.Lock()  # the protocol, the connections, the queues below
+        self._view_lock = threading.Lock()  # one view write at a time, in order
+        self._incarnation = 0
+        self._router: str | None = None
+        self._changes: list[StatusChange] = []  # made on this thread, for the replicator
+        self._unlogged: list[StatusChange] = []  # every change, until the view logs it
+        self._refuted: int | None = None
+        self._next_view = 0
+        self._view_due = threading.Event()  # a status change waits to be written
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
         self._settings = settings
         self._seeds = seeds
         self._rng = rng or random.Random()
@@ -129,6 +163,7 @@ class OverlayLiveness(Liveness):
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start_overlay(self, me: MemberRecord) -> None:
+        """Start the protocol as ``me`` (this node's record), then the threads."""
         now = self._clock()
         seeds = [
             Contact(SEED_PREFIX + addr, addr, addr, None if key is None else key.decode(), 0)
@@ -141,6 +176,35 @@ class OverlayLiveness(Liveness):
                 contact_of(me), self._settings, self._rng, now, seeds
             )
         self.start(me.incarnation, me.router)
+
+    def start(self, incarnation: int, router: str | None) -> None:
+        self._incarnation = incarnation
+        self._router = router
+        for target, role in ((self._run, "overlay"), (self._run_view, "member-view")):
+            thread = threading.Thread(
+                target=target, name=f"crdtstore-{role}-{self.node_id}", daemon=True
+            )
+            self._threads.append(thread)
+            thread.start()
+
+    def close(self) -> None:
+        """Stop the threads; tell readers of the view that this holder stopped. Idempotent."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._view_due.set()
+        self._wake()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        if self._threads:
+            self._write_view(self._clock(), stopped=True)
+
+    def _wake(self) -> None:
+        """End the thread's wait for its next deadline now (it waits that long, not a
+        short poll: a node's idle cost is mostly its threads' wake-ups)."""
+        wake = getattr(self._net, "wake_express", None)
+        if wake is not None:
+            wake()
 
     def prepare_leave(self) -> None:
         """This node is about to write its record as left: from now on a claim that it
@@ -161,7 +225,24 @@ class OverlayLiveness(Liveness):
 
     # -- the thread ----------------------------------------------------------------------------
 
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.turn()
+            except Exception:  # one bad message or bug must not end failure detection
+                self.stats["liveness_errors"] += 1
+                log.exception("overlay: error (counted, continuing)")
+
+    def turn(self) -> None:
+        """One turn of the thread: a step, then the replicator woken if news waits."""
+        self.step()
+        if self._on_news is not None and self._has_news():
+            self._on_news()
+
     def step(self) -> None:
+        """Handle what arrived until the protocol's next deadline, then tick it if due: a
+        tick comes after every message already received, so a thread that was itself held
+        up counts what arrived meanwhile before judging anyone silent."""
         with self._lock:
             deadline = 0 if self._protocol is None else self._protocol.next_deadline()
         self.receive_until(deadline)
@@ -175,6 +256,43 @@ class OverlayLiveness(Liveness):
                 # refused), shown with this thread's (its "refutations" are this thread's).
                 for name, count in self._protocol.stats.items():
                     self.stats[name] = count
+
+    def receive_until(self, deadline_ms: int) -> None:
+        """Wait for express deliveries until ``deadline_ms`` (or a wake), then handle
+        every one that has arrived, ``DRAIN_MAX`` at most."""
+        wait_ms = max(0, deadline_ms - self._clock())
+        delivery = self._net.recv_express(wait_ms / 1000)
+        handled = 0
+        while delivery is not None:
+            self.on_delivery(delivery, self._clock())
+            handled += 1
+            if handled >= DRAIN_MAX:
+                break
+            delivery = self._net.recv_express(0)
+
+    def _run_view(self) -> None:
+        while not self._stop.is_set():
+            wait_ms = max(0, self._next_view - self._clock())
+            self._view_due.wait(timeout=wait_ms / 1000)
+            if self._stop.is_set():
+                return
+            try:
+                self.write_view_if_due(self._clock())
+            except Exception:  # a bug here must not end the view's updates
+                self.stats["liveness_errors"] += 1
+                log.exception("overlay: member view error (counted, continuing)")
+
+    def view_due(self) -> bool:
+        """Whether a status change waits to be written into the directory's view."""
+        return self._view_due.is_set()
+
+    def write_view_if_due(self, now: int) -> None:
+        """Write the view if a status change waits, or an interval passed since the last
+        write (what the member-view thread does each time it wakes)."""
+        if self._view_due.is_set() or now >= self._next_view:
+            self._view_due.clear()
+            self._next_view = now + self._view_interval
+            self._write_view(now)
 
     def on_delivery(self, delivery: Delivery, now: int) -> None:
         if delivery.kind != "direct" or not delivery.payload.startswith(CHANNEL_OVERLAY):
@@ -344,6 +462,7 @@ class OverlayLiveness(Liveness):
             self._seed_aliases.clear()
 
     def _has_news(self) -> bool:
+        """Whether something waits for the replicator to take it."""
         with self._lock:
             return bool(self._events) or bool(self._changes) or self._refuted is not None
 
@@ -383,8 +502,8 @@ class OverlayLiveness(Liveness):
         """The links whose publications may carry batches of any origin: topic links
         (made to replicated records only) and neighbours connected at the addresses of
         their replicated record. A neighbour that is not (a joiner whose record has not
-        arrived, a stranger) is held to its own origin, as the full mesh holds every
-        publisher (see :mod:`crdtstore.membership.protocol`, admission)."""
+        arrived, a stranger) is held to its own origin, as any publisher not vouched for
+        is (see :mod:`crdtstore.membership.protocol`, admission)."""
         with self._lock:
             if self._protocol is None:
                 return frozenset(self._pinned)
@@ -421,14 +540,6 @@ class OverlayLiveness(Liveness):
             self._run_commands(self._protocol.learn(contact_of(record), now, left=record.left))
         self._wake()  # what it learned may be due sooner than this thread's next deadline
 
-    def add(
-        self, node_id: str, incarnation: int, now: int, left: bool = False
-    ) -> list[StatusChange]:
-        return []  # members come from records through learn() in this mode
-
-    def forget(self, node_id: str) -> None:
-        pass  # the protocol prunes on its own clock
-
     def known(self) -> list[str]:
         with self._lock:
             return (
@@ -462,7 +573,13 @@ class OverlayLiveness(Liveness):
         with self._lock:
             return 0 if self._protocol is None else self._protocol.local_health
 
+    @property
+    def incarnation(self) -> int:
+        with self._lock:
+            return self._incarnation
+
     def raise_incarnation(self, at_least: int) -> int:
+        """Make the incarnation at least ``at_least``; the incarnation now."""
         with self._lock:
             if self._protocol is not None:
                 self._run_commands(self._protocol.raise_incarnation(at_least, self._clock()))
@@ -481,8 +598,43 @@ class OverlayLiveness(Liveness):
             out[node_id] = Observation(status, incarnation, since, heard)
         return out
 
-    def beat(self, now: int) -> None:
-        pass  # no heartbeats: neighbours are probed
+    def take_changes(self) -> list[StatusChange]:
+        """Status changes made on this thread since the last call, in order."""
+        with self._lock:
+            changes, self._changes = self._changes, []
+        return changes
 
-    def tick(self, now: int) -> None:
-        pass  # the protocol ticks in step()
+    def take_refutation(self) -> int | None:
+        """The incarnation a refutation raised this node to since the last call, if any."""
+        with self._lock:
+            refuted, self._refuted = self._refuted, None
+        return refuted
+
+    def observations(self) -> dict[str, Observation]:
+        with self._lock:
+            return self._observations()
+
+    # -- the directory's view ----------------------------------------------------------------
+
+    def _write_view(self, now: int, stopped: bool = False) -> None:
+        """Write the whole view, and log the changes not logged yet in the order the
+        protocol made them."""
+        if self._view is None:
+            return
+        with self._view_lock:
+            with self._lock:
+                observations = self._observations()
+                changes, self._unlogged = self._unlogged, []
+            stamp = ViewStamp(
+                os.getpid(), self.node_id, self._router, now, self._view_interval, stopped
+            )
+            logged = [(c.node_id, c.old, c.new, c.incarnation) for c in changes]
+            try:
+                self._view.write(stamp, observations, logged)
+            except Error as exc:
+                # Readers elsewhere see the view go stale; detection here goes on.
+                self.stats["member_view_write_errors"] += 1
+                if self.stats["member_view_write_errors"] == 1:
+                    log.error("%s (counted; failure detection continues)", exc)
+                return
+            self.stats["member_view_writes"] += 1

@@ -1,29 +1,35 @@
 """The replicator: one node's sync engine and membership, run over the transport.
 
 Theory of operation. The sync engine (``crdtstore.sync``) decides what to send and when;
-the failure detector (``crdtstore.membership``) decides who is alive; the transport moves
-frames. This module is the only place they meet. The replicator's thread owns the engine
-(not thread-safe) and is the single consumer of the transport's deliveries; heartbeats
-travel apart, on the transport's express pipe, to the detector's own thread
-(:mod:`crdtstore.liveness`), so no apply work here delays them, and this thread acts on
-the status changes that thread reports. Application threads reach the replicator only
-through ``notify_commit``, which sets a flag the thread reads, so a write never waits for
-the network.
+the membership protocol (``crdtstore.membership.protocol``: HyParView neighbours, SWIM
+probing) decides who is alive and who is linked; the transport moves frames. This module
+is the only place they meet. The replicator's thread owns the engine (not thread-safe) and
+is the single consumer of the transport's deliveries; the protocol's messages travel
+apart, on the transport's express pipe, to the protocol's own thread
+(:mod:`crdtstore.overlay_liveness`), so no apply work here delays them, and this thread
+acts on the status changes and links that thread reports. Application threads reach the
+replicator only through ``notify_commit``, which sets a flag the thread reads, so a write
+never waits for the network.
 
 Framing: direct messages carry a one-byte channel (``S`` sync engine, ``M`` membership)
 so each goes to its owner without decoding twice. Published topics end in a NUL byte,
 because ZeroMQ's SUB filter matches prefixes: without it a node subscribed to namespace
 ``a`` would also receive ``ab``.
 
-Discovery: a node introduces itself to its seeds with a ``Hello``; a seed answers with its
-own and both connect to each other. Everything else about members (addresses, topics,
+Discovery: a node joins through its seeds by the protocol's join; the protocol's thread
+connects to the neighbours it picks, and each link starts with a ``Hello`` both ways
+(protocol versions, clocks, a digest). Everything else about members (addresses, topics,
 keys, incarnation) is the replicated ``__members`` namespace, which every node holds and
-repairs like any other, so a node learns of members it was never introduced to. A hello
-carries its sender's record too: a member that restarts (or rejoins after a leave) is
-known at its new life from its first hello, before its new record arrives, and a member
-whose record this node refuses (stamped by a clock too far ahead) is still listed.
+repairs like any other, and which this thread tells the protocol of. A hello carries its
+sender's record too: a member that restarts (or rejoins after a leave) is known at its
+new life from its first hello, before its new record arrives, and a member whose record
+this node refuses (stamped by a clock too far ahead) is still listed.
 
-Clocks: hellos and heartbeats carry the sender's clock reading; the replicator keeps
+There is one membership mode. A node of an earlier release's full mesh (protocol versions
+1 and 2) shares no version with this one and is refused at its hello, with a logged
+reason naming both modes (:mod:`crdtstore.membership.versions`).
+
+Clocks: hellos, probes and their acks carry the sender's clock reading; the replicator keeps
 each member's offset (:mod:`crdtstore.membership.clocks`), lists it, tells members whose
 clock is beyond ``max_clock_drift_ms`` of this node's, and logs both ends at error level.
 Its one clock is a parameter (the node's), so a test can run a node whose clock is off.
@@ -45,20 +51,17 @@ from typing import TYPE_CHECKING, Any
 
 from crdtstore.addresses import check_bind, split_tcp
 from crdtstore.errors import ClosedError, DecodeError, Error
-from crdtstore.liveness import Liveness
 from crdtstore.membership import MEMBERS_NAMESPACE, MemberRecord, MemberStatus, StatusChange
 from crdtstore.membership.clocks import ClockJudgement, ClockOffsets
-from crdtstore.membership.messages import Heartbeat, Hello
+from crdtstore.membership.messages import Hello
 from crdtstore.membership.observed import observed_members
-from crdtstore.membership.protocol import ClockReading, NeighbourUp, ProtocolSettings
+from crdtstore.membership.protocol import SEED_PREFIX, ClockReading, NeighbourUp, ProtocolSettings
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.versions import (
     HASHED_DIGESTS,
     RELAY_TREE,
-    HelloForms,
     PeerVersions,
     Refusal,
-    spoken,
 )
 from crdtstore.membership.view import Member, parse_records
 from crdtstore.overlay_liveness import CHANNEL_OVERLAY, OverlayLiveness
@@ -84,19 +87,16 @@ log = logging.getLogger(__name__)
 
 CHANNEL_SYNC = b"S"
 CHANNEL_MEMBERS = b"M"
-HEARTBEAT_TOPIC = "\x00heartbeat"
 DRAIN_MAX = 64
 """Deliveries the replicator takes at once when several have arrived: the batches among
 them are applied in one commit, so a node that fell behind is not held back by a
 commit (an fsync) per batch."""
-SEED_PREFIX = b"\x00seed:"
-_NEVER = 2**62  # a deadline that never comes (ms)
 _MEMBER_FIELDS = tuple(f.name for f in dataclasses.fields(Member))
 """A status row is these fields, shallow: ``dataclasses.asdict`` copies each value deeply,
 the larger part of building a status of many members (every field is a scalar or a
 tuple of strings)."""
 TOPIC_LINKS = 2
-"""Overlay mode with topics: links kept per held topic to other holders of it."""
+"""With topics: links kept per held topic to other holders of it."""
 STATUS_FILE = "status.json"
 """Written into the node directory every ``status_interval_ms`` by the role holder."""
 
@@ -136,7 +136,7 @@ def parse_seed(seed: str, keys_dir: str | None) -> tuple[str, bytes | None]:
 
 
 class Replicator:
-    """Owns the transport, the sync engine and the liveness (failure detector) of one node."""
+    """Owns the transport, the sync engine and the membership protocol's thread of one node."""
 
     def __init__(
         self,
@@ -174,73 +174,48 @@ class Replicator:
         self._status_path = status_path
         self._extra_stats = extra_stats
         self.stats: Counter[str] = Counter()
-        self.overlay = settings.membership.overlay
         self.transport = Transport(
             self.node_id.encode(),
             router_bind=bind,
             pub_bind=pub_bind,
             settings=transport_settings,
             curve=curve,
-            express_topics=frozenset()
-            if self.overlay
-            else frozenset({topic_bytes(HEARTBEAT_TOPIC)}),
-            express_channels=frozenset({CHANNEL_OVERLAY}) if self.overlay else frozenset(),
+            express_channels=frozenset({CHANNEL_OVERLAY}),
             faults=faults,
         )
-        self.engine = SyncEngine(
-            self.node_id, replica, sync_settings, topics=topics, relay=self.overlay
-        )
+        self.engine = SyncEngine(self.node_id, replica, sync_settings, topics=topics, relay=True)
         self._member_view = member_view
         self.clocks = ClockOffsets(settings.max_clock_drift_ms)
-        # The liveness thread observes clocks in heartbeats; this one in hellos and ticks.
+        # The overlay's thread observes clocks in probes; this one in hellos and ticks.
         self._clocks_lock = threading.Lock()
-        self.liveness: Liveness
-        if self.overlay:
-            self.liveness = OverlayLiveness(
-                node_id=self.node_id,
-                transport=self.transport,
-                settings=ProtocolSettings(
-                    probe_interval_ms=settings.membership.heartbeat_interval_ms,
-                    suspect_after_ms=settings.membership.suspect_after_ms,
-                    dead_after_ms=settings.membership.dead_after_ms,
-                    join_interval_ms=settings.membership.hello_interval_ms,
-                    prune_after_ms=settings.membership.prune_after_ms,
-                ),
-                seeds=list(seeds),
-                view_interval_ms=settings.membership.member_view_interval_ms,
-                view=member_view,
-                clock=clock,
-                seed_watch=SeedWatch(
-                    patience_ms=3 * settings.membership.hello_interval_ms,
-                    warn_every_ms=sync_settings.log_interval_ms,
-                ),
-                on_news=self.transport.wake,
-                on_clock=self._probed_clock,
-                seed_hello=self._seed_hello,
-            )
-        else:
-            self.liveness = Liveness(
-                node_id=self.node_id,
-                transport=self.transport,
-                heartbeat_topic=topic_bytes(HEARTBEAT_TOPIC),
-                heartbeat_interval_ms=settings.membership.heartbeat_interval_ms,
-                on_heartbeat=self._heard_clock,
-                heartbeat_clocks=self._clocks_off,
+        self.liveness = OverlayLiveness(
+            node_id=self.node_id,
+            transport=self.transport,
+            settings=ProtocolSettings(
+                probe_interval_ms=settings.membership.heartbeat_interval_ms,
                 suspect_after_ms=settings.membership.suspect_after_ms,
                 dead_after_ms=settings.membership.dead_after_ms,
-                view_interval_ms=settings.membership.member_view_interval_ms,
-                view=member_view,
-                clock=clock,
-                on_news=self.transport.wake,
-            )
+                join_interval_ms=settings.membership.hello_interval_ms,
+                prune_after_ms=settings.membership.prune_after_ms,
+            ),
+            seeds=list(seeds),
+            view_interval_ms=settings.membership.member_view_interval_ms,
+            view=member_view,
+            clock=clock,
+            seed_watch=SeedWatch(
+                patience_ms=3 * settings.membership.hello_interval_ms,
+                warn_every_ms=sync_settings.log_interval_ms,
+            ),
+            on_news=self.transport.wake,
+            on_clock=self._probed_clock,
+            seed_hello=self._seed_hello,
+        )
         self._records: dict[str, MemberRecord] = {}
         self._records_read_at: int | None = None  # the directory's last commit then
         # Records hellos brought, of lives newer than the replicated record (or with none).
         self._introduced: dict[str, MemberRecord] = {}
-        self._introduced_at: dict[str, int] = {}
-        self.clocks = ClockOffsets(settings.max_clock_drift_ms)
         self._log_interval_ms = sync_settings.log_interval_ms
-        self._versions = PeerVersions(sync_settings.log_interval_ms, spoken(self.overlay))
+        self._versions = PeerVersions(sync_settings.log_interval_ms)
         self._clock_logged: dict[str, int] = {}
         self._clocks_disagree: set[str] = set()
         # What members() shows of clocks, as of the last membership tick (other threads
@@ -261,14 +236,7 @@ class Replicator:
         self._leaving = threading.Event()
         self._leave_confirmed = threading.Event()
         self._leave_timeout_s = 3 * sync_settings.digest_interval_ms / 1000
-        self._seed_aliases: set[bytes] = set()
-        # A seed silent for three greetings is unreachable (counted, logged now and then).
-        self._seed_watch = SeedWatch(
-            patience_ms=3 * settings.membership.hello_interval_ms,
-            warn_every_ms=sync_settings.log_interval_ms,
-        )
-        self._record_addrs: dict[str, tuple[str, str]] = {}
-        # Overlay mode: the life (incarnation, left) of each record told the protocol.
+        # The life (incarnation, left) of each record told the protocol.
         self._learned: dict[str, tuple[int, bool]] = {}
         self._rng = random.Random()
         self._stop = threading.Event()
@@ -299,10 +267,7 @@ class Replicator:
         self._write_own_record(self._own)
         for topic in self._subscriptions():
             self.transport.subscribe(topic)
-        if isinstance(self.liveness, OverlayLiveness):
-            self.liveness.start_overlay(self._own)
-        else:
-            self.liveness.start(incarnation, router)
+        self.liveness.start_overlay(self._own)
         self._thread = threading.Thread(
             target=self._run, name=f"crdtstore-replicator-{self.node_id}", daemon=True
         )
@@ -311,8 +276,7 @@ class Replicator:
     def close(self, leave: bool = False) -> None:
         """Stop the thread, then the transport. Idempotent; never hangs."""
         if leave and self._own is not None and not self._stop.is_set():
-            if isinstance(self.liveness, OverlayLiveness):
-                self.liveness.prepare_leave()
+            self.liveness.prepare_leave()
             self._own = _replace(self._own, left=True)
             self._write_own_record(self._own)
             self._leaving.set()
@@ -321,8 +285,7 @@ class Replicator:
             # repair if the publication was lost). Peers that never confirm still see
             # this node go dead, and get the record by anti-entropy if it ever returns.
             self._leave_confirmed.wait(timeout=self._leave_timeout_s)
-            if isinstance(self.liveness, OverlayLiveness):
-                self.liveness.leave()
+            self.liveness.leave()
         self._stop.set()
         self.transport.wake()  # the thread waits for its next deadline: end that wait
         if self._thread is not None:
@@ -361,18 +324,17 @@ class Replicator:
     # -- the thread ----------------------------------------------------------------------
 
     def _run(self) -> None:
-        """The loop waits for a delivery, a wake (a commit here, news from the liveness
+        """The loop waits for a delivery, a wake (a commit here, news from the overlay's
         thread, close) or its next deadline, whichever is first; it never wakes just to
         look around. Its deadlines: a look at the directory for other processes' commits
         (one read of LMDB's last transaction id), the engine's tick (while it has timed
-        work; at its next digest otherwise), the membership tick, the status, a held-back
-        publication, and greetings to seeds."""
+        work; at its next digest otherwise), the membership tick, the status, and a
+        held-back publication."""
         tick_every = self._settings.sync_tick_ms
         look_every = self._settings.poll_ms
         next_tick = 0
         next_look = 0
         next_membership = 0
-        next_hello = 0 if not self.overlay else _NEVER
         next_status = 0
         next_publish = 0
         publish_every = self._settings.publish_interval_ms
@@ -380,8 +342,7 @@ class Replicator:
         while not self._stop.is_set():
             self.loop_beat = time.monotonic()
             now = self._clock()
-            due = min(self._tick_due(next_tick), next_look, next_membership, next_hello)
-            due = min(due, next_status)
+            due = min(self._tick_due(next_tick), next_look, next_membership, next_status)
             if self._commit_pending.is_set():
                 due = min(due, next_publish)
             delivery = self.transport.recv(timeout=max(0, due - now) / 1000)
@@ -422,9 +383,6 @@ class Replicator:
                     self._relink()
                 if self._leaving.is_set() and self._leave_reached_peers():
                     self._leave_confirmed.set()
-                if now >= next_hello:
-                    next_hello = now + self._settings.membership.hello_interval_ms
-                    self._greet_seeds(now)
             except ClosedError:
                 return  # the node is closing under us; close() stops this thread next
             except Exception:  # one bad message or bug must not kill the node's replication
@@ -480,9 +438,7 @@ class Replicator:
             "storage": {} if self._extra_stats is None else dict(self._extra_stats()),
         }
 
-    def _overlay_status(self) -> dict[str, Any] | None:
-        if not isinstance(self.liveness, OverlayLiveness):
-            return None
+    def _overlay_status(self) -> dict[str, Any]:
         return {
             "neighbours": self.liveness.neighbours(),
             "connections": self.liveness.connections(),
@@ -543,16 +499,9 @@ class Replicator:
             if delivery.kind == "publish":
                 topic = delivery.topic or b""
                 source = (delivery.peer or b"").decode("utf-8", "replace")
-                if self.overlay:
-                    # The engine's relay judges the topic and the link it came on (see
-                    # crdtstore.sync.relay's trust rule): only links it made are heard.
-                    frames.append(("", delivery.payload, source, topic))
-                elif not topic.endswith(b"\x00"):
-                    self.stats["rejected_topic"] += 1
-                elif topic[:-1].decode("utf-8", "replace") == HEARTBEAT_TOPIC:
-                    self.liveness.on_delivery(delivery, now)  # the express pipe carries them
-                else:
-                    frames.append(("", delivery.payload, source, None))
+                # The engine's relay judges the topic and the link it came on (see
+                # crdtstore.sync.relay's trust rule): only links it made are heard.
+                frames.append(("", delivery.payload, source, topic))
                 continue
             peer = (delivery.peer or b"").decode("utf-8", "replace")
             channel, body = delivery.payload[:1], delivery.payload[1:]
@@ -603,14 +552,8 @@ class Replicator:
     # -- membership ------------------------------------------------------------------------
 
     def _subscriptions(self) -> list[bytes]:
-        if self.overlay:
-            # Batches and have notices come per link (SyncEngine.link); digests from all.
-            return [topic_bytes(name) for name in self.engine.subscriptions()]
-        if self._topics is None:
-            return [b""]  # every topic: this node replicates every namespace
-        heartbeat = set() if self.overlay else {HEARTBEAT_TOPIC}
-        names = {*heartbeat, MEMBERS_NAMESPACE, *self.engine.subscriptions(), *self._topics}
-        return [topic_bytes(name) for name in sorted(names)]
+        # Batches and have notices come per link (SyncEngine.link); digests from all.
+        return [topic_bytes(name) for name in self.engine.subscriptions()]
 
     def _on_membership_message(self, peer: str | None, body: bytes, now: int) -> None:
         try:
@@ -622,7 +565,7 @@ class Replicator:
         if isinstance(msg, Hello) and peer:
             if msg.node_id == self.node_id:
                 return
-            if peer != msg.node_id and not peer.startswith(SEED_PREFIX.decode()):
+            if peer != msg.node_id and not peer.startswith(SEED_PREFIX):
                 self.stats["rejected_hello_identity"] += 1
                 return
             record = msg.record()
@@ -637,25 +580,22 @@ class Replicator:
                 # only a new life, at a higher incarnation, comes back.
                 self.stats["hellos_after_leave"] += 1
                 return
-            if peer.startswith(SEED_PREFIX.decode()):
-                self._seed_watch.answered(peer.removeprefix(SEED_PREFIX.decode()))
             agreed = self._versions.heard(msg.node_id, msg.incarnation, msg.versions, now)
             if isinstance(agreed, Refusal):
                 self._refuse(agreed)
                 if agreed.other_mode and not msg.reply and self._own is not None:
                     # Our hello back, once per hello of theirs (never to a reply, or two
                     # refusing nodes would answer each other for ever): a node of the
-                    # other mode then logs why, too, instead of waiting on in silence.
-                    hello = self._hello(reply=True, versions=True)
+                    # earlier release's full mesh then logs why, too, instead of waiting
+                    # on in silence.
+                    hello = self._hello(reply=True)
                     self.transport.send(peer.encode(), CHANNEL_MEMBERS + encode_message(hello))
                 return
-            if msg.versions is None and self._versions.forms(msg.node_id) is HelloForms.LISTED:
+            if msg.versions is None and self._versions.listed(msg.node_id):
                 return  # its copy for older nodes, of the hello with versions acted on
             self._set_digest_form(msg.node_id)
             self._relink_due = True  # the version agreed with it may have changed
-            if not self.overlay:
-                self._connect(msg.node_id, msg.router, msg.pub, msg.public_key)
-            elif not msg.reply:
+            if not msg.reply:
                 self._pin_back(msg.record())
             offset = None
             if msg.clock_ms is not None:
@@ -666,10 +606,8 @@ class Replicator:
                 with self._clocks_lock:
                     self.clocks.told(msg.node_id, msg.offset_ms)
             if record is not None:
-                # Not "heard" for the failure detector: its heartbeats, once this node's
-                # subscription to it is up, are (a leave right after a hello would
-                # otherwise be published before that, and lost).
-                self._introduce(record, now)
+                # Not "heard" for the failure detector: the protocol's probes are.
+                self._introduce(record)
             if not msg.reply and self._own is not None:
                 self._send_hello(msg.node_id, reply=True, offset_ms=offset)
                 self._emit(self.engine.greet(msg.node_id))
@@ -688,52 +626,14 @@ class Replicator:
             )
         self._disconnect(refusal.node_id)
 
-    def _greet_seeds(self, now: int) -> None:
-        """Say hello to every seed until some member other than this node is connected."""
-        if self._own is None:
-            return
-        if any(n != self.node_id for n in self._connected):
-            for alias in self._seed_aliases:
-                self.transport.disconnect_peer(alias)  # the member connection replaces it
-                self.stats["seed_connections_closed"] += 1
-            self._seed_aliases.clear()
-            return
-        # A seed's versions are unknown: both forms, as to any member not heard yet.
-        hellos = [
-            encode_message(self._hello(reply=False, versions=True)),
-            encode_message(self._hello(reply=False, versions=False)),
-        ]
-        for addr, key in self._seeds:
-            if addr == self._own.router:
-                continue
-            alias = SEED_PREFIX + addr.encode()
-            silent_ms = self._seed_watch.greeted(addr, now)
-            if silent_ms is not None:
-                self.stats["seed_unanswered"] += 1
-                if self._seed_watch.should_warn(addr, now):
-                    log.warning(
-                        "seed %s has not answered for %.0f s (not running, or not reachable "
-                        "from here?); still trying",
-                        addr,
-                        silent_ms / 1000,
-                    )
-            if alias not in self._seed_aliases:
-                self.transport.connect_peer(alias, addr, None, key)
-                self._seed_aliases.add(alias)
-            for hello in hellos:
-                self.transport.send(alias, CHANNEL_MEMBERS + hello)
-
     def _membership_tick(self, now: int) -> None:
-        if isinstance(self.liveness, OverlayLiveness):
-            self._refresh_overlay_records(now, self.liveness)
-        else:
-            self._refresh_records(now)
+        self._refresh_records(now)
         self._check_clocks(now)
 
-    def _refresh_overlay_records(self, now: int, overlay: OverlayLiveness) -> None:
-        """The overlay mode's record refresh: records tell the protocol of members (it
-        connects to its neighbours itself); a member dead or gone longer than
-        ``prune_after_ms`` loses its record, as in the full mode."""
+    def _refresh_records(self, now: int) -> None:
+        """Records tell the protocol of members (it connects to its neighbours itself); a
+        member dead or gone longer than ``prune_after_ms`` loses its record."""
+        overlay = self.liveness
         records = self._load_records()
         for node_id, record in records.items():
             if node_id == self.node_id:
@@ -799,7 +699,7 @@ class Replicator:
         """A hello from a member that is neither neighbour nor pinned, holding a topic
         we hold: it pinned us; link back, so each of us hears the other's publications."""
         overlay = self.liveness
-        if record is None or not isinstance(overlay, OverlayLiveness):
+        if record is None:
             return
         node_id = record.node_id
         if node_id in self._connected or overlay.is_neighbour(node_id):
@@ -818,35 +718,26 @@ class Replicator:
         self._pin(held, overlay)
 
     def _take_liveness(self) -> None:
-        """Act on what the liveness thread decided since the last call."""
-        if isinstance(self.liveness, OverlayLiveness):
-            for event in self.liveness.take_neighbour_events():
-                if isinstance(event, NeighbourUp):
-                    contact = event.contact
-                    self._connected[contact.node_id] = (contact.router, contact.pub)
-                    self._engine_add(contact.node_id)
-                    if self._own is not None:
-                        # Clocks, versions and a digest, as a hello exchange always gave.
-                        self._send_hello(contact.node_id, reply=False)
-                elif event.node_id not in self.liveness.pinned():
-                    self._connected.pop(event.node_id, None)
-                    self._engine_remove(event.node_id)
+        """Act on what the overlay's thread decided since the last call."""
+        for event in self.liveness.take_neighbour_events():
+            if isinstance(event, NeighbourUp):
+                contact = event.contact
+                self._connected[contact.node_id] = (contact.router, contact.pub)
+                self._engine_add(contact.node_id)
+                if self._own is not None:
+                    # Clocks, versions and a digest: a link starts with hellos both ways.
+                    self._send_hello(contact.node_id, reply=False)
+            elif event.node_id not in self.liveness.pinned():
+                self._connected.pop(event.node_id, None)
+                self._engine_remove(event.node_id)
         self._status_changes(self.liveness.take_changes())
         refuted = self.liveness.take_refutation()
         if refuted is not None and self._own is not None and refuted > self._own.incarnation:
-            # Our heartbeats carry the new incarnation already; the record follows.
+            # Our probe answers carry the new incarnation already; the record follows.
             self._own = _replace(self._own, incarnation=refuted)
             self._write_own_record(self._own)
             self._commit_pending.set()
             self.stats["refutations"] += 1
-
-    def _heard_clock(self, beat: Heartbeat, now: int) -> None:
-        """On the liveness thread: a peer's heartbeat carries its clock, and what it
-        thinks of ours."""
-        if beat.clock_ms is not None:
-            with self._clocks_lock:
-                self.clocks.observe(beat.node_id, beat.clock_ms, now)
-                self.clocks.told(beat.node_id, beat.clocks_off.get(self.node_id))
 
     def _probed_clock(self, reading: ClockReading) -> None:
         """On the overlay's thread: a member's clock reading from a probe or an ack (any
@@ -858,13 +749,6 @@ class Replicator:
                 self.clocks.observe_round_trip(
                     reading.node_id, reading.clock_ms, reading.sent_ms, reading.received_ms
                 )
-
-    def _clocks_off(self) -> dict[str, int]:
-        """On the liveness thread: the live members whose clocks are beyond the limit of
-        ours, for our next heartbeat (so each is told)."""
-        live = self._live_peers()
-        with self._clocks_lock:
-            return self.clocks.beyond_limit(live)
 
     def _load_records(self) -> dict[str, MemberRecord]:
         """The replicated member records, kept for ``members()``; this node's own, if an
@@ -884,96 +768,7 @@ class Replicator:
             self._write_own_record(self._own)
         return records
 
-    def _refresh_records(self, now: int) -> None:
-        records = self._load_records()
-        for node_id, record in records.items():
-            if node_id == self.node_id:
-                continue
-            # A record of a past life: the member came back (a hello, a heartbeat) before
-            # its new record arrived. Acting on its left flag or its addresses would
-            # disconnect a member that rejoined after a leave, for good (its new record,
-            # digests and heartbeats could then never arrive), or move its connection to
-            # the addresses of a process that is gone. Its death is still its death.
-            past = record.incarnation < self._newest_incarnation(node_id)
-            if not past:
-                self._forget_introduction(node_id)  # the replicated record caught up
-                self._status_changes(
-                    self.liveness.add(node_id, record.incarnation, now, record.left)
-                )
-            left = record.left and not past
-            if left or self._dead(node_id):
-                # A dead member keeps its connections (ZeroMQ retries them with back-off):
-                # after a partition heals, its heartbeats are how we learn it refuted.
-                if left:
-                    self._disconnect(node_id)
-                since = self.liveness.last_heard_ms(node_id) or record.started_at_ms
-                if now - since > self._settings.membership.prune_after_ms:
-                    # Metadata of a member gone for good; its own later write survives this.
-                    self._disconnect(node_id)
-                    self._delete_record(node_id)
-                    self._forget_introduction(node_id)
-                    self.liveness.forget(node_id)
-                    self._versions.forget(node_id)
-                    with self._clocks_lock:
-                        self.clocks.forget(node_id)
-                    self.stats["members_pruned"] += 1
-            elif not past and self._record_addrs.get(node_id) != (record.router, record.pub):
-                # Only a changed record moves the connection: a Hello from a restarted
-                # member is newer than its old record, which may still be all we hold.
-                self._record_addrs[node_id] = (record.router, record.pub)
-                self._connect(node_id, record.router, record.pub, record.public_key, greet=True)
-        silent_limit = (
-            self._settings.membership.suspect_after_ms + self._settings.membership.dead_after_ms
-        )
-        for node_id, introduced in list(self._introduced.items()):
-            if (self.liveness.incarnation_of(node_id) or 0) < introduced.incarnation:
-                # Said hello at this life, and not heard since: given the timeouts of a
-                # silent member, then forgotten (a record, if any, speaks for it again).
-                if now - self._introduced_at[node_id] > silent_limit:
-                    self._forget_introduction(node_id)
-                    if node_id not in records:
-                        self._disconnect(node_id)
-                    self.stats["introductions_expired"] += 1
-                continue
-            heard = self.liveness.last_heard_ms(node_id)
-            if (
-                node_id not in records
-                and self.liveness.status(node_id) is MemberStatus.DEAD
-                and heard is not None
-                and now - heard > self._settings.membership.prune_after_ms
-            ):
-                # Known by its hello alone, and gone: forgotten as a pruned record would be.
-                self._forget_introduction(node_id)
-                self._disconnect(node_id)
-                self.liveness.forget(node_id)
-                self._versions.forget(node_id)
-                with self._clocks_lock:
-                    self.clocks.forget(node_id)
-                self.stats["members_pruned"] += 1
-
-    def _dead(self, node_id: str) -> bool:
-        """Dead at its newest life: a hello of a later one (a restart) is not yet heard
-        by the detector, and says that life is not dead."""
-        introduced = self._introduced.get(node_id)
-        return self.liveness.status(node_id) is MemberStatus.DEAD and (
-            introduced is None
-            or introduced.incarnation <= (self.liveness.incarnation_of(node_id) or 0)
-        )
-
-    def _newest_incarnation(self, node_id: str) -> int:
-        """The newest life of ``node_id`` this node heard of outside its replicated record."""
-        introduced = self._introduced.get(node_id)
-        return max(
-            self.liveness.incarnation_of(node_id) or 0,
-            0 if introduced is None else introduced.incarnation,
-        )
-
-    def _forget_introduction(self, node_id: str) -> None:
-        with self._lock:
-            self._introduced.pop(node_id, None)
-        self._introduced_at.pop(node_id, None)
-
-    def _introduce(self, record: MemberRecord, now: int) -> None:
+    def _introduce(self, record: MemberRecord) -> None:
         """Keep the record a hello brought while the replicated one is older, or absent
         (it may never be applied here: stamped by a clock too far ahead)."""
         held = self._records.get(record.node_id)
@@ -983,8 +778,6 @@ class Replicator:
         ):
             with self._lock:
                 self._introduced[record.node_id] = record
-            if known is None or known.incarnation < record.incarnation:
-                self._introduced_at[record.node_id] = now
 
     # -- clocks ----------------------------------------------------------------------------
 
@@ -1058,29 +851,13 @@ class Replicator:
                     self.stats["member_watch_errors"] += 1
                     log.exception("member status hook %r failed (counted)", self._on_status)
 
-    def _connect(
-        self, node_id: str, router: str, pub: str, key: str | None, greet: bool = False
-    ) -> None:
-        if self._connected.get(node_id) == (router, pub) or self._versions.refused(node_id):
-            return
-        self._set_digest_form(node_id)
-        self.transport.connect_peer(
-            node_id.encode(), router, pub, None if key is None else key.encode()
-        )
-        self._connected[node_id] = (router, pub)
-        self._engine_add(node_id)
-        if greet and self._own is not None:
-            # A restarted node has a new PUB port its peers cannot learn from the record
-            # they hold (they would need our PUB to receive the new one): tell them.
-            self._send_hello(node_id, reply=False)
-
     def _set_digest_form(self, node_id: str) -> None:
         """Tell the engine which digests ``node_id`` reads; one not heard yet (a record led
         here) gets the form every version reads."""
         agreed = self._versions.agreed(node_id)
         self.engine.set_digest_form(node_id, hashed=(agreed or 0) >= HASHED_DIGESTS)
 
-    def _hello(self, *, reply: bool, offset_ms: int | None = None, versions: bool) -> Hello:
+    def _hello(self, *, reply: bool, offset_ms: int | None = None) -> Hello:
         own = self._own
         assert own is not None  # callers check: a node without a record has no addresses
         return Hello(
@@ -1094,40 +871,30 @@ class Replicator:
             started_at_ms=own.started_at_ms,
             clock_ms=self._clock(),
             offset_ms=offset_ms,
-            versions=self._versions.spoken if versions else None,
+            versions=self._versions.spoken,
         )
 
     def _send_hello(self, node_id: str, *, reply: bool, offset_ms: int | None = None) -> None:
         """Our record, to ``node_id`` (``reply``: an answer to its Hello, with its clock's
-        offset from ours as that hello showed it)."""
-        forms = self._versions.forms(node_id)
-        # The form without the list is for v0.1.0 nodes, which speak version 1 alone.
-        unlisted = 1 in self._versions.spoken
-        for listed in (True, False):
-            if not (listed or unlisted):
-                continue
-            if forms is HelloForms.BOTH or (forms is HelloForms.LISTED) == listed:
-                hello = self._hello(reply=reply, offset_ms=offset_ms, versions=listed)
-                self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
+        offset from ours as that hello showed it). Always the form with the version list:
+        the form without it is for v0.1.0 nodes, which speak version 1 alone and are
+        refused here anyway."""
+        hello = self._hello(reply=reply, offset_ms=offset_ms)
+        self.transport.send(node_id.encode(), CHANNEL_MEMBERS + encode_message(hello))
 
     def _seed_hello(self) -> bytes | None:
         """On the overlay's thread: our hello for a seed that has not answered our joins
-        (a seed of the full mesh drops them unread, but refuses a hello with a reason,
-        and answers with its own, so that both nodes log why)."""
+        (a seed of an earlier release's full mesh drops them unread, but refuses a hello
+        with a reason, and answers with its own, so that both nodes log why)."""
         if self._own is None:
             return None
-        return CHANNEL_MEMBERS + encode_message(self._hello(reply=False, versions=True))
+        return CHANNEL_MEMBERS + encode_message(self._hello(reply=False))
 
     def _disconnect(self, node_id: str) -> None:
-        self._record_addrs.pop(node_id, None)
-        if isinstance(self.liveness, OverlayLiveness):
-            # The overlay's thread owns the connections in that mode: ending the link
-            # there keeps its books right (a neighbour it still counted would never be
-            # connected again).
-            self._connected.pop(node_id, None)
-            self.liveness.unpin(node_id)
-        elif self._connected.pop(node_id, None) is not None:
-            self.transport.disconnect_peer(node_id.encode())
+        # The overlay's thread owns the connections: ending the link there keeps its books
+        # right (a neighbour it still counted would never be connected again).
+        self._connected.pop(node_id, None)
+        self.liveness.unpin(node_id)
         self._engine_remove(node_id)
         self.engine.forget_digest_form(node_id)
 
@@ -1148,12 +915,9 @@ class Replicator:
         member whose hello agreed a version, with that version, the namespaces its
         record holds, and whether the record vouches for the connection
         (``relay_sources``: then it relays every origin's batches; a joiner whose record
-        has not arrived yet is held to its own, as the full mesh holds every publisher)."""
+        has not arrived yet is held to its own origin)."""
         self._relink_due = False
-        overlay = self.liveness
-        if not isinstance(overlay, OverlayLiveness):
-            return
-        sources = overlay.relay_sources()
+        sources = self.liveness.relay_sources()
         wanted: dict[str, tuple[int, frozenset[str] | None, bool]] = {}
         for node_id in self._engine_peers:
             if self._versions.refused(node_id):
@@ -1182,7 +946,7 @@ class Replicator:
             judgement, offsets, _ = self._clock_view
         observations = self.liveness.observations()
         for node_id, record in introduced.items():
-            # Shown once that life is heard (its heartbeats), as a record is once read.
+            # Shown once that life is heard (by the protocol), as a record is once read.
             held = records.get(node_id)
             seen = observations.get(node_id)
             heard = 0 if seen is None else seen.incarnation
@@ -1190,25 +954,24 @@ class Replicator:
                 held is None or held.incarnation < record.incarnation
             ) and heard >= record.incarnation:
                 records[node_id] = record
-        if isinstance(self.liveness, OverlayLiveness):
-            for node_id, contact in self.liveness.contacts().items():
-                seen = observations.get(node_id)
-                if seen is not None and node_id not in records:
-                    # Known to the overlay only: a non-neighbour (no hello) whose record
-                    # has not arrived, or is refused here (stamped by a clock too far
-                    # ahead), listed with its status and clock as the full mesh lists one
-                    # from its hello; a member killed before its record spread is seen
-                    # dead. Its topics are not known here (None). The protocol prunes it
-                    # as the replicator prunes records (prune_after_ms).
-                    records[node_id] = MemberRecord(
-                        node_id=node_id,
-                        router=contact.router,
-                        pub=contact.pub,
-                        topics=None,
-                        public_key=contact.public_key,
-                        incarnation=contact.incarnation,
-                        started_at_ms=seen.since_ms,
-                    )
+        for node_id, contact in self.liveness.contacts().items():
+            seen = observations.get(node_id)
+            if seen is not None and node_id not in records:
+                # Known to the overlay only: a non-neighbour (no hello) whose record has
+                # not arrived, or is refused here (stamped by a clock too far ahead),
+                # listed with its status and clock as a neighbour is from its hello; a
+                # member killed before its record spread is seen dead. Its topics are not
+                # known here (None). The protocol prunes it as the replicator prunes
+                # records (prune_after_ms).
+                records[node_id] = MemberRecord(
+                    node_id=node_id,
+                    router=contact.router,
+                    pub=contact.pub,
+                    topics=None,
+                    public_key=contact.public_key,
+                    incarnation=contact.incarnation,
+                    started_at_ms=seen.since_ms,
+                )
         if self._own is not None:
             records[self.node_id] = self._own
         rows = observed_members(self.node_id, records, observations, self._clock(), stale=False)

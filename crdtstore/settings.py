@@ -190,6 +190,8 @@ class NodeSettings:
                 positive(f.name)
         check_layer(self.sync, SyncSettings, positive=False)
         check_layer(self.membership, MembershipSettings, positive=True)
+        if not self.membership.overlay:
+            raise InvalidValue(FULL_MESH_REMOVED)
         if not isinstance(self.transport, TransportSettings):
             raise InvalidValue(f"setting transport={self.transport!r} must be TransportSettings")
         if self.topics is not None and not valid_topics(self.topics):
@@ -250,6 +252,16 @@ class NodeSettings:
             except ValueError as exc:  # TransportSettings' own checks
                 raise InvalidValue(f"setting {exc}") from None
         return cls(**mine, **built)
+
+
+FULL_MESH_REMOVED = (
+    "setting overlay=False: the full-mesh membership mode was removed in this release; "
+    "membership always runs over the overlay (drop the setting, or set overlay = true). "
+    "To upgrade a full-mesh cluster, first move it to the overlay on v0.2.0 (restart each "
+    "node there without --full-mesh / overlay = false, see the README, 'Upgrading a "
+    "full-mesh cluster'), then upgrade its nodes to this release one at a time"
+)
+"""Why ``overlay = false`` is refused, and the way out."""
 
 
 LAYERS: dict[str, type[Any]] = {

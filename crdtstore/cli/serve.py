@@ -60,21 +60,16 @@ def add_parser(sub: Any) -> None:
         help="on SIGTERM, leave the cluster gracefully (peers see 'left'); default: a stop "
         "is a restart to be (peers see the node suspect, then dead, until it returns)",
     )
-    mode = serve.add_mutually_exclusive_group()
-    mode.add_argument(
+    serve.add_argument(
         "--overlay",
         action="store_true",
         default=None,
-        help="membership over a partial-view overlay (the default: few connections per "
-        "node, flat idle cost as the cluster grows); every node of a cluster uses one mode",
+        help="accepted for v0.2.0 command lines: membership always runs over the overlay",
     )
-    mode.add_argument(
+    serve.add_argument(
         "--full-mesh",
-        dest="overlay",
-        action="store_false",
-        default=None,
-        help="membership over the full mesh (every node connects to every other); a node "
-        "refuses peers of the other mode, so a cluster moves between modes by a restart",
+        action="store_true",
+        help=argparse.SUPPRESS,  # v0.2.0's: refused with the upgrade path, not offered
     )
     serve.add_argument(
         "--metrics-bind",
@@ -99,6 +94,12 @@ def read_config(path: Path) -> dict[str, Any]:
 
 def serve_options(args: argparse.Namespace) -> dict[str, Any]:
     """Merge the TOML file (if any) with command-line flags; flags win."""
+    if args.full_mesh:
+        from crdtstore.settings import FULL_MESH_REMOVED
+
+        # One line and exit 2 as any bad input, naming the way out (argparse would say
+        # only "unrecognized arguments").
+        raise CliError(USAGE, FULL_MESH_REMOVED.replace("setting overlay=False", "--full-mesh"))
     options: dict[str, Any] = {}
     if args.config is not None:
         options.update(read_config(args.config))

@@ -1,6 +1,6 @@
-"""Cluster membership: member records (replicated) and failure detection (local, pure)."""
+"""Cluster membership: member records (replicated) and the overlay protocol (local, pure)."""
 
-from crdtstore.membership.detector import FailureDetector, MemberStatus, StatusChange
+from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.records import MEMBERS_NAMESPACE, MemberRecord
 
-__all__ = ["MEMBERS_NAMESPACE", "FailureDetector", "MemberRecord", "MemberStatus", "StatusChange"]
+__all__ = ["MEMBERS_NAMESPACE", "MemberRecord", "MemberStatus", "StatusChange"]

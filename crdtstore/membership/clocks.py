@@ -7,10 +7,10 @@ Why this exists. A peer refuses an LWW stamp more than ``max_clock_drift_ms`` ah
 own clock (one bad clock must not win every key), and it should. But a node whose clock
 runs ahead sees nothing wrong itself, since everything it receives is stamped in its
 past, and its peers refused even its member record (stamped ahead too), so no node
-said anything. Every hello and heartbeat now carries its sender's clock reading; each
-node estimates its peers' offsets from them, tells a peer whose clock is beyond the
-limit of its own (the heartbeat's ``clocks_off``, a hello reply's ``offset_ms``), and
-lists every member with its offset. Both ends of a disagreement log it at error level.
+said anything. Every hello, probe and ack carries its sender's clock reading; each
+node estimates its peers' offsets from them, tells a neighbour whose clock is beyond the
+limit of its own (a hello reply's ``offset_ms``), and lists every member with its
+offset. Both ends of a disagreement log it at error level.
 
 Estimating. A reading taken when a message was sent and compared with our clock when it
 is handled is the sender's offset minus the message's delay (transit, queues, our own
@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 
 SAMPLES = 8
 """Readings kept per member: its estimate is the largest (least delayed) of these, so a
-delayed burst is forgotten after this many heartbeats and a corrected clock is seen."""
+delayed burst is forgotten after this many readings and a corrected clock is seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +115,7 @@ class ClockOffsets:
         return abs(offset_ms) > self.max_drift_ms
 
     def beyond_limit(self, node_ids: Iterable[str]) -> dict[str, int]:
-        """The offsets of ``node_ids`` beyond the limit: what a heartbeat tells them."""
+        """The offsets of ``node_ids`` beyond the limit (this node's own estimate)."""
         out = {}
         for node_id in node_ids:
             offset = self.offset(node_id)

@@ -21,10 +21,8 @@ next on-time tick) and the measure of stalls (its ticks did not show them). Infe
 this node's slowness from all its neighbours falling silent at once was tried and
 dropped: when they do all die (2 of 3 nodes killed) it stretched their detection 7x.
 
-Used by the full mesh's :class:`~crdtstore.membership.detector.FailureDetector`, which
-ticks once an interval, and by the overlay's
-:class:`~crdtstore.membership.protocol.MembershipProtocol`, which ticks at every
-deadline (gossip, probe timeouts) and says when each tick was due. Pure: every input
+Used by the overlay's :class:`~crdtstore.membership.protocol.MembershipProtocol`, which
+ticks at every deadline (gossip, probe timeouts) and says when each tick was due. Pure: every input
 carries ``now_ms``.
 """
 

@@ -1,6 +1,8 @@
-"""Membership's own messages: the join handshake and heartbeats.
+"""Membership's own message: the hello that starts every link (the overlay protocol's
+messages are :mod:`crdtstore.membership.wire`). The full mesh's heartbeat of releases up
+to v0.2.0 is no longer a message: its tag decodes as an unknown kind.
 
-They travel beside the sync engine's messages, in the same envelope and with the same
+Hellos travel beside the sync engine's messages, in the same envelope and with the same
 strict decoding, but are handled by the replicator, not by the engine.
 
 Fields are read by exact count, as every message's are. Fields added later extend a
@@ -14,8 +16,7 @@ offset is always "the other node's clock minus the sender's", in milliseconds.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from crdtstore.codec import MAX_SEQ, expect, expect_int, expect_list, expect_replica
@@ -25,7 +26,6 @@ from crdtstore.membership.versions import MAX_VERSION, MAX_VERSIONS
 from crdtstore.sync.messages import expect_namespace, register
 
 MAX_ADDRESS_LEN = 512
-MAX_SUSPECTS = 4096
 MAX_OFFSET_MS = MAX_SEQ
 """Bound of a clock offset either way (any int64 reading minus another fits in it)."""
 
@@ -58,14 +58,6 @@ def _versions(obj: Any) -> tuple[int, ...]:
     if len(set(versions)) != len(versions):
         raise DecodeError("hello lists a protocol version twice")
     return versions
-
-
-def _per_node(obj: Any, what: str, read: Callable[[Any, str], int]) -> dict[str, int]:
-    """A heartbeat's map of node id -> int (whom it suspects, whose clock is off)."""
-    raw = expect(obj, dict, what)
-    if len(raw) > MAX_SUSPECTS:
-        raise DecodeError(f"heartbeat names {len(raw)} {what} (limit {MAX_SUSPECTS})")
-    return {expect_replica(k, f"{what}: node id"): read(v, what) for k, v in raw.items()}
 
 
 @register
@@ -166,45 +158,4 @@ class Hello:
             public_key=self.public_key,
             incarnation=self.incarnation,
             started_at_ms=self.started_at_ms,
-        )
-
-
-@register
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    """Published every heartbeat interval: "I am alive at this incarnation", plus whom
-    the sender suspects, so that a suspected member learns of it and can refute.
-
-    ``clock_ms`` lets every receiver estimate the sender's clock offset; ``clocks_off``
-    names the members whose clock the sender finds beyond ``max_clock_drift_ms`` of its
-    own, with their offset, so that a member with a bad clock learns it even though
-    nothing it receives looks wrong to it. The three-field form of earlier nodes has
-    neither (None, empty), and a heartbeat without a clock reading is written in it."""
-
-    KIND: ClassVar[str] = "heartbeat"
-    node_id: str
-    incarnation: int
-    suspects: dict[str, int]
-    clock_ms: int | None = None
-    clocks_off: dict[str, int] = field(default_factory=dict)
-
-    def to_wire(self) -> list[Any]:
-        head = [self.node_id, self.incarnation, self.suspects]
-        if self.clock_ms is None:
-            return head  # no clock reading: the earlier form
-        return [*head, self.clock_ms, self.clocks_off]
-
-    @classmethod
-    def from_wire(cls, fields: list[Any]) -> Heartbeat:
-        items = expect_list(fields, "heartbeat")
-        if len(items) not in (3, 5):
-            raise DecodeError(f"heartbeat: expected 3 or 5 items, got {len(items)}")
-        node_id, incarnation, suspects = items[:3]
-        clock, clocks_off = items[3:] if len(items) == 5 else (None, {})
-        return cls(
-            expect_replica(node_id, "node id"),
-            expect_int(incarnation, "incarnation"),
-            _per_node(suspects, "suspects", expect_int),
-            None if len(items) == 3 else expect_int(clock, "clock reading"),
-            _per_node(clocks_off, "clock offsets", _offset),
         )

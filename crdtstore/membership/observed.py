@@ -41,7 +41,7 @@ class Observation:
     since_ms: int
     """Wall-clock ms since when the detector has held ``status``."""
     last_heard_ms: int
-    """Wall-clock ms of the member's last heartbeat (or of when the detector learned of it)."""
+    """Wall-clock ms of the member's last message (or of when the detector learned of it)."""
 
 
 @dataclass(frozen=True, slots=True)

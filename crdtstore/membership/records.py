@@ -24,7 +24,7 @@ class MemberRecord:
     router: str
     """Address of the node's ROUTER socket (digests, repair, reconciliation)."""
     pub: str
-    """Address of the node's PUB socket (its own delta batches, digests, heartbeats)."""
+    """Address of the node's PUB socket (its delta batches, relayed or its own, and digests)."""
     topics: tuple[str, ...] | None
     """Namespaces the node replicates; None means all."""
     public_key: str | None

@@ -1,4 +1,4 @@
-"""Membership's settings: the failure detector's and the member records' timers, named.
+"""Membership's settings: the protocol's and the member records' timers, named.
 
 Invariant: membership reads no timing literal from anywhere else; every field has a
 default suited to a LAN cluster and says what it bounds. Validated (positive ints) by
@@ -12,10 +12,11 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True, slots=True)
 class MembershipSettings:
-    """Heartbeats, suspicion, greeting seeds, pruning and the directory's member view."""
+    """Probing, suspicion, joining through seeds, pruning and the directory's member view."""
 
     heartbeat_interval_ms: int = 500
-    """How often a node publishes a heartbeat and the failure detector ticks."""
+    """How often a node probes a member (SWIM's protocol period) and refreshes what the
+    member records tell the protocol. (The name is the setting's since v0.1.0.)"""
 
     suspect_after_ms: int = 2_000
     """Silence after which a member is suspected. Lifeguard-style: stretched while this
@@ -27,7 +28,7 @@ class MembershipSettings:
     Lifeguard's local health while this node itself runs late)."""
 
     hello_interval_ms: int = 1_000
-    """How often a node with no known peer greets its seeds again."""
+    """How often a node with no neighbour asks its seeds to join again."""
 
     prune_after_ms: int = 24 * 3600 * 1000
     """A member that left, or has been dead this long, is removed from the member set."""
@@ -39,9 +40,7 @@ class MembershipSettings:
     readers the view is current; one older than three intervals reads as stale)."""
 
     overlay: bool = True
-    """Membership over a partial-view overlay (HyParView neighbours, probing, gossip;
-    :mod:`crdtstore.membership.protocol`) instead of every node connecting to, and
-    hearing the heartbeats of, every other (the full mesh, ``overlay = false``):
-    connections and idle cost per node stay flat as the cluster grows, and deltas reach
-    non-neighbours relayed by neighbours. Every node of a cluster uses the same mode: a
-    node refuses a peer of the other mode (see :mod:`crdtstore.membership.versions`)."""
+    """Kept so that configurations written for v0.2.0 (``overlay = true``) still load:
+    membership always runs over the partial-view overlay (HyParView neighbours, SWIM
+    probing, gossip; :mod:`crdtstore.membership.protocol`). ``False`` (the full mesh of
+    releases up to v0.2.0) is refused by ``NodeSettings`` with the upgrade path."""

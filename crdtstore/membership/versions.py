@@ -6,7 +6,8 @@ both speak, per peer, and a peer with none in common is refused: not connected, 
 frames ignored, the reason logged (by the caller, at most every ``log_interval_ms`` per
 peer) and counted. No clock is read here.
 
-The versions:
+The versions (this build speaks 3 and 4; 1 and 2 are named so a refusal can say what
+the peer runs):
 
 1. The protocol of tag ``v0.1.0``, whose hellos carry no version list: every digest
    carries each namespace's whole version vector.
@@ -20,28 +21,26 @@ The versions:
    publisher-named topics). A version-4 node links to a version-3 neighbour in that
    neighbour's form (:mod:`crdtstore.sync.relaying`), so the two mix during an upgrade.
 
-A version names a whole protocol, membership mode included, and each mode speaks only
-its own: a full-mesh node speaks 1 and 2, an overlay node 3 and 4. So nodes of the two modes
-share no version and refuse each other by the rule above, with a logged reason that names
-both modes, instead of a full-mesh node waiting for heartbeats an overlay node never sends
-while the overlay node waits for a join answer that never comes. (An overlay node hears a
-hello without the list, tag v0.1.0's, as version 1: refused, which it is, a full-mesh
-node.) A cluster moves between modes by restarting its nodes in the other one; see
-the README.
+A version names a whole protocol, membership mode included. Releases up to v0.2.0 also
+ran a full-mesh mode (every node connected to every other, all-to-all heartbeats), which
+speaks 1 and 2; this build has only the overlay, and speaks 3 and 4. So a full-mesh node
+(any v0.1.0 node, or a v0.2.0 node run with ``--full-mesh``) shares no version with this
+one and is refused by the rule above, with a logged reason that names both modes, instead
+of the full-mesh node waiting for heartbeats this node never sends while this node waits
+for a join answer that never comes. (A hello without the list, tag v0.1.0's, is heard as
+version 1: refused, which it is, a full-mesh node.) A full-mesh cluster upgrades through
+v0.2.0, moving to the overlay there; see the README.
 
-A v0.1.0 node refuses a hello longer than the form it knows, and sends hellos without the
-list. So a hello to a node whose versions are not known yet goes in both forms, the one
-with the list first; a node that answered in the form without it speaks only version 1
-and is sent that form from then on. A hello without the list cannot lower what a hello
-with it said at the same life (incarnation) of its sender: it is that sender's copy for
-older nodes.
+Hellos of this build always carry the list (a v0.1.0 node, which refuses that form, is
+refused here anyway). A hello without the list cannot lower what a hello with it said at
+the same life (incarnation) of its sender: it is that sender's copy for older nodes (a
+v0.2.0 node sends both forms to a node it has not heard yet).
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
-from enum import Enum
 
 from crdtstore.sync.relaying import TREE
 
@@ -51,27 +50,23 @@ HASHED_DIGESTS = 2
 OVERLAY = 3
 """The overlay membership mode's first version."""
 
-SPOKEN: tuple[int, ...] = (1, HASHED_DIGESTS)
-"""The versions this build speaks in the full-mesh mode, oldest first."""
-
 RELAY_TREE = TREE
-"""The overlay mode's version with deltas relayed along a tree."""
+"""The overlay's version with deltas relayed along a tree."""
 
-SPOKEN_OVERLAY: tuple[int, ...] = (OVERLAY, RELAY_TREE)
-"""The versions this build speaks in the overlay mode."""
+SPOKEN: tuple[int, ...] = (OVERLAY, RELAY_TREE)
+"""The versions this build speaks, oldest first."""
 
-
-def spoken(overlay: bool) -> tuple[int, ...]:
-    """The versions a node of this build speaks in its membership mode."""
-    return SPOKEN_OVERLAY if overlay else SPOKEN
+FULL_MESH: tuple[int, ...] = (1, HASHED_DIGESTS)
+"""The versions of the full-mesh mode of releases up to v0.2.0: never spoken here, named
+so that a refusal says what the peer runs."""
 
 
 def mode_of(versions: Collection[int]) -> str | None:
     """The membership mode whose versions ``versions`` are ("overlay", "full mesh"),
     None for versions of neither alone (a later build's, or a mix)."""
-    if versions and set(versions) <= set(SPOKEN_OVERLAY):
-        return "overlay"
     if versions and set(versions) <= set(SPOKEN):
+        return "overlay"
+    if versions and set(versions) <= set(FULL_MESH):
         return "full mesh"
     return None
 
@@ -90,14 +85,6 @@ def negotiate(mine: Collection[int], theirs: Collection[int]) -> int | None:
     return max(common) if common else None
 
 
-class HelloForms(Enum):
-    """Which forms of our hello a peer is sent."""
-
-    BOTH = "both"  # not known yet: the form with the version list, then the one without
-    LISTED = "listed"  # it lists its versions: it reads the form with the list
-    UNLISTED = "unlisted"  # a v0.1.0 node: it refuses the form with the list
-
-
 @dataclass(frozen=True, slots=True)
 class Refusal:
     """A peer with no version in common: what to log, and whether to log it now."""
@@ -109,7 +96,8 @@ class Refusal:
 
     @property
     def other_mode(self) -> bool:
-        """The peer runs the other membership mode (not a version of a later build)."""
+        """The peer runs an earlier release's full mesh, or this node does (a refusal
+        made by such a node; not a version of a later build)."""
         theirs, mine = mode_of(self.theirs), mode_of(self.mine)
         return theirs is not None and mine is not None and theirs != mine
 
@@ -118,7 +106,9 @@ class Refusal:
         if self.other_mode:
             why = (
                 f"it runs the {mode_of(self.theirs)} membership mode, this node the "
-                f"{mode_of(self.mine)} one; every node of a cluster must run the same mode"
+                f"{mode_of(self.mine)} one; every node of a cluster must run the same mode "
+                "(the full mesh was removed after v0.2.0: move a full-mesh cluster to the "
+                "overlay on v0.2.0 first, see the README)"
             )
         return (
             f"refusing member {self.node_id}: it speaks protocol versions "
@@ -131,7 +121,7 @@ class Refusal:
 class _Heard:
     incarnation: int
     versions: tuple[int, ...]
-    listed: bool  # its hello carried the list (it reads the form with it)
+    listed: bool  # its hello carried the list
     agreed: int | None
 
 
@@ -177,12 +167,11 @@ class PeerVersions:
         known = self._heard.get(node_id)
         return known is not None and known.agreed is None
 
-    def forms(self, node_id: str) -> HelloForms:
-        """The forms of our hello to send ``node_id``."""
+    def listed(self, node_id: str) -> bool:
+        """Whether ``node_id``'s hellos carry the version list (then one without it, at
+        the same life, is its copy for older nodes, already acted on in the listed form)."""
         known = self._heard.get(node_id)
-        if known is None:
-            return HelloForms.BOTH
-        return HelloForms.LISTED if known.listed else HelloForms.UNLISTED
+        return known is not None and known.listed
 
     def agreements(self) -> dict[str, int | None]:
         """Peer -> the version agreed (None: refused), for status and inspection."""

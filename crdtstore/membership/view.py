@@ -40,7 +40,7 @@ class Member:
     """Wall-clock ms when this node last heard from it (None for itself or unknown)."""
     is_self: bool
     clock_offset_ms: int | None = None
-    """Its clock minus this node's, estimated from its hellos and heartbeats (0 for this
+    """Its clock minus this node's, estimated from its hellos, probes and acks (0 for this
     node itself; None when not known). Beyond ``max_clock_drift_ms`` the one of the two
     whose clock is ahead has its writes deferred by the other."""
     clock_off: bool = False
@@ -56,7 +56,7 @@ class Member:
 
 Verdict = Callable[[str], tuple[MemberStatus | None, int | None, int | None]]
 """node id -> (detector status, last heard ms, incarnation heard), for the node that runs a
-failure detector. A heartbeat can bring a new incarnation before the record does."""
+failure detector. A probe can bring a new incarnation before the record does."""
 
 
 def parse_records(values: Mapping[Any, Any]) -> tuple[dict[str, MemberRecord], int]:

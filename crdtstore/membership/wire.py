@@ -36,7 +36,7 @@ MAX_TABLE = 100_000
 """Entries of one member-table exchange (a whole cluster's statuses)."""
 MAX_TTL = 32
 MAX_CLOCK_MS = MAX_SEQ
-"""Bound of a clock reading (as a heartbeat's): any reading minus another fits an offset."""
+"""Bound of a clock reading (as a hello's): any reading minus another fits an offset."""
 MAX_BUCKETS = 256
 """Buckets of one table comparison (a power of two): see :mod:`crdtstore.membership.table`."""
 

@@ -2,8 +2,8 @@
 
 Invariants:
 
-- Only the process holding the directory's network role writes it (its liveness thread,
-  :mod:`crdtstore.liveness`); every process sharing the directory may read it.
+- Only the process holding the directory's network role writes it (its overlay thread,
+  :mod:`crdtstore.overlay_liveness`); every process sharing the directory may read it.
 - It is an LMDB environment of its own, not a table of the replica's: it is not state
   (never replicated, journaled or repaired); its writes must not wait behind the replica's
   writer lock, which a bootstrap's apply holds for seconds; and they are not fsynced,
@@ -138,7 +138,7 @@ class MemberViewStore:
     ) -> MemberViewStore:
         """The view, for its writer: a file this process cannot open (damaged by an OS
         crash, as unsynced writes may be) is replaced by an empty one. Nothing in it is
-        needed: the holder's detector rebuilds the view within a heartbeat."""
+        needed: the holder's detector rebuilds the view within a probe period."""
         try:
             return cls(directory, stats)
         except StorageError as exc:

@@ -5,7 +5,7 @@ faults=...)``, or ``python -m crdtstore.testing.serve`` for a node in its own pr
 nothing in ``NodeSettings`` or the TOML file names them, so a production node cannot run
 with one by mistake.
 
-- *Loss*: a fraction of the node's own PUB frames (deltas, digests, heartbeats) is lost,
+- *Loss*: a fraction of the node's own PUB frames (deltas, digests, have notices) is lost,
   chosen by a seeded rng so that a lossy run reproduces.
 - *Partition*: a file of node ids, one a line; while a peer is listed, every frame to or
   from it is dropped. Tests rewrite the file to cut and heal a running cluster of

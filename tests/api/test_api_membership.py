@@ -124,7 +124,7 @@ def test_topics_are_persisted_for_every_process_sharing_the_directory(tmp_path: 
         assert "b" not in other.namespaces()
 
 
-def test_heartbeats_go_on_while_both_replicators_are_held_in_a_long_step(
+def test_probes_go_on_while_both_replicators_are_held_in_a_long_step(
     pair: tuple[crdtstore.Node, crdtstore.Node],
 ) -> None:
     a, b = pair
@@ -155,7 +155,7 @@ def test_heartbeats_go_on_while_both_replicators_are_held_in_a_long_step(
                 (liveness["a"].last_heard_ms("b") or 0) > beyond
                 and (liveness["b"].last_heard_ms("a") or 0) > beyond
             ),
-            "heartbeats arrive while both replicators are held",
+            "probes are answered while both replicators are held",
         )
         assert liveness["a"].status("b") is MemberStatus.ALIVE
         assert liveness["b"].status("a") is MemberStatus.ALIVE

@@ -27,7 +27,12 @@ def other_value(value: Any) -> Any:
     raise AssertionError(f"no other value for {value!r}")
 
 
-LAYER_FIELDS = [(layer, f.name) for layer, kind in LAYERS.items() for f in dataclasses.fields(kind)]
+LAYER_FIELDS = [
+    (layer, f.name)
+    for layer, kind in LAYERS.items()
+    for f in dataclasses.fields(kind)
+    if f.name != "overlay"  # its one other value is refused: see below
+]
 
 
 @pytest.mark.parametrize(("layer", "name"), LAYER_FIELDS)
@@ -38,6 +43,23 @@ def test_each_flat_name_of_a_layer_lands_in_its_sub_settings(layer: str, name: s
     for other in LAYERS:  # and nowhere else
         if other != layer:
             assert getattr(settings, other) == LAYERS[other]()
+
+
+def test_overlay_true_is_still_accepted_and_false_is_refused_with_the_upgrade_path(
+    tmp_path: Path,
+) -> None:
+    assert NodeSettings.from_mapping({"overlay": True}).membership.overlay is True
+    with pytest.raises(InvalidValue) as refused:
+        NodeSettings.from_mapping({"overlay": False})
+    said = str(refused.value)
+    assert "overlay=False" in said and "full-mesh membership mode was removed" in said
+    assert "v0.2.0" in said and "README" in said  # the way out
+    # Through open() too, before anything is written.
+    with pytest.raises(InvalidValue, match="full-mesh"):
+        crdtstore.open(tmp_path / "n", overlay=False)
+    assert not (tmp_path / "n").exists()
+    with crdtstore.open(tmp_path / "m", overlay=True) as node:
+        node.lww_map("cfg")["k"] = 1
 
 
 def test_the_tree_has_no_untyped_pass_through_and_each_name_once() -> None:

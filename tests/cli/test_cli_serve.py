@@ -23,6 +23,9 @@ from crdtstore.testing.localcluster import BIN, ServeNode, free_port
         ("heartbeat_interval_ms = -5\n", [], "setting heartbeat_interval_ms=-5 must be"),
         ("durability = 'never'\n", [], "durability='never'"),
         ("", ["--metrics-bind", "9100"], "--metrics-bind '9100': expected HOST:PORT"),
+        # The full mesh of v0.2.0, by flag or key: refused with the way to upgrade.
+        ("", ["--full-mesh"], "--full-mesh: the full-mesh membership mode was removed"),
+        ("overlay = false\n", [], "setting overlay=False: the full-mesh membership mode was"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(
@@ -48,6 +51,8 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(
     assert line.startswith("crdtstore serve: ") and said in line, line
     if "TOML" in said:
         assert str(config) in line  # the file is named
+    if "full-mesh" in said:
+        assert "v0.2.0" in line and "README" in line  # how to upgrade such a cluster
     assert not data.exists()
 
 
@@ -103,15 +108,13 @@ def test_version_of_both_commands() -> None:
         assert name == Path(command).name and version[0].isdigit()
 
 
-def test_the_overlay_is_the_default_and_full_mesh_flag_or_toml_key_chooses_the_mesh(
-    tmp_path: Path,
-) -> None:
+def test_the_overlay_flag_and_toml_key_of_v020_are_still_accepted(tmp_path: Path) -> None:
     from cli_support import FlaggedNode
 
     from crdtstore.cli import build_parser, serve_options
     from crdtstore.testing.localcluster import wait_until
 
-    first = ServeNode(tmp_path, "a", [], {"status_interval_ms": 100})
+    first = ServeNode(tmp_path, "a", [], {"status_interval_ms": 100, "overlay": True})
     second = FlaggedNode(
         tmp_path, "b", [first.bind], {"status_interval_ms": 100}, flags=["--overlay"]
     )
@@ -124,23 +127,13 @@ def test_the_overlay_is_the_default_and_full_mesh_flag_or_toml_key_chooses_the_m
             return list((status.get("overlay") or {}).get("neighbours", []))
 
         wait_until(lambda: neighbours(first) == ["b"] and neighbours(second) == ["a"], "linked")
-        mesh = FlaggedNode(tmp_path, "c", [], {"status_interval_ms": 100}, flags=["--full-mesh"])
-        mesh.start()
-        try:
-            wait_until(lambda: mesh.status() is not None, "c writes its status")
-            assert (mesh.status() or {}).get("overlay") is None  # the full mesh
-        finally:
-            mesh.stop()
     finally:
         second.stop()
         first.stop()
-    # The TOML key still chooses, and a flag wins over it.
-    config = tmp_path / "mesh.toml"
-    config.write_text("overlay = false\n")
+    config = tmp_path / "overlay.toml"
+    config.write_text("overlay = true\n")
     parser = build_parser()
     args = parser.parse_args(["serve", "--data", "d", "--config", str(config)])
-    assert serve_options(args)["overlay"] is False
-    args = parser.parse_args(["serve", "--data", "d", "--config", str(config), "--overlay"])
     assert serve_options(args)["overlay"] is True
     args = parser.parse_args(["serve", "--data", "d"])
-    assert "overlay" not in serve_options(args)  # the settings' default: the overlay
+    assert "overlay" not in serve_options(args)  # the settings' default

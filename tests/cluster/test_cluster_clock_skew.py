@@ -2,10 +2,10 @@
 and every node can name it. Its clock is shifted through the node's clock parameter
 (``skewed_serve.py``), as ``faketime`` would shift it.
 
-Each test runs in both membership modes. In the overlay mode a node's clock is read from
-hellos (neighbours only) and from probes and acks (any member probed): the cluster that
-names the bad clock is made larger than the active view, so that some pairs of nodes are
-not neighbours and what they know of each other's clocks comes from probes."""
+A node's clock is read from hellos (neighbours only) and from probes and acks (any member
+probed): the cluster that names the bad clock is made larger than the active view, so
+that some pairs of nodes are not neighbours and what they know of each other's clocks
+comes from probes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from cluster_support import BIN, Cluster, ServeNode, inspect_json, wait_until
 
 import crdtstore
@@ -27,16 +26,13 @@ AHEAD_MS = 3_600_000
 so that what a peer defers stays deferred while the test looks."""
 LIMIT_MS = 60_000
 FAST = {"heartbeat_interval_ms": 100, "status_interval_ms": 100}
-MODES = pytest.mark.parametrize("overlay", [False, True], ids=["full-mesh", "overlay"])
 
 
 class SkewedNode(ServeNode):
     """A ``crdtstore serve`` process whose clock reads ``offset_ms`` off the system's."""
 
-    def __init__(
-        self, root: Path, name: str, seeds: list[str], offset_ms: int, overlay: bool
-    ) -> None:
-        super().__init__(root, name, seeds, dict(FAST, overlay=overlay))
+    def __init__(self, root: Path, name: str, seeds: list[str], offset_ms: int) -> None:
+        super().__init__(root, name, seeds, dict(FAST))
         self.offset_ms = offset_ms
 
     def command(self) -> list[str]:
@@ -48,8 +44,8 @@ class SkewedNode(ServeNode):
         return time.time_ns() // 1_000_000 + self.offset_ms
 
 
-def add_skewed(cluster: Cluster, name: str, seed: ServeNode, overlay: bool) -> SkewedNode:
-    node = SkewedNode(cluster.root, name, [seed.bind], AHEAD_MS, overlay)
+def add_skewed(cluster: Cluster, name: str, seed: ServeNode) -> SkewedNode:
+    node = SkewedNode(cluster.root, name, [seed.bind], AHEAD_MS)
     cluster.nodes.append(node)
     node.start()
     return node
@@ -81,12 +77,11 @@ def inspect_text(node: ServeNode) -> str:
     return out.stdout
 
 
-@MODES
 def test_a_node_whose_clock_runs_ahead_is_listed_told_and_shown(
-    cluster: Cluster, overlay: bool
+    cluster: Cluster,
 ) -> None:
-    a = cluster.add("a", overlay=overlay, **FAST)
-    b = add_skewed(cluster, "b", a, overlay)
+    a = cluster.add("a", **FAST)
+    b = add_skewed(cluster, "b", a)
 
     # a lists b, whose member record it refuses (stamped an hour ahead), with its offset.
     def a_lists_b() -> bool:
@@ -131,26 +126,23 @@ def test_a_node_whose_clock_runs_ahead_is_listed_told_and_shown(
     assert {e["key"] for e in a.dump("cfg")} == {"j"}
 
 
-@MODES
-def test_every_node_names_the_clock_that_is_off(cluster: Cluster, overlay: bool) -> None:
-    a = cluster.add("a", overlay=overlay, **FAST)
-    b = add_skewed(cluster, "b", a, overlay)
-    c = cluster.add("c", seeds=[a.bind], overlay=overlay, **FAST)
+def test_every_node_names_the_clock_that_is_off(cluster: Cluster) -> None:
+    a = cluster.add("a", **FAST)
+    b = add_skewed(cluster, "b", a)
+    c = cluster.add("c", seeds=[a.bind], **FAST)
     nodes = [a, b, c]
-    if overlay:
-        # More nodes than an active view plus one: some pairs cannot all be neighbours.
-        for name in "defg"[: OverlaySettings().active_size + 2 - len(nodes)]:
-            nodes.append(cluster.add(name, seeds=[a.bind], overlay=True, **FAST))
+    # More nodes than an active view plus one: some pairs cannot all be neighbours.
+    for name in "defg"[: OverlaySettings().active_size + 2 - len(nodes)]:
+        nodes.append(cluster.add(name, seeds=[a.bind], **FAST))
 
     def everyone_names_b() -> bool:
         return all(clock(n).get("off") == ["b"] and len(members(n)) == len(nodes) for n in nodes)
 
     wait_until(everyone_names_b, "every node finds b's clock off, and only b's", 60)
-    if overlay:
-        views = {
-            n.name: set((n.status() or {}).get("overlay", {}).get("neighbours", [])) for n in nodes
-        }
-        assert any(m not in views[n] for n in views for m in views if m != n), views
+    views = {
+        n.name: set((n.status() or {}).get("overlay", {}).get("neighbours", [])) for n in nodes
+    }
+    assert any(m not in views[n] for n in views for m in views if m != n), views
     for node in nodes:
         seen = members(node)
         assert [m for m, row in seen.items() if row["clock_off"]] == ["b"], node.name

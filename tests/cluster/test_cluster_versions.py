@@ -1,7 +1,8 @@
 """Protocol versions between real processes: nodes of earlier releases (tags v0.1.0, the
-release before versions, and v0.2.0, the overlay's flooding relay; checked out of this
-repository) beside nodes of this tree, and a stranger whose hello shares no version with
-them."""
+release before versions, full mesh only, and v0.2.0, the overlay's flooding relay or its
+full mesh; checked out of this repository) beside nodes of this tree, and a stranger
+whose hello shares no version with them. This tree runs the overlay alone: a full-mesh
+node of either release is refused, with a logged reason naming both modes."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import zmq
 from cluster_support import WRITER, Cluster, ServeNode, wait_until
 
 from crdtstore.membership.messages import Hello
-from crdtstore.membership.versions import spoken
+from crdtstore.membership.versions import SPOKEN
 from crdtstore.sync.messages import RepairRequest, encode_message
 from transport import routing_id
 
@@ -105,46 +106,46 @@ def sees_alive(node: ServeNode, others: list[ServeNode]) -> bool:
     return all(seen.get(o.name, ("", 0))[0] == "alive" for o in others)
 
 
-def test_a_node_of_the_previous_release_and_this_one_replicate_both_ways(
+def refusals_logged(node: ServeNode) -> list[str]:
+    return [line for line in node.log.read_text().splitlines() if "refusing member" in line]
+
+
+def test_a_node_of_v010_is_refused_with_the_modes_named_and_nothing_crosses(
     cluster: Cluster, old_tree: Path
 ) -> None:
-    old = OldServeNode(old_tree, cluster.root, "old", [])
+    """v0.1.0 knew only the full mesh (its hellos carry no version list: version 1). Seeded
+    at a node of this tree, it greets it every hello interval; each hello is refused,
+    counted, and logged (once per log interval) with both modes and the upgrade path; no
+    link is made, so neither side's writes reach the other."""
+    new = cluster.add("new", seeds=[])
+    old = OldServeNode(old_tree, cluster.root, "old", [new.bind])
     cluster.nodes.append(old.start())
-    # This tree joins through the old node (the rolling upgrade's case: the old node
-    # refuses the hello with versions, and must still hear the one without), and a
-    # second old node joins through the new one.
-    # The previous release knows only the full mesh (heartbeats, every node connected to
-    # every node): an upgrade from it runs this tree in that mode too.
-    new = cluster.add("new", seeds=[old.bind], overlay=False)
-    old2 = OldServeNode(old_tree, cluster.root, "old2", [new.bind])
-    cluster.nodes.append(old2.start())
-    nodes = [old, new, old2]
-    for node in nodes:
-        wait_until(
-            lambda n=node: sees_alive(n, [o for o in nodes if o is not n]),  # type: ignore[misc]
-            f"{node.name} sees the others alive",
-        )
-    old.write("cfg", "o", 20)
-    write(new, "cfg", "n", 20)
-    old2.write("cfg", "p", 20)
-    want = {f"{p}{i}": f"{p}{i}" for p in "onp" for i in range(20)}
-    for node in nodes:
-        wait_until(lambda n=node: keys(n, "cfg") == want, f"{node.name} holds every write")  # type: ignore[misc]
-
+    old.write("cfg", "o", 3)
+    write(new, "cfg", "n", 3)
+    # Three greetings refused: seconds in which, linked, each would have had the other's.
+    wait_until(
+        lambda: new.counter("replicator", "refused_membership_mode") >= 3,
+        "new refused three hellos of the v0.1.0 node",
+    )
+    [line, *_] = refusals_logged(new)
+    assert "refusing member old:" in line and "speaks protocol versions [1]" in line, line
+    assert "it runs the full mesh membership mode, this node the overlay one" in line, line
+    assert "v0.2.0" in line and "README" in line, line
     status = new.status()
     assert status is not None
-    assert status["protocol_versions"] == {"old": 1, "old2": 1}
-    # Digests to version-1 peers stay in the form they read: they decoded every frame.
-    for node in (old, old2):
-        old_status = node.status()
-        assert old_status is not None
-        assert "protocol_versions" not in old_status, "the old tree must be what runs"
-        assert old_status["sync"].get("decode_errors", 0) == 0, old_status["sync"]
-    # The seed got the hello with versions first and refused it: the copy without them
-    # is what let the new node in.
+    assert status["protocol_versions"] == {"old": None}
+    assert [m["node_id"] for m in status["members"]] == ["new"], status["members"]
+    assert status["overlay"]["neighbours"] == []
+    # Nothing crossed either way.
+    assert keys(new, "cfg") == {f"n{i}": f"n{i}" for i in range(3)}
+    assert keys(old, "cfg") == {f"o{i}": f"o{i}" for i in range(3)}
     old_status = old.status()
-    assert old_status is not None and old_status["replicator"]["rejected_membership"] >= 1
-    assert status["sync"].get("decode_errors", 0) == 0, status["sync"]
+    assert old_status is not None and "protocol_versions" not in old_status  # the old tree
+    assert [m["node_id"] for m in old_status["members"]] == ["old"], old_status["members"]
+    # Our answer carries the version list, a form v0.1.0 cannot read: refused there too.
+    assert old_status["replicator"].get("rejected_membership", 0) >= 1
+    for node in (new, old):
+        assert node.alive() and "Traceback" not in node.log.read_text()
 
 
 def test_overlay_nodes_of_the_flooding_release_and_this_one_replicate_both_ways(
@@ -228,7 +229,7 @@ def test_a_hello_with_no_common_version_is_refused_and_logged(cluster: Cluster) 
         ctx.destroy(linger=0)
     lines = [line for line in n1.log.read_text().splitlines() if "refusing member" in line]
     assert len(lines) == 1, lines  # rate-limited: three hellos, one line
-    versions = ", ".join(map(str, spoken(status["overlay"] is not None)))
+    versions = ", ".join(map(str, SPOKEN))
     assert "future" in lines[0] and "[99, 100]" in lines[0] and f"[{versions}]" in lines[0]
     assert n1.alive() and "Traceback" not in n1.log.read_text()
 
@@ -245,69 +246,48 @@ def test_two_nodes_of_this_tree_agree_on_hashed_digests(cluster: Cluster) -> Non
         )
         status = node.status()
         assert status is not None
-        assert status["protocol_versions"] == {
-            other.name: max(spoken(status["overlay"] is not None))
-        }
+        assert status["protocol_versions"] == {other.name: max(SPOKEN)}
         assert status["sync"].get("decode_errors", 0) == 0
 
 
-def test_nodes_of_the_two_membership_modes_refuse_each_other_and_both_say_why(
-    cluster: Cluster,
+def test_a_full_mesh_node_of_v020_and_this_tree_refuse_each_other_and_say_why(
+    cluster: Cluster, flood_tree: Path
 ) -> None:
-    """A full-mesh node seeded at an overlay node, and an overlay node seeded at the
-    full-mesh one: each hello is refused, counted and logged on both sides (the refuser
-    answers with its own hello), no link is made and nothing replicates across."""
-    overlay = cluster.add("ov", seeds=[], overlay=True)
-    mesh = cluster.add("mesh", seeds=[overlay.bind], overlay=False)
-    joiner = cluster.add("ov2", seeds=[mesh.bind], overlay=True)
-    write(mesh, "cfg", "m", 3)
+    """A v0.2.0 node run with ``overlay = false`` (its full mesh) seeded at a node of this
+    tree, and a node of this tree seeded at the full-mesh one: each hello is refused,
+    counted and logged on both sides (this tree answers with its own hello, so the
+    full-mesh node says why too), no link is made and nothing replicates across. (The
+    README's upgrade: move such a cluster to the overlay on v0.2.0 first.)"""
+    overlay = cluster.add("ov", seeds=[])
+    mesh = OldServeNode(flood_tree, cluster.root, "mesh", [overlay.bind])
+    mesh.config["overlay"] = False
+    cluster.nodes.append(mesh.start())
+    joiner = cluster.add("ov2", seeds=[mesh.bind])
+    mesh.write("cfg", "m", 3)
     write(overlay, "cfg", "o", 3)
-    for node, minimum in ((overlay, 1), (mesh, 2), (joiner, 1)):
-        wait_until(
-            lambda n=node, k=minimum: n.counter("replicator", "refused_membership_mode") >= k,  # type: ignore[misc]
-            f"{node.name} refused the other mode",
-        )
+    wait_until(
+        lambda: overlay.counter("replicator", "refused_membership_mode") >= 2,
+        "ov refused two greetings of the full-mesh node",
+    )
+    # v0.2.0 knew the overlay as version 3 alone: to it, [3, 4] is a later build's list,
+    # refused as "none in common" (its answer to ov's hello, and ov2's hello to its seed).
+    wait_until(lambda: mesh.counter("replicator", "refused_versions") >= 2, "mesh refused ov")
+    # The full-mesh seed drops ov2's joins unread and answers its hello with nothing: ov2
+    # says that its seed does not answer.
+    wait_until(lambda: joiner.counter("liveness", "seed_unanswered") >= 1, "ov2 says why")
+    lines = refusals_logged(overlay)
+    assert lines and all("refusing member mesh:" in x for x in lines), lines
+    assert all("it runs the full mesh membership mode, this node the overlay" in x for x in lines)
+    assert all("v0.2.0" in x and "README" in x for x in lines), lines
+    named = "\n".join(refusals_logged(mesh))
+    assert "refusing member ov:" in named and "speaks protocol versions [3, 4]" in named, named
+    assert "has not answered" in joiner.log.read_text()
     for node in (overlay, mesh, joiner):
-        lines = [x for x in node.log.read_text().splitlines() if "refusing member" in x]
-        assert lines and all("membership mode" in x for x in lines), lines
         assert "Traceback" not in node.log.read_text()
         status = node.status()
         assert status is not None
         assert [m["node_id"] for m in status["members"]] == [node.name], status["members"]
-    named = "\n".join(mesh.log.read_text().splitlines())
-    assert "refusing member ov:" in named and "refusing member ov2:" in named
     assert keys(mesh, "cfg") == {f"m{i}": f"m{i}" for i in range(3)}
     assert keys(overlay, "cfg") == {f"o{i}": f"o{i}" for i in range(3)}
-    assert (overlay.status() or {}).get("overlay", {}).get("neighbours") == []
-
-
-def test_a_full_mesh_cluster_moved_to_the_overlay_node_by_node_converges(
-    cluster: Cluster,
-) -> None:
-    """The README's rolling path: each node restarted in the overlay mode, seeded at one
-    moved before it; writes made on either side meanwhile are everywhere once the last
-    node has moved, and every node sees every other alive."""
-    nodes = cluster.start(3, overlay=False, status_interval_ms=200)
-    wait_until(lambda: cluster.all_members_alive(3), "the full mesh formed")
-    write(nodes[0], "cfg", "before", 5)
-    wait_until(lambda: all(len(keys(n, "cfg")) == 5 for n in nodes), "the mesh replicated")
-    moved: list[ServeNode] = []
-    for i, node in enumerate(nodes):
-        assert node.stop() == 0
-        node.config["overlay"] = True
-        node.seeds = [moved[-1].bind] if moved else []
-        node.start()
-        moved.append(node)
-        write(node, "cfg", f"during{i}-", 3)  # in the new mode, before the rest have moved
-        if i == 0:
-            write(nodes[2], "cfg", "mesh-side", 2)  # and on the side still in the old one
-    want = {f"before{i}": f"before{i}" for i in range(5)}
-    want.update({f"during{i}-{j}": f"during{i}-{j}" for i in range(3) for j in range(3)})
-    want.update({f"mesh-side{j}": f"mesh-side{j}" for j in range(2)})
-    for node in nodes:
-        wait_until(lambda n=node: keys(n, "cfg") == want, f"{node.name} holds every write")  # type: ignore[misc]
-    wait_until(lambda: cluster.all_members_alive(3), "all alive in the overlay mode")
-    for node in nodes:
-        status = node.status()
-        assert status is not None and status["overlay"] is not None
-        assert "Traceback" not in node.log.read_text()
+    for node in (overlay, joiner):
+        assert (node.status() or {}).get("overlay", {}).get("neighbours") == [], node.name

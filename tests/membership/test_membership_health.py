@@ -1,15 +1,7 @@
-"""Lifeguard's local health (:mod:`crdtstore.membership.health`), the one rule both
-detectors use: its parts by name, and a differential test holding the full mesh's
-detector to the rule it kept before sharing it (its ticks come once an interval)."""
+"""Lifeguard's local health (:mod:`crdtstore.membership.health`): its parts by name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from hypothesis import given
-from hypothesis import strategies as st
-
-from crdtstore.membership import FailureDetector
 from crdtstore.membership.health import LocalHealth
 
 INTERVAL = 100
@@ -50,57 +42,3 @@ def test_one_stall_counts_once_an_interval_and_the_level_is_capped() -> None:
     for now in range(200, 1_000, INTERVAL):
         h.tick(now, io_stall_ms=INTERVAL + 1)
     assert h.level == 3
-
-
-@dataclass
-class DetectorRuleBefore:
-    """The full mesh detector's rule as it stood before it shared :class:`LocalHealth`
-    (the specification the differential test holds it to)."""
-
-    level: int = 0
-    hold_until: int = 0
-    last: int | None = None
-
-    def refuted(self, now: int) -> None:
-        self.level = min(3, self.level + 1)
-        self.hold_until = now + HOLD
-
-    def tick(self, now: int, io_stall: int) -> None:
-        if self.last is not None:
-            late = now - self.last > 2 * INTERVAL
-            if late or io_stall > INTERVAL:
-                self.refuted(now)
-            elif self.level and now >= self.hold_until:
-                self.level -= 1
-        self.last = now
-
-
-@given(
-    st.lists(
-        st.tuples(
-            st.integers(INTERVAL, 4 * INTERVAL),  # ticks come once an interval or later
-            st.sampled_from([0, INTERVAL, INTERVAL + 1, 900]),
-            st.booleans(),  # heard itself suspected before this tick
-        ),
-        max_size=80,
-    ),
-    st.sampled_from([0, 900]),
-)
-def test_the_full_mesh_detector_keeps_its_rule(
-    ticks: list[tuple[int, int, bool]], first_stall: int
-) -> None:
-    det = FailureDetector(
-        suspect_after_ms=HOLD, dead_after_ms=2 * HOLD, tick_interval_ms=INTERVAL, max_local_health=3
-    )
-    before = DetectorRuleBefore()
-    now = 0
-    det.tick(now, first_stall)
-    before.tick(now, first_stall)
-    for gap, stall, suspected in ticks:
-        if suspected:
-            det.refuted(now + 1)
-            before.refuted(now + 1)
-        now += gap
-        det.tick(now, stall)
-        before.tick(now, stall)
-        assert det.local_health == before.level, now

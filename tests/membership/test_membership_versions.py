@@ -1,5 +1,6 @@
-"""Protocol versions: the one two nodes agree on, the hello forms each peer is sent, and
-the refusal of a peer with none in common (counted by the caller, logged sparingly)."""
+"""Protocol versions: the one two nodes agree on, and the refusal of a peer with none in
+common (counted by the caller, logged sparingly), a full-mesh node of an earlier release
+above all (it is told which mode it runs, and how to upgrade)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crdtstore.membership.versions import (
+    FULL_MESH,
     OVERLAY,
     RELAY_TREE,
     SPOKEN,
     UNLISTED,
-    HelloForms,
     PeerVersions,
     Refusal,
     negotiate,
-    spoken,
 )
 
 version_lists = st.lists(st.integers(1, 10), max_size=5)
@@ -33,27 +33,30 @@ def test_two_nodes_use_the_highest_version_both_speak(mine: list[int], theirs: l
         assert all(v <= agreed for v in set(mine) & set(theirs))
 
 
-def test_a_hello_without_versions_speaks_the_first_one() -> None:
-    assert UNLISTED == (1,) and SPOKEN[0] == 1  # so this build and v0.1.0 agree on 1
+def test_this_build_speaks_the_overlays_versions_only() -> None:
+    assert SPOKEN == (OVERLAY, RELAY_TREE) == (3, 4)
+    assert negotiate(SPOKEN, FULL_MESH) is None and negotiate(SPOKEN, UNLISTED) is None
     peers = PeerVersions(log_interval_ms=1000)
-    assert peers.forms("old") is HelloForms.BOTH  # not heard yet
-    assert peers.heard("old", 4, None, 0) == 1
-    assert peers.forms("old") is HelloForms.UNLISTED  # it refuses the form with the list
-    assert peers.heard("new", 4, SPOKEN, 0) == max(SPOKEN)
-    assert peers.forms("new") is HelloForms.LISTED
-    assert peers.agreements() == {"new": max(SPOKEN), "old": 1}
+    assert peers.spoken == SPOKEN
+    assert peers.heard("flood", 1, (OVERLAY,), 0) == OVERLAY  # a v0.2.0 overlay node
+    assert peers.heard("new", 1, SPOKEN, 0) == RELAY_TREE
+    assert peers.agreements() == {"flood": OVERLAY, "new": RELAY_TREE}
 
 
 def test_the_copy_without_versions_does_not_lower_what_the_listed_hello_said() -> None:
+    # A v0.2.0 node sends a node it has not heard yet its hello in both forms.
     peers = PeerVersions(log_interval_ms=1000)
-    assert peers.heard("b", 4, SPOKEN, 0) == 2
-    assert peers.heard("b", 4, None, 0) == 2  # the same life's copy for older nodes
-    assert peers.heard("b", 3, (1,), 0) == 2  # an older life's hello, overtaken
-    assert peers.heard("b", 5, None, 0) == 1  # a new life, of the old build (a downgrade)
-    assert peers.forms("b") is HelloForms.UNLISTED
-    # The copy may arrive first: the listed hello of the same life then raises it.
-    assert peers.heard("c", 1, None, 0) == 1
-    assert peers.heard("c", 1, SPOKEN, 0) == 2
+    assert not peers.listed("b")
+    assert peers.heard("b", 4, SPOKEN, 0) == RELAY_TREE
+    assert peers.listed("b")
+    assert peers.heard("b", 4, None, 0) == RELAY_TREE  # the same life's copy for older nodes
+    assert peers.heard("b", 3, (3,), 0) == RELAY_TREE  # an older life's hello, overtaken
+    # A new life of a v0.1.0 build (a downgrade): refused, as the full mesh it runs.
+    refusal = peers.heard("b", 5, None, 0)
+    assert isinstance(refusal, Refusal) and refusal.other_mode and not peers.listed("b")
+    # The copy may arrive first: refused; the listed hello of the same life lets it in.
+    assert isinstance(peers.heard("c", 1, None, 0), Refusal)
+    assert peers.heard("c", 1, SPOKEN, 0) == RELAY_TREE and not peers.refused("c")
 
 
 def test_a_peer_with_no_common_version_is_refused_and_logged_sparingly() -> None:
@@ -71,33 +74,37 @@ def test_a_peer_with_no_common_version_is_refused_and_logged_sparingly() -> None
     assert isinstance(later, Refusal) and later.log_now
     assert peers.agreements() == {"future": None}
     # A new life that speaks a common version is let in; forgetting judges afresh.
-    assert peers.heard("future", 2, (2, 7), 2001) == 2 and not peers.refused("future")
+    assert peers.heard("future", 2, (4, 7), 2001) == 4 and not peers.refused("future")
     peers.forget("future")
-    assert peers.forms("future") is HelloForms.BOTH and not peers.refused("future")
+    assert not peers.listed("future") and not peers.refused("future")
 
 
-@pytest.mark.parametrize("theirs", [(), (0,), (3, 4)])
+@pytest.mark.parametrize("theirs", [(), (0,), (1, 2), (5, 6)])
 def test_no_common_version_with_a_build_that_speaks_only_others(theirs: tuple[int, ...]) -> None:
     assert negotiate(SPOKEN, theirs) is None
 
 
-def test_nodes_of_the_two_membership_modes_share_no_version_and_say_so() -> None:
-    assert negotiate(spoken(overlay=True), spoken(overlay=False)) is None
-    overlay = PeerVersions(log_interval_ms=1000, spoken=spoken(overlay=True))
-    mesh = PeerVersions(log_interval_ms=1000, spoken=spoken(overlay=False))
-    for peers, theirs in ((overlay, spoken(overlay=False)), (mesh, spoken(overlay=True))):
-        refusal = peers.heard("other", 1, theirs, 0)
-        assert isinstance(refusal, Refusal) and refusal.other_mode
-        reason = refusal.reason()
-        assert "membership mode" in reason and "full mesh" in reason and "overlay" in reason
-    # A node of tag v0.1.0 (no list: version 1) is a full-mesh node to an overlay one.
-    old = overlay.heard("old", 1, None, 0)
-    assert isinstance(old, Refusal) and old.other_mode
-    # A later build's version is no mode of this one: refused as before, not as a mode.
-    future = overlay.heard("future", 1, (99,), 0)
+@pytest.mark.parametrize(
+    "theirs", [None, (1,), FULL_MESH], ids=["v0.1.0", "full-mesh-1", "full-mesh-v0.2.0"]
+)
+def test_a_full_mesh_node_is_refused_with_the_modes_and_the_upgrade_path(
+    theirs: tuple[int, ...] | None,
+) -> None:
+    refusal = PeerVersions(log_interval_ms=1000).heard("mesh", 1, theirs, 0)
+    assert isinstance(refusal, Refusal) and refusal.other_mode
+    reason = refusal.reason()
+    assert "it runs the full mesh membership mode, this node the overlay one" in reason
+    assert "v0.2.0" in reason and "README" in reason
+
+
+def test_a_later_builds_version_is_refused_as_a_version_not_as_a_mode() -> None:
+    future = PeerVersions(log_interval_ms=1000).heard("future", 1, (99,), 0)
     assert isinstance(future, Refusal) and not future.other_mode
     assert "membership mode" not in future.reason()
-    # Two overlay nodes agree on the overlay's version.
-    assert PeerVersions(1000, spoken(overlay=True)).heard("b", 1, spoken(True), 0) == RELAY_TREE
-    # An overlay node of tag v0.2.0 (version 3, flooding) is one this build links to.
-    assert PeerVersions(1000, spoken(overlay=True)).heard("c", 1, (OVERLAY,), 0) == OVERLAY
+    # A mix of modes' versions is no mode either (nothing in common, though: refused).
+    mixed = PeerVersions(log_interval_ms=1000).heard("mixed", 1, (2, 99), 0)
+    assert isinstance(mixed, Refusal) and not mixed.other_mode
+    # Two nodes of this build agree on the tree relay's version; a v0.2.0 overlay node
+    # (version 3, flooding) is one this build links to.
+    assert PeerVersions(1000).heard("b", 1, SPOKEN, 0) == RELAY_TREE
+    assert PeerVersions(1000).heard("c", 1, (OVERLAY,), 0) == OVERLAY

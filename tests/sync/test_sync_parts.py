@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from crdtstore.crdt import CausalContext
-from crdtstore.membership.messages import Heartbeat
+from crdtstore.membership.messages import Hello
 from crdtstore.sync.delivery import CausalBuffer, applied, causally_ready
 from crdtstore.sync.engine import Send, SyncEngine
 from crdtstore.sync.liveness import LivenessCheck
@@ -192,9 +192,9 @@ def test_a_namespace_behind_without_progress_is_reconciled_with_peers_in_turn() 
 def test_a_frame_of_another_protocol_on_the_sync_channel_is_counted_not_raised() -> None:
     engine = SyncEngine("r", MemoryReplica("r"))
     engine.add_peer("p")
-    heartbeat = encode_message(Heartbeat("p", 1, {}))
-    assert engine.on_message("p", heartbeat, 0) == []
-    assert engine.on_message("", heartbeat, 0) == []
+    hello = encode_message(Hello("p", "tcp://127.0.0.1:7101", "tcp://127.0.0.1:7201", None, False))
+    assert engine.on_message("p", hello, 0) == []
+    assert engine.on_message("", hello, 0) == []
     assert engine.stats["rejected_invalid"] == 2
 
 
