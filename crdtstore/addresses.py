@@ -64,3 +64,14 @@ def check_seeds(seeds: Any) -> tuple[str, ...]:
     except TypeError:
         raise InvalidValue(f"seeds={seeds!r} must be a list of addresses") from None
     return tuple(check_seed(seed) for seed in items)
+
+
+def derive_pub_address(router: str) -> str:
+    """The default PUB endpoint beside a ROUTER endpoint: same host, a port the OS picks.
+
+    Peers learn the PUB address from the handshake and the member record, so nothing
+    relies on a port convention (``router + 1`` would collide with a neighbour's ROUTER
+    on consecutive ports, as in ``tcp://127.0.0.1:7101`` / ``:7102``).
+    """
+    host, _ = split_tcp(check_bind(router), "bind address")
+    return f"tcp://{host}:*"

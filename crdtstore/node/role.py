@@ -111,12 +111,9 @@ def start_replicator(node: Node, bind: str, seeds: Sequence[str]) -> Replicator:
     Here, not in :mod:`crdtstore.replicator`, because it reads the node: the replicator
     is handed callables and never sees a Node. Its imports are local so that a
     local-only node never loads zmq."""
-    from crdtstore.replicator import (
-        STATUS_FILE,
-        Replicator,
-        derive_pub_address,
-        parse_seed,
-    )
+    from crdtstore.addresses import derive_pub_address
+    from crdtstore.network.status import STATUS_FILE
+    from crdtstore.replicator import Replicator, parse_seed
     from transport import load_keys
 
     settings = node.settings

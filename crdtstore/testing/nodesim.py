@@ -49,7 +49,7 @@ from crdtstore.crdt import DotMap, HybridClock, LWWMap, ORSet
 from crdtstore.crdt.dots import Dot
 from crdtstore.membership.detector import MemberStatus, StatusChange
 from crdtstore.membership.protocol import Command, NeighbourDown, NeighbourUp, ProtocolSettings
-from crdtstore.replicator import TOPIC_LINKS
+from crdtstore.network.links import TOPIC_LINKS
 from crdtstore.sync.engine import DIGEST_TOPIC, Outgoing, Publish, Send, SyncEngine
 from crdtstore.sync.messages import DeltaBatch
 from crdtstore.sync.outgoing import PublishTopic, Subscribe
