@@ -69,6 +69,12 @@ refused. Without keys, neither rule is authentication.
 Scoping: a node subscribes only to the namespaces it holds and never relays others; it
 receives no bytes of namespaces it does not hold (see ``relay_topics`` for how their
 holders stay connected).
+
+Why one module of ~520 lines: :class:`Relay` is one state machine (eager and lazy links,
+announcements, missing batches and their fetch timers) whose transitions read and change
+the same few tables together; the commands it emits are small frozen classes above it.
+Its sub-protocol's other halves are apart: topics (:mod:`.relay_topics`), the engine's
+links (:mod:`.relaying`), what the engine receives (:mod:`.relay_inbox`).
 """
 
 from __future__ import annotations
