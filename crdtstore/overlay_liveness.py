@@ -20,9 +20,8 @@ every connection of the node:
 
 The view it holds is written into the directory (:mod:`crdtstore.storage.member_view`) at
 once on every status change and at least every ``member_view_interval_ms`` otherwise, so
-processes without the network role see what this one sees. A second thread writes it: a
-write to a file may wait (the kernel throttles a process that dirties pages while the disk
-is busy with another's fsyncs), a probe's answer must not.
+processes without the network role see what this one sees, by a thread of its own
+(:mod:`crdtstore.storage.member_view_writer`): a write may wait, a probe's answer must not.
 
 The replicator reaches the protocol only through the methods here. It tells the protocol
 of members read from the replicated records (``learn``) and takes what was decided on
@@ -32,26 +31,30 @@ answer carries it); the replicator then rewrites its member record (``take_refut
 a durable write this thread must not wait for.
 
 Invariants: the protocol object, the connection bookkeeping and the queues for the
-replicator are touched only under ``_lock``; one view write at a time, in order
-(``_view_lock``). Nothing here touches the replica or the sync engine. What a frame's
-sender id makes this thread keep (when it was last heard) is kept for members of the
-protocol's table only: the id is a claim (any client chooses its routing id unless CURVE
-is on).
+replicator are touched only under ``_lock``. Nothing here touches the replica or the sync
+engine. What a frame's sender id makes this thread keep (when it was last heard) is kept
+for members of the protocol's table only: the id is a claim (any client chooses its
+routing id unless CURVE is on).
+
+Why one module of ~600 lines: the connection bookkeeping (neighbours, topic links,
+transient and seed connections) and the protocol's commands share one lock and one
+order of effects (connections before sends, see ``_run_commands``); split apart, each
+half would need the other's lock held across calls. The view's writer, which shares
+nothing but a snapshot, is apart.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from crdtstore.errors import DecodeError, Error
+from crdtstore.errors import DecodeError
 from crdtstore.membership import MemberStatus, StatusChange
-from crdtstore.membership.observed import Observation, ViewStamp
+from crdtstore.membership.observed import Observation
 from crdtstore.membership.protocol import (
     SEED_PREFIX,
     ClockReading,
@@ -66,6 +69,7 @@ from crdtstore.membership.records import MemberRecord
 from crdtstore.membership.seeds import SeedWatch
 from crdtstore.membership.wire import Contact, Join, NeighborReply
 from crdtstore.storage.member_view import MemberViewStore
+from crdtstore.storage.member_view_writer import MemberViewWriter
 from crdtstore.sync.messages import decode_message, encode_message
 from transport import Delivery
 
@@ -130,20 +134,14 @@ class OverlayLiveness:
         on them at once."""
         self.node_id = node_id
         self._net: OverlayTransport = transport
-        self._view_interval = view_interval_ms
-        self._view = view
         self._clock = clock
         self._on_news = on_news
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()  # the protocol, the connections, the queues below
-        self._view_lock = threading.Lock()  # one view write at a time, in order
         self._incarnation = 0
-        self._router: str | None = None
         self._changes: list[StatusChange] = []  # made on this thread, for the replicator
         self._unlogged: list[StatusChange] = []  # every change, until the view logs it
         self._refuted: int | None = None
-        self._next_view = 0
-        self._view_due = threading.Event()  # a status change waits to be written
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._settings = settings
@@ -159,6 +157,14 @@ class OverlayLiveness:
         self._seed_watch = seed_watch
         self._on_clock = on_clock
         self._seed_hello = seed_hello
+        self._writer = MemberViewWriter(
+            node_id=node_id,
+            view=view,
+            interval_ms=view_interval_ms,
+            snapshot=self._view_snapshot,
+            clock=clock,
+            stats=self.stats,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -179,25 +185,23 @@ class OverlayLiveness:
 
     def start(self, incarnation: int, router: str | None) -> None:
         self._incarnation = incarnation
-        self._router = router
-        for target, role in ((self._run, "overlay"), (self._run_view, "member-view")):
-            thread = threading.Thread(
-                target=target, name=f"crdtstore-{role}-{self.node_id}", daemon=True
-            )
-            self._threads.append(thread)
-            thread.start()
+        self._writer.router = router
+        thread = threading.Thread(
+            target=self._run, name=f"crdtstore-overlay-{self.node_id}", daemon=True
+        )
+        self._threads.append(thread)
+        thread.start()
+        self._writer.start()
 
     def close(self) -> None:
         """Stop the threads; tell readers of the view that this holder stopped. Idempotent."""
         if self._stop.is_set():
             return
         self._stop.set()
-        self._view_due.set()
         self._wake()
         for thread in self._threads:
             thread.join(timeout=5)
-        if self._threads:
-            self._write_view(self._clock(), stopped=True)
+        self._writer.close()
 
     def _wake(self) -> None:
         """End the thread's wait for its next deadline now (it waits that long, not a
@@ -270,30 +274,6 @@ class OverlayLiveness:
                 break
             delivery = self._net.recv_express(0)
 
-    def _run_view(self) -> None:
-        while not self._stop.is_set():
-            wait_ms = max(0, self._next_view - self._clock())
-            self._view_due.wait(timeout=wait_ms / 1000)
-            if self._stop.is_set():
-                return
-            try:
-                self.write_view_if_due(self._clock())
-            except Exception:  # a bug here must not end the view's updates
-                self.stats["liveness_errors"] += 1
-                log.exception("overlay: member view error (counted, continuing)")
-
-    def view_due(self) -> bool:
-        """Whether a status change waits to be written into the directory's view."""
-        return self._view_due.is_set()
-
-    def write_view_if_due(self, now: int) -> None:
-        """Write the view if a status change waits, or an interval passed since the last
-        write (what the member-view thread does each time it wakes)."""
-        if self._view_due.is_set() or now >= self._next_view:
-            self._view_due.clear()
-            self._next_view = now + self._view_interval
-            self._write_view(now)
-
     def on_delivery(self, delivery: Delivery, now: int) -> None:
         if delivery.kind != "direct" or not delivery.payload.startswith(CHANNEL_OVERLAY):
             self.stats["rejected_overlay"] += 1
@@ -336,7 +316,7 @@ class OverlayLiveness:
             elif isinstance(command, StatusChange):
                 self._changes.append(command)
                 self._unlogged.append(command)
-                self._view_due.set()
+                self._writer.changed()
             elif isinstance(command, Refuted):
                 self._incarnation = command.incarnation
                 self._refuted = command.incarnation
@@ -614,27 +594,8 @@ class OverlayLiveness:
         with self._lock:
             return self._observations()
 
-    # -- the directory's view ----------------------------------------------------------------
-
-    def _write_view(self, now: int, stopped: bool = False) -> None:
-        """Write the whole view, and log the changes not logged yet in the order the
-        protocol made them."""
-        if self._view is None:
-            return
-        with self._view_lock:
-            with self._lock:
-                observations = self._observations()
-                changes, self._unlogged = self._unlogged, []
-            stamp = ViewStamp(
-                os.getpid(), self.node_id, self._router, now, self._view_interval, stopped
-            )
-            logged = [(c.node_id, c.old, c.new, c.incarnation) for c in changes]
-            try:
-                self._view.write(stamp, observations, logged)
-            except Error as exc:
-                # Readers elsewhere see the view go stale; detection here goes on.
-                self.stats["member_view_write_errors"] += 1
-                if self.stats["member_view_write_errors"] == 1:
-                    log.error("%s (counted; failure detection continues)", exc)
-                return
-            self.stats["member_view_writes"] += 1
+    def _view_snapshot(self) -> tuple[dict[str, Observation], list[StatusChange]]:
+        """For the member-view writer: the observations, and the changes not logged yet."""
+        with self._lock:
+            changes, self._unlogged = self._unlogged, []
+            return self._observations(), changes
