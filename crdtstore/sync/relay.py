@@ -49,6 +49,16 @@ tree has a hole here: no eager link left, or over half of the namespace's last
 most once per ``graft_window_ms``. Plumtree grafts on every miss; PUB/SUB drops a frame
 now and then (1% in the simulation), and grafting on each churned the tree.
 
+The timeout adapts to the tree's own pace. A batch that comes by the tree after a have
+notice announced it was late by that much (so was one whose tree copy follows its
+fetch); the node keeps the largest such lag, decaying
+by a sixteenth at each batch that came in time, and waits at least twice it (at most
+``max_graft_timeout_ms``). Between real processes a neighbour relays a batch only after
+applying it, which under load (1,000-update batches, fsyncs, two cores for three nodes)
+took longer than ``graft_timeout_ms`` now and then: the fetch was needless, its repaired
+copy met the tree's as a duplicate that prunes nothing, and a run of them grafted links
+that had to be pruned again (in a 3-node cluster, 60 duplicates in 100 batches).
+
 Eager links hear have notices too, which Plumtree's lazy push does not: PUB/SUB loses
 frames on eager links as well (high-water marks, reconnects), and a node whose links are
 all tree links would otherwise learn of a lost batch only from the engine's digests.
@@ -103,8 +113,12 @@ class RelaySettings:
     """Have notices learned within this long leave together, one frame per namespace."""
     graft_timeout_ms: int = 150
     """How long a batch a neighbour announced may stay missing before it is fetched
-    (and between fetches from successive announcers). Longer than a tree path usually
-    takes: a fetch the tree would have made unneeded costs a duplicate."""
+    (and between fetches from successive announcers), at least. Longer than a tree path
+    usually takes: a fetch the tree would have made unneeded costs a duplicate. Twice the
+    tree's recent lateness, if longer (see the module's note)."""
+    max_graft_timeout_ms: int = 2_000
+    """The adapted timeout's ceiling: a batch truly lost is fetched within about twice
+    this, sooner than anti-entropy's digests would bring it."""
     graft_sample: int = 16
     """A link is grafted when over half of a namespace's last this-many batches had to
     be fetched (and at least a quarter of them were seen): the tree has a hole."""
@@ -191,6 +205,8 @@ Command = Deliver | PublishBatch | PublishHave | Subscribe | Unsubscribe | SendT
 @dataclass(slots=True)
 class _Missing:
     deadline: int
+    since: int
+    """When it was first announced."""
     announcers: list[str] = field(default_factory=list)
     tried: int = 0
     fetched: bool = False
@@ -220,6 +236,17 @@ class Relay:
         and the neighbour it came from (what a duplicate is compared with)."""
         self._haves: dict[str, dict[str, list[list[int]]]] = {}
         self._have_due: int | None = None
+        self._lag_ms = 0
+        """The largest lateness of a tree batch behind its have notice, decaying."""
+        self._now = 0
+        """The latest time an event carried: when a link comes up (which carries none)."""
+        self._linked_at: dict[str, int] = {}
+        """Per namespace, when its newest link came up: a batch announced before that
+        link's subscription took effect was missed by the link's youth, not the tree's
+        pace, and its lateness is not taken for the tree's."""
+        self._fetched: dict[BatchKey, int] = {}
+        """Batches fetched lately -> when first announced: the tree's copy that follows
+        tells how late the tree was (the fetch was needless)."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -253,6 +280,7 @@ class Relay:
             if neighbour in links or neighbour == self.node_id:
                 continue
             links[neighbour] = True
+            self._linked_at[ns] = self._now
             topics = (have_topic(neighbour, ns), *data_subscriptions(neighbour, ns, self.node_id))
             out.append(Subscribe(neighbour, topics))
         return out
@@ -292,6 +320,7 @@ class Relay:
     def on_batch(self, topic: Topic, key: BatchKey, now_ms: int) -> list[Command]:
         """A batch published by ``topic.publisher`` (the caller checked that the frame
         came on that neighbour's connection)."""
+        self._now = max(self._now, now_ms)
         neighbour, ns = topic.publisher, key.namespace
         eager = self._check(topic, ns, DATA)
         if eager is None:
@@ -301,6 +330,9 @@ class Relay:
             return []
         if self.seen(key):
             self.stats["relay_duplicates"] += 1
+            since = self._fetched.pop(key, None)
+            if since is not None and not topic.repaired:
+                self._late(ns, since, now_ms)
             first = self._paths.get(key)
             if topic.repaired or first is None:
                 self.stats["relay_duplicates_of_repairs"] += 1
@@ -308,6 +340,11 @@ class Relay:
             return self._prune_heaviest(ns, first, (self._path(topic), neighbour))
         if eager:
             self._arrivals(ns).append(False)
+        missing = self._missing.pop(key, None)
+        if missing is not None:
+            self._late(ns, missing.since, now_ms)
+        else:
+            self._lag_ms -= self._lag_ms // 16
         if topic.repaired:
             return self._learn(neighbour, key, now_ms, None)
         return self._learn(neighbour, key, now_ms, self._path(topic))
@@ -329,6 +366,7 @@ class Relay:
             self._mark_seen(key)
 
     def on_have(self, topic: Topic, have: Have, now_ms: int) -> list[Command]:
+        self._now = max(self._now, now_ms)
         if self._check(topic, have.namespace, HAVE) is None:
             return []
         ns = have.namespace
@@ -343,7 +381,7 @@ class Relay:
                 if len(self._missing) >= self.settings.max_missing:
                     self.stats["relay_missing_overflow"] += 1
                     continue
-                missing = _Missing(now_ms + self.settings.graft_timeout_ms)
+                missing = _Missing(now_ms + self._timeout(), now_ms)
                 self._missing[key] = missing
             if topic.publisher not in missing.announcers:
                 missing.announcers.append(topic.publisher)
@@ -368,6 +406,7 @@ class Relay:
     # -- time ------------------------------------------------------------------------------
 
     def tick(self, now_ms: int) -> list[Command]:
+        self._now = max(self._now, now_ms)
         out: list[Command] = []
         if self._have_due is not None and now_ms >= self._have_due:
             out += self._flush_haves()
@@ -394,6 +433,20 @@ class Relay:
         if eager is None:
             self.stats["relay_rejected_not_neighbour"] += 1
         return eager
+
+    def _late(self, ns: str, since: int, now_ms: int) -> None:
+        """A batch announced at ``since`` came by the tree at ``now_ms``."""
+        if since >= self._linked_at.get(ns, 0) + self.settings.graft_timeout_ms:
+            self._lag_ms = max(self._lag_ms, now_ms - since)
+
+    def _timeout(self) -> int:
+        """How long an announced batch may stay missing (see the module's note)."""
+        cfg = self.settings
+        return max(cfg.graft_timeout_ms, min(cfg.max_graft_timeout_ms, 2 * self._lag_ms))
+
+    def graft_timeout_ms(self) -> int:
+        """The timeout as adapted now (for status)."""
+        return self._timeout()
 
     def _arrivals(self, ns: str) -> deque[bool]:
         recent = self._recent.get(ns)
@@ -488,7 +541,7 @@ class Relay:
     def _fetch(self, key: BatchKey, missing: _Missing, now_ms: int) -> list[Command]:
         ns = key.namespace
         links = self._links.get(ns, {})
-        timeout = self.settings.graft_timeout_ms
+        timeout = self._timeout()
         if not missing.waited and self.eager(ns):
             missing.waited = True
             if not any(links.get(n, False) for n in missing.announcers):
@@ -513,6 +566,9 @@ class Relay:
                 self.stats["relay_grafts_sent"] += 1
                 out.append(Subscribe(neighbour, data_subscriptions(neighbour, ns, self.node_id)))
                 out.append(SendTo(neighbour, Graft(ns)))
+            self._fetched[key] = missing.since
+            if len(self._fetched) > self.settings.max_paths_remembered:
+                del self._fetched[next(iter(self._fetched))]
             runs = self._seen.get((ns, key.origin))
             unseen = runs.unseen(key.first, key.last) if runs else [(key.first, key.last)]
             for first, last in unseen:

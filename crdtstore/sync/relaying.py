@@ -58,7 +58,6 @@ from crdtstore.sync.relay import (
 from crdtstore.sync.relay_topics import (
     OWN,
     Topic,
-    data_any,
     data_prefix,
     data_topic,
     have_prefix,
@@ -150,13 +149,13 @@ class RelayLinks:
         if not tree:
             link.subscribed = (b"",) if self._every else tuple(flat_topic(ns) for ns in shared)
         elif not vouched:
-            # Its own data topics; with every namespace held, all it publishes (new
-            # namespaces have no name to subscribe to yet), its relays refused here.
-            link.subscribed = (
-                (data_any(peer),)
-                if self._every
-                else tuple(data_prefix(peer, ns) + OWN.encode() for ns in shared)
-            )
+            # Its own data topics of the namespaces both hold; holding every namespace,
+            # its have notices too, which name the namespaces new here (see on_have).
+            # Not all it publishes: its relays, this node's own batches among them,
+            # would come back only to be refused.
+            link.subscribed = tuple(data_prefix(peer, ns) + OWN.encode() for ns in shared)
+            if self._every:
+                link.subscribed += (have_prefix(peer),)
         elif self._every:
             link.subscribed = (have_prefix(peer),)
         out: list[Outgoing] = []
@@ -219,7 +218,7 @@ class RelayLinks:
                 continue
             if link.tree and link.vouched:
                 tree.append(peer)
-            elif link.tree and not self._every:  # own batches only: of this one too
+            elif link.tree:  # own batches only: of this one too
                 topic = data_prefix(peer, namespace) + OWN.encode()
                 link.subscribed += (topic,)
                 out.append(Subscribe(peer, (topic,)))
@@ -283,11 +282,37 @@ class RelayLinks:
             self._stats["relay_rejected_topic"] += 1
             return []
         link = self._links.get(topic.publisher)
-        if link is None or not link.tree or not link.vouched:
+        if link is None or not link.tree:
             self._stats["relay_rejected_not_neighbour"] += 1
             return []
-        out = self.meet(have.namespace)
-        return out + self._convert(self.relay.on_have(topic, have, now_ms), None)
+        if not link.vouched:
+            return self._have_unvouched(topic.publisher, have)
+        ns = have.namespace
+        new = ns not in self.relay.topics
+        out = self.meet(ns)
+        out += self._convert(self.relay.on_have(topic, have, now_ms), None)
+        if new and ns in self.relay.topics:
+            # Published before this node subscribed: missed for certain, so fetched now
+            # rather than after the relay's timeout (a burst of writes into a namespace
+            # new here would otherwise wait for it batch by batch).
+            for origin, first, last in have.runs:
+                if origin != self.node_id:
+                    out += self._convert([Fetch(topic.publisher, ns, origin, first, last)], None)
+        return out
+
+    def _have_unvouched(self, peer: str, have: Have) -> list[Outgoing]:
+        """A have notice from a link that carries its own batches only (a node holding
+        every namespace hears them to learn of new namespaces). A namespace it names
+        that is new here is linked now; its own batches the notice lists were published
+        before this node subscribed to them, so they are fetched from it at once."""
+        ns = have.namespace
+        if ns in self.relay.topics or not self._holds(ns):
+            return []
+        out = self.meet(ns)
+        for origin, first, last in have.runs:
+            if origin == peer:
+                out += self._convert([Fetch(peer, ns, origin, first, last)], None)
+        return out
 
     def fetched(self, request: int, peer: str) -> bool:
         """Whether a repair reply answers one of the relay's fetches (its batches are

@@ -332,6 +332,37 @@ def test_a_batch_the_tree_brings_before_the_timeout_is_not_fetched() -> None:
     assert r.next_deadline() is None
 
 
+def test_the_timeout_stretches_to_a_slow_tree_and_shrinks_back() -> None:
+    r = relay("x", "y")
+    r.on_prune("y", Prune(NS))
+    # Missed while the links were new (before their subscriptions took effect): that is
+    # no measure of the tree's pace.
+    young = key("t", 1)
+    announce(r, "y", young, 0)
+    r.on_batch(published("x", young), young, 400)
+    assert r.graft_timeout_ms() == SETTINGS.graft_timeout_ms
+    late = key("t", 2)
+    announce(r, "y", late, 1_000)
+    r.on_batch(published("x", late), late, 1_400)  # the tree brought it 400 ms behind
+    assert r.graft_timeout_ms() == 800
+    # A batch the tree has not brought yet is not fetched at the old 100 ms (nor twice
+    # that, the upstream wait), but within twice the lateness seen.
+    k = key("o", 1)
+    announce(r, "x", k, 2_000)
+    assert not of(Fetch, r.tick(2_100)) and not of(Fetch, r.tick(2_799))
+    assert of(Fetch, r.tick(2_800))
+    # Batches in time bring it back down, a sixteenth each; never below the setting.
+    for seq in range(3, 200):
+        t = key("t", seq)
+        r.on_batch(published("x", t), t, 3_000 + seq)
+    assert r.graft_timeout_ms() == SETTINGS.graft_timeout_ms
+    # And never above the ceiling, however late the tree once was.
+    worst = key("t", 500)
+    announce(r, "y", worst, 10_000)
+    r.on_batch(published("x", worst), worst, 60_000)
+    assert r.graft_timeout_ms() == SETTINGS.max_graft_timeout_ms
+
+
 def test_what_the_engine_holds_already_is_neither_fetched_nor_relayed() -> None:
     r = relay("x", "y")
     r.learned(BatchKey(NS, "o", 1, 5))  # the replica's version vector at start

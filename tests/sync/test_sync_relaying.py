@@ -21,6 +21,7 @@ from crdtstore.sync.relay_topics import (
     data_prefix,
     data_topic,
     edge_weight,
+    have_prefix,
     have_topic,
     hop_mark,
     parse_topic,
@@ -81,34 +82,56 @@ def test_a_link_not_vouched_for_carries_its_own_batches_only() -> None:
         parse_topic(o.topic) for o in out if isinstance(o, PublishTopic) and o.topic[:1] == b"d"
     ]
     assert [(t.publisher, t.repaired) for t in relayed] == [("n0", True)]
-    # Have notices are a vouched link's only.
-    have = Have("s", (("n1", 1, 1),))
-    e.on_message("", encode_message(have), NOW, publisher="n1", topic=have_topic("n1", "s"))
-    assert e.stats["relay_rejected_not_neighbour"] == 1
+    # Its have notices fetch nothing of a namespace held already (they are for a node
+    # holding every namespace, to learn of new ones).
+    have = Have("s", (("n1", 2, 2), ("n2", 1, 1)))
+    out = e.on_message("", encode_message(have), NOW, publisher="n1", topic=have_topic("n1", "s"))
+    assert out == []
+    assert not [o for o in e.on_tick(NOW + 5_000) if isinstance(o, Send)]
 
 
-def test_a_node_holding_every_namespace_hears_all_of_an_unvouched_link() -> None:
+def test_a_node_holding_every_namespace_learns_new_ones_from_an_unvouched_link() -> None:
     e = engine(topics=None)
     added, _ = subscribed(e.link("n1", TREE, None, vouched=False), "n1")
-    assert added == {data_any("n1")}  # a namespace new to us has no name to subscribe to
+    # Its own data topics of the namespaces known here, and its have notices: not all it
+    # publishes (its relays would bring this node's own batches back, to be refused).
+    assert data_any("n1") not in added
+    assert have_prefix("n1") in added and data_prefix("n1", "__members") + b"-" in added
+    # A have notice naming a namespace new here links it, and fetches the runs of the
+    # publisher's own it lists at once (published before the subscription); another
+    # origin's runs are not its to vouch for.
+    have = Have("fresh", (("n1", 1, 1), ("n2", 1, 3)))
     out = e.on_message(
-        "", batch_of("n1", "fresh"), NOW, publisher="n1", topic=data_topic("n1", "fresh", OWN)
+        "", encode_message(have), NOW, publisher="n1", topic=have_topic("n1", "fresh")
     )
+    assert data_prefix("n1", "fresh") + b"-" in subscribed(out, "n1")[0]
+    fetches = [decode_message(o.data) for o in out if isinstance(o, Send)]
+    assert [(f.namespace, f.origin, f.first, f.last) for f in fetches] == [("fresh", "n1", 1, 1)]
+    reply = encode_message(RepairReply(fetches[0].request, "fresh", (batch_of("n1", "fresh"),)))
+    e.on_message("n1", reply, NOW + 10)
     assert "x" in e.replica.value("fresh")  # type: ignore[attr-defined]
-    assert not any(isinstance(o, Send) for o in out)
+    # Its batches of it on its own topic are taken from now on.
+    later = batch_of("n1", "fresh", "y")
+    e.on_message("", later, NOW, publisher="n1", topic=data_topic("n1", "fresh", OWN))
 
 
-def test_vouching_subscribes_the_tree_form_before_dropping_the_own_only_one() -> None:
-    # Holding every namespace, the own-only form heard all of n1's data topics.
+def test_a_link_changing_form_subscribes_the_new_before_dropping_the_old() -> None:
+    # Holding every namespace: the own-only form's prefixes are all kept by the tree's.
     e = engine(topics=None)
     e.link("n1", TREE, None, vouched=False)
-    out = e.link("n1", TREE, None, vouched=True)
+    added, dropped = subscribed(e.link("n1", TREE, None, vouched=True), "n1")
+    assert not dropped
+    assert have_topic("n1", "__members") in added
+    # A neighbour first heard in the flood form (version 3) that turns out to speak the
+    # tree's: the tree's topics are subscribed before the flat ones are dropped, so
+    # nothing published meanwhile falls between the two.
+    e = engine(topics=["s"])
+    e.link("n2", FLOOD, None)
+    out = e.link("n2", TREE, None)
     kinds = [type(o) for o in out if isinstance(o, Subscribe | Unsubscribe)]
     assert kinds[-1] is Unsubscribe and Unsubscribe not in kinds[:-1]
-    added, dropped = subscribed(out, "n1")
-    assert dropped == {data_any("n1")}
-    assert have_topic("n1", "__members") in added
-    assert data_prefix("n1", "__members") + b"-" in added
+    added, dropped = subscribed(out, "n2")
+    assert flat_topic("s") in dropped and have_topic("n2", "s") in added
     # Holding some: the own-only prefixes ("-") are ones the tree form subscribes to as
     # well, and the transport holds a prefix once: none may be dropped.
     e = engine(topics=["s"])
@@ -200,3 +223,27 @@ def test_counters_of_the_relay_are_the_engines() -> None:
     assert isinstance(e.stats, Counter)
     assert e.stats["relay_batches_relayed"] == 1 and e.stats["relay_duplicates"] == 1
     assert isinstance(decode_message(b), DeltaBatch)
+
+
+def test_a_namespace_new_here_is_linked_and_its_announced_batches_fetched_at_once() -> None:
+    # A node holding every namespace meets one in a member neighbour's have notice: the
+    # batches it lists were published before this node subscribed, so waiting for the
+    # relay's timeout would only delay a burst of writes into it, batch by batch.
+    e = engine(topics=None)
+    e.link("n1", TREE, None)
+    have = Have("fresh", (("n2", 1, 2), ("n0", 1, 1)))
+    out = e.on_message(
+        "", encode_message(have), NOW, publisher="n1", topic=have_topic("n1", "fresh")
+    )
+    added, _ = subscribed(out, "n1")
+    assert have_topic("n1", "fresh") in added
+    assert any(t.startswith(data_prefix("n1", "fresh")) for t in added)
+    fetches = [decode_message(o.data) for o in out if isinstance(o, Send)]
+    # This node's own runs are never fetched (it is their origin).
+    assert [(f.namespace, f.origin, f.first, f.last) for f in fetches] == [("fresh", "n2", 1, 2)]
+    # A namespace known already waits for the tree, as before.
+    again = Have("fresh", (("n2", 3, 3),))
+    out = e.on_message(
+        "", encode_message(again), NOW, publisher="n1", topic=have_topic("n1", "fresh")
+    )
+    assert not [o for o in out if isinstance(o, Send)]
