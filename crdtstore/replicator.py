@@ -437,7 +437,7 @@ class Replicator:
     ) -> None:
         """Hand the frames collected so far to the engine together, and empty the list."""
         if frames:
-            outgoing = self.engine.on_messages(frames, now)
+            outgoing = self.engine.on_messages(frames, now, early=self._emit)
             frames.clear()
             self._emit(outgoing)
 

@@ -412,6 +412,7 @@ class SyncEngine:
         now_ms: int,
         *,
         progress: Progress | None = None,
+        early: Callable[[list[Outgoing]], None] | None = None,
     ) -> list[Outgoing]:
         """``on_message`` of each ``(peer, data, publisher[, topic])``, except that the ready
         published batches among them are applied together, in one replica commit
@@ -422,7 +423,12 @@ class SyncEngine:
         applied. Handled after all of them, a digest or a reply sees more of what its
         sender had, as if the batches had crossed the network faster; published frames
         and direct ones share no order on the wire anyway.) ``progress`` goes to each
-        message's handling."""
+        message's handling.
+
+        ``early``: given what the batches call for (their relays) as soon as they are
+        checked, before the group's commit: a relay waits for no fsync of this node's,
+        so a batch crosses each hop of the tree at the network's pace, not the disk's
+        (the batch is durable at its origin; this node's copy is its own business)."""
         out: list[Outgoing] = []
         decoded = [
             (
@@ -437,6 +443,9 @@ class SyncEngine:
             for msg, frame, topic in decoded:
                 if isinstance(msg, DeltaBatch):
                     out.extend(self._on_decoded(frame.peer, msg, frame, topic))
+            if early is not None and out:
+                early(out)
+                out = []
             for msg, frame, topic in decoded:
                 if msg is not None and not isinstance(msg, DeltaBatch):
                     out.extend(self._on_decoded(frame.peer, msg, frame, topic))

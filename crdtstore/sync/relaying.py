@@ -22,8 +22,9 @@ Invariants:
   every publisher: subscribed to its own data topic (hop ``-``) or, in the flood form,
   to the namespace's topic, and a batch of another origin from it is refused. This is
   how a joiner's record and first writes spread before its record vouches for it.
-- A batch that came from a flood link or an own-only link enters the tree as a
-  repaired one (its path is not known): :meth:`Relay.on_fetched`.
+- A batch that came from a flood link enters the tree as a repaired one (its path is
+  not known): :meth:`Relay.on_fetched`. A joiner's own batch from its own-only link is
+  taken and not relayed (see ``_own_of_unvouched``).
 - What this node relays, it accepted first (the engine's checks passed: applied, held
   for a dependency, or already applied by another path); a batch it refused is not
   passed on, though the relay counts it seen (its announcers are not asked again).
@@ -258,7 +259,7 @@ class RelayLinks:
             if topic.hop != OWN or batch.origin != topic.publisher:
                 self._stats["relay_rejected_not_vouched"] += 1
                 return []
-            return self._learn_off_tree(topic.publisher, batch, data, now_ms, accept)
+            return self._own_of_unvouched(batch, data, accept)
         out = self.meet(batch.namespace)
         cmds = self.relay.on_batch(topic, _key(batch), now_ms)
         return out + self._convert(cmds, (batch, data, accept))
@@ -350,6 +351,18 @@ class RelayLinks:
         return self._convert(self.relay.tick(now_ms), None)
 
     # -- internals -------------------------------------------------------------------------
+
+    def _own_of_unvouched(self, batch: DeltaBatch, data: bytes, accept: Accept) -> list[Outgoing]:
+        """A joiner's own batch, straight from it: taken, and not relayed. Each of its
+        neighbours hears it the same way, so relaying only made duplicates (in a
+        3-node cluster, a third of its batches twice at each node while it joined);
+        a node further away gets it by anti-entropy until the joiner's record vouches
+        for it and its batches go along the tree."""
+        out = self.meet(batch.namespace)
+        if accept(batch, data) and batch.namespace in self.relay.topics:
+            self.relay.learned(_key(batch))
+            self._stats["relay_joiner_batches_taken"] += 1
+        return out
 
     def _learn_off_tree(
         self, peer: str, batch: DeltaBatch, data: bytes, now_ms: int, accept: Accept

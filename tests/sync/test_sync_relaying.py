@@ -74,14 +74,15 @@ def test_a_link_not_vouched_for_carries_its_own_batches_only() -> None:
     e.on_message("", foreign, NOW, publisher="n1", topic=data_topic("n1", "s", OWN))
     assert e.stats["relay_rejected_not_vouched"] == 2
     assert "s" not in e.replica.namespaces()
-    # Its own batch is taken, and passed on to the tree as a repaired one (path unknown).
+    # Its own batch is taken, and not relayed: its other neighbours hear it as this node
+    # did; relaying made each of them a duplicate. Nor is it fetched when announced.
     e.link("n3", TREE, None)
     out = e.on_message("", batch_of("n1"), NOW, publisher="n1", topic=data_topic("n1", "s", OWN))
     assert "x" in e.replica.value("s")  # type: ignore[attr-defined]
-    relayed = [
-        parse_topic(o.topic) for o in out if isinstance(o, PublishTopic) and o.topic[:1] == b"d"
-    ]
-    assert [(t.publisher, t.repaired) for t in relayed] == [("n0", True)]
+    assert not [o for o in out if isinstance(o, PublishTopic)]
+    told = encode_message(Have("s", (("n1", 1, 1),)))
+    e.on_message("", told, NOW, publisher="n3", topic=have_topic("n3", "s"))
+    assert not [o for o in e.on_tick(NOW + 5_000) if isinstance(o, Send)]
     # Its have notices fetch nothing of a namespace held already (they are for a node
     # holding every namespace, to learn of new ones).
     have = Have("s", (("n1", 2, 2), ("n2", 1, 1)))
@@ -247,3 +248,21 @@ def test_a_namespace_new_here_is_linked_and_its_announced_batches_fetched_at_onc
         "", encode_message(again), NOW, publisher="n1", topic=have_topic("n1", "fresh")
     )
     assert not [o for o in out if isinstance(o, Send)]
+
+
+def test_a_relay_leaves_before_the_groups_commit() -> None:
+    e = engine(topics=["s"])
+    e.link("n1", TREE, None)
+    events: list[str] = []
+    close = e.delivery.close_group
+
+    def committed(now_ms: int) -> None:
+        events.append("commit")
+        close(now_ms)
+
+    e.delivery.close_group = committed  # type: ignore[method-assign]
+    b = batch_of("n5")
+    frame = ("", b, "n1", data_topic("n1", "s", hop_mark("n5"), edge_weight("n5", "n1")))
+    rest = e.on_messages([frame], NOW, early=lambda out: events.append(f"early {len(out)}"))
+    assert events == ["early 1", "commit"] and rest == []
+    assert "x" in e.replica.value("s")  # type: ignore[attr-defined]
