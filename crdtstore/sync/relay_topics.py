@@ -120,11 +120,6 @@ def data_prefix(publisher: str, namespace: str) -> bytes:
     return DATA + _name("publisher", publisher) + b"\0" + _namespace(namespace) + b"\0"
 
 
-def data_any(publisher: str) -> bytes:
-    """Every data topic of ``publisher``, of whatever namespace and hop."""
-    return DATA + _name("publisher", publisher) + b"\0"
-
-
 def have_topic(publisher: str, namespace: str) -> bytes:
     return HAVE + _name("publisher", publisher) + b"\0" + _namespace(namespace) + b"\0"
 

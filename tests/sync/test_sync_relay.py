@@ -341,25 +341,29 @@ def test_the_timeout_stretches_to_a_slow_tree_and_shrinks_back() -> None:
     announce(r, "y", young, 0)
     r.on_batch(published("x", young), young, 400)
     assert r.graft_timeout_ms() == SETTINGS.graft_timeout_ms
-    late = key("t", 2)
-    announce(r, "y", late, 1_000)
-    r.on_batch(published("x", late), late, 1_400)  # the tree brought it 400 ms behind
-    assert r.graft_timeout_ms() == 800
-    # A batch the tree has not brought yet is not fetched at the old 100 ms (nor twice
-    # that, the upstream wait), but within twice the lateness seen.
+    # One late batch in a stream moves it little; a tree late all along, to twice that.
+    for seq in range(2, 40):
+        late = key("t", seq)
+        announce(r, "y", late, 1_000 * seq)
+        r.on_batch(published("x", late), late, 1_000 * seq + 400)  # 400 ms behind
+    assert 700 <= r.graft_timeout_ms() <= 800
+    timeout = r.graft_timeout_ms()
+    # A batch the tree has not brought yet is not fetched at the old 100 ms, but within
+    # the timeout as adapted.
     k = key("o", 1)
-    announce(r, "x", k, 2_000)
-    assert not of(Fetch, r.tick(2_100)) and not of(Fetch, r.tick(2_799))
-    assert of(Fetch, r.tick(2_800))
-    # Batches in time bring it back down, a sixteenth each; never below the setting.
-    for seq in range(3, 200):
+    announce(r, "x", k, 50_000)
+    assert not of(Fetch, r.tick(50_100)) and not of(Fetch, r.tick(50_000 + timeout - 1))
+    assert of(Fetch, r.tick(50_000 + timeout))
+    # Batches in time bring it back down; never below the setting.
+    for seq in range(100, 200):
         t = key("t", seq)
-        r.on_batch(published("x", t), t, 3_000 + seq)
+        r.on_batch(published("x", t), t, 60_000 + seq)
     assert r.graft_timeout_ms() == SETTINGS.graft_timeout_ms
-    # And never above the ceiling, however late the tree once was.
-    worst = key("t", 500)
-    announce(r, "y", worst, 10_000)
-    r.on_batch(published("x", worst), worst, 60_000)
+    # And never above the ceiling, however late the tree is.
+    for seq in range(500, 540):
+        worst = key("t", seq)
+        announce(r, "y", worst, 100_000 * seq)
+        r.on_batch(published("x", worst), worst, 100_000 * seq + 60_000)
     assert r.graft_timeout_ms() == SETTINGS.max_graft_timeout_ms
 
 
