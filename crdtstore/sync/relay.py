@@ -95,6 +95,8 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 
 from crdtstore.sync.messages import MAX_HAVE_RUNS, Graft, Have, Prune
+from crdtstore.sync.outgoing import Subscribe as Subscribe
+from crdtstore.sync.outgoing import Unsubscribe as Unsubscribe
 from crdtstore.sync.relay_topics import (
     DATA,
     HAVE,
@@ -167,20 +169,6 @@ class PublishBatch:
 class PublishHave:
     topic: bytes
     have: Have
-
-
-@dataclass(frozen=True, slots=True)
-class Subscribe:
-    """Add these prefixes to the SUB socket (they name ``publisher``)."""
-
-    publisher: str
-    topics: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
-    publisher: str
-    topics: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,12 +50,6 @@ from crdtstore.sync.relay import (
     RelaySettings,
     SendTo,
 )
-from crdtstore.sync.relay import (
-    Subscribe as RelaySubscribe,
-)
-from crdtstore.sync.relay import (
-    Unsubscribe as RelayUnsubscribe,
-)
 from crdtstore.sync.relay_topics import (
     OWN,
     Topic,
@@ -397,10 +391,8 @@ class RelayLinks:
                     out.append(PublishTopic(flat_topic(cmd.key.namespace), frame[1]))
             elif isinstance(cmd, PublishHave):
                 out.append(PublishTopic(cmd.topic, encode_message(cmd.have)))
-            elif isinstance(cmd, RelaySubscribe):
-                out.append(Subscribe(cmd.publisher, cmd.topics))
-            elif isinstance(cmd, RelayUnsubscribe):
-                out.append(Unsubscribe(cmd.publisher, cmd.topics))
+            elif isinstance(cmd, Subscribe | Unsubscribe):
+                out.append(cmd)  # the relay's subscriptions are the engine's frames as they are
             elif isinstance(cmd, SendTo):
                 out.append(Send(cmd.neighbour, encode_message(cmd.msg)))
             elif isinstance(cmd, Fetch):

@@ -156,7 +156,7 @@ def test_relay_messages_round_trip_and_bad_ones_are_refused() -> None:
 def test_a_new_neighbour_is_eager_and_hears_haves() -> None:
     r = Relay(ME, frozenset({NS}), SETTINGS)
     (sub,) = r.neighbour_up("x", frozenset({NS, "not-held"}))
-    assert isinstance(sub, Subscribe) and sub.publisher == "x"
+    assert isinstance(sub, Subscribe) and sub.peer == "x"
     assert set(sub.topics) == {have_topic("x", NS), *data_subscriptions("x", NS, ME)}
     assert r.eager(NS) == ["x"] and r.neighbour_up("x", frozenset({NS})) == []
     (unsub,) = r.neighbour_down("x")
