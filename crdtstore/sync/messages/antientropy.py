@@ -145,17 +145,7 @@ class RepairRequest:
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> RepairRequest:
-        req, ns, origin, first, last = expect_list(fields, "repair request", 5)
-        msg = cls(
-            expect_int(req, "request id"),
-            expect_namespace(ns),
-            expect_replica(origin, "origin"),
-            expect_int(first, "first seq", 1),
-            expect_int(last, "last seq", 1),
-        )
-        if msg.first > msg.last:
-            raise DecodeError(f"repair range {msg.first}..{msg.last} is empty")
-        return msg
+        return cls(*_origin_range(fields, "repair request", "repair range"))
 
 
 @register
@@ -202,14 +192,20 @@ class LogGap:
 
     @classmethod
     def from_wire(cls, fields: list[Any]) -> LogGap:
-        req, ns, origin, first, last = expect_list(fields, "log gap", 5)
-        msg = cls(
-            expect_int(req, "request id"),
-            expect_namespace(ns),
-            expect_replica(origin, "origin"),
-            expect_int(first, "first seq", 1),
-            expect_int(last, "last seq", 1),
-        )
-        if msg.first > msg.last:
-            raise DecodeError(f"log gap {msg.first}..{msg.last} is empty")
-        return msg
+        return cls(*_origin_range(fields, "log gap", "log gap"))
+
+
+def _origin_range(fields: list[Any], what: str, span: str) -> tuple[int, str, str, int, int]:
+    """``(request, namespace, origin, first, last)`` of a request-or-answer about one
+    origin's seqs, checked: a non-empty range of positive seqs."""
+    req, ns, origin, first, last = expect_list(fields, what, 5)
+    checked = (
+        expect_int(req, "request id"),
+        expect_namespace(ns),
+        expect_replica(origin, "origin"),
+        expect_int(first, "first seq", 1),
+        expect_int(last, "last seq", 1),
+    )
+    if checked[3] > checked[4]:
+        raise DecodeError(f"{span} {checked[3]}..{checked[4]} is empty")
+    return checked
